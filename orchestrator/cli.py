@@ -1,0 +1,153 @@
+"""The ``orchestrator`` command: the daemon's entry points, and the only place that handles signals.
+
+Exit codes: 0 success, 1 runtime failure (e.g. the port is taken), 2 invalid configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from orchestrator import __version__
+from orchestrator.app import create_app
+from orchestrator.logging import Redactor, configure_logging
+from orchestrator.settings import ConfigError, LogFormat, Settings, load_settings, masked_dump, secret_values
+from orchestrator.web.server import serve
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+_DESCRIPTION = """\
+Livestream orchestration daemon: schedules virtual-human live jobs on MetaStudio, receives and verifies
+vendor callbacks, reports audience events and answers the audience, with room state in Redis.
+
+Configuration comes from environment variables (ORCH_SECTION__FIELD, e.g. ORCH_SERVER__PORT=8080) and an
+optional TOML file (--config); the environment wins. See config/orchestrator.example.toml.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="run the daemon (HTTP server and background work) until SIGTERM/SIGINT",
+        description="Run the daemon in the foreground until SIGTERM or SIGINT, then shut down gracefully: "
+        "stop accepting connections, let in-flight requests finish (server.shutdown_timeout_s), close Redis.",
+    )
+    _add_config_options(run)
+    run.add_argument("--host", help="listen address (overrides server.host)")
+    run.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    run.set_defaults(func=cmd_run)
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate the configuration and print it with secrets masked",
+        description="Load the configuration exactly as `run` would, print the effective values as JSON "
+        "with every secret masked, and exit 0; exit 2 with one line per invalid field otherwise.",
+    )
+    _add_config_options(check)
+    check.set_defaults(func=cmd_check_config)
+
+    version = commands.add_parser(
+        "version", help="print the version and exit", description="Print the daemon's version."
+    )
+    version.set_defaults(func=cmd_version)
+    return parser
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="PATH", help="TOML configuration file")
+    parser.add_argument(
+        "--log-format",
+        choices=[f.value for f in LogFormat],
+        help="log output: json lines, console, or auto (console on a TTY); overrides logging.format",
+    )
+    parser.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides logging.level"
+    )
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    logging_overrides = {
+        k: v for k, v in (("format", args.log_format), ("level", args.log_level)) if v is not None
+    }
+    if logging_overrides:
+        overrides["logging"] = logging_overrides
+    server_overrides = {
+        k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None))) if v
+    }
+    if server_overrides:
+        overrides["server"] = server_overrides
+    return load_settings(args.config, **overrides)
+
+
+def _report_config_error(exc: ConfigError) -> int:
+    print(f"orchestrator: invalid configuration ({exc.source or 'environment'}):", file=sys.stderr)
+    for location, message in exc.problems:
+        print(f"  {location}: {message}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        return _report_config_error(exc)
+    print(json.dumps(masked_dump(settings), indent=2, ensure_ascii=False))
+    print("configuration OK", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(__version__)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        return _report_config_error(exc)
+    redactor = Redactor(settings.logging.redact_fields, secret_values(settings))
+    configure_logging(settings.logging, redactor)
+    log = structlog.get_logger("orchestrator")
+    log.info("starting", version=__version__, python=sys.version.split()[0])
+    try:
+        asyncio.run(_run(settings, redactor))
+    except OSError as exc:
+        log.error("cannot serve", error=str(exc), host=settings.server.host, port=settings.server.port)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def _run(settings: Settings, redactor: Redactor) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await serve(create_app(settings, redactor), settings, stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""The daemon's configuration: one frozen pydantic-settings object, built once in the entry point.
+
+Sources, highest priority first: environment variables (``ORCH_`` prefix, ``__`` between a section and
+its field, e.g. ``ORCH_SERVER__PORT=8080``), then an optional TOML file (``--config PATH``), then the
+defaults written here.  Every secret is a ``SecretStr`` so that printing, logging or dumping a settings
+object can never show it; :func:`secret_values` hands the raw values to the log redactor.
+
+Durations carry their unit in their name (``*_s``), sizes in bytes (``*_bytes``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator, Mapping
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "ORCH_"
+ENV_NESTED_DELIMITER = "__"
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class Section(BaseModel):
+    """Base of every settings section: immutable, and unknown keys are an error, not a silent typo."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(Section):
+    """The HTTP server that receives callbacks, ingest and admin requests."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on; 0.0.0.0 in a container.")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port to listen on.")
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest request body accepted; larger gets 413."
+    )
+    read_timeout_s: PositiveSeconds = Field(
+        15.0, description="Longest time a client may take to send its request body (408 after)."
+    )
+    shutdown_timeout_s: PositiveSeconds = Field(
+        30.0, description="On SIGTERM/SIGINT, how long in-flight requests may take to finish."
+    )
+    keepalive_timeout_s: PositiveSeconds = Field(
+        75.0, description="Idle keep-alive connections are closed after this long."
+    )
+    public_base_url: AnyHttpUrl | None = Field(
+        None, description="How the outside world reaches this server (used in callback URLs)."
+    )
+
+
+class RedisSettings(Section):
+    """The shared Redis every replica keeps its state in."""
+
+    url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        description="redis:// or rediss:// URL; secret because it may carry a password.",
+    )
+    socket_timeout_s: PositiveSeconds = Field(5.0, description="Per-command socket timeout.")
+    connect_timeout_s: PositiveSeconds = Field(2.0, description="TCP connect timeout.")
+    retry_attempts: int = Field(3, ge=0, le=20, description="Retries of a failed command.")
+    retry_backoff_base_s: PositiveSeconds = Field(
+        0.05, description="First retry delay; doubles each attempt, with jitter."
+    )
+    retry_backoff_cap_s: PositiveSeconds = Field(1.0, description="Longest delay between retries.")
+    health_check_interval_s: float = Field(
+        15.0, ge=0, description="Idle connections are PINGed before reuse after this long (0: never)."
+    )
+    max_connections: int = Field(64, ge=1, description="Connection pool size per process.")
+    readiness_timeout_s: PositiveSeconds = Field(
+        1.0, description="/readyz gives up on Redis after this long and reports not ready."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_scheme(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class LoggingSettings(Section):
+    """Structured logging (structlog): JSON lines for machines, a readable console for people."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
+    format: LogFormat = Field(
+        LogFormat.AUTO, description="auto: console on a TTY, JSON lines otherwise; or json / console."
+    )
+    access_log: bool = Field(True, description="Log one line per HTTP request.")
+    redact_fields: tuple[str, ...] = Field(
+        (), description="Extra field or query-parameter names whose values are always masked."
+    )
+
+
+class MetaStudioAuthMode(StrEnum):
+    AKSK = "aksk"
+    TOKEN = "token"
+
+
+class MetaStudioSettings(Section):
+    """Huawei Cloud MetaStudio (smart live) credentials and client behaviour."""
+
+    endpoint: AnyHttpUrl = Field(
+        AnyHttpUrl("https://metastudio.cn-north-4.myhuaweicloud.com"),
+        description="API base URL: the region endpoint, or a sandbox URL.",
+    )
+    project_id: str = Field("", description="Huawei Cloud project id (X-Project-Id).")
+    auth_mode: MetaStudioAuthMode = Field(
+        MetaStudioAuthMode.AKSK, description="aksk (SDK-HMAC-SHA256 signing) or token (X-Auth-Token)."
+    )
+    ak: SecretStr = Field(SecretStr(""), description="Access key id.")
+    sk: SecretStr = Field(SecretStr(""), description="Secret access key.")
+    security_token: SecretStr = Field(
+        SecretStr(""), description="X-Security-Token for temporary AK/SK credentials."
+    )
+    auth_token: SecretStr = Field(SecretStr(""), description="IAM token when auth_mode is token.")
+    timeout_s: PositiveSeconds = Field(10.0, description="Whole-call timeout of one API request.")
+    connect_timeout_s: PositiveSeconds = Field(3.0, description="TCP/TLS connect timeout.")
+    max_retries: int = Field(3, ge=0, le=10, description="Retries of calls that are safe to repeat.")
+    max_concurrency: int = Field(8, ge=1, description="Calls in flight at once for this project.")
+
+
+class CallbackAuthType(StrEnum):
+    NONE = "NONE"
+    MSS_A = "MSS_A"
+    MSS_A_HEAD = "MSS_A_HEAD"
+
+
+class CallbackProfile(Section):
+    """One callback URL + key set; one daemon may serve several tenants, one profile each."""
+
+    public_url: AnyHttpUrl | None = Field(
+        None, description="The callback URL exactly as given to MetaStudio (what it signs)."
+    )
+    auth_type: CallbackAuthType = Field(CallbackAuthType.MSS_A, description="NONE, MSS_A or MSS_A_HEAD.")
+    keys: tuple[SecretStr, ...] = Field(
+        (), max_length=2, description="Signing keys (≤ 32 chars); two during a key rotation."
+    )
+
+    @field_validator("keys")
+    @classmethod
+    def _check_keys(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for key in keys:
+            if not 1 <= len(key.get_secret_value()) <= 32:
+                raise ValueError("each key must be 1 to 32 characters")
+        return keys
+
+    @model_validator(mode="after")
+    def _signed_needs_key(self) -> CallbackProfile:
+        if self.auth_type is not CallbackAuthType.NONE and not self.keys:
+            raise ValueError(f"auth_type {self.auth_type.value} needs at least one key")
+        return self
+
+
+class CallbackSettings(Section):
+    """How vendor callbacks are verified."""
+
+    max_skew_s: PositiveSeconds = Field(300.0, description="Largest clock difference accepted, either way.")
+    strict: bool = Field(
+        False, description="Accept only the hex-time reading of MSS_A (no decimal-milliseconds reading)."
+    )
+    profiles: dict[str, CallbackProfile] = Field(
+        default_factory=dict, description="Named callback profiles; 'default' serves the bare URL."
+    )
+
+
+class AdminSettings(Section):
+    """The admin/read API."""
+
+    token: SecretStr = Field(
+        SecretStr(""), description="Bearer token for /api; the API answers 401 to everyone while empty."
+    )
+
+
+class Settings(BaseSettings):
+    """All of the daemon's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        frozen=True,
+        extra="forbid",
+        toml_file=None,
+    )
+
+    server: ServerSettings = ServerSettings()
+    redis: RedisSettings = RedisSettings()
+    logging: LoggingSettings = LoggingSettings()
+    metastudio: MetaStudioSettings = MetaStudioSettings()
+    callbacks: CallbackSettings = CallbackSettings()
+    admin: AdminSettings = AdminSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` lists ``(location, message)`` pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__("; ".join(f"{loc}: {msg}" for loc, msg in problems))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from the environment, ``config_file`` (TOML) and defaults.
+
+    Raises ConfigError naming every invalid field (with its environment variable) or an unreadable file.
+    """
+    settings_cls: type[Settings] = Settings
+    if config_file is not None:
+        _check_toml(config_file)
+        settings_cls = type(
+            "Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": config_file}}
+        )
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc), source=str(config_file or "environment")) from exc
+
+
+def _check_toml(path: Path) -> None:
+    try:
+        with path.open("rb") as fh:
+            tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError([("--config", f"file not found: {path}")]) from exc
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([("--config", f"cannot read {path}: {exc}")]) from exc
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        parts = [str(part) for part in error["loc"]]
+        dotted = ".".join(parts)
+        env = env_var_name(parts[:2]) if len(parts) >= 2 else env_var_name(parts)
+        problems.append((f"{dotted} ({env})", error["msg"]))
+    return problems
+
+
+def env_var_name(path: list[str] | tuple[str, ...]) -> str:
+    """The environment variable that sets the field at ``path`` (e.g. ``["server", "port"]``)."""
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(part.upper() for part in path)
+
+
+def iter_fields() -> Iterator[tuple[str, str, Any, str]]:
+    """Every leaf setting as ``(dotted name, env var, default, description)``; feeds docs and tests."""
+    for section_name, section_field in Settings.model_fields.items():
+        section_cls = section_field.annotation
+        assert isinstance(section_cls, type) and issubclass(section_cls, BaseModel)
+        for name, field in section_cls.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            yield (
+                f"{section_name}.{name}",
+                env_var_name([section_name, name]),
+                default,
+                field.description or "",
+            )
+
+
+def secret_values(settings: Settings) -> set[str]:
+    """Every raw secret the settings hold, so the log redactor can mask them wherever they appear."""
+    found: set[str] = set()
+    _collect_secrets(settings, found)
+    return {value for value in found if value}
+
+
+def _collect_secrets(value: object, found: set[str]) -> None:
+    if isinstance(value, SecretStr):
+        found.add(value.get_secret_value())
+        if "://" in value.get_secret_value():  # a URL: its password alone may also be logged
+            found.update(_url_password(value.get_secret_value()))
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            _collect_secrets(getattr(value, name), found)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _collect_secrets(item, found)
+    elif isinstance(value, tuple | list):
+        for item in value:
+            _collect_secrets(item, found)
+
+
+def _url_password(url: str) -> set[str]:
+    password = urlsplit(url).password
+    return {password} if password else set()
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (the host stays readable for operators)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, every secret replaced by ``**********``.
+
+    The Redis URL is shown with only its password masked: where the daemon connects is not a secret.
+    """
+    data = settings.model_dump(mode="json")
+    data["redis"]["url"] = redacted_url(settings.redis.url.get_secret_value())
+    return data

@@ -1,0 +1,78 @@
+"""Every Redis key name the daemon uses, and nothing else.
+
+Per-room keys put the room id in a hash tag -- ``orch:{room_id}:state`` -- so that a Redis Cluster keeps all
+of one room's keys in one slot, which lets a room's multi-key writes run as one transaction or Lua script.
+Global keys (the room index, schedule definitions) carry no tag; code never writes them together with a
+room's keys in one transaction.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "orch"
+
+#: Room ids come from operators and vendors; this keeps them printable, tag-safe and reasonably short.
+_ROOM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+class InvalidKeyPart(ValueError):
+    """A value that would make an ambiguous or cluster-unsafe key (braces, spaces, empty, too long)."""
+
+
+def check_room_id(room_id: str) -> str:
+    """Return ``room_id`` if it can be used in key names.
+
+    Raises InvalidKeyPart otherwise.
+    """
+    if not _ROOM_ID_RE.fullmatch(room_id):
+        raise InvalidKeyPart(
+            f"invalid room id {room_id!r}: 1-128 characters of letters, digits and . _ : -, "
+            "starting with a letter or digit"
+        )
+    return room_id
+
+
+def _room(room_id: str, suffix: str) -> str:
+    return f"{PREFIX}:{{{check_room_id(room_id)}}}:{suffix}"
+
+
+def room_state(room_id: str) -> str:
+    """Hash: the room's live state (job, scene/paragraph, RTMP per output, counters)."""
+    return _room(room_id, "state")
+
+
+def room_events(room_id: str) -> str:
+    """Stream (capped): everything that happened to the room, callbacks and our own actions."""
+    return _room(room_id, "events")
+
+
+def room_lease(room_id: str) -> str:
+    """String with TTL: which replica owns the room's background work right now."""
+    return _room(room_id, "lease")
+
+
+def room_fence(room_id: str, action: str, window: str) -> str:
+    """String with TTL: taken once per (action, desired window) so one replica acts, once."""
+    return _room(room_id, f"fence:{action}:{window}")
+
+
+def room_ingest(room_id: str) -> str:
+    """Stream: audience events written by platform bridges, read by a consumer group."""
+    return _room(room_id, "ingest")
+
+
+def rooms_index() -> str:
+    """Set: ids of every managed room."""
+    return f"{PREFIX}:rooms"
+
+
+def callback_seen(signature: str) -> str:
+    """String with TTL: a callback signature already accepted (replay protection across replicas)."""
+    return f"{PREFIX}:cbseen:{signature}"
+
+
+def reactions_channel() -> str:
+    """Pub/sub channel: room reactions (RTMP END, reply finished ...) fanned out to every replica."""
+    return f"{PREFIX}:reactions"
+

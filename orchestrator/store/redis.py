@@ -1,0 +1,56 @@
+"""The one ``redis.asyncio.Redis`` client of a process, built from settings.
+
+Commands that fail on a broken connection or a timeout are retried with exponential backoff and jitter
+(``EqualJitterBackoff``: half the delay fixed, half random, doubling up to a cap); idle pooled connections
+are health-checked before reuse. When Redis is down the client does not die: each command fails after its
+retries and the next one reconnects, so the daemon recovers without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from orchestrator.settings import RedisSettings
+
+
+def create_redis(settings: RedisSettings, *, client_name: str = "orchestrator") -> aioredis.Redis:
+    """A client (with its own connection pool) for ``settings.url``; connects lazily, on first command."""
+    retry = Retry(
+        EqualJitterBackoff(cap=settings.retry_backoff_cap_s, base=settings.retry_backoff_base_s),
+        retries=settings.retry_attempts,
+        supported_errors=(RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError),
+    )
+    return aioredis.Redis.from_url(
+        settings.url.get_secret_value(),
+        socket_timeout=settings.socket_timeout_s,
+        socket_connect_timeout=settings.connect_timeout_s,
+        retry=retry,
+        # redis-py 5 ignores ``retry`` unless the errors to retry on are also named here.
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        health_check_interval=int(settings.health_check_interval_s),
+        max_connections=settings.max_connections,
+        client_name=client_name,
+        decode_responses=False,
+    )
+
+
+async def redis_ready(client: aioredis.Redis, timeout_s: float) -> tuple[bool, str | None]:
+    """``(True, None)`` if Redis answers PING within ``timeout_s``, else ``(False, reason)``.
+
+    Never raises for an unreachable Redis: readiness is a report, not a failure.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.ping()
+    except TimeoutError:
+        return False, f"no answer within {timeout_s:g}s"
+    except (RedisError, OSError) as exc:
+        return False, type(exc).__name__
+    return True, None

@@ -1,0 +1,1 @@
+"""The HTTP surface: middlewares, error bodies, routes and the server runner."""

@@ -1,0 +1,26 @@
+"""Serve the real application through the daemon's own runner on a free loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+
+from orchestrator.settings import Settings
+from orchestrator.web.server import make_runner
+
+
+@asynccontextmanager
+async def serving(app: web.Application, settings: Settings, **runner_kwargs: Any) -> AsyncIterator[str]:
+    """Yield the base URL (``http://127.0.0.1:PORT``) while ``app`` is served; shut down gracefully after."""
+    runner = make_runner(app, settings, **runner_kwargs)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
