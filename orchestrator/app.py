@@ -50,8 +50,12 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[READINESS_CHECKS]["redis"] = partial(redis_ready, client, settings.readiness_timeout_s)
     ok, detail = await redis_ready(client, settings.readiness_timeout_s)
     # Not fatal: the daemon starts without Redis, reports not-ready, and recovers when Redis returns.
-    log.info("redis client ready" if ok else "redis unreachable at start", url=redacted_url(
-        settings.url.get_secret_value()), reachable=ok, detail=detail)
+    log.info(
+        "redis client ready" if ok else "redis unreachable at start",
+        url=redacted_url(settings.url.get_secret_value()),
+        reachable=ok,
+        detail=detail,
+    )
     yield
     await client.aclose()
     log.info("redis client closed")

@@ -141,16 +141,16 @@ def resolve_format(fmt: LogFormat, stream: TextIO) -> LogFormat:
     return fmt
 
 
-def configure_logging(
-    settings: LoggingSettings, redactor: Redactor, *, stream: TextIO | None = None
-) -> None:
+def configure_logging(settings: LoggingSettings, redactor: Redactor, *, stream: TextIO | None = None) -> None:
     """Route structlog and the standard library's logging through one redacting handler on ``stream``."""
     stream = stream if stream is not None else sys.stderr
     fmt = resolve_format(settings.format, stream)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt is LogFormat.JSON
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback)
+        else structlog.dev.ConsoleRenderer(
+            colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -186,4 +186,3 @@ def configure_logging(
     root.setLevel(settings.level)
     # aiohttp's own access logger is replaced by AccessLogger below; keep its name quiet if used.
     logging.getLogger("aiohttp.access").setLevel(logging.INFO if settings.access_log else logging.WARNING)
-

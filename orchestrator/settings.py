@@ -14,8 +14,8 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -119,7 +119,7 @@ class LoggingSettings(Section):
 
 class MetaStudioAuthMode(StrEnum):
     AKSK = "aksk"
-    TOKEN = "token"
+    TOKEN = "token"  # noqa: S105 -- a mode name, not a password
 
 
 class MetaStudioSettings(Section):
@@ -282,7 +282,8 @@ def iter_fields() -> Iterator[tuple[str, str, Any, str]]:
     """Every leaf setting as ``(dotted name, env var, default, description)``; feeds docs and tests."""
     for section_name, section_field in Settings.model_fields.items():
         section_cls = section_field.annotation
-        assert isinstance(section_cls, type) and issubclass(section_cls, BaseModel)
+        if not (isinstance(section_cls, type) and issubclass(section_cls, BaseModel)):
+            raise TypeError(f"settings section {section_name} is not a model")
         for name, field in section_cls.model_fields.items():
             default = field.get_default(call_default_factory=True)
             yield (

@@ -121,7 +121,9 @@ async def _raw(base_url: str, payload: bytes, *, then: bytes = b"", pause_s: flo
     # One response: headers, then Content-Length bytes (the server may linger before closing).
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
     length = next(
-        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
     )
     body = await asyncio.wait_for(reader.readexactly(length), timeout=5)
     writer.close()

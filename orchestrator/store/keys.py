@@ -75,4 +75,3 @@ def callback_seen(signature: str) -> str:
 def reactions_channel() -> str:
     """Pub/sub channel: room reactions (RTMP END, reply finished ...) fanned out to every replica."""
     return f"{PREFIX}:reactions"
-

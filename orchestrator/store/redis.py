@@ -25,7 +25,7 @@ def create_redis(settings: RedisSettings, *, client_name: str = "orchestrator") 
     retry = Retry(
         EqualJitterBackoff(cap=settings.retry_backoff_cap_s, base=settings.retry_backoff_base_s),
         retries=settings.retry_attempts,
-        supported_errors=(RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError),
+        supported_errors=(RedisConnectionError, RedisTimeoutError),
     )
     return aioredis.Redis.from_url(
         settings.url.get_secret_value(),

@@ -16,7 +16,7 @@ import uuid
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from orchestrator.web.errors import ApiError, code_for_status, default_message, error_response
 
@@ -75,7 +75,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, code_for_status(500), "internal error", request_id_of(request))
 
 
-def body_middleware(max_body_bytes: int, read_timeout_s: float) -> web.Middleware:
+def body_middleware(max_body_bytes: int, read_timeout_s: float) -> Middleware:
     """Read the body (≤ ``max_body_bytes``, within ``read_timeout_s``) before the handler runs."""
 
     @web.middleware

@@ -1,0 +1,152 @@
+"""Secrets never reach the logs: the redactor's rules, then every log path of a running daemon."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.app import create_app
+from orchestrator.logging import MASK, Redactor, configure_logging
+from orchestrator.settings import LogFormat, LoggingSettings, secret_values
+from tests.support.daemon import Daemon
+from tests.support.server import serving
+
+SK = "sk-9f8e7d6c5b4a-TOPSECRET"
+ADMIN = "admin-token-0123456789"
+CB_KEY = "cbkey-ABCDEFGH12345678"
+SECRETS = (SK, ADMIN, CB_KEY)
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        ({"hwSecret": "abc"}, {"hwSecret": MASK}),
+        ({"x-hw-mss-secret": "abc"}, {"x-hw-mss-secret": MASK}),
+        ({"Authorization": "SDK-HMAC-SHA256 Access=AK"}, {"Authorization": MASK}),
+        ({"X-Auth-Token": "t"}, {"X-Auth-Token": MASK}),
+        (
+            {"headers": {"X-Security-Token": "t", "Host": "h"}},
+            {"headers": {"X-Security-Token": MASK, "Host": "h"}},
+        ),
+        (
+            {"config": {"stream_keys": ["a", "b"], "url": "rtmp://x"}},
+            {"config": {"stream_keys": MASK, "url": "rtmp://x"}},
+        ),
+        (
+            {"url": "https://h/cb?hwSecret=deadbeef&hwTime=1a"},
+            {"url": f"https://h/cb?hwSecret={MASK}&hwTime=1a"},
+        ),
+        ({"msg": "got secret=abc123 and time_stamp=9"}, {"msg": f"got secret={MASK} and time_stamp=9"}),
+        ({"msg": 'body {"key": "k-123456"}'}, {"msg": f'body {{"key": "{MASK}"}}'}),
+        ({"msg": f"sk is {SK}!"}, {"msg": f"sk is {MASK}!"}),
+        ({"items": (SK, 1)}, {"items": (MASK, 1)}),
+        ({"raw": SK.encode()}, {"raw": MASK}),
+        ({"monkey": "keys are fine, keyboard too"}, {"monkey": "keys are fine, keyboard too"}),
+    ],
+)
+def test_redactor_table(event: dict[str, Any], expected: dict[str, Any]) -> None:
+    redactor = Redactor(values=[SK])
+    assert redactor(None, "info", dict(event)) == expected
+
+
+def test_redactor_values_added_later_and_longest_first() -> None:
+    redactor = Redactor()
+    redactor.add_values(["streamkey-1", "streamkey-12", "abc"])  # "abc" is too short to search for
+    assert redactor.scrub("a streamkey-12 b") == f"a {MASK} b"
+    assert redactor.scrub("abc") == "abc"
+
+
+@given(
+    secret=st.text(min_size=4, max_size=40).filter(str.strip),
+    left=st.text(max_size=30),
+    right=st.text(max_size=30),
+)
+def test_any_registered_secret_is_masked_anywhere_in_text(secret: str, left: str, right: str) -> None:
+    redactor = Redactor(values=[secret])
+    assert secret not in redactor.scrub(left + secret + right)
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    redactor = Redactor(values=SECRETS)
+    configure_logging(LoggingSettings(format=LogFormat.JSON, level="DEBUG"), redactor, stream=stream)
+    yield stream
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+
+
+async def test_no_secret_in_any_log_path(make_settings: Any, log_stream: io.StringIO) -> None:
+    settings = make_settings(
+        metastudio={"sk": SK, "ak": "AK-PUBLICISH-1"},
+        admin={"token": ADMIN},
+        callbacks={"profiles": {"default": {"public_url": "https://x/cb", "keys": [CB_KEY]}}},
+    )
+    assert set(SECRETS) <= secret_values(settings)
+    app = create_app(settings, Redactor(values=secret_values(settings)))
+
+    async def leak(request: web.Request) -> web.Response:
+        structlog.get_logger("test").info("structlog kw", sk=SK, note=f"inline {ADMIN}")
+        logging.getLogger("thirdparty").warning("stdlib positional %s %s", SK, CB_KEY)
+        try:
+            raise ValueError(f"failure carrying {CB_KEY}")
+        except ValueError:
+            structlog.get_logger("test").exception("handled exception")
+        raise RuntimeError(f"unhandled with {SK}")  # → the error middleware logs the traceback
+
+    app.router.add_get("/test/leak", leak)
+    async with serving(app, settings) as url, aiohttp.ClientSession() as http:
+        query = {"hwSecret": "f" * 64, "hwTime": "18c", "token": ADMIN}
+        headers = {"Authorization": f"Bearer {ADMIN}", "x-hw-mss-secret": "e" * 64}
+        async with http.get(f"{url}/test/leak", params=query, headers=headers) as resp:
+            assert resp.status == 500
+            assert SK not in await resp.text()
+        async with http.get(f"{url}/healthz", params=query) as resp:
+            assert resp.status == 200
+    output = log_stream.getvalue()
+    lines = [json.loads(line) for line in output.splitlines()]
+    events = {line["event"] for line in lines}
+    # The paths really ran (otherwise "no secret" would prove nothing), each with its secret masked.
+    assert {"structlog kw", "handled exception", "unhandled error", "request"} <= events
+    assert f"stdlib positional {MASK} {MASK}" in events
+    assert any("unhandled with" in line.get("exception", "") for line in lines)
+    access = [line for line in lines if line["event"] == "request"]
+    assert len(access) == 2 and all(line["query"]["hwSecret"] == MASK for line in access)
+    for secret in (*SECRETS, "f" * 64, "e" * 64):
+        assert secret not in output
+
+
+def test_no_secret_in_daemon_process_logs(redis_url: str) -> None:
+    env = {
+        "ORCH_REDIS__URL": redis_url,
+        "ORCH_METASTUDIO__SK": SK,
+        "ORCH_ADMIN__TOKEN": ADMIN,
+        "ORCH_CALLBACKS__PROFILES__DEFAULT__PUBLIC_URL": "https://example.test/cb",
+        "ORCH_CALLBACKS__PROFILES__DEFAULT__KEYS": json.dumps([CB_KEY]),
+        "ORCH_LOGGING__LEVEL": "DEBUG",
+    }
+    with Daemon(env) as daemon:
+        url = f"{daemon.base_url}/nowhere?hwSecret={SK}&hwTime=18c&token={ADMIN}"
+        request = urllib.request.Request(url, headers={"x-hw-mss-secret": CB_KEY, "Authorization": ADMIN})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=5)
+        assert info.value.code == 404
+        daemon.terminate()
+        assert daemon.wait() == 0
+        output = daemon.output()
+    assert '"path": "/nowhere"' in output  # the access log line was written ...
+    for secret in SECRETS:
+        assert secret not in output  # ... without any secret
