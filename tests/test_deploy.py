@@ -1,0 +1,98 @@
+"""docker-compose.yml and deploy/Dockerfile, checked statically (no Docker engine runs here).
+
+They must parse, run a command the CLI really has, listen on the port the settings say, and only set
+environment variables that are settings.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from orchestrator.cli import build_parser
+from orchestrator.settings import ENV_PREFIX, iter_fields, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTING_ENV_VARS = {env for _, env, _, _ in iter_fields()}
+PROFILE_ENV_RE = re.compile(r"^ORCH_CALLBACKS__PROFILES__\w+__(PUBLIC_URL|AUTH_TYPE|KEYS)$")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[tuple[str, str]]:
+    text = (ROOT / "deploy" / "Dockerfile").read_text().replace("\\\n", " ")
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def _assert_cli_command(argv: list[str]) -> None:
+    assert argv[0] == "orchestrator"
+    build_parser().parse_args(argv[1:])  # exits (fails the test) on an unknown command or option
+
+
+def _env(compose: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in compose["services"]["orchestrator"]["environment"].items()}
+
+
+def test_compose_services(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"redis", "orchestrator"} <= set(services)
+    for name in ("redis", "orchestrator"):
+        assert services[name]["healthcheck"]["test"][0] == "CMD"
+    assert services["orchestrator"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert services["orchestrator"]["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert (ROOT / services["orchestrator"]["build"]["context"] / "deploy" / "Dockerfile").is_file()
+    _assert_cli_command(services["orchestrator"]["command"])
+
+
+def test_compose_environment_is_settings(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    env = _env(compose)
+    for name in env:
+        assert name.startswith(ENV_PREFIX)
+        assert name in SETTING_ENV_VARS or PROFILE_ENV_RE.match(name), f"{name} is not a setting"
+    # The values (with ${VAR:-default} resolved to their defaults) make a valid configuration.
+    for name, value in env.items():
+        monkeypatch.setenv(name, re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value))
+    settings = load_settings()
+    assert settings.redis.url.get_secret_value().startswith("redis://redis:")  # the compose service name
+    grace = int(compose["services"]["orchestrator"]["stop_grace_period"].rstrip("s"))
+    assert grace > settings.server.shutdown_timeout_s
+
+
+def test_compose_ports_match_settings(compose: dict[str, Any]) -> None:
+    port = _env(compose)["ORCH_SERVER__PORT"]
+    service = compose["services"]["orchestrator"]
+    assert any(mapping.split(":")[-1] == port for mapping in service["ports"])
+    assert f"127.0.0.1:{port}/" in " ".join(service["healthcheck"]["test"])
+
+
+def test_dockerfile(dockerfile: list[tuple[str, str]]) -> None:
+    instructions = [name for name, _ in dockerfile]
+    final_stage = dockerfile[max(i for i, (n, _) in enumerate(dockerfile) if n == "FROM") :]
+    args = dict(final_stage)
+    assert re.match(r"python:3\.1[1-9][\w.-]*-slim", args["FROM"])
+    user = args["USER"].split(":")[0]
+    assert user not in ("root", "0")
+    env = dict(shlex.split(item)[0].split("=", 1) for item in shlex.split(args["ENV"]))
+    assert set(env) - {"PYTHONUNBUFFERED"} <= SETTING_ENV_VARS
+    assert args["EXPOSE"] == env["ORCH_SERVER__PORT"]
+    assert f"127.0.0.1:{env['ORCH_SERVER__PORT']}/healthz" in args["HEALTHCHECK"]
+    _assert_cli_command(yaml.safe_load(args["CMD"]))
+    assert "STOPSIGNAL" in instructions
+    for name, arg in dockerfile:
+        if name == "COPY" and "--from" not in arg:
+            for source in shlex.split(arg)[:-1]:
+                assert (ROOT / source).exists(), f"COPY source {source} missing"

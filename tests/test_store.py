@@ -1,0 +1,66 @@
+"""Redis: key names keep a room in one cluster slot; the client retries and recovers."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.backoff import EqualJitterBackoff
+from redis.crc import key_slot
+
+from orchestrator.settings import RedisSettings
+from orchestrator.store import keys
+from orchestrator.store.redis import create_redis, redis_ready
+from tests.support.redis_server import RedisServer
+
+ROOM_IDS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,40}", fullmatch=True)
+
+
+@given(room_id=ROOM_IDS)
+def test_all_room_keys_share_one_slot(room_id: str) -> None:
+    names = [
+        keys.room_state(room_id),
+        keys.room_events(room_id),
+        keys.room_lease(room_id),
+        keys.room_fence(room_id, "start", "2026-11-21T10:00"),
+        keys.room_ingest(room_id),
+    ]
+    assert all(name.startswith(f"orch:{{{room_id}}}:") for name in names)
+    assert len({key_slot(name.encode()) for name in names}) == 1
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "brace{", "brace}", "a" * 129, "-leading", "new\nline"])
+def test_unsafe_room_ids_are_rejected(bad: str) -> None:
+    with pytest.raises(keys.InvalidKeyPart):
+        keys.room_state(bad)
+
+
+async def test_client_from_settings(redis_url: str) -> None:
+    settings = RedisSettings(url=redis_url, retry_attempts=4, socket_timeout_s=2.5)
+    client = create_redis(settings)
+    try:
+        assert await client.ping()
+        kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == 2.5
+        assert kwargs["health_check_interval"] == 15
+        retry = kwargs["retry"]
+        assert retry._retries == 4
+        assert isinstance(retry._backoff, EqualJitterBackoff)
+        assert await client.client_getname() == "orchestrator"
+    finally:
+        await client.aclose()
+
+
+async def test_client_recovers_after_redis_restart(controllable_redis: RedisServer, redis_url: str) -> None:
+    client: aioredis.Redis = create_redis(RedisSettings(url=redis_url, readiness_timeout_s=0.5))
+    try:
+        await client.set("k", "v")
+        controllable_redis.stop()
+        ok, detail = await redis_ready(client, 0.5)
+        assert not ok and detail
+        controllable_redis.start()
+        assert await redis_ready(client, 2.0) == (True, None)
+        assert await client.set("k", "again")  # same client object, no rebuild
+    finally:
+        await client.aclose()
