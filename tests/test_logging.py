@@ -150,3 +150,25 @@ def test_no_secret_in_daemon_process_logs(redis_url: str) -> None:
     assert '"path": "/nowhere"' in output  # the access log line was written ...
     for secret in SECRETS:
         assert secret not in output  # ... without any secret
+
+
+def test_json_when_not_a_tty_console_when_asked(log_stream: io.StringIO) -> None:
+    for fmt, is_json in ((LogFormat.AUTO, True), (LogFormat.JSON, True), (LogFormat.CONSOLE, False)):
+        stream = io.StringIO()  # not a TTY
+        configure_logging(LoggingSettings(format=fmt), Redactor(), stream=stream)
+        with structlog.contextvars.bound_contextvars(request_id="rid-1"):
+            structlog.get_logger("t").info("hello", room_id="r1")
+        line = stream.getvalue().strip()
+        if is_json:
+            assert json.loads(line) | {"timestamp": None} == {
+                "event": "hello",
+                "room_id": "r1",
+                "request_id": "rid-1",
+                "level": "info",
+                "logger": "t",
+                "timestamp": None,
+            }
+        else:
+            assert "hello" in line and "room_id=r1" in line and "request_id=rid-1" in line
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(line)
