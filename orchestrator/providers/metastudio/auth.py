@@ -141,7 +141,7 @@ class ParsedAuthorization:
 
 
 class MalformedAuthorization(ValueError):
-    """An Authorization header that is not ``SDK-HMAC-SHA256 Access=..., SignedHeaders=..., Signature=...``."""
+    """An Authorization header not of the form ``SDK-HMAC-SHA256 Access=, SignedHeaders=, Signature=``."""
 
 
 def parse_authorization(value: str) -> ParsedAuthorization:
