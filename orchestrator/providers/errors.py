@@ -1,0 +1,110 @@
+"""Errors of calls to a vendor API, one tree for every provider::
+
+    ProviderError
+    ├── ProviderConfigError       credentials or endpoint missing; nothing was sent
+    ├── ProviderTransportError    no usable HTTP answer
+    │   ├── ProviderConnectError  could not connect: the request never left (safe to retry anything)
+    │   └── ProviderTimeout       sent, no answer in time: the vendor may or may not have acted
+    └── ProviderStatusError       the vendor answered with an error status and body
+        ├── ProviderBadRequest    400: our request is wrong; retrying cannot help
+        ├── ProviderAuthError     401/403
+        ├── ProviderNotFound      404
+        ├── ProviderRateLimited   429 (``retry_after_s`` from Retry-After)
+        └── ProviderServerError   5xx
+
+``aiohttp``/``asyncio`` errors are translated into this tree in one place, the provider client's send
+function, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    """Base of every vendor API failure."""
+
+
+class ProviderConfigError(ProviderError):
+    """The client cannot sign or address a request (missing AK/SK, token or project id)."""
+
+
+class ProviderTransportError(ProviderError):
+    """The call produced no HTTP response we could read (reset, refused, timed out)."""
+
+    #: True when the vendor may have received and acted on the request.
+    ambiguous = True
+
+
+class ProviderConnectError(ProviderTransportError):
+    """The connection could not be opened: the vendor certainly did not see the request."""
+
+    ambiguous = False
+
+
+class ProviderTimeout(ProviderTransportError):
+    """No complete response within the call's timeout."""
+
+
+class ProviderStatusError(ProviderError):
+    """The vendor answered with an error: HTTP status, its error code, message and request id."""
+
+    def __init__(
+        self,
+        status: int,
+        error_code: str | None,
+        error_msg: str | None,
+        request_id: str | None = None,
+        *,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(
+            f"HTTP {status} {error_code or '-'}: {error_msg or ''} (request id {request_id or '-'})"
+        )
+        self.status = status
+        self.error_code = error_code
+        self.error_msg = error_msg
+        self.request_id = request_id
+        self.retry_after_s = retry_after_s
+
+
+class ProviderBadRequest(ProviderStatusError):
+    """400: the request is invalid (e.g. MSS.00000003 "Invalid parameter")."""
+
+
+class ProviderAuthError(ProviderStatusError):
+    """401/403: credentials wrong, expired or not allowed."""
+
+
+class ProviderNotFound(ProviderStatusError):
+    """404: no such room or job."""
+
+
+class ProviderRateLimited(ProviderStatusError):
+    """429: throttled; the request was not processed."""
+
+
+class ProviderServerError(ProviderStatusError):
+    """5xx: the vendor failed; it may or may not have acted."""
+
+
+def status_error(
+    status: int,
+    error_code: str | None,
+    error_msg: str | None,
+    request_id: str | None,
+    retry_after_s: float | None,
+) -> ProviderStatusError:
+    """The ProviderStatusError subclass for ``status``."""
+    cls: type[ProviderStatusError]
+    if status == 400:
+        cls = ProviderBadRequest
+    elif status in (401, 403):
+        cls = ProviderAuthError
+    elif status == 404:
+        cls = ProviderNotFound
+    elif status == 429:
+        cls = ProviderRateLimited
+    elif status >= 500:
+        cls = ProviderServerError
+    else:
+        cls = ProviderStatusError
+    return cls(status, error_code, error_msg, request_id, retry_after_s=retry_after_s)

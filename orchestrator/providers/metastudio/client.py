@@ -1,0 +1,418 @@
+"""The MetaStudio smart-live client: every job API, signed, bounded, and retried only where safe.
+
+The client takes an injected ``aiohttp.ClientSession`` and a base URL (the region endpoint, or a sandbox)
+and never creates or closes a session of its own. Each call has a timeout; at most ``max_concurrency``
+calls are in flight per client (one client per project). Errors are translated in :meth:`_send` into
+:mod:`orchestrator.providers.errors`.
+
+When is a failed call retried (with exponential backoff and full jitter, Retry-After honoured on 429)?
+
+* reads, stop, event reports (the same batch bytes again) and idempotent commands: after any transport
+  error, 429 or 5xx;
+* INSERT_PLAY_SCRIPT / INSERT_PLAY_AUDIO: only when the vendor certainly did not act (connect error, 429)
+  -- a second insert after a timeout could make the avatar say the same thing twice;
+* start job: after an unsent failure, directly; after an ambiguous one (timeout, reset, 5xx), only once
+  listing the room's jobs shows no active job -- an active job found there is adopted instead, so a
+  room is never started twice. (Adopting *any* active job is deliberate: the caller starts a job because
+  it believes none is active; if one is, starting another would be the double start.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+from pydantic import BaseModel
+from yarl import URL
+
+from orchestrator.providers.errors import (
+    ProviderConfigError,
+    ProviderConnectError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderServerError,
+    ProviderStatusError,
+    ProviderTimeout,
+    ProviderTransportError,
+    status_error,
+)
+from orchestrator.providers.metastudio import auth
+from orchestrator.providers.metastudio.models import (
+    Command,
+    CommandResponse,
+    JobList,
+    JobState,
+    LiveEvent,
+    LiveEventReport,
+    LiveEventReportResponse,
+    SmartLiveJob,
+    SmartLiveRoom,
+    StartJobRequest,
+    StartJobResponse,
+)
+from orchestrator.settings import MetaStudioAuthMode, MetaStudioSettings
+
+log = structlog.get_logger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class AkSkCredentials:
+    """Permanent AK/SK, or temporary ones with their security token."""
+
+    ak: str
+    sk: str
+    project_id: str
+    security_token: str | None = None
+
+    def sign(
+        self, method: str, url: URL, headers: dict[str, str], body: bytes, now: datetime
+    ) -> dict[str, str]:
+        headers = {**headers, auth.HEADER_PROJECT: self.project_id}
+        if self.security_token:
+            headers[auth.HEADER_SECURITY_TOKEN] = self.security_token
+        return auth.sign_headers(
+            method=method,
+            host=url.raw_authority,
+            path=url.raw_path,
+            query=list(url.query.items()),
+            headers=headers,
+            body=body,
+            ak=self.ak,
+            sk=self.sk,
+            now=now,
+        )
+
+
+@dataclass(frozen=True)
+class TokenCredentials:
+    """An IAM token (valid 24 h; obtaining and renewing it is the caller's business)."""
+
+    token: str
+    project_id: str
+
+    def sign(
+        self, method: str, url: URL, headers: dict[str, str], body: bytes, now: datetime
+    ) -> dict[str, str]:
+        return {**headers, auth.HEADER_AUTH_TOKEN: self.token, auth.HEADER_PROJECT: self.project_id}
+
+
+Credentials = AkSkCredentials | TokenCredentials
+
+
+def credentials_from_settings(settings: MetaStudioSettings) -> Credentials:
+    """Raises ProviderConfigError naming what is missing."""
+    if not settings.project_id:
+        raise ProviderConfigError("metastudio.project_id is not set")
+    if settings.auth_mode is MetaStudioAuthMode.TOKEN:
+        if not settings.auth_token.get_secret_value():
+            raise ProviderConfigError("metastudio.auth_mode is token but metastudio.auth_token is not set")
+        return TokenCredentials(settings.auth_token.get_secret_value(), settings.project_id)
+    if not (settings.ak.get_secret_value() and settings.sk.get_secret_value()):
+        raise ProviderConfigError("metastudio.ak and metastudio.sk are required for AK/SK authentication")
+    return AkSkCredentials(
+        settings.ak.get_secret_value(),
+        settings.sk.get_secret_value(),
+        settings.project_id,
+        settings.security_token.get_secret_value() or None,
+    )
+
+
+class Retry(Enum):
+    """Which failures of a call may be retried."""
+
+    SAFE = "safe"  # repeating has the effect of one call: any transport error, 429, 5xx
+    UNSENT = "unsent"  # only failures where the vendor certainly did not act: connect error, 429
+    NEVER = "never"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 3
+    backoff_base_s: float = 0.2
+    backoff_cap_s: float = 5.0
+    max_retry_after_s: float = 60.0
+
+    def delay_s(self, attempt: int, error: ProviderError) -> float:
+        """Full-jitter exponential backoff; a 429's Retry-After (capped) when the vendor gave one."""
+        if isinstance(error, ProviderRateLimited) and error.retry_after_s is not None:
+            return min(error.retry_after_s, self.max_retry_after_s)
+        return random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2**attempt))  # noqa: S311
+
+
+def is_retryable(error: ProviderError, mode: Retry) -> bool:
+    """Whether ``error`` may be retried under ``mode`` (pure; table-tested)."""
+    if mode is Retry.NEVER:
+        return False
+    if isinstance(error, ProviderConnectError | ProviderRateLimited):
+        return True
+    if mode is Retry.UNSENT:
+        return False
+    return isinstance(error, ProviderTransportError | ProviderServerError)
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class MetaStudioClient:
+    """Async client of MetaStudio's smart-live API for one project."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str | URL,
+        credentials: Credentials,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 3.0,
+        retry: RetryPolicy = RetryPolicy(),
+        max_concurrency: int = 8,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._session = session
+        self._base = URL(str(base_url))
+        self._credentials = credentials
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        self._retry = retry
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._now = now
+        self._sleep = sleep
+
+    @classmethod
+    def from_settings(cls, session: aiohttp.ClientSession, settings: MetaStudioSettings) -> MetaStudioClient:
+        """Raises ProviderConfigError when credentials are incomplete."""
+        return cls(
+            session,
+            base_url=str(settings.endpoint),
+            credentials=credentials_from_settings(settings),
+            timeout_s=settings.timeout_s,
+            connect_timeout_s=settings.connect_timeout_s,
+            retry=RetryPolicy(max_retries=settings.max_retries),
+            max_concurrency=settings.max_concurrency,
+        )
+
+    @property
+    def project_id(self) -> str:
+        return self._credentials.project_id
+
+    # --- the API ------------------------------------------------------------------------------------------
+
+    async def start_job(self, room_id: str, request: StartJobRequest) -> StartJobResponse:
+        """Start a live job in ``room_id``, never twice (see the module docstring).
+
+        Raises ProviderError.
+        """
+        url = self._url("smart-live-rooms", room_id, "smart-live-jobs")
+        for attempt in range(self._retry.max_retries + 1):
+            try:
+                body = await self._call("POST", url, request.to_wire(), Retry.NEVER)
+                return StartJobResponse.model_validate(body)
+            except ProviderError as error:
+                final = attempt == self._retry.max_retries or not is_retryable(error, Retry.SAFE)
+                if is_retryable(error, Retry.SAFE) and not is_retryable(error, Retry.UNSENT):
+                    adopted = await self._active_job(room_id)
+                    if adopted is not None:
+                        log.warning(
+                            "start ambiguous; adopting the job found",
+                            room_id=room_id,
+                            job_id=adopted.job_id,
+                            error=str(error),
+                        )
+                        return _as_start_response(adopted)
+                if final:
+                    raise
+                await self._backoff(attempt, error, "start_job", room_id=room_id)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def list_room_jobs(
+        self,
+        room_id: str,
+        *,
+        states: list[JobState] | None = None,
+        offset: int = 0,
+        limit: int = 10,
+        sort_dir: str | None = None,
+    ) -> JobList:
+        query = {"offset": str(offset), "limit": str(limit)}
+        if states:
+            query["state"] = ",".join(s.value for s in states)
+        if sort_dir:
+            query.update(sort_key="create_time", sort_dir=sort_dir)
+        url = self._url("smart-live-rooms", room_id, "smart-live-jobs").with_query(query)
+        return JobList.model_validate(await self._call("GET", url, None, Retry.SAFE))
+
+    async def list_jobs(
+        self,
+        *,
+        states: list[JobState] | None = None,
+        offset: int = 0,
+        limit: int = 10,
+        room_name: str | None = None,
+    ) -> JobList:
+        """Every job of the tenant (project)."""
+        query = {"offset": str(offset), "limit": str(limit)}
+        if states:
+            query["state"] = ",".join(s.value for s in states)
+        if room_name:
+            query["room_name"] = room_name
+        url = self._url("smart-live-jobs").with_query(query)
+        return JobList.model_validate(await self._call("GET", url, None, Retry.SAFE))
+
+    async def show_job(self, room_id: str, job_id: str) -> SmartLiveJob:
+        url = self._url("smart-live-rooms", room_id, "smart-live-jobs", job_id)
+        return SmartLiveJob.model_validate(await self._call("GET", url, None, Retry.SAFE))
+
+    async def stop_job(self, room_id: str, job_id: str) -> None:
+        url = self._url("smart-live-rooms", room_id, "smart-live-jobs", job_id, "stop")
+        await self._call("POST", url, None, Retry.SAFE)
+
+    async def command(self, room_id: str, job_id: str, command: Command) -> CommandResponse:
+        url = self._url("smart-live-rooms", room_id, "smart-live-jobs", job_id, "command")
+        mode = Retry.SAFE if command.idempotent else Retry.UNSENT
+        return CommandResponse.model_validate(await self._call("POST", url, command.to_wire(), mode))
+
+    async def report_events(self, report_url: str, events: list[LiveEvent]) -> str | None:
+        """Report 1-1000 events to the job's ``live_event_report_url``; return the refreshed URL, if any.
+
+        The body is serialised once, so every retry sends the same bytes (the vendor sees one batch).
+        """
+        report = LiveEventReport.of(events)
+        url = URL(report_url)
+        if not url.is_absolute():
+            raise ProviderConfigError(f"live_event_report_url is not absolute: {report_url!r}")
+        body = await self._call("POST", url, report.to_wire(), Retry.SAFE)
+        return LiveEventReportResponse.model_validate(body or {}).live_event_report_url
+
+    async def show_room(self, room_id: str) -> SmartLiveRoom:
+        url = self._url("smart-live-rooms", room_id)
+        return SmartLiveRoom.model_validate(await self._call("GET", url, None, Retry.SAFE))
+
+    # --- plumbing -----------------------------------------------------------------------------------------
+
+    def _url(self, *segments: str) -> URL:
+        path = "/".join(quote(s, safe="") for s in ("v1", self._credentials.project_id, *segments))
+        return self._base.with_path(f"{self._base.path.rstrip('/')}/{path}", encoded=True)
+
+    async def _active_job(self, room_id: str) -> SmartLiveJob | None:
+        jobs = await self.list_room_jobs(room_id, states=[JobState.WAITING, JobState.PROCESSING], limit=100)
+        active = [job for job in jobs.smart_live_jobs if job.state.active]
+        return max(active, key=lambda job: job.create_time or "", default=None)
+
+    async def _call(self, method: str, url: URL, payload: Any, mode: Retry) -> Any:
+        """Send with retries per ``mode``; return the decoded JSON body (None when empty).
+
+        Raises ProviderError.
+        """
+        body = _json_bytes(payload)
+        for attempt in range(self._retry.max_retries + 1):
+            try:
+                response = await self._send(method, url, body)
+                return _decode(response)
+            except ProviderError as error:
+                if attempt == self._retry.max_retries or not is_retryable(error, mode):
+                    raise
+                await self._backoff(attempt, error, method, path=url.path)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _backoff(self, attempt: int, error: ProviderError, what: str, **context: Any) -> None:
+        delay = self._retry.delay_s(attempt, error)
+        log.warning(
+            "metastudio call failed; retrying",
+            call=what,
+            attempt=attempt + 1,
+            delay_s=round(delay, 3),
+            error=str(error),
+            **context,
+        )
+        await self._sleep(delay)
+
+    async def _send(self, method: str, url: URL, body: bytes) -> _Response:
+        """One HTTP exchange, signed; every aiohttp/asyncio failure becomes a ProviderError here."""
+        headers = {"Content-Type": "application/json;charset=UTF-8"}
+        headers = self._credentials.sign(method, url, headers, body, self._now())
+        started = time.monotonic()
+        async with self._slots:
+            try:
+                async with self._session.request(
+                    method,
+                    url,
+                    data=body or None,
+                    headers=headers,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                ) as resp:
+                    response = _Response(resp.status, resp.headers, await resp.read())
+            except TimeoutError as exc:
+                raise ProviderTimeout(
+                    f"{method} {url.path}: no response within {self._timeout.total}s"
+                ) from exc
+            except aiohttp.ClientConnectorError as exc:
+                raise ProviderConnectError(f"{method} {url.path}: cannot connect: {exc.os_error}") from exc
+            except aiohttp.ClientError as exc:
+                raise ProviderTransportError(f"{method} {url.path}: {type(exc).__name__}: {exc}") from exc
+        log.debug(
+            "metastudio call",
+            method=method,
+            path=url.path,
+            status=response.status,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        if response.status >= 400:
+            raise _status_error(response)
+        return response
+
+
+def _json_bytes(payload: Any) -> bytes:
+    return b"" if payload is None else json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _decode(response: _Response) -> Any:
+    if not response.body.strip():
+        return None
+    try:
+        return json.loads(response.body)
+    except ValueError as exc:
+        raise ProviderStatusError(
+            response.status, None, "response body is not JSON", response.headers.get("X-Request-Id")
+        ) from exc
+
+
+def _status_error(response: _Response) -> ProviderStatusError:
+    code = msg = None
+    try:
+        data = json.loads(response.body)
+        if isinstance(data, dict):
+            code, msg = data.get("error_code"), data.get("error_msg")
+    except ValueError:
+        msg = response.body[:200].decode("utf-8", "replace")
+    retry_after = None
+    if raw := response.headers.get("Retry-After"):
+        try:
+            retry_after = max(0.0, float(raw))
+        except ValueError:
+            retry_after = None  # an HTTP-date: fall back to our own backoff
+    return status_error(response.status, code, msg, response.headers.get("X-Request-Id"), retry_after)
+
+
+def _as_start_response(job: SmartLiveJob) -> StartJobResponse:
+    return StartJobResponse(
+        job_id=job.job_id,
+        live_event_report_url=job.live_event_report_url,
+        live_event_callback_config=job.live_event_callback_config,
+    )

@@ -1,0 +1,1 @@
+"""Faithful local emulators of the vendor APIs, for tests, benchmarks and the demo."""
