@@ -62,6 +62,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(check)
     check.set_defaults(func=cmd_check_config)
 
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="run a local emulator of a vendor API (for tests, demos and trying the daemon)",
+        description="Run a faithful local emulator of a vendor API. It checks signatures like the real "
+        "service, plays live jobs at a chosen speed, sends signed callbacks, and has a fault-injection API "
+        "under /_sandbox. Never expose it to a network.",
+    )
+    vendors = sandbox.add_subparsers(dest="vendor", metavar="VENDOR", required=True)
+    metastudio = vendors.add_parser(
+        "metastudio",
+        help="Huawei Cloud MetaStudio smart-live API",
+        description="Serve the MetaStudio smart-live API with a seeded demo room, and print the endpoint, "
+        "credentials and room id to configure the daemon (or the official SDK) with.",
+    )
+    metastudio.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    metastudio.add_argument("--port", type=int, default=8090, help="listen port (default 8090; 0: any free)")
+    metastudio.add_argument("--ak", default="SANDBOXACCESSKEY", help="access key the sandbox accepts")
+    metastudio.add_argument("--sk", default="sandbox-secret-key", help="secret key the sandbox accepts")
+    metastudio.add_argument("--project-id", default="sandbox-project", help="project id in API paths")
+    metastudio.add_argument("--auth-token", help="also accept this X-Auth-Token")
+    metastudio.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="simulated seconds per real second (default 1; 60: an hour a minute)",
+    )
+    metastudio.set_defaults(func=cmd_sandbox_metastudio)
+
     version = commands.add_parser(
         "version", help="print the version and exit", description="Print the daemon's version."
     )
@@ -141,6 +169,41 @@ async def _run(settings: Settings, redactor: Redactor) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await serve(create_app(settings, redactor), settings, stop)
+
+
+def cmd_sandbox_metastudio(args: argparse.Namespace) -> int:
+    from orchestrator.sandbox.metastudio.app import SandboxConfig, demo_room, running_sandbox
+
+    if args.speed <= 0:
+        print("orchestrator: --speed must be positive", file=sys.stderr)
+        return EXIT_CONFIG
+    config = SandboxConfig(args.ak, args.sk, args.project_id, args.speed, args.auth_token)
+
+    async def serve_sandbox() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with running_sandbox(config, args.host, args.port) as (sandbox, url):
+            room = sandbox.world.add_room(demo_room())
+            print(
+                f"MetaStudio sandbox listening on {url} (speed x{args.speed:g})\n"
+                f"  endpoint:   {url}\n  ak:         {args.ak}\n  sk:         {args.sk}\n"
+                f"  project id: {args.project_id}\n  room id:    {room.room_id}\n"
+                f"  controls:   {url}/_sandbox/state\n"
+                "Point the daemon at it:\n"
+                f"  ORCH_METASTUDIO__ENDPOINT={url} ORCH_METASTUDIO__AK={args.ak} "
+                f"ORCH_METASTUDIO__SK={args.sk} ORCH_METASTUDIO__PROJECT_ID={args.project_id}",
+                flush=True,
+            )
+            await stop.wait()
+
+    try:
+        asyncio.run(serve_sandbox())
+    except OSError as exc:
+        print(f"orchestrator: cannot serve the sandbox on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

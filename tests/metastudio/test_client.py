@@ -36,6 +36,7 @@ from orchestrator.providers.metastudio.models import (
     CommandName,
     JobState,
     LiveEvent,
+    LiveEventReport,
     LiveGuideRuleInfo,
     PlayAudioInfo,
     PlayPolicy,
@@ -105,12 +106,24 @@ async def test_all_nine_commands(env: Env) -> None:
     commands = [
         text,
         Command.insert_play_audio(PlayAudioInfo(audio_url="https://cdn.example/a.mp3", play_type="APPEND")),
-        Command.rewrite_play_script(RewritePlayScript(scene_scripts=[{"script_name": "New", "shoot_scripts": [
-            {"sequence_no": 1, "title": "Only", "text_config": {"text": "新的段落"}}]}])),
+        Command.rewrite_play_script(
+            RewritePlayScript(
+                scene_scripts=[
+                    {
+                        "script_name": "New",
+                        "shoot_scripts": [
+                            {"sequence_no": 1, "title": "Only", "text_config": {"text": "新的段落"}}
+                        ],
+                    }
+                ]
+            )
+        ),
         Command.rewrite_interaction_rules(RewriteInteractionRules(interaction_rules=[])),
         Command.get_current_playing_scripts(),
         Command.show_layer(LiveGuideRuleInfo(layer_config={"layer_type": "TEXT"})),
-        Command.refresh_output_url(RefreshOutputUrlConfig(output_urls=["rtmp://push.example/new"], stream_keys=["k2"])),
+        Command.refresh_output_url(
+            RefreshOutputUrlConfig(output_urls=["rtmp://push.example/new"], stream_keys=["k2"])
+        ),
         Command.get_live_job_config_info(),
         Command.clean_up_insert_command(CleanUpInsertCommand(command_ids=[])),
     ]
@@ -129,7 +142,9 @@ async def test_report_events_content_is_a_json_string_and_url_refreshes(env: Env
     job = await env.client.start_job(ROOM, START)
     await _processing_job(env, job.job_id)
     events = [
-        LiveEvent(timestamp=1_700_000_000_000 + i, type=1, content={"user": {"userId": f"u{i}"}, "content": "hi"})
+        LiveEvent(
+            timestamp=1_700_000_000_000 + i, type=1, content={"user": {"userId": f"u{i}"}, "content": "hi"}
+        )
         for i in range(1000)
     ]
     url = await env.client.report_events(job.live_event_report_url or "", events)
@@ -162,10 +177,9 @@ def test_request_models_validate_documented_ranges() -> None:
         PlayTextInfo(text_config=TextConfig(text="x"), rule_index="r" * 65)
     with pytest.raises(ValidationError, match="command_ids"):
         CleanUpInsertCommand(command_ids=["c"] * 101)
-    with pytest.raises(ValueError, match="total|events"):
-        from orchestrator.providers.metastudio.models import LiveEventReport
-
-        LiveEventReport.of([LiveEvent(timestamp=1, type=1)] * 1001)
+    too_many = [LiveEvent(timestamp=1, type=1)] * 1001
+    with pytest.raises(ValidationError, match=r"total|events"):
+        LiveEventReport.of(too_many)
     assert "sk-stream-1" not in repr(START)
 
 
@@ -222,8 +236,11 @@ def test_credentials_from_settings() -> None:
     )
     token = credentials_from_settings(MetaStudioSettings(project_id="p", auth_mode="token", auth_token="t"))
     assert isinstance(token, TokenCredentials)
-    for broken in (MetaStudioSettings(ak="a", sk="s"), MetaStudioSettings(project_id="p", ak="a"),
-                   MetaStudioSettings(project_id="p", auth_mode="token")):
+    for broken in (
+        MetaStudioSettings(ak="a", sk="s"),
+        MetaStudioSettings(project_id="p", ak="a"),
+        MetaStudioSettings(project_id="p", auth_mode="token"),
+    ):
         with pytest.raises(ProviderConfigError):
             credentials_from_settings(broken)
 
@@ -258,7 +275,11 @@ def test_retry_table(error: ProviderError, mode: Retry, expected: bool) -> None:
 
 
 async def test_5xx_on_a_read_is_retried(env: Env) -> None:
-    await env.control("POST", "/faults", {"kind": "error", "count": 2, "status": 503, "path_contains": "/smart-live-rooms/demo-room"})
+    await env.control(
+        "POST",
+        "/faults",
+        {"kind": "error", "count": 2, "status": 503, "path_contains": "/smart-live-rooms/demo-room"},
+    )
     room = await env.client.show_room(ROOM)
     assert room.room_id == ROOM
     assert _calls(env, "GET", "/smart-live-rooms/demo-room") == 3
@@ -266,9 +287,13 @@ async def test_5xx_on_a_read_is_retried(env: Env) -> None:
 
 async def test_5xx_on_insert_is_not_retried(env: Env) -> None:
     job_id = await _processing(env)
-    await env.control("POST", "/faults", {"kind": "error", "count": 1, "status": 500, "path_contains": "/command"})
+    await env.control(
+        "POST", "/faults", {"kind": "error", "count": 1, "status": 500, "path_contains": "/command"}
+    )
     with pytest.raises(ProviderServerError) as info:
-        await env.client.command(ROOM, job_id, Command.insert_play_script(PlayTextInfo(text_config=TextConfig(text="x"))))
+        await env.client.command(
+            ROOM, job_id, Command.insert_play_script(PlayTextInfo(text_config=TextConfig(text="x")))
+        )
     assert info.value.error_code == "MSS.00000004"
     assert _calls(env, "POST", "/command") == 1
 
@@ -281,8 +306,14 @@ async def test_429_retry_after_is_honoured(env: Env) -> None:
 
     client = make_client(env.session, env.url, sleep=record)
     job_id = await _processing(env)
-    await env.control("POST", "/faults", {"kind": "throttle", "count": 2, "retry_after_s": 0.75, "path_contains": "/command"})
-    response = await client.command(ROOM, job_id, Command.insert_play_script(PlayTextInfo(text_config=TextConfig(text="x"))))
+    await env.control(
+        "POST",
+        "/faults",
+        {"kind": "throttle", "count": 2, "retry_after_s": 0.75, "path_contains": "/command"},
+    )
+    response = await client.command(
+        ROOM, job_id, Command.insert_play_script(PlayTextInfo(text_config=TextConfig(text="x")))
+    )
     assert response.command_id
     assert slept == [0.75, 0.75]
     assert _calls(env, "POST", "/command") == 3
@@ -298,7 +329,11 @@ async def test_429_exhausted_raises_rate_limited(env: Env) -> None:
 
 async def test_hang_past_timeout_then_retry(env: Env) -> None:
     client = make_client(env.session, env.url, timeout_s=0.3)
-    await env.control("POST", "/faults", {"kind": "hang", "count": 1, "hang_s": 2, "path_contains": "/smart-live-rooms/demo-room"})
+    await env.control(
+        "POST",
+        "/faults",
+        {"kind": "hang", "count": 1, "hang_s": 2, "path_contains": "/smart-live-rooms/demo-room"},
+    )
     assert (await client.show_room(ROOM)).room_id == ROOM
     no_retry = make_client(env.session, env.url, timeout_s=0.3, retry=RetryPolicy(max_retries=0))
     await env.control("POST", "/faults", {"kind": "hang", "count": 1, "hang_s": 2})
@@ -309,8 +344,11 @@ async def test_hang_past_timeout_then_retry(env: Env) -> None:
 @pytest.mark.parametrize("kind", ["hang", "reset"])
 async def test_ambiguous_start_adopts_the_created_job(env: Env, kind: str) -> None:
     client = make_client(env.session, env.url, timeout_s=0.5)
-    await env.control("POST", "/faults", {"kind": kind, "after": True, "hang_s": 2, "method": "POST",
-                                          "path_contains": "/smart-live-jobs"})
+    await env.control(
+        "POST",
+        "/faults",
+        {"kind": kind, "after": True, "hang_s": 2, "method": "POST", "path_contains": "/smart-live-jobs"},
+    )
     started = await client.start_job(ROOM, START)
     assert list(env.sandbox.world.jobs) == [started.job_id]  # exactly one job: no double start
     assert _calls(env, "POST", "/smart-live-jobs") == 1
@@ -318,7 +356,11 @@ async def test_ambiguous_start_adopts_the_created_job(env: Env, kind: str) -> No
 
 
 async def test_start_failing_before_taking_effect_is_retried_once_listing_shows_nothing(env: Env) -> None:
-    await env.control("POST", "/faults", {"kind": "error", "status": 503, "method": "POST", "path_contains": "/smart-live-jobs"})
+    await env.control(
+        "POST",
+        "/faults",
+        {"kind": "error", "status": 503, "method": "POST", "path_contains": "/smart-live-jobs"},
+    )
     started = await env.client.start_job(ROOM, START)
     assert list(env.sandbox.world.jobs) == [started.job_id]
     assert _calls(env, "POST", "/smart-live-jobs") == 2

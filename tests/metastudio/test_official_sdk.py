@@ -34,7 +34,12 @@ from tests.metastudio.conftest import AK, PROJECT, SK, Env
 
 
 def _sdk(url: str, sk: str = SK) -> Any:
-    return SdkClient.new_builder().with_credentials(BasicCredentials(AK, sk, PROJECT)).with_endpoints([url]).build()
+    return (
+        SdkClient.new_builder()
+        .with_credentials(BasicCredentials(AK, sk, PROJECT))
+        .with_endpoints([url])
+        .build()
+    )
 
 
 async def test_official_sdk_drives_the_sandbox(env: Env) -> None:
@@ -65,7 +70,11 @@ async def test_official_sdk_drives_the_sandbox(env: Env) -> None:
                 job_id=job_id,
                 body=ControlSmartLiveReq(
                     command="INSERT_PLAY_SCRIPT",
-                    params={"text_config": {"text": "欢迎新朋友"}, "play_type": "APPEND", "rule_index": "r-1"},
+                    params={
+                        "text_config": {"text": "欢迎新朋友"},
+                        "play_type": "APPEND",
+                        "rule_index": "r-1",
+                    },
                 ),
             )
         )
@@ -75,13 +84,20 @@ async def test_official_sdk_drives_the_sandbox(env: Env) -> None:
                 job_id=job_id,
                 body=ReportLiveEventReq(
                     total=1,
-                    events=[LiveEvent(timestamp=1700000000000, type=1,
-                                      content=json.dumps({"user": {"userId": "u1"}, "content": "多少钱"}))],
+                    events=[
+                        LiveEvent(
+                            timestamp=1700000000000,
+                            type=1,
+                            content=json.dumps({"user": {"userId": "u1"}, "content": "多少钱"}),
+                        )
+                    ],
                 ),
             )
         )
         room_jobs = sdk.list_smart_live(ListSmartLiveRequest(room_id="demo-room", limit=10, offset=0))
-        tenant_jobs = sdk.list_smart_live_jobs(ListSmartLiveJobsRequest(limit=10, offset=0, state="PROCESSING"))
+        tenant_jobs = sdk.list_smart_live_jobs(
+            ListSmartLiveJobsRequest(limit=10, offset=0, state="PROCESSING")
+        )
         room = sdk.show_smart_live_room(ShowSmartLiveRoomRequest(room_id="demo-room"))
         sdk.stop_smart_live(StopSmartLiveRequest(room_id="demo-room", job_id=job_id))
         stopped = sdk.show_smart_live(ShowSmartLiveRequest(room_id="demo-room", job_id=job_id))

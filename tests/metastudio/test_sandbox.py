@@ -87,8 +87,14 @@ async def receiver() -> AsyncIterator[Receiver]:
     await runner.cleanup()
 
 
-def _start(receiver: Receiver, *, auth_type: str = "MSS_A", events: list[str] | None = None,
-           repeat: int = -1, query: str = "") -> StartJobRequest:
+def _start(
+    receiver: Receiver,
+    *,
+    auth_type: str = "MSS_A",
+    events: list[str] | None = None,
+    repeat: int = -1,
+    query: str = "",
+) -> StartJobRequest:
     return StartJobRequest(
         output_urls=["rtmp://push.example/live"],
         stream_keys=["stream-key-1"],
@@ -111,7 +117,9 @@ def _hmac(uri: str, time_hex: str) -> str:
 
 
 @pytest.mark.parametrize(("repeat", "rounds"), [(0, 1), (1, 2)])
-async def test_repeat_count_rounds_then_succeed(env: Env, receiver: Receiver, repeat: int, rounds: int) -> None:
+async def test_repeat_count_rounds_then_succeed(
+    env: Env, receiver: Receiver, repeat: int, rounds: int
+) -> None:
     job = await env.client.start_job(ROOM, _start(receiver, repeat=repeat))
     assert (await env.client.show_job(ROOM, job.job_id)).state is JobState.WAITING
     await receiver.wait_for(lambda: env.sandbox.world.jobs[job.job_id].state is JobState.SUCCEED)
@@ -121,7 +129,9 @@ async def test_repeat_count_rounds_then_succeed(env: Env, receiver: Receiver, re
     assert switches[2]["scene_script_name"] == "Products" and switches[2]["product_id"] == "p-1001"
     shown = await env.client.show_job(ROOM, job.job_id)
     assert shown.end_time and shown.duration and shown.duration > 0
-    await receiver.wait_for(lambda: any(r.message["state"] == "END" for r in receiver.of("RTMP_STREAM_STATE_CHANGE")))
+    await receiver.wait_for(
+        lambda: any(r.message["state"] == "END" for r in receiver.of("RTMP_STREAM_STATE_CHANGE"))
+    )
 
 
 async def test_forever_until_stopped(env: Env, receiver: Receiver) -> None:
@@ -179,12 +189,25 @@ async def test_rtmp_drop_and_refresh(env: Env, receiver: Receiver) -> None:
     for state in ("DISCONNECTED", "RECONNECTING", "END"):
         await env.control("POST", f"/jobs/{job.job_id}/rtmp", {"state": state})
     await receiver.wait_for(lambda: len(receiver.got) >= 5)
-    assert [r.message["state"] for r in receiver.got] == ["CONNECTING", "CONNECTED", "DISCONNECTED", "RECONNECTING", "END"]
-    await env.client.command(ROOM, job.job_id, Command.refresh_output_url(
-        RefreshOutputUrlConfig(output_urls=["rtmp://push.example/backup"], stream_keys=["stream-key-2"])))
+    assert [r.message["state"] for r in receiver.got] == [
+        "CONNECTING",
+        "CONNECTED",
+        "DISCONNECTED",
+        "RECONNECTING",
+        "END",
+    ]
+    await env.client.command(
+        ROOM,
+        job.job_id,
+        Command.refresh_output_url(
+            RefreshOutputUrlConfig(output_urls=["rtmp://push.example/backup"], stream_keys=["stream-key-2"])
+        ),
+    )
     await receiver.wait_for(lambda: len(receiver.got) >= 7)
     assert [(r.message["output_url"], r.message["state"]) for r in receiver.got[5:7]] == [
-        ("rtmp://push.example/backup", "CONNECTING"), ("rtmp://push.example/backup", "CONNECTED")]
+        ("rtmp://push.example/backup", "CONNECTING"),
+        ("rtmp://push.example/backup", "CONNECTED"),
+    ]
 
 
 async def test_block_and_fail(env: Env, receiver: Receiver) -> None:
@@ -196,9 +219,15 @@ async def test_block_and_fail(env: Env, receiver: Receiver) -> None:
 
     with pytest.raises(ProviderBadRequest, match="blocked"):
         await env.client.start_job(ROOM, _start(receiver))  # a blocked room cannot start
-    env.sandbox.world.add_room(env.sandbox.world.rooms[ROOM].model_copy(update={"room_id": "room-2", "room_state": None}))
+    env.sandbox.world.add_room(
+        env.sandbox.world.rooms[ROOM].model_copy(update={"room_id": "room-2", "room_state": None})
+    )
     failed = await env.client.start_job("room-2", _start(receiver))
-    await env.control("POST", f"/jobs/{failed.job_id}/fail", {"error_code": "MSS.45000010", "error_msg": "RTMP stream push failed."})
+    await env.control(
+        "POST",
+        f"/jobs/{failed.job_id}/fail",
+        {"error_code": "MSS.45000010", "error_msg": "RTMP stream push failed."},
+    )
     shown = await env.client.show_job("room-2", failed.job_id)
     assert shown.state is JobState.FAILED
     assert shown.error_info is not None and shown.error_info.error_code == "MSS.45000010"
@@ -211,7 +240,12 @@ async def test_callbacks_duplicated(env: Env, receiver: Receiver) -> None:
     await env.control("POST", "/callbacks/faults", {"duplicate": True})
     await env.client.start_job(ROOM, _start(receiver, events=["RTMP_STREAM_STATE_CHANGE"]))
     await receiver.wait_for(lambda: len(receiver.got) >= 4)
-    assert [r.message["state"] for r in receiver.got] == ["CONNECTING", "CONNECTING", "CONNECTED", "CONNECTED"]
+    assert [r.message["state"] for r in receiver.got] == [
+        "CONNECTING",
+        "CONNECTING",
+        "CONNECTED",
+        "CONNECTED",
+    ]
 
 
 async def test_callbacks_reordered(env: Env, receiver: Receiver) -> None:
@@ -262,21 +296,30 @@ async def test_clean_up_insert_command(env: Env, receiver: Receiver) -> None:
     job_id = await _processing(env, receiver, events=["REPLY_COMMAND_FINISH"])
     playing = await env.client.command(ROOM, job_id, _insert("长" * 100))
     queued = [await env.client.command(ROOM, job_id, _insert(f"排队 {i}", "APPEND")) for i in range(3)]
-    cleaned = await env.client.command(ROOM, job_id, Command.clean_up_insert_command(
-        CleanUpInsertCommand(command_ids=[queued[0].command_id])))
+    cleaned = await env.client.command(
+        ROOM,
+        job_id,
+        Command.clean_up_insert_command(CleanUpInsertCommand(command_ids=[queued[0].command_id])),
+    )
     assert cleaned.result_json() == {"cleaned_command_ids": [queued[0].command_id]}
-    everything = await env.client.command(ROOM, job_id, Command.clean_up_insert_command(CleanUpInsertCommand()))
+    everything = await env.client.command(
+        ROOM, job_id, Command.clean_up_insert_command(CleanUpInsertCommand())
+    )
     assert everything.result_json()["cleaned_command_ids"] == [q.command_id for q in queued[1:]]
     await receiver.wait_for(lambda: len(receiver.got) >= 1)
     await asyncio.sleep(0.3)
-    assert [r.message["reply_id"] for r in receiver.got] == [playing.command_id]  # only the one playing finished
+    assert [r.message["reply_id"] for r in receiver.got] == [
+        playing.command_id
+    ]  # only the one playing finished
 
 
 # --- interaction rules -----------------------------------------------------------------------------------------
 
 
 def _comment(text: str, user: str = "u1") -> LiveEvent:
-    return LiveEvent(timestamp=_now_ms(), type=1, content={"user": {"userId": user, "name": user}, "content": text})
+    return LiveEvent(
+        timestamp=_now_ms(), type=1, content={"user": {"userId": user, "name": user}, "content": text}
+    )
 
 
 async def test_system_reply_rule_fires_and_is_suppressed_in_its_window(env: Env, receiver: Receiver) -> None:
@@ -298,8 +341,14 @@ async def test_system_reply_rule_fires_and_is_suppressed_in_its_window(env: Env,
 async def test_gift_rule_and_callback_rule(env: Env, receiver: Receiver) -> None:
     job_id = await _processing(env, receiver)
     report_url = env.sandbox.world.jobs[job_id].report_url
-    gift = LiveEvent(timestamp=_now_ms(), type=4, content={"user": {"userId": "g"}, "gift": {
-        "giftName": "Star", "giftNum": 3, "giftValue": 1, "totalValue": 3}})
+    gift = LiveEvent(
+        timestamp=_now_ms(),
+        type=4,
+        content={
+            "user": {"userId": "g"},
+            "gift": {"giftName": "Star", "giftNum": 3, "giftValue": 1, "totalValue": 3},
+        },
+    )
     await env.client.report_events(report_url, [gift, _comment("今天发货吗？")])
     detail: Any = await env.control("GET", f"/jobs/{job_id}")
     assert [i["rule_index"] for i in detail["inserts"]] == ["gift"]
@@ -315,15 +364,31 @@ async def test_gift_rule_and_callback_rule(env: Env, receiver: Receiver) -> None
 @pytest.mark.parametrize(
     ("path", "body", "field"),
     [
-        ("", {"video_config": {"codec": "H264", "bitrate": 30001, "width": 1080, "height": 1920}}, "video_config.bitrate"),
-        ("", {"video_config": {"codec": "H264", "bitrate": 39, "width": 1080, "height": 1920}}, "video_config.bitrate"),
+        (
+            "",
+            {"video_config": {"codec": "H264", "bitrate": 30001, "width": 1080, "height": 1920}},
+            "video_config.bitrate",
+        ),
+        (
+            "",
+            {"video_config": {"codec": "H264", "bitrate": 39, "width": 1080, "height": 1920}},
+            "video_config.bitrate",
+        ),
         ("", {"live_event_callback_config": {"key": "k" * 33}}, "live_event_callback_config.key"),
         ("/JOB/live-event-report", {"total": 0, "events": []}, "total"),
         ("/JOB/live-event-report", {"total": 1001, "events": [{"timestamp": 1, "type": 1}] * 1001}, "total"),
         ("/JOB/live-event-report", {"total": 2, "events": [{"timestamp": 1, "type": 1}]}, "total"),
         ("/JOB/command", {"command": "INSERT_PLAY_SCRIPT", "params": {"text_config": {"text": ""}}}, "text"),
-        ("/JOB/command", {"command": "INSERT_PLAY_SCRIPT", "params": {"text_config": {"text": "x" * 131073}}}, "text"),
-        ("/JOB/command", {"command": "CLEAN_UP_INSERT_COMMAND", "params": {"command_ids": ["c"] * 101}}, "command_ids"),
+        (
+            "/JOB/command",
+            {"command": "INSERT_PLAY_SCRIPT", "params": {"text_config": {"text": "x" * 131073}}},
+            "text",
+        ),
+        (
+            "/JOB/command",
+            {"command": "CLEAN_UP_INSERT_COMMAND", "params": {"command_ids": ["c"] * 101}},
+            "command_ids",
+        ),
         ("/JOB/command", {"command": "NOT_A_COMMAND"}, "command"),
     ],
 )
@@ -331,13 +396,13 @@ async def test_invalid_parameters_name_the_field(
     env: Env, receiver: Receiver, path: str, body: dict[str, Any], field: str
 ) -> None:
     job_id = await _processing(env, receiver)
-    url = env.client._url("smart-live-rooms", ROOM, "smart-live-jobs")  # noqa: SLF001
+    url = env.client._url("smart-live-rooms", ROOM, "smart-live-jobs")
     target = url.with_path(url.path + path.replace("JOB", job_id), encoded=True)
     from orchestrator.providers.errors import ProviderBadRequest
     from orchestrator.providers.metastudio.client import Retry
 
     with pytest.raises(ProviderBadRequest) as info:
-        await env.client._call("POST", target, body, Retry.NEVER)  # noqa: SLF001
+        await env.client._call("POST", target, body, Retry.NEVER)
     assert info.value.error_code == "MSS.00000003"
     assert info.value.error_msg is not None and info.value.error_msg.startswith("Invalid parameter")
     assert field in info.value.error_msg
@@ -346,11 +411,11 @@ async def test_invalid_parameters_name_the_field(
 async def test_bad_json_and_unknown_project(env: Env) -> None:
     from orchestrator.providers.errors import ProviderBadRequest, ProviderStatusError
 
-    url = env.client._url("smart-live-rooms", ROOM, "smart-live-jobs")  # noqa: SLF001
+    url = env.client._url("smart-live-rooms", ROOM, "smart-live-jobs")
     with pytest.raises(ProviderBadRequest) as info:
-        await env.client._send("POST", url, b"{not json")  # noqa: SLF001
+        await env.client._send("POST", url, b"{not json")
     assert info.value.error_code == "MSS.10000002"
     other = url.with_path(url.path.replace(env.client.project_id, "other-project"), encoded=True)
     with pytest.raises(ProviderStatusError) as info2:
-        await env.client._send("GET", other, b"")  # noqa: SLF001
+        await env.client._send("GET", other, b"")
     assert info2.value.error_code == "MSS.00020004"

@@ -17,9 +17,9 @@ import hashlib
 import hmac
 from urllib.parse import urlencode
 
-QUERY_SECRET = "hwSecret"
+QUERY_SECRET = "hwSecret"  # noqa: S105 -- a parameter name
 QUERY_TIME = "hwTime"
-HEADER_SECRET = "x-hw-mss-secret"
+HEADER_SECRET = "x-hw-mss-secret"  # noqa: S105 -- a header name
 HEADER_TIME = "x-hw-mss-time"
 
 

@@ -462,7 +462,7 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     return int(raw)
 
 
-# --- control API ----------------------------------------------------------------------------------------------
+# --- control API ------------------------------------------------------------------------------------------
 
 
 def _add_control_routes(app: web.Application, sandbox: MetaStudioSandbox) -> None:

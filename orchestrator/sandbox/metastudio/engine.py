@@ -34,6 +34,7 @@ import structlog
 
 from orchestrator.providers.metastudio.callbacks import mss_a_head_headers, mss_a_url
 from orchestrator.providers.metastudio.models import (
+    CallbackEventType,
     InteractionRule,
     JobState,
     SceneScript,
@@ -51,7 +52,11 @@ MIN_PLAY_S = 1.0
 WAITING_S = 2.0  # WAITING → PROCESSING
 CONNECT_S = 1.0  # RTMP CONNECTING → CONNECTED
 AUDIO_PLAY_S = 5.0
-ALL_CALLBACK_EVENTS = ("SHOOT_SCRIPT_SWITCH", "RTMP_STREAM_STATE_CHANGE", "REPLY_COMMAND_FINISH")
+ALL_CALLBACK_EVENTS: tuple[CallbackEventType, ...] = (
+    "SHOOT_SCRIPT_SWITCH",
+    "RTMP_STREAM_STATE_CHANGE",
+    "REPLY_COMMAND_FINISH",
+)
 
 
 def play_seconds(text: str) -> float:
@@ -190,7 +195,8 @@ class CallbackSender:
 
     async def _post(self, job: Job, event_type: str, message: dict[str, Any]) -> None:
         config = job.request.live_event_callback_config
-        assert config is not None and config.live_event_type_callback_url
+        if config is None or not config.live_event_type_callback_url:
+            return
         url, headers = config.live_event_type_callback_url, {"Content-Type": "application/json"}
         now_ms = self._clock.epoch_ms()
         if config.auth_type == "MSS_A":
