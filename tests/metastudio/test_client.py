@@ -217,6 +217,21 @@ async def test_wrong_sk_unknown_ak_and_stale_date_are_401(env: Env) -> None:
     assert env.sandbox.world.jobs == {}
 
 
+async def test_temporary_credentials_send_a_signed_security_token(env: Env) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def trace(session: object, ctx: object, params: aiohttp.TraceRequestStartParams) -> None:
+        seen.append(dict(params.headers))
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_start.append(trace)
+    async with aiohttp.ClientSession(trace_configs=[tracing]) as session:
+        client = make_client(session, env.url, credentials=AkSkCredentials(AK, SK, PROJECT, "sts-token-1"))
+        assert (await client.show_room(ROOM)).room_id == ROOM  # the sandbox verified the signature
+    assert seen[0]["X-Security-Token"] == "sts-token-1"
+    assert "x-security-token" in seen[0]["Authorization"].split("SignedHeaders=")[1]
+
+
 async def test_token_auth() -> None:
     config = SandboxConfig(AK, SK, PROJECT, speed=50, auth_token="iam-token-123")
     async with running_sandbox(config) as (sandbox, url), aiohttp.ClientSession() as session:

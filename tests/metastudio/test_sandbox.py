@@ -284,10 +284,20 @@ def _insert(text: str, play_type: str = "PLAY_NOW", rule_index: str | None = Non
 
 async def test_insert_plays_for_its_length_then_finishes(env: Env, receiver: Receiver) -> None:
     job_id = await _processing(env, receiver, events=["REPLY_COMMAND_FINISH"])
-    short = await env.client.command(ROOM, job_id, _insert("短"))
-    long = await env.client.command(ROOM, job_id, _insert("长" * 200))  # 50 s simulated = 1 s real
-    await receiver.wait_for(lambda: len(receiver.got) >= 2)
-    assert [r.message["reply_id"] for r in receiver.got] == [short.command_id, long.command_id]
+    loop = asyncio.get_running_loop()
+    finished_at: dict[str, float] = {}
+
+    async def timed(text: str) -> tuple[str, float]:
+        sent = loop.time()
+        reply = await env.client.command(ROOM, job_id, _insert(text))
+        await receiver.wait_for(lambda: any(r.message["reply_id"] == reply.command_id for r in receiver.got))
+        finished_at[reply.command_id] = loop.time()
+        return reply.command_id, loop.time() - sent
+
+    short_id, short_s = await timed("短")  # 1 s simulated (the minimum) = 0.02 s real at x50
+    long_id, long_s = await timed("长" * 200)  # 50 s simulated = 1 s real
+    assert long_s >= 0.9 and short_s < 0.5, (short_s, long_s)
+    assert [r.message["reply_id"] for r in receiver.got] == [short_id, long_id]
     finished: Any = await env.control("GET", f"/jobs/{job_id}")
     assert [i["state"] for i in finished["inserts"]] == ["FINISHED", "FINISHED"]
 
