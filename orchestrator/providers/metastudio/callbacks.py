@@ -1,4 +1,4 @@
-"""MetaStudio live-event callbacks: how MSS_A / MSS_A_HEAD signatures are computed.
+"""MetaStudio live-event callbacks: MSS_A / MSS_A_HEAD signing and verification, and body parsing.
 
 The documents (000, Table 7)::
 
@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal
 from urllib.parse import urlencode
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 QUERY_SECRET = "hwSecret"  # noqa: S105 -- a parameter name
 QUERY_TIME = "hwTime"
@@ -45,3 +52,211 @@ def mss_a_head_headers(callback_url: str, key: str, timestamp_ms: int) -> dict[s
     """The headers MetaStudio adds for MSS_A_HEAD."""
     time_hex = hw_time(timestamp_ms)
     return {HEADER_SECRET: mss_a_signature(key, callback_url, time_hex), HEADER_TIME: time_hex}
+
+
+# --- verification (vendor → us) ------------------------------------------------------------------------------
+
+#: Below this a timestamp is read as seconds, above as milliseconds (1e11 ms is 1973; 1e11 s is year 5138).
+SECONDS_MAGNITUDE_LIMIT = 100_000_000_000
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+class RejectReason(StrEnum):
+    MISSING = "missing"
+    MALFORMED_TIME = "malformed_time"
+    TOO_OLD = "too_old"
+    IN_FUTURE = "in_future"
+    BAD_SIGNATURE = "bad_signature"
+    REPLAY = "replay"
+
+
+_REASON_TEXT = {
+    RejectReason.MISSING: "signature or time missing",
+    RejectReason.MALFORMED_TIME: "time is not a hexadecimal timestamp",
+    RejectReason.TOO_OLD: "time is too far in the past",
+    RejectReason.IN_FUTURE: "time is too far in the future",
+    RejectReason.BAD_SIGNATURE: "signature does not match",
+    RejectReason.REPLAY: "signature already used for another callback",
+}
+
+
+class CallbackRejected(Exception):
+    """A callback that failed authentication: 401, naming the failed check and never the expected value."""
+
+    status = 401
+
+    def __init__(self, reason: RejectReason) -> None:
+        super().__init__(_REASON_TEXT[reason])
+        self.reason = reason
+        self.error_code = f"CALLBACK_{reason.value.upper()}"
+
+
+@dataclass(frozen=True)
+class VerifyPolicy:
+    max_skew_s: float = 300.0
+    strict: bool = False  # only the hex-string reading
+
+
+@dataclass(frozen=True)
+class Verified:
+    """An authentic callback: its signature (lower-case hex; the replay key) and its time in ms."""
+
+    signature: str
+    event_ms: int
+    reading: str  # "hex" or "decimal": which documented reading matched
+
+
+def parse_hw_time(text: str) -> int:
+    """The callback time in milliseconds from ``hwTime`` (hex; seconds recognised by magnitude).
+
+    Raises CallbackRejected(MALFORMED_TIME).
+    """
+    if not 1 <= len(text) <= 16 or not set(text) <= _HEX_DIGITS:
+        raise CallbackRejected(RejectReason.MALFORMED_TIME)
+    value = int(text, 16)
+    return value * 1000 if value < SECONDS_MAGNITUDE_LIMIT else value
+
+
+def verify_signature(
+    *,
+    url: str,
+    keys: Sequence[str],
+    secret: str | None,
+    time_text: str | None,
+    now_ms: int,
+    policy: VerifyPolicy,
+) -> Verified:
+    """Check an MSS_A / MSS_A_HEAD signature (DESIGN.md §4); the replay check is the store's.
+
+    Raises CallbackRejected naming the first failed check: missing, malformed time, too old, in the future,
+    bad signature.
+    """
+    if not secret or not time_text:
+        raise CallbackRejected(RejectReason.MISSING)
+    event_ms = parse_hw_time(time_text)
+    skew_ms = policy.max_skew_s * 1000
+    if now_ms - event_ms > skew_ms:
+        raise CallbackRejected(RejectReason.TOO_OLD)
+    if event_ms - now_ms > skew_ms:
+        raise CallbackRejected(RejectReason.IN_FUTURE)
+    provided = _ascii_lower(secret)
+    readings = (
+        [("hex", time_text)] if policy.strict else [("hex", time_text), ("decimal", str(int(time_text, 16)))]
+    )
+    matched = None
+    for key in keys:
+        for reading, signed_time in readings:
+            expected = mss_a_signature(key, url, signed_time).encode()
+            # Every candidate is compared (no early exit) so timing says nothing about which was close.
+            if hmac.compare_digest(expected, provided) and matched is None:
+                matched = reading
+    if matched is None:
+        raise CallbackRejected(RejectReason.BAD_SIGNATURE)
+    return Verified(provided.decode(), event_ms, matched)
+
+
+def _ascii_lower(secret: str) -> bytes:
+    """The provided signature as lower-case ASCII bytes; anything else cannot match (compare_digest on str
+    raises for non-ASCII, so bytes it is)."""
+    try:
+        return secret.strip().lower().encode("ascii")
+    except UnicodeEncodeError:
+        raise CallbackRejected(RejectReason.BAD_SIGNATURE) from None
+
+
+# --- parsing ----------------------------------------------------------------------------------------------------
+
+KNOWN_EVENT_TYPES = ("SHOOT_SCRIPT_SWITCH", "RTMP_STREAM_STATE_CHANGE", "REPLY_COMMAND_FINISH")
+RtmpState = Literal["CONNECTING", "CONNECTED", "DISCONNECTED", "RECONNECTING", "END"]
+
+
+class CallbackMalformed(ValueError):
+    """A callback body we cannot read: 400."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    room_id: str = Field(..., min_length=1, max_length=128)
+    job_id: str = Field(..., min_length=1, max_length=128)
+
+
+class ShootScriptSwitch(_Message):
+    scene_script_name: str | None = None
+    shoot_script_sequence_no: int | None = None  # arrives as a string: "2"
+    shoot_script_title: str | None = None
+    product_id: str | None = None
+    product_title: str | None = None
+
+
+class RtmpStreamStateChange(_Message):
+    output_url: str = Field(..., min_length=1, max_length=2048)
+    stream_key: str | None = Field(None, exclude=True, repr=False)  # a secret: never stored or shown
+    state: RtmpState
+
+
+class ReplyCommandFinish(_Message):
+    reply_id: str = Field(..., min_length=1, max_length=128)
+
+
+_MESSAGE_MODELS: dict[str, type[_Message]] = {
+    "SHOOT_SCRIPT_SWITCH": ShootScriptSwitch,
+    "RTMP_STREAM_STATE_CHANGE": RtmpStreamStateChange,
+    "REPLY_COMMAND_FINISH": ReplyCommandFinish,
+}
+
+
+@dataclass(frozen=True)
+class ParsedCallback:
+    event_type: str
+    message: _Message  # a typed model for known types, the bare room/job envelope otherwise
+
+    @property
+    def known(self) -> bool:
+        return self.event_type in _MESSAGE_MODELS
+
+    @property
+    def room_id(self) -> str:
+        return self.message.room_id
+
+    @property
+    def job_id(self) -> str:
+        return self.message.job_id
+
+    def stored_message(self) -> dict[str, Any]:
+        """The message as we keep it: secrets (stream keys) removed."""
+        data = self.message.model_dump(mode="json", exclude_none=True)
+        data.pop("stream_key", None)
+        return data
+
+
+def parse_callback(raw: bytes) -> ParsedCallback:
+    """``{"event_type", "message"}`` with ``message`` a JSON string or an object; numbers may be strings.
+
+    Raises CallbackMalformed naming what is wrong.
+    """
+    try:
+        envelope = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CallbackMalformed(f"body is not JSON: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise CallbackMalformed("body is not UTF-8") from None
+    if not isinstance(envelope, dict):
+        raise CallbackMalformed("body must be a JSON object")
+    event_type, message = envelope.get("event_type"), envelope.get("message")
+    if not isinstance(event_type, str) or not event_type:
+        raise CallbackMalformed("event_type must be a non-empty string")
+    if isinstance(message, str):
+        try:
+            message = json.loads(message)
+        except json.JSONDecodeError as exc:
+            raise CallbackMalformed(f"message is not a JSON document: {exc.msg}") from None
+    if not isinstance(message, dict):
+        raise CallbackMalformed("message must be a JSON object or a string holding one")
+    model = _MESSAGE_MODELS.get(event_type, _Message)
+    try:
+        return ParsedCallback(event_type, model.model_validate(message))
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        location = ".".join(str(p) for p in first["loc"])
+        raise CallbackMalformed(f"message.{location}: {first['msg']}") from None
