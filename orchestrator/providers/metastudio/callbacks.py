@@ -54,7 +54,7 @@ def mss_a_head_headers(callback_url: str, key: str, timestamp_ms: int) -> dict[s
     return {HEADER_SECRET: mss_a_signature(key, callback_url, time_hex), HEADER_TIME: time_hex}
 
 
-# --- verification (vendor → us) ------------------------------------------------------------------------------
+# --- verification (vendor → us) ------------------------------------------------------------
 
 #: Below this a timestamp is read as seconds, above as milliseconds (1e11 ms is 1973; 1e11 s is year 5138).
 SECONDS_MAGNITUDE_LIMIT = 100_000_000_000
@@ -164,7 +164,7 @@ def _ascii_lower(secret: str) -> bytes:
         raise CallbackRejected(RejectReason.BAD_SIGNATURE) from None
 
 
-# --- parsing ----------------------------------------------------------------------------------------------------
+# --- parsing --------------------------------------------------------------------------------
 
 KNOWN_EVENT_TYPES = ("SHOOT_SCRIPT_SWITCH", "RTMP_STREAM_STATE_CHANGE", "REPLY_COMMAND_FINISH")
 RtmpState = Literal["CONNECTING", "CONNECTED", "DISCONNECTED", "RECONNECTING", "END"]
