@@ -7,17 +7,41 @@ in-flight requests have finished, so Redis closes last.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from functools import partial
 
 import structlog
 from aiohttp import web
+from redis.exceptions import RedisError
 
-from orchestrator.appkeys import LIFECYCLE, READINESS_CHECKS, REDACTOR, REDIS, SETTINGS, Lifecycle
+from orchestrator.appkeys import (
+    CALLBACK_PROFILES,
+    CALLBACK_RECEIVER,
+    LIFECYCLE,
+    METRICS,
+    REACTIONS,
+    READINESS_CHECKS,
+    REDACTOR,
+    REDIS,
+    ROOM_STORE,
+    SETTINGS,
+    Lifecycle,
+)
+from orchestrator.callbacks.profiles import ResolvedProfile, UnknownProfile, resolve_profile
+from orchestrator.callbacks.receiver import CallbackReceiver
+from orchestrator.callbacks.watcher import RtmpStallWatcher
 from orchestrator.logging import Redactor
+from orchestrator.metrics import Metrics
+from orchestrator.providers.metastudio.callbacks import VerifyPolicy
 from orchestrator.settings import Settings, redacted_url
+from orchestrator.store.batch import ScriptBatcher
+from orchestrator.store.journal import Journal
+from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import create_redis, redis_ready
-from orchestrator.web import health
+from orchestrator.store.rooms import APPLY_CALLBACK_LUA, RoomStore
+from orchestrator.tasks import being_cancelled, pause
+from orchestrator.web import api, callbacks, health
 from orchestrator.web.middlewares import body_middleware, error_middleware, request_id_middleware
 
 log = structlog.get_logger(__name__)
@@ -37,10 +61,26 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app[REDACTOR] = redactor or Redactor()
     app[LIFECYCLE] = Lifecycle()
     app[READINESS_CHECKS] = {}
+    app[METRICS] = Metrics()
+    app[CALLBACK_PROFILES] = callback_profiles(settings)
     app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(callbacks_ctx)
     app.on_shutdown.append(_start_draining)
     app.add_routes(health.routes)
+    app.add_routes(callbacks.routes)
+    app.add_routes(api.routes)
     return app
+
+
+def callback_profiles(settings: Settings) -> dict[str, ResolvedProfile]:
+    """Every usable profile; one without a URL is left out (and said so) rather than failing start-up."""
+    profiles = {}
+    for name in settings.callbacks.profiles:
+        try:
+            profiles[name] = resolve_profile(settings, name)
+        except UnknownProfile as exc:
+            log.warning("callback profile unusable", profile=name, reason=str(exc))
+    return profiles
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -59,6 +99,53 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await client.aclose()
     log.info("redis client closed")
+
+
+async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Room store, callback receiver (group-commit writer + local journal), reactions, RTMP watcher."""
+    settings = app[SETTINGS].callbacks
+    redis = app[REDIS]
+    store = RoomStore(redis, events_maxlen=settings.events_maxlen)
+    batcher = ScriptBatcher(redis, APPLY_CALLBACK_LUA)
+    journal = Journal(settings.journal_path)
+    receiver = CallbackReceiver(
+        store,
+        batcher,
+        journal,
+        policy=VerifyPolicy(max_skew_s=settings.max_skew_s, strict=settings.strict),
+        events_maxlen=settings.events_maxlen,
+        write_timeout_s=settings.write_timeout_s,
+    )
+    reactions = Reactions(redis)
+    app[ROOM_STORE], app[CALLBACK_RECEIVER], app[REACTIONS] = store, receiver, reactions
+    reactions.start()
+    tasks = [
+        asyncio.create_task(_replay_journal_forever(receiver, journal, app[METRICS]), name="journal-replay"),
+        asyncio.create_task(
+            RtmpStallWatcher(store, grace_s=settings.rtmp_grace_s).run(), name="rtmp-watcher"
+        ),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await reactions.aclose()
+    await batcher.aclose()
+
+
+async def _replay_journal_forever(receiver: CallbackReceiver, journal: Journal, metrics: Metrics) -> None:
+    """Replays the journal whenever it has entries and Redis takes them; checks every second."""
+    while True:
+        pending = await asyncio.to_thread(journal.pending)
+        metrics.journal_pending.set(pending)
+        if pending:
+            try:
+                await receiver.replay_journal()
+            except (RedisError, OSError, TimeoutError) as exc:
+                if being_cancelled():
+                    raise
+                log.debug("journal replay waits for redis", pending=pending, error=str(exc))
+        await pause(1.0)
 
 
 async def _start_draining(app: web.Application) -> None:

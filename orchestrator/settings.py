@@ -187,6 +187,19 @@ class CallbackSettings(Section):
     profiles: dict[str, CallbackProfile] = Field(
         default_factory=dict, description="Named callback profiles; 'default' serves the bare URL."
     )
+    events_maxlen: int = Field(
+        10_000, ge=100, description="Events kept per room (capped stream, approximate)."
+    )
+    journal_path: Path = Field(
+        Path("var/callback-journal.jsonl"),
+        description="Local journal for callbacks accepted while Redis is unreachable (replayed in order).",
+    )
+    write_timeout_s: PositiveSeconds = Field(
+        1.0, description="How long a callback waits for Redis before it is journaled locally instead."
+    )
+    rtmp_grace_s: PositiveSeconds = Field(
+        30.0, description="RTMP DISCONNECTED/RECONNECTING longer than this raises an rtmp_stalled reaction."
+    )
 
 
 class AdminSettings(Section):

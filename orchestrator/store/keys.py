@@ -57,6 +57,21 @@ def room_fence(room_id: str, action: str, window: str) -> str:
     return _room(room_id, f"fence:{action}:{window}")
 
 
+def room_jobs(room_id: str) -> str:
+    """Set: every job id started for the room (callbacks for other jobs are not the room's)."""
+    return _room(room_id, "jobs")
+
+
+def room_replies(room_id: str) -> str:
+    """Set: reply (insert command) ids in flight; REPLY_COMMAND_FINISH removes one."""
+    return _room(room_id, "replies")
+
+
+def room_seen(room_id: str, callback_id: str) -> str:
+    """String with TTL: a callback already taken (its signature → body digest): duplicates and replays."""
+    return _room(room_id, f"seen:{callback_id}")
+
+
 def room_ingest(room_id: str) -> str:
     """Stream: audience events written by platform bridges, read by a consumer group."""
     return _room(room_id, "ingest")
@@ -67,9 +82,9 @@ def rooms_index() -> str:
     return f"{PREFIX}:rooms"
 
 
-def callback_seen(signature: str) -> str:
-    """String with TTL: a callback signature already accepted (replay protection across replicas)."""
-    return f"{PREFIX}:cbseen:{signature}"
+def callbacks_audit() -> str:
+    """Stream (capped): callbacks naming rooms or jobs we do not manage, kept for audit, never applied."""
+    return f"{PREFIX}:audit:callbacks"
 
 
 def reactions_channel() -> str:

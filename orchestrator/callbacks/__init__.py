@@ -1,0 +1,1 @@
+"""Vendor callbacks: profiles (which URL and keys), the receiver (verify, parse, make durable), watchers."""

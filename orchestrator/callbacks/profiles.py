@@ -1,0 +1,65 @@
+"""Callback profiles: the public URL, auth type and keys one tenant's callbacks use.
+
+The profile named ``default`` serves ``POST /callbacks/metastudio/live-events``; any other profile ``NAME``
+serves ``POST /callbacks/metastudio/live-events/NAME``. A profile's public URL is what MetaStudio calls and
+signs; when it is not configured it is derived from ``server.public_base_url``.
+
+:func:`live_event_callback_config` builds the ``live_event_callback_config`` object of a start-job request
+from a profile: the same function serves ``orchestrator callback-config`` and the reconciler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.providers.metastudio.models import CallbackEventType, LiveEventCallbackConfig
+from orchestrator.settings import CallbackAuthType, Settings
+
+CALLBACK_PATH = "/callbacks/metastudio/live-events"
+DEFAULT_PROFILE = "default"
+ALL_EVENT_TYPES: list[CallbackEventType] = [
+    "SHOOT_SCRIPT_SWITCH",
+    "RTMP_STREAM_STATE_CHANGE",
+    "REPLY_COMMAND_FINISH",
+]
+
+
+class UnknownProfile(LookupError):
+    """No callback profile of that name, or it has no usable public URL."""
+
+
+@dataclass(frozen=True)
+class ResolvedProfile:
+    name: str
+    public_url: str
+    auth_type: CallbackAuthType
+    keys: tuple[str, ...]  # raw secrets: never log this object's keys
+
+
+def resolve_profile(settings: Settings, name: str = DEFAULT_PROFILE) -> ResolvedProfile:
+    """The profile ``name`` with its public URL resolved.
+
+    Raises UnknownProfile.
+    """
+    profile = settings.callbacks.profiles.get(name)
+    if profile is None:
+        raise UnknownProfile(f"no callback profile named {name!r}")
+    url = str(profile.public_url) if profile.public_url else None
+    if url is None and settings.server.public_base_url is not None:
+        base = str(settings.server.public_base_url).rstrip("/")
+        url = f"{base}{CALLBACK_PATH}" + ("" if name == DEFAULT_PROFILE else f"/{name}")
+    if url is None:
+        raise UnknownProfile(
+            f"callback profile {name!r} has no public_url and server.public_base_url is not set"
+        )
+    return ResolvedProfile(name, url, profile.auth_type, tuple(k.get_secret_value() for k in profile.keys))
+
+
+def live_event_callback_config(profile: ResolvedProfile) -> LiveEventCallbackConfig:
+    """What to put in a start-job request so MetaStudio calls this profile's URL, signed with its current key."""
+    return LiveEventCallbackConfig(
+        live_event_type_callback_url=profile.public_url,
+        auth_type=profile.auth_type.value,
+        key=profile.keys[0] if profile.keys else None,
+        callback_event_type=list(ALL_EVENT_TYPES),
+    )

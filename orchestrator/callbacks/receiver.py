@@ -1,0 +1,222 @@
+"""The callback receiver: authentic → parsed → durable, then acknowledged.
+
+:meth:`CallbackReceiver.receive` runs the checks in order -- signature and time (401), body (400), room id
+shape (404) -- then writes the callback with the room store's apply script through the group-commit
+batcher. It returns only when the callback is durable: applied in Redis, or, when Redis cannot take it
+within ``callbacks.write_timeout_s``, appended to the local journal (fsync'd). If neither is possible it
+raises, and the client gets a 5xx, never a 2xx for something we could lose.
+
+Outcomes the caller turns into HTTP: ``applied``, ``recorded`` (unknown event type), ``stale_job``,
+``out_of_order``, ``duplicate`` and ``journaled`` are 200; ``replay`` is 401; ``unknown_room`` and
+``unknown_job`` are 404 (and go to the audit stream).
+
+Unsigned (NONE) callbacks have no signature to recognise them by: their id is the body digest plus the
+receipt time, so a journal replay is applied once, but two identical unsigned deliveries are two callbacks.
+Their time, for ordering, is the receipt time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from redis.exceptions import RedisError
+
+from orchestrator.callbacks.profiles import ResolvedProfile
+from orchestrator.providers.metastudio.callbacks import (
+    CallbackMalformed,
+    CallbackRejected,
+    ParsedCallback,
+    RejectReason,
+    ReplyCommandFinish,
+    RtmpStreamStateChange,
+    ShootScriptSwitch,
+    VerifyPolicy,
+    parse_callback,
+    verify_signature,
+)
+from orchestrator.settings import CallbackAuthType
+from orchestrator.store import keys
+from orchestrator.store.batch import ScriptBatcher
+from orchestrator.store.journal import Journal
+from orchestrator.store.rooms import CallbackWrite, RoomStore
+
+log = structlog.get_logger(__name__)
+
+ACCEPTED = frozenset({"applied", "recorded", "stale_job", "out_of_order", "duplicate", "journaled"})
+NOT_OURS = frozenset({"unknown_room", "unknown_job"})
+
+
+class NotManaged(LookupError):
+    """The callback names a room or job this daemon does not manage: 404, audited, not applied."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the request carried for authentication (query for MSS_A, headers for MSS_A_HEAD)."""
+
+    secret: str | None
+    time_text: str | None
+
+
+class CallbackReceiver:
+    def __init__(
+        self,
+        store: RoomStore,
+        batcher: ScriptBatcher,
+        journal: Journal,
+        *,
+        policy: VerifyPolicy,
+        events_maxlen: int,
+        write_timeout_s: float,
+    ) -> None:
+        self._store = store
+        self._batcher = batcher
+        self._journal = journal
+        self._policy = policy
+        self._maxlen = events_maxlen
+        self._write_timeout_s = write_timeout_s
+        self._seen_ttl_s = int(2 * policy.max_skew_s) + 60
+
+    async def receive(
+        self, profile: ResolvedProfile, credentials: Credentials, body: bytes
+    ) -> tuple[str, ParsedCallback]:
+        """Verify, parse and durably record one callback; return its outcome and the parsed callback.
+
+        Raises CallbackRejected (401), CallbackMalformed (400), NotManaged (404), OSError when neither Redis
+        nor the journal could take it (5xx).
+        """
+        now_ms = int(time.time() * 1000)
+        callback_id, event_ms = self._authenticate(profile, credentials, now_ms, body)
+        parsed = parse_callback(body)
+        try:
+            keys.check_room_id(parsed.room_id)
+        except keys.InvalidKeyPart:
+            raise NotManaged(f"room {parsed.room_id!r} is not managed here") from None
+        write = _write_for(parsed, callback_id, event_ms, now_ms, hashlib.sha256(body).hexdigest())
+        outcome = await self._durable(write, profile, body)
+        if outcome == "replay":
+            raise CallbackRejected(RejectReason.REPLAY)
+        if outcome in NOT_OURS:
+            await self._audit(write, outcome, profile)
+            raise NotManaged(f"{'room' if outcome == 'unknown_room' else 'job'} is not managed here")
+        return outcome, parsed
+
+    def _authenticate(
+        self, profile: ResolvedProfile, credentials: Credentials, now_ms: int, body: bytes
+    ) -> tuple[str, int]:
+        if profile.auth_type is CallbackAuthType.NONE:
+            return f"none:{hashlib.sha256(body).hexdigest()[:32]}:{now_ms}", now_ms
+        verified = verify_signature(
+            url=profile.public_url,
+            keys=profile.keys,
+            secret=credentials.secret,
+            time_text=credentials.time_text,
+            now_ms=now_ms,
+            policy=self._policy,
+        )
+        return verified.signature, verified.event_ms
+
+    async def _durable(self, write: CallbackWrite, profile: ResolvedProfile, body: bytes) -> str:
+        try:
+            async with asyncio.timeout(self._write_timeout_s):
+                return await self.apply(write)
+        except (RedisError, TimeoutError, OSError) as exc:
+            log.warning(
+                "redis cannot take the callback; journaling it",
+                error=str(exc) or type(exc).__name__,
+                room_id=write.room_id,
+                event_type=write.event_type,
+            )
+        await self._journal.append({"profile": profile.name, "write": _write_to_json(write)})
+        return "journaled"
+
+    async def apply(self, write: CallbackWrite) -> str:
+        result = await self._batcher.call(write.keys(), write.args(self._maxlen, self._seen_ttl_s))
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def replay_journal(self) -> int:
+        """Apply journaled callbacks, oldest first; returns how many. Raises RedisError if Redis fails."""
+
+        async def apply_entry(entry: dict[str, Any]) -> None:
+            write = _write_from_json(entry["write"])
+            outcome = await self.apply(write)
+            if outcome in NOT_OURS:
+                await self._audit(write, outcome, None)
+            log.info(
+                "journaled callback applied",
+                room_id=write.room_id,
+                event_type=write.event_type,
+                outcome=outcome,
+            )
+
+        return await self._journal.replay(apply_entry)
+
+    async def _audit(self, write: CallbackWrite, outcome: str, profile: ResolvedProfile | None) -> None:
+        try:
+            await self._store.audit(
+                {
+                    "outcome": outcome,
+                    "room_id": write.room_id,
+                    "job_id": write.job_id,
+                    "event_type": write.event_type,
+                    "profile": profile.name if profile else "",
+                    "received_ms": write.received_ms,
+                    "message": write.message_json,
+                }
+            )
+        except RedisError as exc:
+            log.warning("audit entry lost", error=str(exc), room_id=write.room_id)
+
+
+def _write_for(
+    parsed: ParsedCallback, callback_id: str, event_ms: int, now_ms: int, digest: str
+) -> CallbackWrite:
+    message = parsed.message
+    fields: tuple[str, ...] = ()
+    if isinstance(message, ShootScriptSwitch):
+        fields = (
+            message.scene_script_name or "",
+            "" if message.shoot_script_sequence_no is None else str(message.shoot_script_sequence_no),
+            message.shoot_script_title or "",
+            message.product_id or "",
+            message.product_title or "",
+        )
+    elif isinstance(message, RtmpStreamStateChange):
+        fields = (message.output_url, message.state)
+    elif isinstance(message, ReplyCommandFinish):
+        fields = (message.reply_id,)
+    return CallbackWrite(
+        room_id=parsed.room_id,
+        callback_id=callback_id,
+        event_type=parsed.event_type,
+        job_id=parsed.job_id,
+        event_ms=event_ms,
+        received_ms=now_ms,
+        message_json=json.dumps(parsed.stored_message(), ensure_ascii=False, separators=(",", ":")),
+        digest=digest,
+        fields=fields,
+    )
+
+
+def _write_to_json(write: CallbackWrite) -> dict[str, Any]:
+    return {**write.__dict__, "fields": list(write.fields)}
+
+
+def _write_from_json(data: dict[str, Any]) -> CallbackWrite:
+    return CallbackWrite(**{**data, "fields": tuple(data["fields"])})
+
+
+__all__ = [
+    "ACCEPTED",
+    "CallbackMalformed",
+    "CallbackReceiver",
+    "CallbackRejected",
+    "Credentials",
+    "NotManaged",
+]

@@ -1,0 +1,65 @@
+"""Watches RTMP links for outages longer than the grace period and raises ``rtmp_stalled`` once each.
+
+DISCONNECTED and RECONNECTING are normal for a few seconds; longer, the reconciler should act (refresh
+the output URL, then restart). Every replica may run the watcher: marking a stall is a Lua script keyed by
+the outage's start, so each outage is reported exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from redis.exceptions import RedisError
+
+from orchestrator.store.rooms import RoomStore
+from orchestrator.tasks import being_cancelled, pause
+
+log = structlog.get_logger(__name__)
+
+STALLED_STATES = frozenset({"DISCONNECTED", "RECONNECTING"})
+
+
+def stalled_links(state: dict[str, object], now_ms: int, grace_s: float) -> list[tuple[str, int]]:
+    """``(output url, since ms)`` of links down for longer than ``grace_s`` (pure)."""
+    rtmp = state.get("rtmp")
+    if not isinstance(rtmp, dict):
+        return []
+    return [
+        (url, int(link["since_ms"]))
+        for url, link in rtmp.items()
+        if link["state"] in STALLED_STATES and now_ms - int(link["since_ms"]) > grace_s * 1000
+    ]
+
+
+class RtmpStallWatcher:
+    def __init__(self, store: RoomStore, *, grace_s: float, interval_s: float | None = None) -> None:
+        self._store = store
+        self._grace_s = grace_s
+        self._interval_s = interval_s if interval_s is not None else max(0.2, grace_s / 4)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.check_once()
+            except RedisError as exc:
+                if being_cancelled():
+                    raise
+                log.debug("rtmp watcher skipped a pass", error=str(exc))
+            await pause(self._interval_s)
+
+    async def check_once(self) -> int:
+        marked = 0
+        now_ms = int(time.time() * 1000)
+        for room_id in await self._store.rooms():
+            state = await self._store.state(room_id)
+            for url, since in stalled_links(state or {}, now_ms, self._grace_s):
+                if await self._store.mark_rtmp_stalled(room_id, url, since):
+                    marked += 1
+                    log.warning(
+                        "rtmp link stalled",
+                        room_id=room_id,
+                        output_url=url,
+                        down_s=round((now_ms - since) / 1000, 1),
+                    )
+        return marked

@@ -1,0 +1,285 @@
+"""Room state in Redis: one hash per room, a capped event stream, and the callback-apply script.
+
+A room's state hash (``orch:{room}:state``) holds: ``managed``; ``job_id``, ``job_state``,
+``job_state_at``; the current paragraph (``scene``, ``paragraph_seq``, ``paragraph_title``,
+``product_id``, ``product_title``, ``paragraph_at``); one ``rtmp:<output url>`` field per output
+(``STATE|since_ms|event_ms``); ``last_event_at``; and counters (``count:<event type>``). Replies in flight
+are a set (``orch:{room}:replies``), the room's job ids another (``orch:{room}:jobs``).
+
+A callback is applied by one Lua script, so its checks (managed room, known job, duplicate, replay), its
+state update, its event-stream entry and its reactions happen atomically, in one round trip:
+
+* a job that is not the room's current one is recorded (``stale_job``) but changes nothing;
+* state never moves backwards: an RTMP state or paragraph older (by callback time) than what is stored is
+  recorded as ``out_of_order`` and not applied;
+* the callback's id (its signature) is remembered with the body's digest for the replay window: the same
+  id and body again is a ``duplicate`` (acknowledged, not applied), the same id with another body a
+  ``replay`` (rejected).
+
+Every key the script touches carries the room's hash tag, so it runs on a Redis Cluster too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from orchestrator.store import keys
+
+APPLY_CALLBACK_LUA = """
+local state, events, jobs, replies, seen = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local etype, job_id, event_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if redis.call('HGET', state, 'managed') ~= '1' then return 'unknown_room' end
+if redis.call('SISMEMBER', jobs, job_id) == 0 then return 'unknown_job' end
+local prev = redis.call('GET', seen)
+if prev then
+  if prev == ARGV[8] then return 'duplicate' end
+  return 'replay'
+end
+redis.call('SET', seen, ARGV[8], 'EX', tonumber(ARGV[7]))
+local function publish(kind, fields)
+  fields['kind'] = kind
+  fields['room_id'] = ARGV[10]
+  fields['job_id'] = job_id
+  fields['at'] = ARGV[3]
+  redis.call('PUBLISH', ARGV[9], cjson.encode(fields))
+end
+local outcome = 'applied'
+if redis.call('HGET', state, 'job_id') ~= job_id then
+  outcome = 'stale_job'
+elseif etype == 'SHOOT_SCRIPT_SWITCH' then
+  if event_ms < tonumber(redis.call('HGET', state, 'paragraph_at') or '0') then
+    outcome = 'out_of_order'
+  else
+    redis.call('HSET', state, 'scene', ARGV[11], 'paragraph_seq', ARGV[12], 'paragraph_title', ARGV[13],
+      'product_id', ARGV[14], 'product_title', ARGV[15], 'paragraph_at', ARGV[3])
+  end
+elseif etype == 'RTMP_STREAM_STATE_CHANGE' then
+  local field = 'rtmp:' .. ARGV[11]
+  local since = ARGV[3]
+  local old = redis.call('HGET', state, field)
+  if old then
+    local old_state, old_since, old_at = string.match(old, '^([^|]*)|([^|]*)|([^|]*)$')
+    if event_ms < tonumber(old_at) then
+      outcome = 'out_of_order'
+    elseif old_state == ARGV[12] then
+      since = old_since
+    end
+  end
+  if outcome == 'applied' then
+    redis.call('HSET', state, field, ARGV[12] .. '|' .. since .. '|' .. ARGV[3])
+    if ARGV[12] == 'END' then publish('rtmp_end', {output_url = ARGV[11]}) end
+  end
+elseif etype == 'REPLY_COMMAND_FINISH' then
+  redis.call('SREM', replies, ARGV[11])
+  publish('reply_finished', {reply_id = ARGV[11]})
+else
+  outcome = 'recorded'
+end
+redis.call('HINCRBY', state, 'count:' .. etype, 1)
+if event_ms > tonumber(redis.call('HGET', state, 'last_event_at') or '0') then
+  redis.call('HSET', state, 'last_event_at', ARGV[3])
+end
+redis.call('XADD', events, 'MAXLEN', '~', ARGV[6], '*', 'kind', 'callback', 'event_type', etype,
+  'job_id', job_id, 'outcome', outcome, 'event_ms', ARGV[3], 'received_ms', ARGV[4], 'message', ARGV[5])
+return outcome
+"""
+
+SET_JOB_STATE_LUA = """
+local state, events = KEYS[1], KEYS[2]
+local job_id, job_state, at = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HGET', state, 'job_id') ~= job_id then return 0 end
+if redis.call('HGET', state, 'job_state') == job_state then return 0 end
+redis.call('HSET', state, 'job_state', job_state, 'job_state_at', at)
+redis.call('XADD', events, 'MAXLEN', '~', ARGV[4], '*', 'kind', 'job_state', 'job_id', job_id,
+  'job_state', job_state, 'event_ms', at)
+redis.call('PUBLISH', ARGV[5], cjson.encode({kind = 'job_state', room_id = ARGV[6], job_id = job_id,
+  job_state = job_state, at = at}))
+return 1
+"""
+
+
+MARK_RTMP_STALL_LUA = """
+local state = KEYS[1]
+local url, since = ARGV[1], ARGV[2]
+local current = redis.call('HGET', state, 'rtmp:' .. url)
+if not current then return 0 end
+local link_state, link_since = string.match(current, '^([^|]*)|([^|]*)|')
+if link_since ~= since or (link_state ~= 'DISCONNECTED' and link_state ~= 'RECONNECTING') then return 0 end
+if redis.call('HGET', state, 'stall:' .. url) == since then return 0 end
+redis.call('HSET', state, 'stall:' .. url, since)
+local job_id = redis.call('HGET', state, 'job_id') or ''
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'reaction', 'reaction', 'rtmp_stalled',
+  'job_id', job_id, 'output_url', url, 'state', link_state, 'event_ms', since)
+redis.call('PUBLISH', ARGV[4], cjson.encode({kind = 'rtmp_stalled', room_id = ARGV[5], job_id = job_id,
+  output_url = url, state = link_state, since_ms = since}))
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class CallbackWrite:
+    """Everything the apply script needs for one callback, in the order it reads them."""
+
+    room_id: str
+    callback_id: str  # the signature, or a digest for unsigned callbacks
+    event_type: str
+    job_id: str
+    event_ms: int
+    received_ms: int
+    message_json: str
+    digest: str
+    fields: tuple[str, ...]  # type-specific: scene..product_title | output_url, state | reply_id
+
+    def keys(self) -> list[str]:
+        return [
+            keys.room_state(self.room_id),
+            keys.room_events(self.room_id),
+            keys.room_jobs(self.room_id),
+            keys.room_replies(self.room_id),
+            keys.room_seen(self.room_id, self.callback_id),
+        ]
+
+    def args(self, maxlen: int, seen_ttl_s: int) -> list[str | int]:
+        return [
+            self.event_type,
+            self.job_id,
+            self.event_ms,
+            self.received_ms,
+            self.message_json,
+            maxlen,
+            seen_ttl_s,
+            self.digest,
+            keys.reactions_channel(),
+            self.room_id,
+            *self.fields,
+        ]
+
+
+@dataclass(frozen=True)
+class RtmpLink:
+    state: str
+    since_ms: int
+    event_ms: int
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_state(raw: Mapping[Any, Any]) -> dict[str, Any]:
+    """A room's state hash as a JSON-friendly dict (RTMP links and counters grouped)."""
+    data = {_text(k): _text(v) for k, v in raw.items()}
+    rtmp, counters, plain = {}, {}, {}
+    for name, value in data.items():
+        if name.startswith("rtmp:"):
+            state, since, at = value.split("|")
+            rtmp[name[5:]] = {"state": state, "since_ms": int(since), "event_ms": int(at)}
+        elif name.startswith("count:"):
+            counters[name[6:]] = int(value)
+        elif name.startswith("stall:"):
+            continue  # the watcher's bookkeeping
+        else:
+            plain[name] = value
+    return {**plain, "rtmp": rtmp, "counters": counters}
+
+
+class RoomStore:
+    """Reads and writes of room state; takes a Redis client, never a URL."""
+
+    def __init__(self, redis: aioredis.Redis, *, events_maxlen: int = 10_000) -> None:
+        self._redis = redis
+        self._maxlen = events_maxlen
+        self._set_job_state = redis.register_script(SET_JOB_STATE_LUA)
+        self._mark_stall = redis.register_script(MARK_RTMP_STALL_LUA)
+
+    async def register_room(self, room_id: str) -> None:
+        """Mark ``room_id`` as managed: callbacks naming it are applied from now on."""
+        await self._redis.hset(keys.room_state(room_id), "managed", "1")
+        await self._redis.sadd(keys.rooms_index(), room_id)
+
+    async def unregister_room(self, room_id: str) -> None:
+        await self._redis.hset(keys.room_state(room_id), "managed", "0")
+        await self._redis.srem(keys.rooms_index(), room_id)
+
+    async def set_current_job(self, room_id: str, job_id: str, job_state: str = "WAITING") -> None:
+        """Record a job started for the room; it becomes the one callbacks update."""
+        now = _now_ms()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(keys.room_jobs(room_id), job_id)
+            pipe.hset(
+                keys.room_state(room_id),
+                mapping={"job_id": job_id, "job_state": job_state, "job_state_at": now},
+            )
+            pipe.xadd(
+                keys.room_events(room_id),
+                {"kind": "job_started", "job_id": job_id, "event_ms": now},
+                maxlen=self._maxlen,
+                approximate=True,
+            )
+            await pipe.execute()
+
+    async def set_job_state(self, room_id: str, job_id: str, job_state: str) -> bool:
+        """Update the current job's state; publishes a ``job_state`` reaction when it changed."""
+        changed = await self._set_job_state(
+            keys=[keys.room_state(room_id), keys.room_events(room_id)],
+            args=[job_id, job_state, _now_ms(), self._maxlen, keys.reactions_channel(), room_id],
+        )
+        return bool(changed)
+
+    async def mark_rtmp_stalled(self, room_id: str, output_url: str, since_ms: int) -> bool:
+        """Publish ``rtmp_stalled`` for this link's current outage, once across every replica."""
+        marked = await self._mark_stall(
+            keys=[keys.room_state(room_id), keys.room_events(room_id)],
+            args=[output_url, since_ms, self._maxlen, keys.reactions_channel(), room_id],
+        )
+        return bool(marked)
+
+    async def add_reply(self, room_id: str, reply_id: str) -> None:
+        await self._redis.sadd(keys.room_replies(room_id), reply_id)
+
+    async def replies_in_flight(self, room_id: str) -> set[str]:
+        return {_text(m) for m in await self._redis.smembers(keys.room_replies(room_id))}
+
+    async def state(self, room_id: str) -> dict[str, Any] | None:
+        """The room's state, or None if the room is not managed."""
+        raw: Mapping[Any, Any] = await self._redis.hgetall(keys.room_state(room_id))
+        if raw.get(b"managed") != b"1":
+            return None
+        state = decode_state(raw)
+        state["replies_in_flight"] = sorted(await self.replies_in_flight(room_id))
+        return state
+
+    async def rooms(self) -> list[str]:
+        return sorted(_text(m) for m in await self._redis.smembers(keys.rooms_index()))
+
+    async def events(self, room_id: str, *, since: str = "-", limit: int = 100) -> list[dict[str, Any]]:
+        """Stream entries after ``since`` (an entry id; ``-`` from the start), oldest first."""
+        start = since if since == "-" else f"({since}"
+        entries = await self._redis.xrange(keys.room_events(room_id), min=start, count=limit)
+        return [_entry(entry_id, fields) for entry_id, fields in entries or []]
+
+    async def audit(self, entry: Mapping[str, str | int]) -> None:
+        fields: dict[Any, Any] = dict(entry)
+        await self._redis.xadd(keys.callbacks_audit(), fields, maxlen=self._maxlen, approximate=True)
+
+    async def audit_entries(self, limit: int = 100) -> list[dict[str, Any]]:
+        entries = await self._redis.xrange(keys.callbacks_audit(), count=limit)
+        return [_entry(entry_id, fields) for entry_id, fields in entries or []]
+
+
+def _entry(entry_id: Any, fields: Mapping[Any, Any] | None) -> dict[str, Any]:
+    data: dict[str, Any] = {_text(k): _text(v) for k, v in (fields or {}).items()}
+    if "message" in data:
+        data["message"] = json.loads(data["message"])
+    data["id"] = _text(entry_id)
+    return data
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

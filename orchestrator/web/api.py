@@ -1,0 +1,105 @@
+"""The read API behind the admin bearer token: rooms, a room's state, a room's events.
+
+Every ``/api`` request needs ``Authorization: Bearer <admin.token>``; with no token configured the API
+refuses everyone (401), it is never open by default.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+
+from aiohttp import web
+
+from orchestrator.appkeys import METRICS, ROOM_STORE, SETTINGS
+from orchestrator.store.keys import InvalidKeyPart, check_room_id
+from orchestrator.web.errors import ApiError
+
+routes = web.RouteTableDef()
+
+_STREAM_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+MAX_EVENTS = 1000
+
+
+def require_admin(request: web.Request) -> None:
+    """Raises ApiError 401 unless the request carries the admin bearer token."""
+    expected = request.app[SETTINGS].admin.token.get_secret_value()
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    ok = (
+        bool(expected)
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(token.encode(), expected.encode())
+    )
+    if not ok:
+        raise ApiError(
+            401,
+            "UNAUTHORIZED",
+            "a valid admin bearer token is required",
+            headers={"WWW-Authenticate": 'Bearer realm="orchestrator"'},
+        )
+
+
+def _room_id(request: web.Request) -> str:
+    try:
+        return check_room_id(request.match_info["room_id"])
+    except InvalidKeyPart as exc:
+        raise ApiError(400, "BAD_ROOM_ID", str(exc)) from None
+
+
+@routes.get("/api/rooms")
+async def list_rooms(request: web.Request) -> web.Response:
+    require_admin(request)
+    store = request.app[ROOM_STORE]
+    rooms = []
+    for room_id in await store.rooms():
+        state = await store.state(room_id) or {}
+        rooms.append(
+            {
+                "room_id": room_id,
+                **{
+                    k: state.get(k)
+                    for k in (
+                        "job_id",
+                        "job_state",
+                        "scene",
+                        "paragraph_seq",
+                        "paragraph_title",
+                        "last_event_at",
+                    )
+                },
+                "rtmp": state.get("rtmp", {}),
+            }
+        )
+    return web.json_response({"rooms": rooms})
+
+
+@routes.get("/api/rooms/{room_id}")
+async def room_state(request: web.Request) -> web.Response:
+    require_admin(request)
+    room_id = _room_id(request)
+    state = await request.app[ROOM_STORE].state(room_id)
+    if state is None:
+        raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
+    return web.json_response({"room_id": room_id, **state})
+
+
+@routes.get("/api/rooms/{room_id}/events")
+async def room_events(request: web.Request) -> web.Response:
+    require_admin(request)
+    room_id = _room_id(request)
+    since = request.query.get("since", "-")
+    if since != "-" and not _STREAM_ID.fullmatch(since):
+        raise ApiError(400, "BAD_QUERY", "since must be an event id (1700000000000-0) or milliseconds")
+    raw_limit = request.query.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_EVENTS:
+        raise ApiError(400, "BAD_QUERY", f"limit must be an integer from 1 to {MAX_EVENTS}")
+    store = request.app[ROOM_STORE]
+    if await store.state(room_id) is None:
+        raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
+    events = await store.events(room_id, since=since, limit=int(raw_limit))
+    return web.json_response({"events": events, "next": events[-1]["id"] if events else since})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].exposition(), content_type="text/plain", charset="utf-8")

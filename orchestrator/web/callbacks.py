@@ -1,0 +1,55 @@
+"""``POST /callbacks/metastudio/live-events[/{profile}]``: MetaStudio's live-event callbacks.
+
+A thin shell around :class:`orchestrator.callbacks.receiver.CallbackReceiver`: pick the profile, take the
+credentials from where its auth type puts them (MSS_A: query ``hwSecret``/``hwTime``; MSS_A_HEAD: headers
+``x-hw-mss-secret``/``x-hw-mss-time``), and map outcomes and errors to HTTP.
+"""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from orchestrator.appkeys import CALLBACK_PROFILES, CALLBACK_RECEIVER, METRICS
+from orchestrator.callbacks.profiles import CALLBACK_PATH, DEFAULT_PROFILE
+from orchestrator.callbacks.receiver import CallbackMalformed, CallbackRejected, Credentials, NotManaged
+from orchestrator.providers.metastudio import callbacks as mss
+from orchestrator.settings import CallbackAuthType
+from orchestrator.web.errors import ApiError
+
+routes = web.RouteTableDef()
+
+
+def _credentials(request: web.Request, auth_type: CallbackAuthType) -> Credentials:
+    if auth_type is CallbackAuthType.MSS_A_HEAD:
+        return Credentials(request.headers.get(mss.HEADER_SECRET), request.headers.get(mss.HEADER_TIME))
+    return Credentials(request.query.get(mss.QUERY_SECRET), request.query.get(mss.QUERY_TIME))
+
+
+@routes.post(CALLBACK_PATH)
+@routes.post(CALLBACK_PATH + "/{profile}")
+async def live_events(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    name = request.match_info.get("profile", DEFAULT_PROFILE)
+    profile = request.app[CALLBACK_PROFILES].get(name)
+    if profile is None:
+        metrics.callbacks_rejected.labels("unknown_profile").inc()
+        raise ApiError(404, "CALLBACK_PROFILE_UNKNOWN", f"no callback profile named {name!r}")
+    try:
+        outcome, parsed = await request.app[CALLBACK_RECEIVER].receive(
+            profile, _credentials(request, profile.auth_type), await request.read()
+        )
+    except CallbackRejected as exc:
+        metrics.callbacks_rejected.labels(exc.reason.value).inc()
+        raise ApiError(401, exc.error_code, str(exc)) from None
+    except CallbackMalformed as exc:
+        metrics.callbacks_rejected.labels("malformed_body").inc()
+        raise ApiError(400, "CALLBACK_MALFORMED", str(exc)) from None
+    except NotManaged as exc:
+        metrics.callbacks_rejected.labels("not_managed").inc()
+        raise ApiError(404, "CALLBACK_NOT_MANAGED", str(exc)) from None
+    except OSError:
+        raise ApiError(503, "CALLBACK_NOT_DURABLE", "cannot store the callback now; retry later") from None
+    metrics.callbacks_received.labels(parsed.event_type, outcome).inc()
+    structlog.contextvars.bind_contextvars(room_id=parsed.room_id, job_id=parsed.job_id)
+    return web.json_response({"result": "ok", "outcome": outcome})
