@@ -56,7 +56,7 @@ def resolve_profile(settings: Settings, name: str = DEFAULT_PROFILE) -> Resolved
 
 
 def live_event_callback_config(profile: ResolvedProfile) -> LiveEventCallbackConfig:
-    """The start-job request's callback config: MetaStudio calls this profile's URL, signed with its current key."""
+    """The start-job callback config: MetaStudio calls this profile's URL, signed with its current key."""
     return LiveEventCallbackConfig(
         live_event_type_callback_url=profile.public_url,
         auth_type=profile.auth_type.value,
