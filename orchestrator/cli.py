@@ -62,6 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(check)
     check.set_defaults(func=cmd_check_config)
 
+    callback_config = commands.add_parser(
+        "callback-config",
+        help="print the live_event_callback_config to put in a room's start-job request",
+        description="Print, as JSON, the live_event_callback_config object of a MetaStudio start-job request "
+        "for ROOM: the callback profile's public URL (exactly what MetaStudio signs), its auth type, its "
+        "current key and every event type. The key is masked unless --reveal-key is given.",
+    )
+    _add_config_options(callback_config)
+    callback_config.add_argument("room", metavar="ROOM", help="the room id (MetaStudio room_id)")
+    callback_config.add_argument(
+        "--profile", default="default", help="callback profile name (default: default)"
+    )
+    callback_config.add_argument("--reveal-key", action="store_true", help="print the signing key itself")
+    callback_config.set_defaults(func=cmd_callback_config)
+
     sandbox = commands.add_parser(
         "sandbox",
         help="run a local emulator of a vendor API (for tests, demos and trying the daemon)",
@@ -138,6 +153,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return _report_config_error(exc)
     print(json.dumps(masked_dump(settings), indent=2, ensure_ascii=False))
     print("configuration OK", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_callback_config(args: argparse.Namespace) -> int:
+    from orchestrator.callbacks.profiles import UnknownProfile, live_event_callback_config, resolve_profile
+    from orchestrator.store.keys import InvalidKeyPart, check_room_id
+
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        return _report_config_error(exc)
+    try:
+        check_room_id(args.room)
+        config = live_event_callback_config(resolve_profile(settings, args.profile)).to_wire()
+    except (UnknownProfile, InvalidKeyPart) as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if config.get("key") and not args.reveal_key:
+        config["key"] = "**********"
+    print(json.dumps(config, indent=2, ensure_ascii=False))
     return EXIT_OK
 
 

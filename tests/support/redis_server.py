@@ -5,6 +5,7 @@ Tests that prove the daemon survives a Redis outage stop it and start it again o
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -82,9 +83,18 @@ class RedisServer:
             time.sleep(0.02)
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout_s}s")
 
-    def stop(self) -> None:
+    def stop(self, *, save: bool = False) -> None:
+        """Stop the server; with ``save`` it writes its data first and the next start reloads it
+        (a persistent production Redis), otherwise the next start is empty."""
         if self._proc is None:
             return
+        if save:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                sock.sendall(b"SHUTDOWN SAVE\r\n")
+                with contextlib.suppress(OSError):
+                    sock.recv(64)
+        else:
+            (self._dir / "dump.rdb").unlink(missing_ok=True)
         self._proc.terminate()
         try:
             self._proc.wait(timeout=10)

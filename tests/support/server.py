@@ -13,12 +13,14 @@ from orchestrator.web.server import make_runner
 
 
 @asynccontextmanager
-async def serving(app: web.Application, settings: Settings, **runner_kwargs: Any) -> AsyncIterator[str]:
+async def serving(
+    app: web.Application, settings: Settings, *, port: int = 0, **runner_kwargs: Any
+) -> AsyncIterator[str]:
     """Yield the base URL (``http://127.0.0.1:PORT``) while ``app`` is served; shut down gracefully after."""
     runner = make_runner(app, settings, **runner_kwargs)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
         host, port = runner.addresses[0][:2]
         yield f"http://{host}:{port}"

@@ -146,6 +146,7 @@ class CallbackSender:
         self.faults = CallbackFaults()
         self.log: list[Delivery] = []
         self._task: asyncio.Task[None] | None = None
+        self._last_ms = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sandbox-callbacks")
@@ -198,7 +199,9 @@ class CallbackSender:
         if config is None or not config.live_event_type_callback_url:
             return
         url, headers = config.live_event_type_callback_url, {"Content-Type": "application/json"}
-        now_ms = self._clock.epoch_ms()
+        # MSS_A signs URL + time only: two callbacks in one millisecond would share a signature, and the
+        # receiver would take the second for a replay. A careful sender never reuses a millisecond.
+        now_ms = self._last_ms = max(self._clock.epoch_ms(), self._last_ms + 1)
         if config.auth_type == "MSS_A":
             url = mss_a_url(url, config.key or "", now_ms)
         elif config.auth_type == "MSS_A_HEAD":
