@@ -39,10 +39,10 @@ from orchestrator.store.batch import ScriptBatcher
 from orchestrator.store.journal import Journal
 from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import create_redis, redis_ready
-from orchestrator.store.rooms import APPLY_CALLBACK_LUA, RoomStore
+from orchestrator.store.rooms import APPLY_CALLBACKS_LUA, CALLBACK_ARGS, CALLBACK_KEYS, RoomStore
 from orchestrator.tasks import being_cancelled, pause
 from orchestrator.web import api, callbacks, health
-from orchestrator.web.middlewares import body_middleware, error_middleware, request_id_middleware
+from orchestrator.web.middlewares import request_middleware
 
 log = structlog.get_logger(__name__)
 
@@ -51,11 +51,7 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     """The daemon's HTTP application, not yet started (aiohttp starts it, then the resources)."""
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[
-            request_id_middleware,
-            error_middleware,
-            body_middleware(settings.server.max_body_bytes, settings.server.read_timeout_s),
-        ],
+        middlewares=[request_middleware(settings.server.max_body_bytes, settings.server.read_timeout_s)],
     )
     app[SETTINGS] = settings
     app[REDACTOR] = redactor or Redactor()
@@ -106,7 +102,13 @@ async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS].callbacks
     redis = app[REDIS]
     store = RoomStore(redis, events_maxlen=settings.events_maxlen)
-    batcher = ScriptBatcher(redis, APPLY_CALLBACK_LUA)
+    batcher = ScriptBatcher(
+        redis,
+        APPLY_CALLBACKS_LUA,
+        keys_per_call=CALLBACK_KEYS,
+        args_per_call=CALLBACK_ARGS,
+        timeout_s=settings.write_timeout_s,
+    )
     journal = Journal(settings.journal_path)
     receiver = CallbackReceiver(
         store,
@@ -114,7 +116,6 @@ async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:
         journal,
         policy=VerifyPolicy(max_skew_s=settings.max_skew_s, strict=settings.strict),
         events_maxlen=settings.events_maxlen,
-        write_timeout_s=settings.write_timeout_s,
     )
     reactions = Reactions(redis)
     app[ROOM_STORE], app[CALLBACK_RECEIVER], app[REACTIONS] = store, receiver, reactions

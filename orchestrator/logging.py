@@ -18,9 +18,11 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+import time
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 from orchestrator.settings import LogFormat, LoggingSettings
@@ -81,6 +83,7 @@ class Redactor:
         self._values: set[str] = set()
         self._value_re: re.Pattern[str] | None = None
         self._pair_re = self._compile_pairs()
+        self._name_cache: dict[str, bool] = {}
         self.add_values(values)
 
     def add_values(self, values: Iterable[str]) -> None:
@@ -102,7 +105,12 @@ class Redactor:
         )
 
     def is_secret_name(self, name: str) -> bool:
-        return _normalise(name) in self._names
+        known = self._name_cache.get(name)
+        if known is None:
+            known = self._name_cache[name] = _normalise(name) in self._names
+            if len(self._name_cache) > 10_000:  # field names are few; this only bounds a pathological caller
+                self._name_cache.clear()
+        return known
 
     def scrub(self, value: Any) -> Any:
         """``value`` with every secret masked; containers are copied, never mutated."""
@@ -122,9 +130,13 @@ class Redactor:
         return value
 
     def _scrub_text(self, text: str) -> str:
-        if self._value_re is not None:
+        # Cheap substring checks first: most log strings hold neither a secret nor a name=value pair, and
+        # a regex pass over every field of every line would cost more than the line itself.
+        if self._value_re is not None and any(value in text for value in self._values):
             text = self._value_re.sub(MASK, text)
-        return self._pair_re.sub(rf"\g<1>{MASK}", text)
+        if ("=" in text or ":" in text) and self._pair_re.search(text):
+            text = self._pair_re.sub(rf"\g<1>{MASK}", text)
+        return text
 
     def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
         for key in list(event_dict):
@@ -141,17 +153,62 @@ def resolve_format(fmt: LogFormat, stream: TextIO) -> LogFormat:
     return fmt
 
 
+_access_line: Callable[[dict[str, Any]], None] | None = None
+
+
+def access_line(fields: dict[str, Any]) -> None:
+    """Write one access-log line (``event: request``, logger ``orchestrator.access``)."""
+    if _access_line is not None:
+        _access_line(fields)
+    else:
+        structlog.get_logger("orchestrator.access").info("request", **fields)
+
+
+def _fast_json_access(stream: TextIO, redactor: Redactor) -> Callable[[dict[str, Any]], None]:
+    """The access log in JSON without structlog's processor chain (one line per request must be cheap):
+    the same fields, context, timestamp format and redaction as every other line."""
+
+    def write(fields: dict[str, Any]) -> None:
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1_000_000):06d}Z"
+        line = {**structlog.contextvars.get_contextvars(), **fields, "event": "request",
+                "logger": "orchestrator.access", "level": "info", "timestamp": stamp}
+        stream.write(orjson.dumps(redactor(None, "info", line), default=str).decode() + "\n")
+
+    return write
+
+
+def _orjson_dumps(value: Any, **_: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
+class _NamedWriteLogger(structlog.WriteLogger):
+    """structlog's direct writer, with the name it was asked for (``add_logger_name`` reads ``.name``)."""
+
+    def __init__(self, file: TextIO, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+
 def configure_logging(settings: LoggingSettings, redactor: Redactor, *, stream: TextIO | None = None) -> None:
-    """Route structlog and the standard library's logging through one redacting handler on ``stream``."""
+    """Send our structlog lines, and the standard library's records, redacted, to ``stream``.
+
+    Our own lines go straight from structlog to the stream (no ``logging.LogRecord`` per line: the access
+    log writes one per request); records of libraries that use ``logging`` pass through a handler with the
+    same processors. Both end in the redactor, then the renderer.
+    """
+    global _access_line
     stream = stream if stream is not None else sys.stderr
     fmt = resolve_format(settings.format, stream)
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
-        if fmt is LogFormat.JSON
-        else structlog.dev.ConsoleRenderer(
+    json_out = fmt is LogFormat.JSON and logging.getLevelNamesMapping()[settings.level] <= logging.INFO
+    _access_line = _fast_json_access(stream, redactor) if json_out else None
+    renderer: structlog.typing.Processor
+    if fmt is LogFormat.JSON:
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(
             colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
         )
-    )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
@@ -162,14 +219,9 @@ def configure_logging(settings: LoggingSettings, redactor: Redactor, *, stream: 
         redactor,
     ]
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            structlog.stdlib.PositionalArgumentsFormatter(),
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, renderer],
+        logger_factory=lambda *args: _NamedWriteLogger(stream, str(args[0]) if args else ""),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[settings.level]),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)

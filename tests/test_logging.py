@@ -147,7 +147,8 @@ def test_no_secret_in_daemon_process_logs(redis_url: str) -> None:
         daemon.terminate()
         assert daemon.wait() == 0
         output = daemon.output()
-    assert '"path": "/nowhere"' in output  # the access log line was written ...
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert any(line.get("path") == "/nowhere" for line in lines)  # the access log line was written ...
     for secret in SECRETS:
         assert secret not in output  # ... without any secret
 
@@ -172,3 +173,22 @@ def test_json_when_not_a_tty_console_when_asked(log_stream: io.StringIO) -> None
             assert "hello" in line and "room_id=r1" in line and "request_id=rid-1" in line
             with pytest.raises(json.JSONDecodeError):
                 json.loads(line)
+
+
+async def test_log_context_does_not_leak_between_keepalive_requests(make_settings: Any, log_stream: io.StringIO) -> None:
+    settings = make_settings()
+    app = create_app(settings, Redactor())
+
+    async def bind_room(request: web.Request) -> web.Response:
+        structlog.contextvars.bind_contextvars(room_id=request.match_info["room"])
+        return web.json_response({})
+
+    app.router.add_get("/test/room/{room}", bind_room)
+    async with serving(app, settings) as url, aiohttp.ClientSession() as http:  # one keep-alive connection
+        async with http.get(f"{url}/test/room/r1") as resp:
+            assert resp.status == 200
+        async with http.get(f"{url}/healthz") as resp:
+            assert resp.status == 200
+    access = [json.loads(line) for line in log_stream.getvalue().splitlines() if '"request"' in line]
+    assert [line.get("room_id") for line in access] == ["r1", None]
+    assert access[0]["request_id"] != access[1]["request_id"]

@@ -17,13 +17,12 @@ Their time, for ordering, is the receipt time.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import structlog
 from redis.exceptions import RedisError
 
@@ -73,14 +72,12 @@ class CallbackReceiver:
         *,
         policy: VerifyPolicy,
         events_maxlen: int,
-        write_timeout_s: float,
     ) -> None:
         self._store = store
         self._batcher = batcher
         self._journal = journal
         self._policy = policy
         self._maxlen = events_maxlen
-        self._write_timeout_s = write_timeout_s
         self._seen_ttl_s = int(2 * policy.max_skew_s) + 60
 
     async def receive(
@@ -124,9 +121,8 @@ class CallbackReceiver:
 
     async def _durable(self, write: CallbackWrite, profile: ResolvedProfile, body: bytes) -> str:
         try:
-            async with asyncio.timeout(self._write_timeout_s):
-                return await self.apply(write)
-        except (RedisError, TimeoutError, OSError) as exc:
+            return await self.apply(write)  # the batcher enforces callbacks.write_timeout_s
+        except (RedisError, OSError) as exc:
             log.warning(
                 "redis cannot take the callback; journaling it",
                 error=str(exc) or type(exc).__name__,
@@ -198,7 +194,7 @@ def _write_for(
         job_id=parsed.job_id,
         event_ms=event_ms,
         received_ms=now_ms,
-        message_json=json.dumps(parsed.stored_message(), ensure_ascii=False, separators=(",", ":")),
+        message_json=orjson.dumps(parsed.stored_message()).decode(),
         digest=digest,
         fields=fields,
     )

@@ -6,8 +6,8 @@ A room's state hash (``orch:{room}:state``) holds: ``managed``; ``job_id``, ``jo
 (``STATE|since_ms|event_ms``); ``last_event_at``; and counters (``count:<event type>``). Replies in flight
 are a set (``orch:{room}:replies``), the room's job ids another (``orch:{room}:jobs``).
 
-A callback is applied by one Lua script, so its checks (managed room, known job, duplicate, replay), its
-state update, its event-stream entry and its reactions happen atomically, in one round trip:
+A callback is applied by one Lua script (which takes a batch of callbacks: see ``store/batch.py``), so its
+checks (managed room, known job, duplicate, replay), its state update, its event-stream entry and its reactions happen atomically, in one round trip:
 
 * a job that is not the room's current one is recorded (``stale_job``) but changes nothing;
 * state never moves backwards: an RTMP state or paragraph older (by callback time) than what is stored is
@@ -27,67 +27,84 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from orchestrator.store import keys
 
-APPLY_CALLBACK_LUA = """
-local state, events, jobs, replies, seen = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local etype, job_id, event_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
-if redis.call('HGET', state, 'managed') ~= '1' then return 'unknown_room' end
-if redis.call('SISMEMBER', jobs, job_id) == 0 then return 'unknown_job' end
-local prev = redis.call('GET', seen)
-if prev then
-  if prev == ARGV[8] then return 'duplicate' end
-  return 'replay'
-end
-redis.call('SET', seen, ARGV[8], 'EX', tonumber(ARGV[7]))
-local function publish(kind, fields)
-  fields['kind'] = kind
-  fields['room_id'] = ARGV[10]
-  fields['job_id'] = job_id
-  fields['at'] = ARGV[3]
-  redis.call('PUBLISH', ARGV[9], cjson.encode(fields))
-end
-local outcome = 'applied'
-if redis.call('HGET', state, 'job_id') ~= job_id then
-  outcome = 'stale_job'
-elseif etype == 'SHOOT_SCRIPT_SWITCH' then
-  if event_ms < tonumber(redis.call('HGET', state, 'paragraph_at') or '0') then
-    outcome = 'out_of_order'
-  else
-    redis.call('HSET', state, 'scene', ARGV[11], 'paragraph_seq', ARGV[12], 'paragraph_title', ARGV[13],
-      'product_id', ARGV[14], 'product_title', ARGV[15], 'paragraph_at', ARGV[3])
+#: Keys and arguments one callback takes in APPLY_CALLBACKS_LUA (the script applies a batch of them). The
+#: callback's fifteen values travel as one JSON array: packing one argument instead of fifteen is most of
+#: what a batch costs on the client side.
+CALLBACK_KEYS = 5
+CALLBACK_ARGS = 1
+
+APPLY_CALLBACKS_LUA = """
+local function apply(k, a)
+  local state, events, jobs, replies, seen = k[1], k[2], k[3], k[4], k[5]
+  local etype, job_id, event_ms = a[1], a[2], tonumber(a[3])
+  if redis.call('HGET', state, 'managed') ~= '1' then return 'unknown_room' end
+  if redis.call('SISMEMBER', jobs, job_id) == 0 then return 'unknown_job' end
+  local prev = redis.call('GET', seen)
+  if prev then
+    if prev == a[8] then return 'duplicate' end
+    return 'replay'
   end
-elseif etype == 'RTMP_STREAM_STATE_CHANGE' then
-  local field = 'rtmp:' .. ARGV[11]
-  local since = ARGV[3]
-  local old = redis.call('HGET', state, field)
-  if old then
-    local old_state, old_since, old_at = string.match(old, '^([^|]*)|([^|]*)|([^|]*)$')
-    if event_ms < tonumber(old_at) then
+  redis.call('SET', seen, a[8], 'EX', tonumber(a[7]))
+  local function publish(kind, fields)
+    fields['kind'] = kind
+    fields['room_id'] = a[10]
+    fields['job_id'] = job_id
+    fields['at'] = a[3]
+    redis.call('PUBLISH', a[9], cjson.encode(fields))
+  end
+  local outcome = 'applied'
+  if redis.call('HGET', state, 'job_id') ~= job_id then
+    outcome = 'stale_job'
+  elseif etype == 'SHOOT_SCRIPT_SWITCH' then
+    if event_ms < tonumber(redis.call('HGET', state, 'paragraph_at') or '0') then
       outcome = 'out_of_order'
-    elseif old_state == ARGV[12] then
-      since = old_since
+    else
+      redis.call('HSET', state, 'scene', a[11], 'paragraph_seq', a[12], 'paragraph_title', a[13],
+        'product_id', a[14], 'product_title', a[15], 'paragraph_at', a[3])
     end
+  elseif etype == 'RTMP_STREAM_STATE_CHANGE' then
+    local field = 'rtmp:' .. a[11]
+    local since = a[3]
+    local old = redis.call('HGET', state, field)
+    if old then
+      local old_state, old_since, old_at = string.match(old, '^([^|]*)|([^|]*)|([^|]*)$')
+      if event_ms < tonumber(old_at) then
+        outcome = 'out_of_order'
+      elseif old_state == a[12] then
+        since = old_since
+      end
+    end
+    if outcome == 'applied' then
+      redis.call('HSET', state, field, a[12] .. '|' .. since .. '|' .. a[3])
+      if a[12] == 'END' then publish('rtmp_end', {output_url = a[11]}) end
+    end
+  elseif etype == 'REPLY_COMMAND_FINISH' then
+    redis.call('SREM', replies, a[11])
+    publish('reply_finished', {reply_id = a[11]})
+  else
+    outcome = 'recorded'
   end
-  if outcome == 'applied' then
-    redis.call('HSET', state, field, ARGV[12] .. '|' .. since .. '|' .. ARGV[3])
-    if ARGV[12] == 'END' then publish('rtmp_end', {output_url = ARGV[11]}) end
+  redis.call('HINCRBY', state, 'count:' .. etype, 1)
+  if event_ms > tonumber(redis.call('HGET', state, 'last_event_at') or '0') then
+    redis.call('HSET', state, 'last_event_at', a[3])
   end
-elseif etype == 'REPLY_COMMAND_FINISH' then
-  redis.call('SREM', replies, ARGV[11])
-  publish('reply_finished', {reply_id = ARGV[11]})
-else
-  outcome = 'recorded'
+  redis.call('XADD', events, 'MAXLEN', '~', a[6], '*', 'kind', 'callback', 'event_type', etype,
+    'job_id', job_id, 'outcome', outcome, 'event_ms', a[3], 'received_ms', a[4], 'message', a[5])
+  return outcome
 end
-redis.call('HINCRBY', state, 'count:' .. etype, 1)
-if event_ms > tonumber(redis.call('HGET', state, 'last_event_at') or '0') then
-  redis.call('HSET', state, 'last_event_at', ARGV[3])
+
+local results = {}
+for i = 0, tonumber(ARGV[1]) - 1 do
+  local k = {}
+  for j = 1, 5 do k[j] = KEYS[i * 5 + j] end
+  results[i + 1] = apply(k, cjson.decode(ARGV[2 + i]))
 end
-redis.call('XADD', events, 'MAXLEN', '~', ARGV[6], '*', 'kind', 'callback', 'event_type', etype,
-  'job_id', job_id, 'outcome', outcome, 'event_ms', ARGV[3], 'received_ms', ARGV[4], 'message', ARGV[5])
-return outcome
+return results
 """
 
 SET_JOB_STATE_LUA = """
@@ -134,7 +151,7 @@ class CallbackWrite:
     received_ms: int
     message_json: str
     digest: str
-    fields: tuple[str, ...]  # type-specific: scene..product_title | output_url, state | reply_id
+    fields: tuple[str, ...]  # type-specific: scene..product_title | output_url, state | reply_id (≤ 5)
 
     def keys(self) -> list[str]:
         return [
@@ -145,20 +162,23 @@ class CallbackWrite:
             keys.room_seen(self.room_id, self.callback_id),
         ]
 
-    def args(self, maxlen: int, seen_ttl_s: int) -> list[str | int]:
-        return [
+    def args(self, maxlen: int, seen_ttl_s: int) -> list[str]:
+        """One argument: the script's fifteen values as a JSON array of strings."""
+        values = [
             self.event_type,
             self.job_id,
-            self.event_ms,
-            self.received_ms,
+            str(self.event_ms),
+            str(self.received_ms),
             self.message_json,
-            maxlen,
-            seen_ttl_s,
+            str(maxlen),
+            str(seen_ttl_s),
             self.digest,
             keys.reactions_channel(),
             self.room_id,
             *self.fields,
+            *("",) * (5 - len(self.fields)),
         ]
+        return [orjson.dumps(values).decode()]
 
 
 @dataclass(frozen=True)

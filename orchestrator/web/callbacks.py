@@ -7,6 +7,7 @@ credentials from where its auth type puts them (MSS_A: query ``hwSecret``/``hwTi
 
 from __future__ import annotations
 
+import orjson
 import structlog
 from aiohttp import web
 
@@ -18,6 +19,15 @@ from orchestrator.settings import CallbackAuthType
 from orchestrator.web.errors import ApiError
 
 routes = web.RouteTableDef()
+
+_OUTCOME_BODIES: dict[str, bytes] = {}
+
+
+def _ok(outcome: str) -> web.Response:
+    body = _OUTCOME_BODIES.get(outcome)
+    if body is None:
+        body = _OUTCOME_BODIES[outcome] = orjson.dumps({"result": "ok", "outcome": outcome})
+    return web.Response(body=body, content_type="application/json")
 
 
 def _credentials(request: web.Request, auth_type: CallbackAuthType) -> Credentials:
@@ -52,4 +62,4 @@ async def live_events(request: web.Request) -> web.Response:
         raise ApiError(503, "CALLBACK_NOT_DURABLE", "cannot store the callback now; retry later") from None
     metrics.callbacks_received.labels(parsed.event_type, outcome).inc()
     structlog.contextvars.bind_contextvars(room_id=parsed.room_id, job_id=parsed.job_id)
-    return web.json_response({"result": "ok", "outcome": outcome})
+    return _ok(outcome)

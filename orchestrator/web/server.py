@@ -17,6 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from orchestrator.logging import access_line
 from orchestrator.settings import Settings
 from orchestrator.web.errors import code_for_status, default_message, error_response
 from orchestrator.web.middlewares import REQUEST_ID
@@ -31,16 +32,17 @@ class AccessLogger(AbstractAccessLogger):
     """
 
     def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
-        structlog.get_logger("orchestrator.access").info(
-            "request",
-            method=request.method,
-            path=request.path,
-            query=dict(request.query) or None,
-            status=response.status,
-            bytes=response.body_length,
-            duration_ms=round(time * 1000, 2),
-            remote=request.remote,
-            request_id=request.get(REQUEST_ID),
+        access_line(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": dict(request.query) or None,
+                "status": response.status,
+                "bytes": response.body_length,
+                "duration_ms": round(time * 1000, 2),
+                "remote": request.remote,
+                "request_id": request.get(REQUEST_ID),
+            }
         )
 
 
