@@ -108,6 +108,7 @@ async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:
         keys_per_call=CALLBACK_KEYS,
         args_per_call=CALLBACK_ARGS,
         timeout_s=settings.write_timeout_s,
+        on_batch=lambda size: _count_batch(app[METRICS], size),
     )
     journal = Journal(settings.journal_path)
     receiver = CallbackReceiver(
@@ -132,6 +133,11 @@ async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
     await reactions.aclose()
     await batcher.aclose()
+
+
+def _count_batch(metrics: Metrics, size: int) -> None:
+    metrics.redis_batches.inc()
+    metrics.redis_batched_calls.inc(size)
 
 
 async def _replay_journal_forever(receiver: CallbackReceiver, journal: Journal, metrics: Metrics) -> None:

@@ -27,5 +27,15 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.redis_batches = Counter(
+            "orch_callback_write_batches_total",
+            "Redis round trips that wrote callbacks (group commit): callbacks / batches is the batch size.",
+            registry=self.registry,
+        )
+        self.redis_batched_calls = Counter(
+            "orch_callback_writes_total", "Callbacks written to Redis through the group commit.",
+            registry=self.registry,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
