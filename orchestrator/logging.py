@@ -171,8 +171,14 @@ def _fast_json_access(stream: TextIO, redactor: Redactor) -> Callable[[dict[str,
     def write(fields: dict[str, Any]) -> None:
         now = time.time()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1_000_000):06d}Z"
-        line = {**structlog.contextvars.get_contextvars(), **fields, "event": "request",
-                "logger": "orchestrator.access", "level": "info", "timestamp": stamp}
+        line = {
+            **structlog.contextvars.get_contextvars(),
+            **fields,
+            "event": "request",
+            "logger": "orchestrator.access",
+            "level": "info",
+            "timestamp": stamp,
+        }
         stream.write(orjson.dumps(redactor(None, "info", line), default=str).decode() + "\n")
 
     return write

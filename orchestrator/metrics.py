@@ -33,7 +33,8 @@ class Metrics:
             registry=self.registry,
         )
         self.redis_batched_calls = Counter(
-            "orch_callback_writes_total", "Callbacks written to Redis through the group commit.",
+            "orch_callback_writes_total",
+            "Callbacks written to Redis through the group commit.",
             registry=self.registry,
         )
 

@@ -175,7 +175,9 @@ def test_json_when_not_a_tty_console_when_asked(log_stream: io.StringIO) -> None
                 json.loads(line)
 
 
-async def test_log_context_does_not_leak_between_keepalive_requests(make_settings: Any, log_stream: io.StringIO) -> None:
+async def test_log_context_does_not_leak_between_keepalive_requests(
+    make_settings: Any, log_stream: io.StringIO
+) -> None:
     settings = make_settings()
     app = create_app(settings, Redactor())
 

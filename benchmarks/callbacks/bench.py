@@ -53,8 +53,13 @@ SKEW_S = 3600  # the benchmark signs a long run's worth of callbacks up front
 
 
 def body(room: str, job: str, seq: int) -> str:
-    message = {"room_id": room, "job_id": job, "scene_script_name": "Products",
-               "shoot_script_sequence_no": str(seq), "shoot_script_title": f"Paragraph {seq}"}
+    message = {
+        "room_id": room,
+        "job_id": job,
+        "scene_script_name": "Products",
+        "shoot_script_sequence_no": str(seq),
+        "shoot_script_title": f"Paragraph {seq}",
+    }
     return json.dumps({"event_type": "SHOOT_SCRIPT_SWITCH", "message": json.dumps(message)})
 
 
@@ -98,16 +103,34 @@ def wait_http(url: str, timeout_s: float = 20) -> None:
 
 def run_wrk(port: int, requests_file: Path, duration: int, connections: int, threads: int) -> dict[str, Any]:
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(HERE / "replay.lua"),
-         f"http://127.0.0.1:{port}", "--", str(requests_file), str(threads)],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            str(HERE / "replay.lua"),
+            f"http://127.0.0.1:{port}",
+            "--",
+            str(requests_file),
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     lat = dict(re.findall(r"\s+(50|90|99)%\s+([\d.]+\w+)", out))
-    return {"rps": rps, "requests": total, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
-            "latency_closed_loop": lat, "raw": out}
+    return {
+        "rps": rps,
+        "requests": total,
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "latency_closed_loop": lat,
+        "raw": out,
+    }
 
 
 class _Connections:
@@ -136,7 +159,9 @@ class _Connections:
             writer.close()
 
 
-async def open_loop(port: int, rate: float, duration_s: float, start_index: int, base_ms: int, rooms: int) -> dict[str, Any]:
+async def open_loop(
+    port: int, rate: float, duration_s: float, start_index: int, base_ms: int, rooms: int
+) -> dict[str, Any]:
     """Send pre-signed callbacks at a fixed rate; latency is measured from each request's scheduled time.
 
     A pacing loop starts each request when it is due; ``generator_send_lag`` is how late the generator
@@ -192,18 +217,26 @@ async def open_loop(port: int, rate: float, duration_s: float, start_index: int,
 
 
 def metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()  # noqa: S310
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     found: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith(("orch_callbacks_received_total{", "orch_callbacks_rejected_total{",
-                            "orch_callback_write_batches_total ", "orch_callback_writes_total ")):
+        if line.startswith(
+            (
+                "orch_callbacks_received_total{",
+                "orch_callbacks_rejected_total{",
+                "orch_callback_write_batches_total ",
+                "orch_callback_writes_total ",
+            )
+        ):
             name, value = line.rsplit(" ", 1)
             found[name] = float(value)
     return found
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (the machine has 2 cores)")
@@ -231,7 +264,7 @@ def main() -> None:
         for name, path in (("bare", PATH), ("floor", "/floor")):
             with files["real"].open() as src, files[name].open("w") as dst:
                 for line in src:
-                    dst.write(path + line[len(PATH):])
+                    dst.write(path + line[len(PATH) :])
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("ORCH_")},
             "ORCH_REDIS__URL": server.url,
@@ -248,8 +281,9 @@ def main() -> None:
             "floor": [sys.executable, str(HERE / "floor_server.py"), str(ports["floor"])],
         }
         for name, command in commands.items():
-            procs[name] = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL)
+            procs[name] = subprocess.Popen(
+                command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
         for name, port in ports.items():
             wait_http(f"http://127.0.0.1:{port}/healthz" if name != "bare" else f"http://127.0.0.1:{port}/")
         for round_no in range(args.rounds):
@@ -263,7 +297,9 @@ def main() -> None:
                 runs[name].append(run_wrk(ports[name], chunk, args.duration, args.connections, args.threads))
         after_wrk = metrics(ports["real"])
         real_median = statistics.median(r["rps"] for r in runs["real"])
-        latency = asyncio.run(open_loop(ports["real"], real_median / 2, args.open_loop_s, count, base_ms, args.rooms))
+        latency = asyncio.run(
+            open_loop(ports["real"], real_median / 2, args.open_loop_s, count, base_ms, args.rooms)
+        )
         counted = metrics(ports["real"])
     finally:
         for proc in procs.values():
@@ -277,8 +313,12 @@ def main() -> None:
     result = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "wrk": {"duration_s": args.duration, "connections": args.connections, "threads": args.threads,
-                "rounds": args.rounds},
+        "wrk": {
+            "duration_s": args.duration,
+            "connections": args.connections,
+            "threads": args.threads,
+            "rounds": args.rounds,
+        },
         "rps_per_round": {name: [round(r["rps"]) for r in rs] for name, rs in runs.items()},
         "rps_median": {name: round(v) for name, v in medians.items()},
         "ratio_real_to_bare": round(ratio, 3),
@@ -286,8 +326,11 @@ def main() -> None:
         "ratio_real_to_floor": round(medians["real"] / medians["floor"], 3),
         "real_non_2xx": sum(r["non_2xx"] for r in runs["real"]),
         "every_real_request_unique": all(r["requests"] <= per_round for r in runs["real"]),
-        "mean_batch_size": round(after_wrk.get("orch_callback_writes_total", 0)
-                                 / max(1.0, after_wrk.get("orch_callback_write_batches_total", 0)), 1),
+        "mean_batch_size": round(
+            after_wrk.get("orch_callback_writes_total", 0)
+            / max(1.0, after_wrk.get("orch_callback_write_batches_total", 0)),
+            1,
+        ),
         "outcomes": {k: v for k, v in counted.items() if "outcome=" in k or "reason=" in k},
         "open_loop": latency,
         "targets": {"ratio>=0.60": ratio >= 0.60, "p99<=10ms": latency["p99_ms"] <= 10.0},

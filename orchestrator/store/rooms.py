@@ -6,8 +6,9 @@ A room's state hash (``orch:{room}:state``) holds: ``managed``; ``job_id``, ``jo
 (``STATE|since_ms|event_ms``); ``last_event_at``; and counters (``count:<event type>``). Replies in flight
 are a set (``orch:{room}:replies``), the room's job ids another (``orch:{room}:jobs``).
 
-A callback is applied by one Lua script (which takes a batch of callbacks: see ``store/batch.py``), so its
-checks (managed room, known job, duplicate, replay), its state update, its event-stream entry and its reactions happen atomically, in one round trip:
+A callback is applied by one Lua script (which takes a batch of callbacks: see ``store/batch.py``), so
+its checks (managed room, known job, duplicate, replay), its state update, its event-stream entry and its
+reactions happen atomically, in one round trip:
 
 * a job that is not the room's current one is recorded (``stale_job``) but changes nothing;
 * state never moves backwards: an RTMP state or paragraph older (by callback time) than what is stored is

@@ -57,7 +57,7 @@ def request_middleware(max_body_bytes: int, read_timeout_s: float) -> Middleware
             response = await handler(request)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 -- every error becomes a JSON body
+        except Exception as exc:
             response = _error_response(request, exc)
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id
@@ -80,7 +80,10 @@ def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
         # aiohttp's default texts are "404: Not Found"; a handler's explicit reason is kept.
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
         return error_response(
-            exc.status, code_for_status(exc.status), message or default_message(exc.status), request_id,
+            exc.status,
+            code_for_status(exc.status),
+            message or default_message(exc.status),
+            request_id,
             headers=headers,
         )
     log.error("unhandled error", method=request.method, path=request.path, exc_info=exc)
