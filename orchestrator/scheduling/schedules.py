@@ -124,7 +124,7 @@ def zone(name: str) -> ZoneInfo:
 
 
 def local_instant(day: date, at: time, tz: ZoneInfo) -> datetime:
-    """The UTC instant of local ``day at`` in ``tz``: first occurrence if ambiguous, after the gap if absent."""
+    """The UTC instant of local ``day at`` in ``tz``: the first if ambiguous, after the gap if absent."""
     # fold=0: the first of two ambiguous instants; inside a gap, the pre-transition offset, which lands
     # after the gap (02:30 EST == 03:30 EDT).
     return datetime.combine(day, at).replace(tzinfo=tz, fold=0).astimezone(UTC)
