@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from functools import partial
+from pathlib import Path
 
+import aiohttp
 import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
@@ -18,13 +20,17 @@ from redis.exceptions import RedisError
 from orchestrator.appkeys import (
     CALLBACK_PROFILES,
     CALLBACK_RECEIVER,
+    HTTP,
     LIFECYCLE,
     METRICS,
     REACTIONS,
     READINESS_CHECKS,
+    RECONCILER,
     REDACTOR,
     REDIS,
+    ROOM_CONFIGS,
     ROOM_STORE,
+    SCHEDULER,
     SETTINGS,
     Lifecycle,
 )
@@ -34,6 +40,11 @@ from orchestrator.callbacks.watcher import RtmpStallWatcher
 from orchestrator.logging import Redactor
 from orchestrator.metrics import Metrics
 from orchestrator.providers.metastudio.callbacks import VerifyPolicy
+from orchestrator.providers.metastudio.client import MetaStudioClient
+from orchestrator.scheduling.alerts import Alerter
+from orchestrator.scheduling.reconciler import Reconciler
+from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs, load_rooms_file
+from orchestrator.scheduling.scheduler import BoundaryScheduler
 from orchestrator.settings import Settings, redacted_url
 from orchestrator.store.batch import ScriptBatcher
 from orchestrator.store.journal import Journal
@@ -41,7 +52,7 @@ from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import create_redis, redis_ready
 from orchestrator.store.rooms import APPLY_CALLBACKS_LUA, CALLBACK_ARGS, CALLBACK_KEYS, RoomStore
 from orchestrator.tasks import being_cancelled, pause
-from orchestrator.web import api, callbacks, health
+from orchestrator.web import admin, api, callbacks, health
 from orchestrator.web.middlewares import request_middleware
 
 log = structlog.get_logger(__name__)
@@ -60,11 +71,14 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app[METRICS] = Metrics()
     app[CALLBACK_PROFILES] = callback_profiles(settings)
     app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(callbacks_ctx)
+    app.cleanup_ctx.append(scheduling_ctx)
     app.on_shutdown.append(_start_draining)
     app.add_routes(health.routes)
     app.add_routes(callbacks.routes)
     app.add_routes(api.routes)
+    app.add_routes(admin.routes)
     return app
 
 
@@ -95,6 +109,66 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await client.aclose()
     log.info("redis client closed")
+
+
+async def http_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The outgoing HTTP session (vendor API, alert webhooks): one per process, closed last but Redis."""
+    session = aiohttp.ClientSession()
+    app[HTTP] = session
+    yield
+    await session.close()
+
+
+async def scheduling_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Room definitions, the reconciler and its scheduler; the rooms file, if any, is applied first."""
+    settings = app[SETTINGS]
+    redis, store = app[REDIS], app[ROOM_STORE]
+    configs = RoomConfigs(redis, store)
+    alerter = Alerter(
+        app[HTTP],
+        redis,
+        min_interval_s=settings.scheduling.alert_min_interval_s,
+        events_maxlen=settings.callbacks.events_maxlen,
+    )
+    clients: dict[str, MetaStudioClient] = {}
+
+    def client_for(room: ManagedRoom) -> MetaStudioClient:
+        if "metastudio" not in clients:  # raises ProviderConfigError (a ProviderError) until configured
+            clients["metastudio"] = MetaStudioClient.from_settings(app[HTTP], settings.metastudio)
+        return clients["metastudio"]
+
+    reconciler = Reconciler(redis, configs, store, client_for, alerter.alert, settings)
+    scheduler = BoundaryScheduler(
+        reconciler, configs, app[REACTIONS], interval_s=settings.scheduling.reconcile_interval_s
+    )
+    app[ROOM_CONFIGS], app[RECONCILER], app[SCHEDULER] = configs, reconciler, scheduler
+    if settings.scheduling.rooms_file is not None:
+        await _apply_rooms_file(app, configs, settings.scheduling.rooms_file)
+    for room in await _rooms_or_none(configs):
+        app[REDACTOR].add_values(room.secrets())
+    if settings.scheduling.enabled:
+        await scheduler.start()
+    yield
+    await scheduler.aclose()
+
+
+async def _apply_rooms_file(app: web.Application, configs: RoomConfigs, path: Path) -> None:
+    rooms = load_rooms_file(path)  # raises RoomsFileError: the CLI validated it already
+    for room in rooms:
+        app[REDACTOR].add_values(room.secrets())
+        try:
+            await configs.put(room)
+        except RedisError as exc:
+            log.error("cannot apply the rooms file now; rooms already in Redis are used", error=str(exc))
+            return
+    log.info("rooms file applied", path=str(path), rooms=len(rooms))
+
+
+async def _rooms_or_none(configs: RoomConfigs) -> list[ManagedRoom]:
+    try:
+        return await configs.all()
+    except RedisError:
+        return []
 
 
 async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -12,6 +13,9 @@ from orchestrator.callbacks.profiles import ResolvedProfile
 from orchestrator.callbacks.receiver import CallbackReceiver
 from orchestrator.logging import Redactor
 from orchestrator.metrics import Metrics
+from orchestrator.scheduling.reconciler import Reconciler
+from orchestrator.scheduling.rooms import RoomConfigs
+from orchestrator.scheduling.scheduler import BoundaryScheduler
 from orchestrator.settings import Settings
 from orchestrator.store.reactions import Reactions
 from orchestrator.store.rooms import RoomStore
@@ -28,6 +32,10 @@ ROOM_STORE = web.AppKey("room_store", RoomStore)
 REACTIONS = web.AppKey("reactions", Reactions)
 CALLBACK_PROFILES = web.AppKey("callback_profiles", dict[str, ResolvedProfile])
 CALLBACK_RECEIVER = web.AppKey("callback_receiver", CallbackReceiver)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+ROOM_CONFIGS = web.AppKey("room_configs", RoomConfigs)
+RECONCILER = web.AppKey("reconciler", Reconciler)
+SCHEDULER = web.AppKey("scheduler", BoundaryScheduler)
 
 
 @dataclass

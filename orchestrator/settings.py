@@ -202,6 +202,24 @@ class CallbackSettings(Section):
     )
 
 
+class SchedulingSettings(Section):
+    """Schedules and the reconciler that keeps rooms in their desired state."""
+
+    enabled: bool = Field(True, description="Run the reconciler and scheduler in this process.")
+    reconcile_interval_s: PositiveSeconds = Field(
+        15.0, description="Periodic reconcile pass, besides boundaries."
+    )
+    rooms_file: Path | None = Field(
+        None, description="YAML rooms file applied (created or updated) at start; rooms may also come by API."
+    )
+    fence_ttl_s: PositiveSeconds = Field(
+        3600.0, description="How long a start/stop/restart fence is held (one action per window and cause)."
+    )
+    alert_min_interval_s: PositiveSeconds = Field(
+        300.0, description="Per room and alert kind, at most one alert this often."
+    )
+
+
 class AdminSettings(Section):
     """The admin/read API."""
 
@@ -226,6 +244,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     metastudio: MetaStudioSettings = MetaStudioSettings()
     callbacks: CallbackSettings = CallbackSettings()
+    scheduling: SchedulingSettings = SchedulingSettings()
     admin: AdminSettings = AdminSettings()
 
     @classmethod

@@ -239,7 +239,8 @@ def evaluate(schedule: Schedule, at: datetime) -> Desired:
             window_start = max([period_start, *starts])
             return Desired(at, True, (period_start, period_end), period_end, window_start)
         if period_start > at:
-            return Desired(at, False, None, period_start)
+            # Beyond the horizon nothing is known for sure (blackouts there were not consulted).
+            return Desired(at, False, None, period_start if period_start < end else None)
     return Desired(at, False, None, None)
 
 

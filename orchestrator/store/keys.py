@@ -57,6 +57,21 @@ def room_fence(room_id: str, action: str, window: str) -> str:
     return _room(room_id, f"fence:{action}:{window}")
 
 
+def room_config(room_id: str) -> str:
+    """String (JSON): the managed room's definition -- template, schedule, restart policy, alerts."""
+    return _room(room_id, "config")
+
+
+def room_restarts(room_id: str) -> str:
+    """Sorted set: restart attempts (score: epoch seconds), for backoff and the circuit breaker."""
+    return _room(room_id, "restarts")
+
+
+def room_alert_gate(room_id: str, kind: str) -> str:
+    """String with TTL: an alert of this kind was sent recently (rate limit across replicas)."""
+    return _room(room_id, f"alert:{kind}")
+
+
 def room_jobs(room_id: str) -> str:
     """Set: every job id started for the room (callbacks for other jobs are not the room's)."""
     return _room(room_id, "jobs")

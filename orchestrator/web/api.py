@@ -39,7 +39,7 @@ def require_admin(request: web.Request) -> None:
         )
 
 
-def _room_id(request: web.Request) -> str:
+def room_id_param(request: web.Request) -> str:
     try:
         return check_room_id(request.match_info["room_id"])
     except InvalidKeyPart as exc:
@@ -76,7 +76,7 @@ async def list_rooms(request: web.Request) -> web.Response:
 @routes.get("/api/rooms/{room_id}")
 async def room_state(request: web.Request) -> web.Response:
     require_admin(request)
-    room_id = _room_id(request)
+    room_id = room_id_param(request)
     state = await request.app[ROOM_STORE].state(room_id)
     if state is None:
         raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
@@ -86,7 +86,7 @@ async def room_state(request: web.Request) -> web.Response:
 @routes.get("/api/rooms/{room_id}/events")
 async def room_events(request: web.Request) -> web.Response:
     require_admin(request)
-    room_id = _room_id(request)
+    room_id = room_id_param(request)
     since = request.query.get("since", "-")
     if since != "-" and not _STREAM_ID.fullmatch(since):
         raise ApiError(400, "BAD_QUERY", "since must be an event id (1700000000000-0) or milliseconds")

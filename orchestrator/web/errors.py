@@ -43,9 +43,11 @@ class ApiError(Exception):
         *,
         headers: Mapping[str, str] | None = None,
         close_connection: bool = False,
+        errors: list[dict[str, str]] | None = None,
     ) -> None:
         super().__init__(f"{status} {error_code}: {error_msg}")
         self.close_connection = close_connection
+        self.errors = errors
         self.status = status
         self.error_code = error_code
         self.error_msg = error_msg
@@ -70,6 +72,9 @@ def error_response(
     request_id: str | None,
     *,
     headers: Mapping[str, str] | None = None,
+    errors: list[dict[str, str]] | None = None,
 ) -> web.Response:
-    body = {"error_code": error_code, "error_msg": error_msg, "request_id": request_id}
+    body: dict[str, object] = {"error_code": error_code, "error_msg": error_msg, "request_id": request_id}
+    if errors:
+        body["errors"] = errors  # field-level problems: [{"field", "message"}]
     return web.json_response(body, status=status, headers=headers)

@@ -69,7 +69,9 @@ def request_middleware(max_body_bytes: int, read_timeout_s: float) -> Middleware
 def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
     request_id = request_id_of(request)
     if isinstance(exc, ApiError):
-        response = error_response(exc.status, exc.error_code, exc.error_msg, request_id, headers=exc.headers)
+        response = error_response(
+            exc.status, exc.error_code, exc.error_msg, request_id, headers=exc.headers, errors=exc.errors
+        )
         if exc.close_connection:
             response.force_close()
         return response

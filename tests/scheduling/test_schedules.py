@@ -178,8 +178,9 @@ def test_property_answer_holds_until_the_boundary_then_flips(sched: Schedule, at
         return
     assert d.next_boundary > at
     for fraction in (0.0, 0.25, 0.5, 0.99):
-        probe = at + (d.next_boundary - at) * fraction
-        assert evaluate(sched, probe).live == d.live
+        # (timedelta rounds to microseconds: keep the probe strictly before the boundary)
+        probe = min(at + (d.next_boundary - at) * fraction, d.next_boundary - timedelta(microseconds=1))
+        assert evaluate(sched, max(probe, at)).live == d.live
     assert evaluate(sched, d.next_boundary).live != d.live
 
 

@@ -1,0 +1,281 @@
+"""The reconciler: desired state (schedule, pause) against actual state (Redis, refreshed from the vendor),
+and the one action that closes the gap -- taken once, by one replica.
+
+:func:`decide` is pure and table-tested:
+
+* paused → nothing;
+* should be live, no job → **start**; job FAILED / BLOCKED / SUCCEED, or an RTMP output ENDed → **restart**
+  (after an exponential backoff; at ``max_restarts_per_hour`` the circuit opens: alert, no restart);
+* should be live, an RTMP output DISCONNECTED/RECONNECTING longer than the grace → **refresh** the
+  output URL once, then **restart** if it is still down ``refresh_wait_s`` later;
+* should be off, job active → **stop** (also a job left running when the window ended while the daemon
+  was down).
+
+Every action takes a Redis fence keyed by room, action and desired window (plus the job it replaces), so
+N replicas reconciling the same room at once make one vendor call. Every action and its reason go into
+the room's event stream. A failed start counts as a restart attempt (backoff, circuit breaker) and
+releases its fence so a later pass can try again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from orchestrator.callbacks.profiles import live_event_callback_config, resolve_profile
+from orchestrator.providers.errors import ProviderError, ProviderNotFound
+from orchestrator.providers.metastudio.client import MetaStudioClient
+from orchestrator.providers.metastudio.models import Command, RefreshOutputUrlConfig
+from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs
+from orchestrator.scheduling.schedules import Desired, evaluate
+from orchestrator.settings import Settings
+from orchestrator.store import keys
+from orchestrator.store.rooms import RoomStore
+
+log = structlog.get_logger(__name__)
+
+ACTIVE = frozenset({"WAITING", "PROCESSING"})
+TERMINAL = frozenset({"SUCCEED", "FAILED", "BLOCKED"})
+DOWN = frozenset({"DISCONNECTED", "RECONNECTING"})
+
+
+@dataclass(frozen=True)
+class Actual:
+    """What Redis says about the room now."""
+
+    job_id: str | None
+    job_state: str | None
+    rtmp: dict[str, dict[str, Any]]  # url → {state, since_ms}
+    restarts_last_hour: list[float]  # epoch seconds
+    refreshed_at_ms: dict[str, int]  # url → when we asked for REFRESH_OUTPUT_URL during this outage
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # start | stop | restart | refresh | circuit_open | wait
+    reason: str
+    fence: str = ""  # the part of the fence key after the action: window (and job)
+    output_url: str | None = None
+    alert: str | None = None  # what a human should hear about, whatever the action
+
+
+def decide(room: ManagedRoom, desired: Desired, actual: Actual, now: float) -> Action | None:
+    """The one action that moves the room toward its desired state, or None. Pure."""
+    if room.paused:
+        return None
+    active = actual.job_state in ACTIVE
+    window = desired.window_id
+    if not desired.live:
+        if active:
+            return Action("stop", f"outside its schedule (next live {desired.next_boundary})", window)
+        return None
+    if actual.job_id is None:
+        return _restart_or_wait(room, actual, now, "start", "scheduled window began", window)
+    if not active:
+        reason = f"job {actual.job_id} is {actual.job_state} while the room should be live"
+        alert = "room_blocked" if actual.job_state == "BLOCKED" else None
+        return _restart_or_wait(room, actual, now, "restart", reason, f"{window}:{actual.job_id}", alert)
+    for url, link in actual.rtmp.items():
+        if link["state"] == "END":
+            reason = f"RTMP output {url} ended (the vendor will not reconnect)"
+            return _restart_or_wait(
+                room, actual, now, "restart", reason, f"{window}:{actual.job_id}", "rtmp_end"
+            )
+    for url, link in actual.rtmp.items():
+        down_s = now - link["since_ms"] / 1000
+        if link["state"] in DOWN and down_s > room.restart.rtmp_grace_s:
+            refreshed = actual.refreshed_at_ms.get(url)
+            if refreshed is None or refreshed < link["since_ms"]:
+                reason = f"RTMP output {url} {link['state']} for {down_s:.0f}s"
+                return Action("refresh", reason, f"{window}:{url}:{link['since_ms']}", url)
+            if now - refreshed / 1000 > room.restart.refresh_wait_s:
+                reason = f"RTMP output {url} still {link['state']} after refreshing the output URL"
+                return _restart_or_wait(
+                    room, actual, now, "restart", reason, f"{window}:{actual.job_id}:{url}"
+                )
+    return None
+
+
+def _restart_or_wait(
+    room: ManagedRoom,
+    actual: Actual,
+    now: float,
+    kind: str,
+    reason: str,
+    fence: str,
+    alert: str | None = None,
+) -> Action:
+    """``kind`` now, or wait out the backoff, or open the circuit (pure)."""
+    recent = sorted(t for t in actual.restarts_last_hour if now - t < 3600)
+    if kind == "start" and not recent:
+        return Action("start", reason, fence, alert=alert)
+    policy = room.restart
+    if len(recent) >= policy.max_restarts_per_hour:
+        return Action("circuit_open", f"{len(recent)} restarts in the last hour; not restarting: {reason}")
+    delay = (
+        min(policy.backoff_max_s, policy.backoff_initial_s * 2 ** max(0, len(recent) - 1)) if recent else 0.0
+    )
+    if recent and now - recent[-1] < delay:
+        return Action("wait", f"backoff {delay:.0f}s after the last attempt: {reason}", alert=alert)
+    return Action(kind, reason, f"{fence}:attempt{len(recent)}", alert=alert)
+
+
+ClientFor = Callable[[ManagedRoom], MetaStudioClient]
+AlertFn = Callable[[ManagedRoom, str, str], Awaitable[None]]
+
+
+class Reconciler:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        configs: RoomConfigs,
+        state: RoomStore,
+        client_for: ClientFor,
+        alert: AlertFn,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._configs = configs
+        self._state = state
+        self._client_for = client_for
+        self._alert = alert
+        self._settings = settings
+        self._clock = clock
+        self.vendor_calls = 0
+
+    async def reconcile_all(self) -> None:
+        for room in await self._configs.all():
+            try:
+                await self.reconcile(room)
+            except Exception:  # one room's failure must not stop the others
+                log.exception("reconcile failed", room_id=room.room_id)
+
+    async def reconcile_room(self, room_id: str) -> Action | None:
+        room = await self._configs.get(room_id)
+        return await self.reconcile(room) if room is not None else None
+
+    async def reconcile(self, room: ManagedRoom) -> Action | None:
+        now = self._clock()
+        desired = evaluate(room.schedule, datetime.fromtimestamp(now, UTC))
+        actual = await self._observe(room)
+        action = decide(room, desired, actual, now)
+        if action is not None and action.alert:
+            await self._alert(room, action.alert, action.reason)
+        if action is None or action.kind == "wait":
+            return action
+        with structlog.contextvars.bound_contextvars(room_id=room.room_id):
+            await self._act(room, action, actual, desired)
+        return action
+
+    async def _observe(self, room: ManagedRoom) -> Actual:
+        state = await self._state.state(room.room_id) or {}
+        job_id, job_state = state.get("job_id"), state.get("job_state")
+        if job_id and job_state in ACTIVE:
+            job_state = await self._poll(room, job_id, job_state)
+        restarts: list[Any] = await self._redis.zrangebyscore(
+            keys.room_restarts(room.room_id), self._clock() - 3600, "+inf"
+        )
+        refreshed = {k[len("refreshed:") :]: int(v) for k, v in state.items() if k.startswith("refreshed:")}
+        return Actual(job_id, job_state, state.get("rtmp", {}), [float(r) for r in restarts], refreshed)
+
+    async def _poll(self, room: ManagedRoom, job_id: str, known: str) -> str:
+        """The vendor's view of the job, written to Redis when it changed (callbacks carry no job state)."""
+        try:
+            self.vendor_calls += 1
+            job = await self._client_for(room).show_job(room.room_id, job_id)
+        except ProviderNotFound:
+            await self._state.set_job_state(room.room_id, job_id, "FAILED")
+            return "FAILED"
+        except ProviderError as exc:
+            log.warning(
+                "cannot poll the job; using the last known state", room_id=room.room_id, error=str(exc)
+            )
+            return known
+        if job.state.value != known:
+            await self._state.set_job_state(room.room_id, job_id, job.state.value)
+        return job.state.value
+
+    async def _act(self, room: ManagedRoom, action: Action, actual: Actual, desired: Desired) -> None:
+        if action.kind == "circuit_open":
+            await self._record(room, action, "circuit open")
+            await self._alert(room, "circuit_open", action.reason)
+            return
+        fence = keys.room_fence(room.room_id, action.kind, action.fence)
+        owner = f"{id(self)}:{self._clock()}"
+        if not await self._redis.set(fence, owner, nx=True, ex=int(self._settings.scheduling.fence_ttl_s)):
+            return  # another replica took this action
+        try:
+            await self._perform(room, action, actual)
+        except ProviderError as exc:
+            await self._record(room, action, f"failed: {exc}")
+            if action.kind in ("start", "restart"):
+                if action.kind == "start":  # a restart was counted when it began
+                    await self._redis.zadd(
+                        keys.room_restarts(room.room_id), {str(self._clock()): self._clock()}
+                    )
+                await self._redis.delete(fence)  # let a later pass try again, after the backoff
+                await self._alert(room, "start_failed", f"{action.kind} failed: {exc}")
+            return
+        await self._record(room, action, "done")
+
+    async def _perform(self, room: ManagedRoom, action: Action, actual: Actual) -> None:
+        client = self._client_for(room)
+        self.vendor_calls += 1
+        if action.kind == "stop" and actual.job_id:
+            await client.stop_job(room.room_id, actual.job_id)
+            await self._state.set_job_state(room.room_id, actual.job_id, "SUCCEED")
+        elif action.kind in ("start", "restart"):
+            if action.kind == "restart":
+                await self._redis.zadd(keys.room_restarts(room.room_id), {str(self._clock()): self._clock()})
+                if actual.job_id and actual.job_state in ACTIVE:
+                    await client.stop_job(room.room_id, actual.job_id)
+            profile = resolve_profile(self._settings, room.callback_profile)
+            request = room.template.to_request(live_event_callback_config(profile))
+            started = await client.start_job(room.room_id, request)
+            await self._state.set_current_job(room.room_id, started.job_id)
+            if started.live_event_report_url:
+                await self._redis.hset(
+                    keys.room_state(room.room_id), "report_url", started.live_event_report_url
+                )
+        elif action.kind == "refresh" and actual.job_id and action.output_url:
+            urls = room.template.output_urls
+            stream_keys = [k.get_secret_value() for k in room.template.stream_keys] or None
+            await client.command(
+                room.room_id,
+                actual.job_id,
+                Command.refresh_output_url(RefreshOutputUrlConfig(output_urls=urls, stream_keys=stream_keys)),
+            )
+            await self._redis.hset(
+                keys.room_state(room.room_id), f"refreshed:{action.output_url}", int(self._clock() * 1000)
+            )
+
+    async def _record(self, room: ManagedRoom, action: Action, outcome: str) -> None:
+        log.info(
+            "reconciler action",
+            room_id=room.room_id,
+            action=action.kind,
+            reason=action.reason,
+            outcome=outcome,
+        )
+        await self._redis.xadd(
+            keys.room_events(room.room_id),
+            {
+                "kind": "action",
+                "action": action.kind,
+                "reason": action.reason,
+                "outcome": outcome,
+                "event_ms": int(self._clock() * 1000),
+                "message": json.dumps({"fence": action.fence}),
+            },
+            maxlen=self._settings.callbacks.events_maxlen,
+            approximate=True,
+        )

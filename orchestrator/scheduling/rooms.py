@@ -1,0 +1,217 @@
+"""Managed rooms: what the daemon runs, declared in a YAML file or through the admin API, kept in Redis.
+
+A room's ``room_id`` is MetaStudio's room id (callbacks name rooms by it). Its start-job template holds
+everything a start request needs except the callback config, which comes from the room's callback
+profile; stream keys, the interaction callback URL and alert webhook URLs are secrets (``SecretStr``):
+stored in Redis, never shown by the API or logged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from orchestrator.providers.metastudio.models import (
+    CoStreamerConfig,
+    LiveEventCallbackConfig,
+    PlayPolicy,
+    StartJobRequest,
+    VideoConfig,
+)
+from orchestrator.scheduling.schedules import Schedule
+from orchestrator.store import keys
+from orchestrator.store.rooms import RoomStore
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RestartPolicy(_Model):
+    backoff_initial_s: float = Field(10.0, gt=0, description="First restart delay; doubles each time")
+    backoff_max_s: float = Field(300.0, gt=0)
+    max_restarts_per_hour: int = Field(6, ge=1, description="Above this the circuit opens: alert, no restart")
+    rtmp_grace_s: float = Field(30.0, gt=0, description="RTMP down this long → REFRESH_OUTPUT_URL")
+    refresh_wait_s: float = Field(20.0, gt=0, description="Still down this long after the refresh → restart")
+
+
+class AlertTarget(_Model):
+    url: SecretStr
+    format: Literal["generic", "dingtalk", "feishu", "slack"] = "generic"
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
+class StartTemplate(_Model):
+    video_config: VideoConfig | None = None
+    play_policy: PlayPolicy = PlayPolicy(repeat_count=-1)
+    output_urls: list[str] = Field(..., min_length=1)
+    stream_keys: list[SecretStr] = Field(default_factory=list)
+    interaction_callback_url: SecretStr | None = None
+    view_mode: Literal["LANDSCAPE", "VERTICAL"] | None = None
+    co_streamer_config: CoStreamerConfig | None = None
+
+    @model_validator(mode="after")
+    def _keys_match_urls(self) -> StartTemplate:
+        if self.stream_keys and len(self.stream_keys) != len(self.output_urls):
+            raise ValueError("stream_keys must have one key per output URL")
+        return self
+
+    def to_request(self, callback_config: LiveEventCallbackConfig | None) -> StartJobRequest:
+        return StartJobRequest(
+            video_config=self.video_config,
+            play_policy=self.play_policy,
+            output_urls=self.output_urls,
+            stream_keys=[k.get_secret_value() for k in self.stream_keys] or None,
+            interaction_callback_url=(
+                self.interaction_callback_url.get_secret_value() if self.interaction_callback_url else None
+            ),
+            live_event_callback_config=callback_config,
+            view_mode=self.view_mode,
+            co_streamer_config=self.co_streamer_config,
+        )
+
+
+class ManagedRoom(_Model):
+    room_id: str = Field(..., description="MetaStudio's room id")
+    name: str | None = None
+    provider: Literal["metastudio"] = "metastudio"
+    callback_profile: str = "default"
+    template: StartTemplate
+    schedule: Schedule
+    restart: RestartPolicy = RestartPolicy()
+    alerts: list[AlertTarget] = Field(default_factory=list)
+    paused: bool = False
+
+    @field_validator("room_id")
+    @classmethod
+    def _room_id(cls, value: str) -> str:
+        return keys.check_room_id(value)
+
+    def secrets(self) -> set[str]:
+        found = {k.get_secret_value() for k in self.template.stream_keys}
+        found |= {a.url.get_secret_value() for a in self.alerts}
+        if self.template.interaction_callback_url:
+            found.add(self.template.interaction_callback_url.get_secret_value())
+        return {s for s in found if s}
+
+    def stored(self) -> str:
+        """JSON with the secrets in clear: for Redis only."""
+        data = self.model_dump(mode="json")
+        data["template"]["stream_keys"] = [k.get_secret_value() for k in self.template.stream_keys]
+        if self.template.interaction_callback_url:
+            data["template"]["interaction_callback_url"] = (
+                self.template.interaction_callback_url.get_secret_value()
+            )
+        data["alerts"] = [{**a.model_dump(mode="json"), "url": a.url.get_secret_value()} for a in self.alerts]
+        return json.dumps(data, ensure_ascii=False)
+
+    def public(self) -> dict[str, Any]:
+        """As shown by the API: secrets masked."""
+        return self.model_dump(mode="json")
+
+
+class RoomsFileError(ValueError):
+    """A rooms file that cannot be used; ``problems`` are ``(location, message)`` pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{loc}: {msg}" for loc, msg in problems))
+
+
+def field_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    return [
+        (prefix + ".".join(str(p) for p in error["loc"]), error["msg"])
+        for error in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def load_rooms_file(path: Path) -> list[ManagedRoom]:
+    """Rooms from a YAML file: ``rooms: [ {room_id, template, schedule, ...}, ... ]``.
+
+    Raises RoomsFileError naming every invalid field (``rooms[2].schedule.windows.0.start: ...``).
+    """
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise RoomsFileError([(str(path), f"cannot read: {exc}")]) from exc
+    items = data.get("rooms") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise RoomsFileError([(str(path), "expected a mapping with a 'rooms' list")])
+    rooms, problems = [], []
+    for index, item in enumerate(items):
+        try:
+            rooms.append(ManagedRoom.model_validate(item))
+        except ValidationError as exc:
+            problems.extend(field_problems(exc, f"rooms[{index}]."))
+    seen: set[str] = set()
+    for room in rooms:
+        if room.room_id in seen:
+            problems.append((f"rooms[{room.room_id}]", "room_id appears twice"))
+        seen.add(room.room_id)
+    if problems:
+        raise RoomsFileError(problems)
+    return rooms
+
+
+class RoomConfigs:
+    """Managed-room definitions in Redis (``orch:{room}:config``); every change is announced so each
+    replica's scheduler rebuilds."""
+
+    def __init__(self, redis: aioredis.Redis, state: RoomStore) -> None:
+        self._redis = redis
+        self._state = state
+
+    async def put(self, room: ManagedRoom) -> None:
+        await self._redis.set(keys.room_config(room.room_id), room.stored())
+        await self._state.register_room(room.room_id)
+        await self._announce(room.room_id)
+
+    async def get(self, room_id: str) -> ManagedRoom | None:
+        raw = await self._redis.get(keys.room_config(room_id))
+        return ManagedRoom.model_validate_json(raw) if raw else None
+
+    async def all(self) -> list[ManagedRoom]:
+        rooms = []
+        for room_id in await self._state.rooms():
+            room = await self.get(room_id)
+            if room is not None:
+                rooms.append(room)
+        return rooms
+
+    async def delete(self, room_id: str) -> bool:
+        existed = bool(await self._redis.delete(keys.room_config(room_id)))
+        await self._state.unregister_room(room_id)
+        await self._announce(room_id)
+        return existed
+
+    async def set_paused(self, room_id: str, paused: bool) -> ManagedRoom | None:
+        room = await self.get(room_id)
+        if room is None:
+            return None
+        updated = room.model_copy(update={"paused": paused})
+        await self.put(updated)
+        return updated
+
+    async def _announce(self, room_id: str) -> None:
+        await self._redis.publish(
+            keys.reactions_channel(), json.dumps({"kind": "rooms_changed", "room_id": room_id})
+        )

@@ -1,0 +1,126 @@
+"""The scheduler: wakes the reconciler at each room's next schedule boundary, and every interval.
+
+APScheduler 3.x ``AsyncIOScheduler`` with its default in-memory job store -- never a shared store (3.x
+stores must not be shared between schedulers, and its Redis store blocks the loop). The jobs are derived
+from the room definitions in Redis: rebuilt at start and whenever a room changes (``rooms_changed``
+reactions reach every replica). One ``date`` job per room at its next boundary (computed by
+:func:`orchestrator.scheduling.schedules.evaluate`, not by APScheduler's cron, which repeats a fall-back
+hour), re-armed after each run; plus one interval job for the periodic pass. A missed or late fire is
+harmless: the periodic pass recomputes what should be true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from datetime import UTC, datetime
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from orchestrator.scheduling.reconciler import Reconciler
+from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs
+from orchestrator.scheduling.schedules import evaluate
+from orchestrator.store.reactions import Reactions
+
+log = structlog.get_logger(__name__)
+
+
+class BoundaryScheduler:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        configs: RoomConfigs,
+        reactions: Reactions | None,
+        *,
+        interval_s: float,
+    ) -> None:
+        self._reconciler = reconciler
+        self._configs = configs
+        self._reactions = reactions
+        self._interval_s = interval_s
+        self._scheduler = AsyncIOScheduler(
+            timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
+        self._listener: asyncio.Task[None] | None = None
+        #: How late boundary wake-ups ran (ms), most recent last: for /metrics and the benchmark.
+        self.lateness_ms: deque[float] = deque(maxlen=100_000)
+
+    async def start(self, *, periodic: bool = True) -> None:
+        self._scheduler.start()
+        if periodic:
+            self._scheduler.add_job(
+                self._reconciler.reconcile_all,
+                IntervalTrigger(seconds=self._interval_s, timezone=UTC),
+                id="reconcile-pass",
+                next_run_time=datetime.now(UTC),
+            )
+        await self.rebuild()
+        if self._reactions is not None:
+            self._listener = asyncio.create_task(self._listen(), name="scheduler-rooms-changed")
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    async def rebuild(self) -> int:
+        """Re-derive every boundary job from the rooms in Redis; returns how many rooms are scheduled."""
+        rooms = await self._configs.all()
+        wanted = {f"boundary:{room.room_id}" for room in rooms}
+        for job in self._scheduler.get_jobs():
+            if job.id.startswith("boundary:") and job.id not in wanted:
+                job.remove()
+        for room in rooms:
+            self.arm(room)
+        return len(rooms)
+
+    def arm(self, room: ManagedRoom) -> None:
+        """Schedule ``room``'s next boundary (or nothing, if none is within the horizon)."""
+        job_id = f"boundary:{room.room_id}"
+        boundary = evaluate(room.schedule, datetime.now(UTC)).next_boundary
+        if boundary is None:
+            with contextlib.suppress(Exception):
+                self._scheduler.remove_job(job_id)
+            return
+        self._scheduler.add_job(
+            self._boundary,
+            DateTrigger(run_date=boundary),
+            id=job_id,
+            replace_existing=True,
+            args=[room.room_id, boundary.timestamp()],
+        )
+
+    def next_boundary(self, room_id: str) -> datetime | None:
+        job = self._scheduler.get_job(f"boundary:{room_id}")
+        return job.next_run_time if job is not None else None
+
+    async def _boundary(self, room_id: str, due: float) -> None:
+        self.lateness_ms.append((time.time() - due) * 1000)
+        try:
+            await self._reconciler.reconcile_room(room_id)
+        finally:
+            room = await self._configs.get(room_id)
+            if room is not None:
+                self.arm(room)
+
+    async def _listen(self) -> None:
+        assert self._reactions is not None
+        async with self._reactions.subscribe() as queue:
+            while True:
+                reaction = await queue.get()
+                if reaction.get("kind") == "rooms_changed":
+                    room = await self._configs.get(str(reaction.get("room_id")))
+                    if room is None:
+                        with contextlib.suppress(Exception):
+                            self._scheduler.remove_job(f"boundary:{reaction.get('room_id')}")
+                    else:
+                        self.arm(room)
+                        await self._reconciler.reconcile(room)

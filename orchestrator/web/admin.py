@@ -1,0 +1,192 @@
+"""The admin API (bearer token): managed rooms, their schedules, automation, forced start/stop.
+
+| method and path                       | effect                                                              |
+| ------------------------------------- | ------------------------------------------------------------------- |
+| POST   /api/rooms                     | create a room (409 if it exists)                                    |
+| PUT    /api/rooms/{id}                | create or replace a room                                            |
+| GET    /api/rooms/{id}/config         | the room's definition, secrets masked                               |
+| DELETE /api/rooms/{id}                | stop its job (if any) and forget the room                           |
+| GET    /api/rooms/{id}/schedule       | the schedule, with the desired state now and the next boundary      |
+| PUT    /api/rooms/{id}/schedule       | replace the schedule                                                |
+| POST   /api/rooms/{id}/pause, /resume | switch automation off / on (the reconciler leaves a paused room be) |
+| POST   /api/rooms/{id}/start, /stop   | force a start / stop now: only while paused (409 otherwise), fenced |
+
+Invalid bodies get 422 ``ROOM_INVALID`` with one ``errors`` entry per field. Forced actions need the room
+paused because an active reconciler would undo them at its next pass.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from orchestrator.appkeys import HTTP, REDACTOR, REDIS, ROOM_CONFIGS, ROOM_STORE, SETTINGS
+from orchestrator.callbacks.profiles import live_event_callback_config, resolve_profile
+from orchestrator.providers.errors import ProviderError
+from orchestrator.providers.metastudio.client import MetaStudioClient
+from orchestrator.scheduling.rooms import ManagedRoom, field_problems
+from orchestrator.scheduling.schedules import Schedule, evaluate
+from orchestrator.store import keys
+from orchestrator.web.api import require_admin, room_id_param
+from orchestrator.web.errors import ApiError
+
+routes = web.RouteTableDef()
+
+
+async def _body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise ApiError(400, "BAD_JSON", "the body must be a JSON document") from None
+
+
+def _validate(model: type[ManagedRoom] | type[Schedule], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = field_problems(exc)
+        raise ApiError(
+            422,
+            "ROOM_INVALID",
+            "; ".join(f"{field}: {message}" for field, message in problems),
+            errors=[{"field": field, "message": message} for field, message in problems],
+        ) from None
+
+
+async def _room(request: web.Request) -> ManagedRoom:
+    room = await request.app[ROOM_CONFIGS].get(room_id_param(request))
+    if room is None:
+        raise ApiError(404, "ROOM_NOT_FOUND", f"room {request.match_info['room_id']!r} is not managed here")
+    return room
+
+
+async def _save(request: web.Request, room: ManagedRoom) -> None:
+    request.app[REDACTOR].add_values(room.secrets())
+    await request.app[ROOM_CONFIGS].put(room)
+
+
+@routes.post("/api/rooms")
+async def create_room(request: web.Request) -> web.Response:
+    require_admin(request)
+    room = _validate(ManagedRoom, await _body(request))
+    if await request.app[ROOM_CONFIGS].get(room.room_id) is not None:
+        raise ApiError(
+            409, "ROOM_EXISTS", f"room {room.room_id!r} exists; PUT /api/rooms/{room.room_id} replaces it"
+        )
+    await _save(request, room)
+    return web.json_response(room.public(), status=201)
+
+
+@routes.put("/api/rooms/{room_id}")
+async def put_room(request: web.Request) -> web.Response:
+    require_admin(request)
+    room_id = room_id_param(request)
+    data = await _body(request)
+    if isinstance(data, dict):
+        data.setdefault("room_id", room_id)
+    room = _validate(ManagedRoom, data)
+    if room.room_id != room_id:
+        raise ApiError(
+            422,
+            "ROOM_INVALID",
+            "room_id in the body differs from the path",
+            errors=[{"field": "room_id", "message": "must equal the room id in the path"}],
+        )
+    await _save(request, room)
+    return web.json_response(room.public())
+
+
+@routes.get("/api/rooms/{room_id}/config")
+async def get_config(request: web.Request) -> web.Response:
+    require_admin(request)
+    return web.json_response((await _room(request)).public())
+
+
+@routes.delete("/api/rooms/{room_id}")
+async def delete_room(request: web.Request) -> web.Response:
+    require_admin(request)
+    room = await _room(request)
+    stopped = await _force(request, room, "stop")
+    await request.app[ROOM_CONFIGS].delete(room.room_id)
+    return web.json_response({"room_id": room.room_id, "deleted": True, "stopped_job": stopped})
+
+
+@routes.get("/api/rooms/{room_id}/schedule")
+async def get_schedule(request: web.Request) -> web.Response:
+    require_admin(request)
+    room = await _room(request)
+    desired = evaluate(room.schedule, datetime.now(UTC))
+    return web.json_response(
+        {
+            "schedule": room.schedule.model_dump(mode="json"),
+            "desired": "live" if desired.live else "off",
+            "next_boundary": desired.next_boundary.isoformat() if desired.next_boundary else None,
+        }
+    )
+
+
+@routes.put("/api/rooms/{room_id}/schedule")
+async def put_schedule(request: web.Request) -> web.Response:
+    require_admin(request)
+    room = await _room(request)
+    schedule = _validate(Schedule, await _body(request))
+    await _save(request, room.model_copy(update={"schedule": schedule}))
+    return web.json_response({"room_id": room.room_id, "schedule": schedule.model_dump(mode="json")})
+
+
+@routes.post("/api/rooms/{room_id}/pause")
+@routes.post("/api/rooms/{room_id}/resume")
+async def pause_resume(request: web.Request) -> web.Response:
+    require_admin(request)
+    room = await _room(request)
+    paused = request.path.endswith("/pause")
+    await _save(request, room.model_copy(update={"paused": paused}))
+    return web.json_response({"room_id": room.room_id, "paused": paused})
+
+
+@routes.post("/api/rooms/{room_id}/start")
+@routes.post("/api/rooms/{room_id}/stop")
+async def force(request: web.Request) -> web.Response:
+    require_admin(request)
+    room = await _room(request)
+    if not room.paused:
+        raise ApiError(
+            409,
+            "AUTOMATION_ACTIVE",
+            "pause the room's automation first (POST .../pause): the reconciler would undo a forced action",
+        )
+    action = "start" if request.path.endswith("/start") else "stop"
+    job = await _force(request, room, action)
+    return web.json_response({"room_id": room.room_id, "action": action, "job_id": job})
+
+
+async def _force(request: web.Request, room: ManagedRoom, action: str) -> str | None:
+    """Start or stop now, fenced on the room's current job so concurrent requests make one vendor call."""
+    app = request.app
+    state = await app[ROOM_STORE].state(room.room_id) or {}
+    job_id, job_state = state.get("job_id"), state.get("job_state")
+    active = job_state in ("WAITING", "PROCESSING")
+    if (action == "stop" and not active) or (action == "start" and active):
+        return str(job_id) if action == "start" and job_id else None
+    fence = keys.room_fence(room.room_id, f"force-{action}", job_id or "none")
+    if not await app[REDIS].set(fence, "api", nx=True, ex=int(app[SETTINGS].scheduling.fence_ttl_s)):
+        raise ApiError(409, "ACTION_IN_PROGRESS", f"a {action} of this room is already under way")
+    try:
+        client = MetaStudioClient.from_settings(app[HTTP], app[SETTINGS].metastudio)
+        if action == "stop":
+            assert job_id is not None
+            await client.stop_job(room.room_id, job_id)
+            await app[ROOM_STORE].set_job_state(room.room_id, job_id, "SUCCEED")
+            return str(job_id)
+        profile = resolve_profile(app[SETTINGS], room.callback_profile)
+        started = await client.start_job(
+            room.room_id, room.template.to_request(live_event_callback_config(profile))
+        )
+        await app[ROOM_STORE].set_current_job(room.room_id, started.job_id)
+        return started.job_id
+    except ProviderError as exc:
+        await app[REDIS].delete(fence)
+        raise ApiError(502, "VENDOR_ERROR", f"MetaStudio refused the {action}: {exc}") from None
