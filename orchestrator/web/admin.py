@@ -1,15 +1,13 @@
 """The admin API (bearer token): managed rooms, their schedules, automation, forced start/stop.
 
-| method and path                       | effect                                                              |
-| ------------------------------------- | ------------------------------------------------------------------- |
-| POST   /api/rooms                     | create a room (409 if it exists)                                    |
-| PUT    /api/rooms/{id}                | create or replace a room                                            |
-| GET    /api/rooms/{id}/config         | the room's definition, secrets masked                               |
-| DELETE /api/rooms/{id}                | stop its job (if any) and forget the room                           |
-| GET    /api/rooms/{id}/schedule       | the schedule, with the desired state now and the next boundary      |
-| PUT    /api/rooms/{id}/schedule       | replace the schedule                                                |
-| POST   /api/rooms/{id}/pause, /resume | switch automation off / on (the reconciler leaves a paused room be) |
-| POST   /api/rooms/{id}/start, /stop   | force a start / stop now: only while paused (409 otherwise), fenced |
+* ``POST /api/rooms``: create a room (409 if it exists);
+* ``PUT /api/rooms/{id}``: create or replace a room;
+* ``GET /api/rooms/{id}/config``: the room's definition, secrets masked;
+* ``DELETE /api/rooms/{id}``: stop its job (if any) and forget the room;
+* ``GET /api/rooms/{id}/schedule``: the schedule, the desired state now and the next boundary;
+* ``PUT /api/rooms/{id}/schedule``: replace the schedule;
+* ``POST /api/rooms/{id}/pause`` and ``/resume``: automation off / on (the reconciler leaves it be);
+* ``POST /api/rooms/{id}/start`` and ``/stop``: force now; only while paused (409 otherwise), fenced.
 
 Invalid bodies get 422 ``ROOM_INVALID`` with one ``errors`` entry per field. Forced actions need the room
 paused because an active reconciler would undo them at its next pass.
