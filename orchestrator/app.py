@@ -51,7 +51,7 @@ from orchestrator.store.journal import Journal
 from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import create_redis, redis_ready
 from orchestrator.store.rooms import APPLY_CALLBACKS_LUA, CALLBACK_ARGS, CALLBACK_KEYS, RoomStore
-from orchestrator.tasks import being_cancelled, pause
+from orchestrator.tasks import being_cancelled, cancel_and_wait, pause
 from orchestrator.web import admin, api, callbacks, health
 from orchestrator.web.middlewares import request_middleware
 
@@ -203,8 +203,7 @@ async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:
     ]
     yield
     for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(task)
     await reactions.aclose()
     await batcher.aclose()
 

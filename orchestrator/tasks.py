@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import structlog
+
 
 def being_cancelled() -> bool:
     """Whether the current task has a pending cancellation.
@@ -20,3 +22,15 @@ async def pause(seconds: float) -> None:
     if being_cancelled():
         raise asyncio.CancelledError
     await asyncio.sleep(seconds)
+
+
+async def cancel_and_wait(task: asyncio.Task[object] | None, timeout_s: float = 5.0) -> None:
+    """Cancel ``task`` and wait for it -- at most ``timeout_s``: a task stuck in a library that swallowed
+    the cancellation (redis-py can, mid-command) must not hang shutdown. A task that does not stop in time
+    is left behind and logged."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        structlog.get_logger(__name__).warning("background task did not stop in time", task=task.get_name())

@@ -26,6 +26,7 @@ from orchestrator.scheduling.reconciler import Reconciler
 from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs
 from orchestrator.scheduling.schedules import evaluate
 from orchestrator.store.reactions import Reactions
+from orchestrator.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -64,10 +65,7 @@ class BoundaryScheduler:
             self._listener = asyncio.create_task(self._listen(), name="scheduler-rooms-changed")
 
     async def aclose(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await cancel_and_wait(self._listener)
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 
@@ -116,11 +114,19 @@ class BoundaryScheduler:
         async with self._reactions.subscribe() as queue:
             while True:
                 reaction = await queue.get()
-                if reaction.get("kind") == "rooms_changed":
-                    room = await self._configs.get(str(reaction.get("room_id")))
-                    if room is None:
-                        with contextlib.suppress(Exception):
-                            self._scheduler.remove_job(f"boundary:{reaction.get('room_id')}")
-                    else:
-                        self.arm(room)
-                        await self._reconciler.reconcile(room)
+                if reaction.get("kind") != "rooms_changed":
+                    continue
+                room_id = str(reaction.get("room_id"))
+                room = await self._configs.get(room_id)
+                if room is None:
+                    with contextlib.suppress(Exception):
+                        self._scheduler.remove_job(f"boundary:{room_id}")
+                    continue
+                self.arm(room)
+                # Reconcile now, as a scheduler job: this listener only listens.
+                self._scheduler.add_job(
+                    self._reconciler.reconcile_room,
+                    args=[room_id],
+                    id=f"changed:{room_id}",
+                    replace_existing=True,
+                )

@@ -17,7 +17,6 @@ without running. A Redis that lost its script cache (a restart) is handled by lo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from orchestrator.tasks import being_cancelled
+from orchestrator.tasks import being_cancelled, cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -89,11 +88,8 @@ class ScriptBatcher:
         return await future
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self._fail(self._pending, RedisError("batcher closed"))
         self._pending = []
 

@@ -22,7 +22,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from orchestrator.store import keys
-from orchestrator.tasks import being_cancelled, pause
+from orchestrator.tasks import being_cancelled, cancel_and_wait, pause
 
 log = structlog.get_logger(__name__)
 
@@ -54,11 +54,8 @@ class Reactions:
         self._task = asyncio.create_task(self._listen_forever(), name="reactions-listener")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _listen_forever(self) -> None:
         delay = 0.1

@@ -508,6 +508,7 @@ def _add_control_routes(app: web.Application, sandbox: MetaStudioSandbox) -> Non
         state = data.get("state")
         if state not in ("CONNECTING", "CONNECTED", "DISCONNECTED", "RECONNECTING", "END"):
             raise invalid("state must be CONNECTING, CONNECTED, DISCONNECTED, RECONNECTING or END")
+        job.rtmp_sticky = bool(data.get("sticky", False))
         for url in [data["output_url"]] if data.get("output_url") else job.output_urls:
             sandbox.world.set_rtmp(job, url, state)
         return web.json_response(job.rtmp)

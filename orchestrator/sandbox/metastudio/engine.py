@@ -106,6 +106,7 @@ class Job:
     fired: dict[str, float] = field(default_factory=dict)
     reply_cursor: dict[str, int] = field(default_factory=dict)
     layers: list[dict[str, Any]] = field(default_factory=list)
+    rtmp_sticky: bool = False  # fault control: REFRESH_OUTPUT_URL does not bring the link back
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -394,6 +395,8 @@ class World:
 
     def refresh_output(self, job: Job, urls: list[str], keys: list[str] | None) -> None:
         job.request = job.request.model_copy(update={"output_urls": urls, "stream_keys": keys})
+        if job.rtmp_sticky:
+            return
         job.rtmp = {}
         for url in urls:
             self.set_rtmp(job, url, "CONNECTING")

@@ -1,0 +1,162 @@
+"""The reconciler's decision, as a table: desired state × actual state → one action."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.scheduling.reconciler import Actual, decide
+from orchestrator.scheduling.rooms import ManagedRoom, RoomsFileError, load_rooms_file
+from orchestrator.scheduling.schedules import evaluate
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+T = NOW.timestamp()
+
+
+def room(**over: Any) -> ManagedRoom:
+    data = {
+        "room_id": "r1",
+        "template": {"output_urls": ["rtmp://a/live"]},
+        "schedule": {
+            "timezone": "UTC",
+            "windows": [{"kind": "cron", "start": "0 10 * * *", "duration": "PT4H"}],
+        },
+        "restart": {
+            "backoff_initial_s": 10,
+            "backoff_max_s": 300,
+            "max_restarts_per_hour": 3,
+            "rtmp_grace_s": 30,
+            "refresh_wait_s": 20,
+        },
+        **over,
+    }
+    return ManagedRoom.model_validate(data)
+
+
+def actual(
+    job_state: str | None = "PROCESSING",
+    rtmp: dict[str, Any] | None = None,
+    restarts: list[float] | None = None,
+    refreshed: dict[str, int] | None = None,
+) -> Actual:
+    return Actual("job-1" if job_state else None, job_state, rtmp or {}, restarts or [], refreshed or {})
+
+
+def link(state: str, down_s: float) -> dict[str, Any]:
+    return {"state": state, "since_ms": int((T - down_s) * 1000)}
+
+
+LIVE = room()  # 10:00-14:00 UTC: live at NOW (12:00)
+OFF = room(
+    schedule={"timezone": "UTC", "windows": [{"kind": "cron", "start": "0 20 * * *", "duration": "PT1H"}]}
+)
+
+
+@pytest.mark.parametrize(
+    ("r", "a", "kind"),
+    [
+        (LIVE, actual(None), "start"),
+        (LIVE, actual("PROCESSING"), None),
+        (LIVE, actual("WAITING"), None),
+        (LIVE, actual("FAILED"), "restart"),
+        (LIVE, actual("BLOCKED"), "restart"),
+        (LIVE, actual("SUCCEED"), "restart"),
+        (LIVE, actual("PROCESSING", {"rtmp://a/live": link("END", 1)}), "restart"),
+        (LIVE, actual("PROCESSING", {"rtmp://a/live": link("DISCONNECTED", 5)}), None),  # within the grace
+        (LIVE, actual("PROCESSING", {"rtmp://a/live": link("RECONNECTING", 31)}), "refresh"),
+        (
+            LIVE,
+            actual(
+                "PROCESSING",
+                {"rtmp://a/live": link("DISCONNECTED", 60)},
+                refreshed={"rtmp://a/live": int((T - 25) * 1000)},
+            ),
+            "restart",
+        ),
+        (
+            LIVE,
+            actual(
+                "PROCESSING",
+                {"rtmp://a/live": link("DISCONNECTED", 60)},
+                refreshed={"rtmp://a/live": int((T - 5) * 1000)},
+            ),
+            None,
+        ),  # give the refresh a chance
+        (LIVE, actual("PROCESSING", {"rtmp://a/live": link("CONNECTED", 600)}), None),
+        (OFF, actual("PROCESSING"), "stop"),
+        (OFF, actual("WAITING"), "stop"),
+        (OFF, actual("FAILED"), None),
+        (OFF, actual(None), None),
+        (room(paused=True), actual(None), None),
+        (room(paused=True, schedule=OFF.schedule), actual("PROCESSING"), None),
+    ],
+)
+def test_decide_table(r: ManagedRoom, a: Actual, kind: str | None) -> None:
+    action = decide(r, evaluate(r.schedule, NOW), a, T)
+    assert (action.kind if action else None) == kind, action
+
+
+def test_backoff_doubles_then_circuit_opens() -> None:
+    failed = actual("FAILED")
+    d = evaluate(LIVE.schedule, NOW)
+    first = decide(LIVE, d, failed, T)
+    assert first is not None and first.kind == "restart" and first.fence.endswith("attempt0")
+    one = actual("FAILED", restarts=[T - 5])
+    assert decide(LIVE, d, one, T).kind == "wait"  # type: ignore[union-attr]  # 10 s backoff
+    assert decide(LIVE, d, actual("FAILED", restarts=[T - 11]), T).kind == "restart"  # type: ignore[union-attr]
+    two = actual("FAILED", restarts=[T - 100, T - 15])
+    assert decide(LIVE, d, two, T).kind == "wait"  # type: ignore[union-attr]  # 20 s now
+    three = actual("FAILED", restarts=[T - 3000, T - 200, T - 100])
+    opened = decide(LIVE, d, three, T)
+    assert opened is not None and opened.kind == "circuit_open"
+    old = actual("FAILED", restarts=[T - 4000, T - 3700, T - 3601])  # older than an hour: forgotten
+    assert decide(LIVE, d, old, T).kind == "restart"  # type: ignore[union-attr]
+
+
+def test_fences_name_window_and_cause() -> None:
+    d = evaluate(LIVE.schedule, NOW)
+    start = decide(LIVE, d, actual(None), T)
+    assert start is not None and start.fence == "live:2026-11-21T10:00:00Z"
+    restart = decide(LIVE, d, actual("FAILED"), T)
+    assert restart is not None and restart.fence == "live:2026-11-21T10:00:00Z:job-1:attempt0"
+    stop = decide(OFF, evaluate(OFF.schedule, NOW), actual("PROCESSING"), T)
+    assert stop is not None and stop.fence == "off:2026-11-21T20:00:00Z"
+
+
+def test_alerts_for_blocked_and_rtmp_end() -> None:
+    d = evaluate(LIVE.schedule, NOW)
+    assert decide(LIVE, d, actual("BLOCKED"), T).alert == "room_blocked"  # type: ignore[union-attr]
+    end = actual("PROCESSING", {"rtmp://a/live": link("END", 1)})
+    assert decide(LIVE, d, end, T).alert == "rtmp_end"  # type: ignore[union-attr]
+
+
+def test_example_rooms_file_is_valid() -> None:
+    rooms = load_rooms_file(ROOT / "config" / "rooms.example.yaml")
+    assert [r.room_id for r in rooms] == [
+        "26f065244f754b3aa853b649a21aaf66",
+        "0a0b0c0d0e0f40aa8bb9ccddeeff0011",
+    ]
+    assert rooms[0].schedule.windows[0].duration == timedelta(hours=4)  # type: ignore[union-attr]
+    assert "replace-with-the-platform-stream-key" not in str(rooms[0].public())
+    assert "replace-with-the-platform-stream-key" in rooms[0].secrets()
+
+
+def test_rooms_file_errors_name_each_field(tmp_path: Path) -> None:
+    bad = tmp_path / "rooms.yaml"
+    bad.write_text(
+        "rooms:\n"
+        "  - room_id: ok-room\n    template: {output_urls: []}\n    schedule: {timezone: Nowhere/City}\n"
+        "  - room_id: 'bad room'\n    template: {output_urls: [rtmp://x]}\n"
+        "    schedule: {windows: [{kind: cron, start: '0 25 * * *', duration: PT1H}]}\n"
+    )
+    with pytest.raises(RoomsFileError) as info:
+        load_rooms_file(bad)
+    locations = [loc for loc, _ in info.value.problems]
+    assert "rooms[0].template.output_urls" in locations
+    assert "rooms[0].schedule.timezone" in locations
+    assert "rooms[1].room_id" in locations
+    assert any(loc.startswith("rooms[1].schedule.windows.0") for loc in locations)

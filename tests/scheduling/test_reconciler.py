@@ -1,0 +1,143 @@
+"""The reconciler against the MetaStudio sandbox and a real Redis: windows, repairs, alerts, catch-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from orchestrator.providers.metastudio.client import AkSkCredentials, MetaStudioClient
+from orchestrator.providers.metastudio.models import JobState, PlayPolicy, StartJobRequest
+from orchestrator.sandbox.metastudio.app import MetaStudioSandbox
+from tests.scheduling.conftest import AK, PROJECT, ROOM, SK, Webhooks, daemon_for, in_, managed_room, until
+
+
+def _jobs(box: MetaStudioSandbox) -> list[Any]:
+    return sorted(box.world.jobs.values(), key=lambda j: j.create_time)
+
+
+def _active(box: MetaStudioSandbox) -> list[Any]:
+    return [j for j in box.world.jobs.values() if j.state.active]
+
+
+async def test_window_starts_and_stops_the_room(make_settings: Any, tmp_path: Path, sandbox: Any) -> None:
+    box, url = sandbox
+    async with daemon_for(make_settings, tmp_path, url) as daemon:
+        await daemon.configs.put(managed_room([{"kind": "once", "start": in_(1.0), "end": in_(3.0)}]))
+        await until(lambda: _async(len(_active(box)) == 1), 5)
+        job = _active(box)[0]
+        assert job.request.output_urls == ["rtmp://push.example/live"]
+        assert job.request.stream_keys == ["sched-stream-key"]
+        assert job.request.live_event_callback_config.live_event_type_callback_url.startswith(daemon.url)
+        await until(lambda: _async(job.state is JobState.SUCCEED), 6)  # stopped at the window's end
+        assert len(box.world.jobs) == 1
+        actions = [(e["action"], e["outcome"]) for e in await daemon.events()]
+        assert actions == [("start", "done"), ("stop", "done")]
+        state = await daemon.store.state(ROOM)
+        assert state is not None and state["job_id"] == job.job_id and state["job_state"] == "SUCCEED"
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_failed_job_restarts_with_backoff_then_circuit_opens_and_alerts(
+    make_settings: Any, tmp_path: Path, sandbox: Any, webhooks: Webhooks
+) -> None:
+    box, url = sandbox
+    room = managed_room(
+        [{"kind": "always"}],
+        restart={
+            "backoff_initial_s": 0.3,
+            "backoff_max_s": 1,
+            "max_restarts_per_hour": 2,
+            "rtmp_grace_s": 5,
+            "refresh_wait_s": 5,
+        },
+        alerts=[{"url": f"{webhooks.url}/generic"}, {"url": f"{webhooks.url}/feishu", "format": "feishu"}],
+    )
+    async with daemon_for(make_settings, tmp_path, url) as daemon:
+        await daemon.configs.put(room)
+        for expected_jobs in (1, 2, 3):
+            await until(lambda n=expected_jobs: _async(len(box.world.jobs) == n and len(_active(box)) == 1))
+            box.world.fail(_active(box)[0], "MSS.45000010", "RTMP stream push failed.")
+        await until(
+            lambda: _async(any(h["path"] == "/generic" and h["kind"] == "circuit_open" for h in webhooks.got))
+        )
+        await until(lambda: _async(len(webhooks.got) == 2))
+        assert len(box.world.jobs) == 3  # the first start and two restarts; then the circuit is open
+        feishu = [h for h in webhooks.got if h["path"] == "/feishu"]
+        assert feishu and feishu[0]["msg_type"] == "text" and "circuit_open" in feishu[0]["content"]["text"]
+        actions = [e["action"] for e in await daemon.events()]
+        assert actions.count("restart") == 2 and "circuit_open" in actions
+        alerts = await daemon.events("alert")
+        assert alerts[0]["alert"] == "circuit_open" and "sent" in alerts[0]["outcome"]
+
+
+async def test_rtmp_end_restarts(make_settings: Any, tmp_path: Path, sandbox: Any) -> None:
+    box, url = sandbox
+    async with daemon_for(make_settings, tmp_path, url) as daemon:
+        await daemon.configs.put(managed_room([{"kind": "always"}]))
+        await until(lambda: _async(len(_active(box)) == 1))
+        first = _active(box)[0]
+        await until(lambda: _async(first.rtmp.get("rtmp://push.example/live") == "CONNECTED"))
+        box.world.set_rtmp(first, "rtmp://push.example/live", "END")
+        await until(lambda: _async(len(box.world.jobs) == 2 and len(_active(box)) == 1))
+        assert first.state is JobState.SUCCEED  # the old job was stopped before the new one started
+        await until(lambda: _has_action(daemon, "restart"))
+        assert any("ended" in e["reason"] for e in await daemon.events())
+
+
+async def test_rtmp_stall_refreshes_the_output_then_restarts(
+    make_settings: Any, tmp_path: Path, sandbox: Any
+) -> None:
+    box, url = sandbox
+    async with daemon_for(make_settings, tmp_path, url) as daemon:
+        await daemon.configs.put(managed_room([{"kind": "always"}]))
+        await until(lambda: _async(len(_active(box)) == 1))
+        job = _active(box)[0]
+        await until(lambda: _async(job.rtmp.get("rtmp://push.example/live") == "CONNECTED"))
+        # A drop the refresh repairs: no restart.
+        box.world.set_rtmp(job, "rtmp://push.example/live", "DISCONNECTED")
+        await until(lambda: _has_action(daemon, "refresh"))
+        await until(lambda: _async(job.rtmp.get("rtmp://push.example/live") == "CONNECTED"))
+        # A drop the refresh does not repair: restart.
+        job.rtmp_sticky = True
+        box.world.set_rtmp(job, "rtmp://push.example/live", "RECONNECTING")
+        await until(lambda: _async(len(box.world.jobs) == 2))
+        await until(lambda: _has_action(daemon, "restart"))
+        actions = [e["action"] for e in await daemon.events()]
+        assert actions == ["start", "refresh", "refresh", "restart"]
+
+
+async def _has_action(daemon: Any, kind: str) -> bool:
+    return any(e["action"] == kind for e in await daemon.events())
+
+
+async def test_job_left_running_past_its_window_is_stopped_at_start(
+    make_settings: Any, tmp_path: Path, sandbox: Any
+) -> None:
+    box, url = sandbox
+    async with aiohttp.ClientSession() as http:  # the daemon is down: someone started the room meanwhile
+        client = MetaStudioClient(http, base_url=url, credentials=AkSkCredentials(AK, SK, PROJECT))
+        orphan = await client.start_job(
+            ROOM, StartJobRequest(output_urls=["rtmp://x/live"], play_policy=PlayPolicy(repeat_count=-1))
+        )
+    async with daemon_for(make_settings, tmp_path, url) as daemon:
+        await daemon.store.register_room(ROOM)
+        await daemon.store.set_current_job(ROOM, orphan.job_id, "PROCESSING")
+        await daemon.configs.put(managed_room([{"kind": "once", "start": in_(-60), "end": in_(-30)}]))
+        await until(lambda: _async(box.world.jobs[orphan.job_id].state is JobState.SUCCEED))
+        await until(lambda: _has_action(daemon, "stop"))
+        stop = [e for e in await daemon.events() if e["action"] == "stop"]
+        assert stop and "outside its schedule" in stop[0]["reason"]
+
+
+async def test_paused_room_is_left_alone(make_settings: Any, tmp_path: Path, sandbox: Any) -> None:
+    box, url = sandbox
+    async with daemon_for(make_settings, tmp_path, url) as daemon:
+        await daemon.configs.put(managed_room([{"kind": "always"}], paused=True))
+        await daemon.reconciler.reconcile_all()
+        await daemon.reconciler.reconcile_all()
+        assert box.world.jobs == {}
