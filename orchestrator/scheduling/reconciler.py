@@ -55,6 +55,7 @@ class Actual:
     rtmp: dict[str, dict[str, Any]]  # url → {state, since_ms}
     restarts_last_hour: list[float]  # epoch seconds
     refreshed_at_ms: dict[str, int]  # url → when we asked for REFRESH_OUTPUT_URL during this outage
+    job_started_ms: int | None = None  # when we recorded the current job
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,13 @@ def decide(room: ManagedRoom, desired: Desired, actual: Actual, now: float) -> A
         if active:
             return Action("stop", f"outside its schedule (next live {desired.next_boundary})", window)
         return None
-    if actual.job_id is None:
+    previous_window = (
+        desired.window_start is not None
+        and actual.job_started_ms is not None
+        and actual.job_started_ms < desired.window_start.timestamp() * 1000
+    )
+    if actual.job_id is None or (not active and previous_window):
+        # No job, or only a finished one from an earlier window: this window's start, not a repair.
         return _restart_or_wait(room, actual, now, "start", "scheduled window began", window)
     if not active:
         reason = f"job {actual.job_id} is {actual.job_state} while the room should be live"
@@ -185,7 +192,15 @@ class Reconciler:
             keys.room_restarts(room.room_id), self._clock() - 3600, "+inf"
         )
         refreshed = {k[len("refreshed:") :]: int(v) for k, v in state.items() if k.startswith("refreshed:")}
-        return Actual(job_id, job_state, state.get("rtmp", {}), [float(r) for r in restarts], refreshed)
+        started = state.get("job_started_at")
+        return Actual(
+            job_id,
+            job_state,
+            state.get("rtmp", {}),
+            [float(r) for r in restarts],
+            refreshed,
+            int(started) if started else None,
+        )
 
     async def _poll(self, room: ManagedRoom, job_id: str, known: str) -> str:
         """The vendor's view of the job, written to Redis when it changed (callbacks carry no job state)."""

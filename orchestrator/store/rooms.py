@@ -122,6 +122,20 @@ return 1
 """
 
 
+NEW_JOB_LUA = """
+local state, events, jobs = KEYS[1], KEYS[2], KEYS[3]
+for _, field in ipairs(redis.call('HKEYS', state)) do
+  if string.sub(field, 1, 5) == 'rtmp:' or string.sub(field, 1, 6) == 'stall:'
+      or string.sub(field, 1, 10) == 'refreshed:' then
+    redis.call('HDEL', state, field)
+  end
+end
+redis.call('SADD', jobs, ARGV[1])
+redis.call('HSET', state, 'job_id', ARGV[1], 'job_state', ARGV[2], 'job_state_at', ARGV[3], 'job_started_at', ARGV[3])
+redis.call('XADD', events, 'MAXLEN', '~', ARGV[4], '*', 'kind', 'job_started', 'job_id', ARGV[1], 'event_ms', ARGV[3])
+return 1
+"""
+
 MARK_RTMP_STALL_LUA = """
 local state = KEYS[1]
 local url, since = ARGV[1], ARGV[2]
@@ -218,6 +232,7 @@ class RoomStore:
         self._maxlen = events_maxlen
         self._set_job_state = redis.register_script(SET_JOB_STATE_LUA)
         self._mark_stall = redis.register_script(MARK_RTMP_STALL_LUA)
+        self._new_job = redis.register_script(NEW_JOB_LUA)
 
     async def register_room(self, room_id: str) -> None:
         """Mark ``room_id`` as managed: callbacks naming it are applied from now on."""
@@ -229,21 +244,12 @@ class RoomStore:
         await self._redis.srem(keys.rooms_index(), room_id)
 
     async def set_current_job(self, room_id: str, job_id: str, job_state: str = "WAITING") -> None:
-        """Record a job started for the room; it becomes the one callbacks update."""
-        now = _now_ms()
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(keys.room_jobs(room_id), job_id)
-            pipe.hset(
-                keys.room_state(room_id),
-                mapping={"job_id": job_id, "job_state": job_state, "job_state_at": now},
-            )
-            pipe.xadd(
-                keys.room_events(room_id),
-                {"kind": "job_started", "job_id": job_id, "event_ms": now},
-                maxlen=self._maxlen,
-                approximate=True,
-            )
-            await pipe.execute()
+        """Record a job started for the room; it becomes the one callbacks update, and starts with no
+        RTMP links of its own (the previous job's links -- often END, from its stop -- are not its)."""
+        await self._new_job(
+            keys=[keys.room_state(room_id), keys.room_events(room_id), keys.room_jobs(room_id)],
+            args=[job_id, job_state, _now_ms(), self._maxlen],
+        )
 
     async def set_job_state(self, room_id: str, job_id: str, job_state: str) -> bool:
         """Update the current job's state; publishes a ``job_state`` reaction when it changed."""

@@ -207,6 +207,15 @@ async def test_late_callbacks_never_move_state_backwards(daemon: Daemon) -> None
     assert state["rtmp"]["rtmp://push/live"]["state"] == "CONNECTED" and state["paragraph_seq"] == "3"
 
 
+async def test_a_new_job_starts_without_the_previous_jobs_links(daemon: Daemon) -> None:
+    await _managed(daemon, job="old-job")
+    await daemon.send("RTMP_STREAM_STATE_CHANGE", rtmp(ROOM, "old-job", "END"))
+    assert (await daemon.room(ROOM))["rtmp"]["rtmp://push/live"]["state"] == "END"
+    await daemon.store.set_current_job(ROOM, JOB)
+    state = await daemon.room(ROOM)
+    assert state["rtmp"] == {} and state["job_id"] == JOB and state["job_state"] == "WAITING"
+
+
 async def test_old_job_callbacks_are_recorded_not_applied(daemon: Daemon) -> None:
     await _managed(daemon, job="old-job")
     await daemon.store.set_current_job(ROOM, JOB)

@@ -100,6 +100,17 @@ def test_decide_table(r: ManagedRoom, a: Actual, kind: str | None) -> None:
     assert (action.kind if action else None) == kind, action
 
 
+def test_finished_job_of_an_earlier_window_means_start_not_restart() -> None:
+    d = evaluate(LIVE.schedule, NOW)  # window 10:00-14:00
+    yesterday = Actual("job-0", "SUCCEED", {}, [T - 100], {}, int((T - 86_400) * 1000))
+    action = decide(LIVE, d, yesterday, T)
+    assert action is not None and action.kind == "start" and action.fence.startswith("live:2026-11-21T10:00")
+    today = Actual(
+        "job-1", "SUCCEED", {}, [], {}, int((T - 60) * 1000)
+    )  # started in this window, ended early
+    assert decide(LIVE, d, today, T).kind == "restart"  # type: ignore[union-attr]
+
+
 def test_backoff_doubles_then_circuit_opens() -> None:
     failed = actual("FAILED")
     d = evaluate(LIVE.schedule, NOW)
