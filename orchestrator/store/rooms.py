@@ -131,8 +131,10 @@ for _, field in ipairs(redis.call('HKEYS', state)) do
   end
 end
 redis.call('SADD', jobs, ARGV[1])
-redis.call('HSET', state, 'job_id', ARGV[1], 'job_state', ARGV[2], 'job_state_at', ARGV[3], 'job_started_at', ARGV[3])
-redis.call('XADD', events, 'MAXLEN', '~', ARGV[4], '*', 'kind', 'job_started', 'job_id', ARGV[1], 'event_ms', ARGV[3])
+redis.call('HSET', state, 'job_id', ARGV[1], 'job_state', ARGV[2], 'job_state_at', ARGV[3],
+  'job_started_at', ARGV[3])
+redis.call('XADD', events, 'MAXLEN', '~', ARGV[4], '*', 'kind', 'job_started', 'job_id', ARGV[1],
+  'event_ms', ARGV[3])
 return 1
 """
 
