@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from orchestrator import __version__
+from orchestrator.admin_cli import add_commands as add_admin_commands
 from orchestrator.app import create_app
 from orchestrator.logging import Redactor, configure_logging
 from orchestrator.settings import ConfigError, LogFormat, Settings, load_settings, masked_dump, secret_values
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     callback_config.add_argument("--reveal-key", action="store_true", help="print the signing key itself")
     callback_config.set_defaults(func=cmd_callback_config)
+
+    add_admin_commands(commands)
 
     sandbox = commands.add_parser(
         "sandbox",
@@ -146,11 +149,26 @@ def _report_config_error(exc: ConfigError) -> int:
     return EXIT_CONFIG
 
 
+def _rooms_file_problems(settings: Settings) -> int | None:
+    """Exit code 2 (after printing every invalid field) if the configured rooms file is unusable."""
+    from orchestrator.scheduling.rooms import RoomsFileError, load_rooms_file
+
+    if settings.scheduling.rooms_file is None:
+        return None
+    try:
+        load_rooms_file(settings.scheduling.rooms_file)
+    except RoomsFileError as exc:
+        return _report_config_error(ConfigError(exc.problems, source=str(settings.scheduling.rooms_file)))
+    return None
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         settings = _load(args)
     except ConfigError as exc:
         return _report_config_error(exc)
+    if (code := _rooms_file_problems(settings)) is not None:
+        return code
     print(json.dumps(masked_dump(settings), indent=2, ensure_ascii=False))
     print("configuration OK", file=sys.stderr)
     return EXIT_OK
@@ -186,6 +204,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = _load(args)
     except ConfigError as exc:
         return _report_config_error(exc)
+    if (code := _rooms_file_problems(settings)) is not None:
+        return code
     redactor = Redactor(settings.logging.redact_fields, secret_values(settings))
     configure_logging(settings.logging, redactor)
     log = structlog.get_logger("orchestrator")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hmac
 import re
+from datetime import UTC, datetime
 
 from aiohttp import web
 
-from orchestrator.appkeys import METRICS, ROOM_STORE, SETTINGS
+from orchestrator.appkeys import METRICS, ROOM_CONFIGS, ROOM_STORE, SETTINGS
+from orchestrator.scheduling.schedules import evaluate
 from orchestrator.store.keys import InvalidKeyPart, check_room_id
 from orchestrator.web.errors import ApiError
 
@@ -19,6 +21,7 @@ routes = web.RouteTableDef()
 
 _STREAM_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 MAX_EVENTS = 1000
+ACTUAL_FIELDS = ("job_id", "job_state", "scene", "paragraph_seq", "paragraph_title", "last_event_at")
 
 
 def require_admin(request: web.Request) -> None:
@@ -48,25 +51,23 @@ def room_id_param(request: web.Request) -> str:
 
 @routes.get("/api/rooms")
 async def list_rooms(request: web.Request) -> web.Response:
+    """Every managed room: desired state (schedule, pause) and next boundary beside the actual state."""
     require_admin(request)
-    store = request.app[ROOM_STORE]
+    store, configs = request.app[ROOM_STORE], request.app[ROOM_CONFIGS]
+    now = datetime.now(UTC)
     rooms = []
     for room_id in await store.rooms():
         state = await store.state(room_id) or {}
+        config = await configs.get(room_id)
+        desired = evaluate(config.schedule, now) if config is not None else None
+        boundary = desired.next_boundary if desired is not None else None
         rooms.append(
             {
                 "room_id": room_id,
-                **{
-                    k: state.get(k)
-                    for k in (
-                        "job_id",
-                        "job_state",
-                        "scene",
-                        "paragraph_seq",
-                        "paragraph_title",
-                        "last_event_at",
-                    )
-                },
+                "paused": config.paused if config is not None else None,
+                "desired": None if desired is None else ("live" if desired.live else "off"),
+                "next_boundary": boundary.isoformat() if boundary else None,
+                **{k: state.get(k) for k in ACTUAL_FIELDS},
                 "rtmp": state.get("rtmp", {}),
             }
         )
