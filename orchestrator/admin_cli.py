@@ -56,7 +56,8 @@ def add_commands(commands: Any) -> None:
     rooms.set_defaults(func=cmd_rooms)
 
     schedule = commands.add_parser(
-        "schedule", help="show or replace a room's schedule (admin API)",
+        "schedule",
+        help="show or replace a room's schedule (admin API)",
         description="Show a room's schedule with its desired state now and next boundary, or replace it "
         "with one read from a YAML/JSON file ({timezone, windows, blackout_dates}).",
     )
@@ -78,7 +79,9 @@ def _connection(parser: argparse.ArgumentParser) -> None:
 def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
-        args.api.rstrip("/") + path, data=data, method=method,
+        args.api.rstrip("/") + path,
+        data=data,
+        method=method,
         headers={"Authorization": f"Bearer {args.token}", "Content-Type": "application/json"},
     )
     try:

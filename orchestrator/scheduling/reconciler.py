@@ -32,7 +32,7 @@ import structlog
 from orchestrator.callbacks.profiles import live_event_callback_config, resolve_profile
 from orchestrator.providers.errors import ProviderError, ProviderNotFound
 from orchestrator.providers.metastudio.client import MetaStudioClient
-from orchestrator.providers.metastudio.models import Command, RefreshOutputUrlConfig
+from orchestrator.providers.metastudio.models import Command, JobState, RefreshOutputUrlConfig, SmartLiveJob
 from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs
 from orchestrator.scheduling.schedules import Desired, evaluate
 from orchestrator.settings import Settings
@@ -44,6 +44,7 @@ log = structlog.get_logger(__name__)
 ACTIVE = frozenset({"WAITING", "PROCESSING"})
 TERMINAL = frozenset({"SUCCEED", "FAILED", "BLOCKED"})
 DOWN = frozenset({"DISCONNECTED", "RECONNECTING"})
+MAX_LIST_PAGES = 50  # 5,000 active jobs per tenant-wide listing
 
 
 @dataclass(frozen=True)
@@ -160,9 +161,11 @@ class Reconciler:
         self.vendor_calls = 0
 
     async def reconcile_all(self) -> None:
-        for room in await self._configs.all():
+        rooms = await self._configs.all()
+        vendor_active = await self._vendor_active_jobs(rooms)
+        for room in rooms:
             try:
-                await self.reconcile(room)
+                await self.reconcile(room, vendor_active)
             except Exception:  # one room's failure must not stop the others
                 log.exception("reconcile failed", room_id=room.room_id)
 
@@ -170,10 +173,12 @@ class Reconciler:
         room = await self._configs.get(room_id)
         return await self.reconcile(room) if room is not None else None
 
-    async def reconcile(self, room: ManagedRoom) -> Action | None:
+    async def reconcile(
+        self, room: ManagedRoom, vendor_active: dict[str, list[SmartLiveJob]] | None = None
+    ) -> Action | None:
         now = self._clock()
         desired = evaluate(room.schedule, datetime.fromtimestamp(now, UTC))
-        actual = await self._observe(room)
+        actual = await self._observe(room, vendor_active)
         action = decide(room, desired, actual, now)
         if action is not None and action.alert:
             await self._alert(room, action.alert, action.reason)
@@ -183,11 +188,18 @@ class Reconciler:
             await self._act(room, action, actual, desired)
         return action
 
-    async def _observe(self, room: ManagedRoom) -> Actual:
+    async def _observe(
+        self, room: ManagedRoom, vendor_active: dict[str, list[SmartLiveJob]] | None
+    ) -> Actual:
         state = await self._state.state(room.room_id) or {}
         job_id, job_state = state.get("job_id"), state.get("job_state")
         if job_id and job_state in ACTIVE:
             job_state = await self._poll(room, job_id, job_state)
+        if job_state not in ACTIVE:
+            adopted = await self._adopt(room, vendor_active)
+            if adopted is not None:
+                state = await self._state.state(room.room_id) or {}
+                job_id, job_state = adopted.job_id, adopted.state.value
         restarts: list[Any] = await self._redis.zrangebyscore(
             keys.room_restarts(room.room_id), self._clock() - 3600, "+inf"
         )
@@ -201,6 +213,53 @@ class Reconciler:
             refreshed,
             int(started) if started else None,
         )
+
+    async def _vendor_active_jobs(self, rooms: list[ManagedRoom]) -> dict[str, list[SmartLiveJob]] | None:
+        """Active jobs per room, from one tenant-wide listing (paged); None if the vendor cannot say."""
+        if not rooms:
+            return {}
+        found: dict[str, list[SmartLiveJob]] = {}
+        try:
+            client = self._client_for(rooms[0])
+            for page in range(MAX_LIST_PAGES):
+                self.vendor_calls += 1
+                listing = await client.list_jobs(
+                    states=[JobState.WAITING, JobState.PROCESSING], offset=page * 100, limit=100
+                )
+                for job in listing.smart_live_jobs:
+                    if job.room_id:
+                        found.setdefault(job.room_id, []).append(job)
+                if len(listing.smart_live_jobs) < 100:
+                    break
+        except ProviderError as exc:
+            log.warning("cannot list the vendor's active jobs", error=str(exc))
+            return None
+        return found
+
+    async def _adopt(
+        self, room: ManagedRoom, vendor_active: dict[str, list[SmartLiveJob]] | None
+    ) -> SmartLiveJob | None:
+        """A job the vendor runs for the room that Redis does not know as current (a crash between the
+        vendor's start and our record of it, or a start by hand): make it the room's current job."""
+        if vendor_active is None:
+            try:
+                self.vendor_calls += 1
+                listing = await self._client_for(room).list_room_jobs(
+                    room.room_id, states=[JobState.WAITING, JobState.PROCESSING], limit=100
+                )
+            except ProviderError:
+                return None
+            jobs = [j for j in listing.smart_live_jobs if j.state.active]
+        else:
+            jobs = [j for j in vendor_active.get(room.room_id, []) if j.state.active]
+        if not jobs:
+            return None
+        job = max(jobs, key=lambda j: j.create_time or "")
+        await self._state.set_current_job(room.room_id, job.job_id, job.state.value)
+        await self._record(
+            room, Action("adopt", f"the vendor runs job {job.job_id} ({job.state.value})"), "done"
+        )
+        return job
 
     async def _poll(self, room: ManagedRoom, job_id: str, known: str) -> str:
         """The vendor's view of the job, written to Redis when it changed (callbacks carry no job state)."""

@@ -26,7 +26,10 @@ async def _cli(url: str, *args: str, token: str = ADMIN) -> subprocess.Completed
     return await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "orchestrator", args[0], "--api", url, "--token", token, *args[1:]],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
 
 
@@ -37,15 +40,19 @@ async def test_crud_validation_and_secrets(make_settings: Any, tmp_path: Path, s
         assert status == 201 and created["room_id"] == ROOM
         assert created["template"]["stream_keys"] == ["**********"]  # secrets never come back
         assert (await daemon.api("POST", "/api/rooms", _body()))[0] == 409
-        status, error = await daemon.api("POST", "/api/rooms", {"room_id": "x", "template": {"output_urls": []},
-                                                                "schedule": {"timezone": "Nowhere"}})
+        status, error = await daemon.api(
+            "POST",
+            "/api/rooms",
+            {"room_id": "x", "template": {"output_urls": []}, "schedule": {"timezone": "Nowhere"}},
+        )
         assert status == 422 and error["error_code"] == "ROOM_INVALID"
         fields = {e["field"] for e in error["errors"]}
         assert {"template.output_urls", "schedule.timezone"} <= fields
         status, listed = await daemon.api("GET", "/api/rooms")
         assert listed["rooms"][0]["desired"] == "off" and listed["rooms"][0]["next_boundary"]
-        status, schedule = await daemon.api("PUT", f"/api/rooms/{ROOM}/schedule",
-                                            {"timezone": "UTC", "windows": [{"kind": "always"}]})
+        status, schedule = await daemon.api(
+            "PUT", f"/api/rooms/{ROOM}/schedule", {"timezone": "UTC", "windows": [{"kind": "always"}]}
+        )
         assert status == 200
         status, shown = await daemon.api("GET", f"/api/rooms/{ROOM}/schedule")
         assert shown["desired"] == "live" and shown["next_boundary"] is None
@@ -57,7 +64,9 @@ async def test_crud_validation_and_secrets(make_settings: Any, tmp_path: Path, s
         assert (await daemon.api("GET", f"/api/rooms/{ROOM}/config"))[0] == 404
 
 
-async def test_pause_resume_and_forced_actions_are_fenced(make_settings: Any, tmp_path: Path, sandbox: Any) -> None:
+async def test_pause_resume_and_forced_actions_are_fenced(
+    make_settings: Any, tmp_path: Path, sandbox: Any
+) -> None:
     box, url = sandbox
     async with daemon_for(make_settings, tmp_path, url) as daemon:
         await daemon.api("PUT", f"/api/rooms/{ROOM}", _body())  # off for the next hour
@@ -92,7 +101,9 @@ async def test_cli_talks_to_the_admin_api(make_settings: Any, tmp_path: Path, sa
         assert json.loads(shown.stdout)["config"]["room_id"] == ROOM
         assert "sched-stream-key" not in shown.stdout
         sched = tmp_path / "schedule.yaml"
-        sched.write_text("timezone: Asia/Shanghai\nwindows:\n  - {kind: cron, start: '0 20 * * *', duration: PT2H}\n")
+        sched.write_text(
+            "timezone: Asia/Shanghai\nwindows:\n  - {kind: cron, start: '0 20 * * *', duration: PT2H}\n"
+        )
         assert (await _cli(daemon.url, "schedule", "set", ROOM, str(sched))).returncode == 0
         shown_schedule = json.loads((await _cli(daemon.url, "schedule", "show", ROOM)).stdout)
         assert shown_schedule["schedule"]["timezone"] == "Asia/Shanghai"
@@ -109,10 +120,19 @@ async def test_cli_talks_to_the_admin_api(make_settings: Any, tmp_path: Path, sa
 
 def test_run_refuses_an_invalid_rooms_file(tmp_path: Path) -> None:
     bad = tmp_path / "rooms.yaml"
-    bad.write_text("rooms:\n  - room_id: ok\n    template: {output_urls: [rtmp://x]}\n    schedule: {timezone: Nowhere}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")} | {"ORCH_SCHEDULING__ROOMS_FILE": str(bad)}
+    bad.write_text(
+        "rooms:\n  - room_id: ok\n    template: {output_urls: [rtmp://x]}\n    schedule: {timezone: Nowhere}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")} | {
+        "ORCH_SCHEDULING__ROOMS_FILE": str(bad)
+    }
     for command in ("run", "check-config"):
-        result = subprocess.run([sys.executable, "-m", "orchestrator", command], capture_output=True, text=True,
-                                timeout=60, env=env)
+        result = subprocess.run(
+            [sys.executable, "-m", "orchestrator", command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
         assert result.returncode == 2, result.stderr
         assert "rooms[0].schedule.timezone" in result.stderr

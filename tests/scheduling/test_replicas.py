@@ -51,7 +51,7 @@ async def test_three_replicas_start_and_stop_each_window_exactly_once(
         actions = [
             e for e in await replicas[1].store.events("demo-room", limit=1000) if e["kind"] == "action"
         ]
-        assert [a["action"] for a in actions] == ["start", "stop"] * WINDOWS, [
+        assert [a["action"] for a in actions if a["action"] != "adopt"] == ["start", "stop"] * WINDOWS, [
             (a["action"], a["reason"]) for a in actions
         ]
         assert time.time() >= windows[-1][1].timestamp()
