@@ -161,3 +161,13 @@ async def test_request_id_is_echoed_or_generated(base_url: str, http: aiohttp.Cl
     async with http.get(f"{base_url}/nowhere", headers={"X-Request-Id": "x" * 500}) as resp:
         assert resp.headers["X-Request-Id"] != "x" * 500
         assert (await resp.json())["request_id"] == resp.headers["X-Request-Id"]
+
+
+async def test_startup_heap_is_frozen_out_of_the_gc(make_settings: Any) -> None:
+    import gc
+
+    gc.unfreeze()
+    settings = make_settings()
+    async with serving(create_app(settings), settings):
+        assert gc.get_freeze_count() > 0
+    gc.unfreeze()

@@ -135,6 +135,16 @@ def _restart_or_wait(
     return Action(kind, reason, f"{fence}:attempt{len(recent)}", alert=alert)
 
 
+def _listed_state(
+    vendor_active: dict[str, list[SmartLiveJob]] | None, room_id: str, job_id: str
+) -> str | None:
+    """The job's state in the tenant-wide listing of active jobs, if it is there."""
+    for job in (vendor_active or {}).get(room_id, []):
+        if job.job_id == job_id:
+            return job.state.value
+    return None
+
+
 ClientFor = Callable[[ManagedRoom], MetaStudioClient]
 AlertFn = Callable[[ManagedRoom, str, str], Awaitable[None]]
 
@@ -194,7 +204,13 @@ class Reconciler:
         state = await self._state.state(room.room_id) or {}
         job_id, job_state = state.get("job_id"), state.get("job_state")
         if job_id and job_state in ACTIVE:
-            job_state = await self._poll(room, job_id, job_state)
+            listed = _listed_state(vendor_active, room.room_id, job_id)
+            if listed is not None:  # the pass's tenant-wide listing already says: no call per room
+                if listed != job_state:
+                    await self._state.set_job_state(room.room_id, job_id, listed)
+                job_state = listed
+            else:  # not listed as active (or no listing): ask about this job
+                job_state = await self._poll(room, job_id, job_state)
         if job_state not in ACTIVE:
             adopted = await self._adopt(room, vendor_active)
             if adopted is not None:

@@ -179,6 +179,7 @@ class RoomConfigs:
     def __init__(self, redis: aioredis.Redis, state: RoomStore) -> None:
         self._redis = redis
         self._state = state
+        self._parsed: dict[bytes, ManagedRoom] = {}
 
     async def put(self, room: ManagedRoom) -> None:
         await self._redis.set(keys.room_config(room.room_id), room.stored())
@@ -186,16 +187,27 @@ class RoomConfigs:
         await self._announce(room.room_id)
 
     async def get(self, room_id: str) -> ManagedRoom | None:
-        raw = await self._redis.get(keys.room_config(room_id))
-        return ManagedRoom.model_validate_json(raw) if raw else None
+        return self._parse(await self._redis.get(keys.room_config(room_id)))
 
     async def all(self) -> list[ManagedRoom]:
-        rooms = []
-        for room_id in await self._state.rooms():
-            room = await self.get(room_id)
-            if room is not None:
-                rooms.append(room)
-        return rooms
+        """Every managed room, read in one round trip (MGET)."""
+        room_ids = await self._state.rooms()
+        if not room_ids:
+            return []
+        raws = await self._redis.mget([keys.room_config(r) for r in room_ids])
+        return [room for room in map(self._parse, raws) if room is not None]
+
+    def _parse(self, raw: bytes | str | None) -> ManagedRoom | None:
+        # Definitions rarely change and every pass reads them all: validate each distinct one once.
+        if not raw:
+            return None
+        key = raw if isinstance(raw, bytes) else raw.encode()
+        room = self._parsed.get(key)
+        if room is None:
+            if len(self._parsed) > 50_000:
+                self._parsed.clear()
+            room = self._parsed[key] = ManagedRoom.model_validate_json(key)
+        return room
 
     async def delete(self, room_id: str) -> bool:
         existed = bool(await self._redis.delete(keys.room_config(room_id)))
