@@ -50,7 +50,7 @@ async def test_crud_validation_and_secrets(make_settings: Any, tmp_path: Path, s
         assert {"template.output_urls", "schedule.timezone"} <= fields
         status, listed = await daemon.api("GET", "/api/rooms")
         assert listed["rooms"][0]["desired"] == "off" and listed["rooms"][0]["next_boundary"]
-        status, schedule = await daemon.api(
+        status, _ = await daemon.api(
             "PUT", f"/api/rooms/{ROOM}/schedule", {"timezone": "UTC", "windows": [{"kind": "always"}]}
         )
         assert status == 200
