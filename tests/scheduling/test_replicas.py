@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from orchestrator.appkeys import SCHEDULER
 from orchestrator.providers.metastudio.models import JobState
 from tests.scheduling.conftest import daemon_for, managed_room
 
@@ -34,6 +35,11 @@ async def test_three_replicas_start_and_stop_each_window_exactly_once(
             await stack.enter_async_context(daemon_for(make_settings, tmp_path, url)) for _ in range(3)
         ]
         await replicas[0].configs.put(room)  # every replica hears of it (rooms_changed) and schedules it
+        for replica in replicas:  # each rebuilt its in-memory APScheduler job from the definition in Redis
+            async with asyncio.timeout(2):
+                while replica.app[SCHEDULER].next_boundary("demo-room") is None:
+                    await asyncio.sleep(0.02)
+            assert replica.app[SCHEDULER].next_boundary("demo-room") == windows[0][0]
         await asyncio.sleep((windows[-1][1] - datetime.now(UTC)).total_seconds() + 1.5)
         starts = [c for c in box.calls if c.method == "POST" and c.path.endswith("/smart-live-jobs")]
         stops = [c for c in box.calls if c.method == "POST" and c.path.endswith("/stop")]
