@@ -1,0 +1,1 @@
+"""The audience side: the reply policy (which comments get answered, and how)."""
