@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import structlog
+import yaml
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -38,6 +39,7 @@ from orchestrator.appkeys import (
 from orchestrator.callbacks.profiles import ResolvedProfile, UnknownProfile, resolve_profile
 from orchestrator.callbacks.receiver import CallbackReceiver
 from orchestrator.callbacks.watcher import RtmpStallWatcher
+from orchestrator.interaction.policy import PolicyConfig
 from orchestrator.logging import Redactor
 from orchestrator.metrics import Metrics
 from orchestrator.providers.metastudio.callbacks import VerifyPolicy
@@ -53,7 +55,7 @@ from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import create_redis, redis_ready
 from orchestrator.store.rooms import APPLY_CALLBACKS_LUA, CALLBACK_ARGS, CALLBACK_KEYS, RoomStore
 from orchestrator.tasks import being_cancelled, cancel_and_wait, pause
-from orchestrator.web import admin, api, callbacks, health
+from orchestrator.web import admin, api, callbacks, health, llm
 from orchestrator.web.middlewares import request_middleware
 
 log = structlog.get_logger(__name__)
@@ -81,7 +83,16 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app.add_routes(callbacks.routes)
     app.add_routes(api.routes)
     app.add_routes(admin.routes)
+    app[llm.POLICY] = load_policy(settings.interaction.policy_file)
+    app.add_routes(llm.routes)
     return app
+
+
+def load_policy(path: Path | None) -> PolicyConfig:
+    """The reply policy from its YAML file (raises ValueError naming the problem), or an empty one."""
+    if path is None:
+        return PolicyConfig()
+    return PolicyConfig.model_validate(yaml.safe_load(path.read_text()) or {})
 
 
 def callback_profiles(settings: Settings) -> dict[str, ResolvedProfile]:

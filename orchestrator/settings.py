@@ -220,6 +220,25 @@ class SchedulingSettings(Section):
     )
 
 
+class InteractionSettings(Section):
+    """Answering the audience: the reply policy, and the third-party LLM endpoint MetaStudio can call."""
+
+    policy_file: Path | None = Field(
+        None, description="YAML reply policy (rules, faq, limits, forbidden words); none: answer nothing."
+    )
+    llm_public_url: AnyHttpUrl | None = Field(
+        None,
+        description="The URL of POST /llm/metastudio exactly as configured at MetaStudio (what it signs).",
+    )
+    llm_app_key: SecretStr = Field(
+        SecretStr(""),
+        description="The appKey MetaStudio signs LLM calls with; the endpoint is off while empty.",
+    )
+    llm_fallback: str = Field(
+        "这个问题我记下了，稍后为您详细解答。", description="The answer when the policy has none."
+    )
+
+
 class AdminSettings(Section):
     """The admin/read API."""
 
@@ -245,6 +264,7 @@ class Settings(BaseSettings):
     metastudio: MetaStudioSettings = MetaStudioSettings()
     callbacks: CallbackSettings = CallbackSettings()
     scheduling: SchedulingSettings = SchedulingSettings()
+    interaction: InteractionSettings = InteractionSettings()
     admin: AdminSettings = AdminSettings()
 
     @classmethod

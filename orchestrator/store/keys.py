@@ -102,6 +102,11 @@ def callbacks_audit() -> str:
     return f"{PREFIX}:audit:callbacks"
 
 
+def llm_seen(signature: str) -> str:
+    """String with TTL: a signature of a third-party LLM call already answered (replay protection)."""
+    return f"{PREFIX}:llmseen:{signature}"
+
+
 def reactions_channel() -> str:
     """Pub/sub channel: room reactions (RTMP END, reply finished ...) fanned out to every replica."""
     return f"{PREFIX}:reactions"

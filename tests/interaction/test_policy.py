@@ -143,3 +143,13 @@ def test_property_decide_never_raises_and_a_reply_is_clean(text: str, at: float)
         assert decision.reply and not any(
             normalise(w) in normalise(decision.reply) for w in CONFIG.forbidden_words
         )
+
+
+def test_example_policy_file_is_valid() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "config" / "policy.example.yaml"
+    config = PolicyConfig.model_validate(yaml.safe_load(path.read_text()))
+    assert [r.name for r in config.rules] == ["price", "shipping"] and config.faq
