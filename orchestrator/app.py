@@ -55,7 +55,7 @@ from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import create_redis, redis_ready
 from orchestrator.store.rooms import APPLY_CALLBACKS_LUA, CALLBACK_ARGS, CALLBACK_KEYS, RoomStore
 from orchestrator.tasks import being_cancelled, cancel_and_wait, pause
-from orchestrator.web import admin, api, callbacks, health, llm
+from orchestrator.web import admin, api, callbacks, health, ingest, llm
 from orchestrator.web.middlewares import request_middleware
 
 log = structlog.get_logger(__name__)
@@ -85,6 +85,7 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app.add_routes(admin.routes)
     app[llm.POLICY] = load_policy(settings.interaction.policy_file)
     app.add_routes(llm.routes)
+    app.add_routes(ingest.routes)
     return app
 
 

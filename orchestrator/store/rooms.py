@@ -269,6 +269,30 @@ class RoomStore:
         )
         return bool(marked)
 
+    async def ingest(self, room_id: str, events: list[dict[str, Any]], *, maxlen: int = 100_000) -> None:
+        """Append audience events to the room's ingest stream and count them, in one transaction; the
+        latest viewer count of the batch (by timestamp) becomes the room's ``viewers``."""
+        counts: dict[int, int] = {}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for event in events:
+                counts[event["type"]] = counts.get(event["type"], 0) + 1
+                pipe.xadd(
+                    keys.room_ingest(room_id), {"event": orjson.dumps(event)}, maxlen=maxlen, approximate=True
+                )
+            for event_type, count in counts.items():
+                pipe.hincrby(keys.room_state(room_id), f"audience:{event_type}", count)
+            viewers = [e for e in events if e["type"] == 6]
+            if viewers:
+                latest = max(viewers, key=lambda e: e["timestamp"])
+                pipe.hset(
+                    keys.room_state(room_id),
+                    mapping={
+                        "viewers": latest["content"]["numberOfViewers"],
+                        "viewers_at": latest["timestamp"],
+                    },
+                )
+            await pipe.execute()
+
     async def add_reply(self, room_id: str, reply_id: str) -> None:
         await self._redis.sadd(keys.room_replies(room_id), reply_id)
 

@@ -1,0 +1,122 @@
+"""Audience events from platform bridges, normalised to MetaStudio's LiveEvent types. Pure.
+
+A bridge sends ``{"type", "timestamp"?, "user"?, "text"?, "gift"?, "viewers"?}`` with ``type`` one of
+``comment`` (1), ``join`` (2), ``like`` (3), ``gift`` (4), ``viewers`` (6) -- or the number itself. The
+result is what the live-event report carries (004 §6.2.7): ``{"timestamp" (ms), "type", "content"}``,
+``content`` holding ``user {userId, name, level, badge, badgeLevel}``, the comment text as ``content``,
+``gift {giftName, giftNum, giftValue, totalValue}``, or ``numberOfViewers``. Type 5 (follow) is documented
+as unused and refused.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+TYPES = {"comment": 1, "join": 2, "like": 3, "gift": 4, "viewers": 6}
+NAMES = {number: name for name, number in TYPES.items()}
+MAX_BATCH = 1000
+
+
+class BridgeUser(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    user_id: str = Field(..., min_length=1, max_length=128, alias="userId")
+    name: str = Field("", max_length=256)
+    level: int = Field(0, ge=0)
+    badge: str = Field("", max_length=256)
+    badge_level: int = Field(0, ge=0, alias="badgeLevel")
+
+
+class BridgeGift(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    gift_name: str = Field(..., min_length=1, max_length=256, alias="giftName")
+    gift_num: int = Field(1, ge=1, alias="giftNum")
+    gift_value: int = Field(0, ge=0, alias="giftValue")
+    total_value: int | None = Field(None, ge=0, alias="totalValue")
+
+
+class BridgeEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: int
+    timestamp: int | None = Field(None, ge=0, le=4_102_415_999_000, description="ms; now when absent")
+    user: BridgeUser | None = None
+    text: str | None = Field(None, max_length=1024)
+    gift: BridgeGift | None = None
+    viewers: int | None = Field(None, ge=0)
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type(cls, value: Any) -> int:
+        number = TYPES.get(value) if isinstance(value, str) else value
+        if number not in NAMES:
+            raise ValueError("type must be comment, join, like, gift or viewers (1, 2, 3, 4, 6)")
+        return int(number)
+
+
+class Rejected(BaseModel):
+    index: int
+    error_code: Literal["EVENT_INVALID"] = "EVENT_INVALID"
+    error_msg: str
+
+
+def _requirement(event: BridgeEvent) -> str | None:
+    if event.type in (1, 2, 3, 4) and event.user is None:
+        return "user is required for comment, join, like and gift events"
+    if event.type == 1 and not (event.text or "").strip():
+        return "text is required for a comment"
+    if event.type == 4 and event.gift is None:
+        return "gift is required for a gift event"
+    if event.type == 6 and event.viewers is None:
+        return "viewers is required for a viewers event"
+    return None
+
+
+def to_live_event(event: BridgeEvent, now_ms: int) -> dict[str, Any]:
+    content: dict[str, Any] = {}
+    if event.user is not None:
+        content["user"] = event.user.model_dump(by_alias=True)
+    if event.type == 1:
+        content["content"] = event.text
+    if event.type == 4 and event.gift is not None:
+        gift = event.gift.model_dump(by_alias=True)
+        gift["totalValue"] = (
+            event.gift.total_value
+            if event.gift.total_value is not None
+            else (event.gift.gift_num * event.gift.gift_value)
+        )
+        content["gift"] = gift
+    if event.type == 6:
+        content["numberOfViewers"] = event.viewers
+    return {
+        "timestamp": event.timestamp if event.timestamp is not None else now_ms,
+        "type": event.type,
+        "content": content,
+    }
+
+
+def normalise_batch(
+    items: list[Any], now_ms: int | None = None
+) -> tuple[list[dict[str, Any]], list[Rejected]]:
+    """Valid events as LiveEvents, and one rejection per invalid one (its index in the batch)."""
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    accepted: list[dict[str, Any]] = []
+    rejected: list[Rejected] = []
+    for index, item in enumerate(items):
+        try:
+            event = BridgeEvent.model_validate(item)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or "event"
+            rejected.append(Rejected(index=index, error_msg=f"{where}: {first['msg']}"))
+            continue
+        problem = _requirement(event)
+        if problem is not None:
+            rejected.append(Rejected(index=index, error_msg=problem))
+            continue
+        accepted.append(to_live_event(event, now_ms))
+    return accepted, rejected

@@ -1,0 +1,44 @@
+"""``POST /api/rooms/{room_id}/events``: audience events from platform bridges (bearer admin token).
+
+The body is one event, a list of events, or ``{"events": [...]}`` (at most 1,000). Valid events are
+normalised (:mod:`orchestrator.interaction.ingest`) and appended to the room's ingest stream
+``orch:{room_id}:ingest``; invalid ones get a per-event error and do not stop the others. 200 when any was
+accepted (``{"accepted", "rejected": [{"index", "error_code", "error_msg"}]}``), 422 when none was.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from orchestrator.appkeys import ROOM_STORE
+from orchestrator.interaction.ingest import MAX_BATCH, normalise_batch
+from orchestrator.web.api import require_admin, room_id_param
+from orchestrator.web.errors import ApiError
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/api/rooms/{room_id}/events")
+async def ingest(request: web.Request) -> web.Response:
+    require_admin(request)
+    room_id = room_id_param(request)
+    store = request.app[ROOM_STORE]
+    if await store.state(room_id) is None:
+        raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
+    try:
+        body: Any = await request.json()
+    except ValueError:
+        raise ApiError(
+            400, "BAD_JSON", 'the body must be a JSON event, list of events or {"events": [...]}'
+        ) from None
+    items = body.get("events") if isinstance(body, dict) and "events" in body else body
+    items = items if isinstance(items, list) else [items]
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise ApiError(400, "BAD_BATCH", f"send 1 to {MAX_BATCH} events at a time")
+    accepted, rejected = normalise_batch(items)
+    if accepted:
+        await store.ingest(room_id, accepted)
+    payload = {"accepted": len(accepted), "rejected": [r.model_dump() for r in rejected]}
+    return web.json_response(payload, status=200 if accepted else 422)
