@@ -52,6 +52,7 @@ from orchestrator.sandbox.metastudio.app import SandboxConfig, running_sandbox
 from orchestrator.settings import MetaStudioSettings
 from tests.metastudio.conftest import AK, PROJECT, SK, Env, make_client
 from tests.support.redis_server import free_port
+from tests.support.server import serving_plain
 
 ROOM = "demo-room"
 START = StartJobRequest(
@@ -396,15 +397,7 @@ async def test_concurrency_limit() -> None:
 
     app = web.Application()
     app.router.add_get("/v1/{project}/smart-live-rooms/{room}", slow)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        host, port = runner.addresses[0][:2]
-        async with aiohttp.ClientSession() as session:
-            client = make_client(session, f"http://{host}:{port}", max_concurrency=2)
-            await asyncio.gather(*(client.show_room("r") for _ in range(8)))
-    finally:
-        await runner.cleanup()
+    async with serving_plain(app) as url, aiohttp.ClientSession() as session:
+        client = make_client(session, url, max_concurrency=2)
+        await asyncio.gather(*(client.show_room("r") for _ in range(8)))
     assert peak == 2

@@ -27,6 +27,7 @@ from orchestrator.providers.metastudio.models import (
     TextConfig,
 )
 from tests.metastudio.conftest import Env
+from tests.support.server import serving_plain
 
 ROOM = "demo-room"
 KEY = "callback-key-0123456789abcdef"
@@ -77,14 +78,9 @@ async def receiver() -> AsyncIterator[Receiver]:
     app = web.Application()
     app.router.add_post("/cb", callback)
     app.router.add_post("/interaction", interaction)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    rec.url = f"http://{host}:{port}"
-    yield rec
-    await runner.cleanup()
+    async with serving_plain(app) as url:
+        rec.url = url
+        yield rec
 
 
 def _start(

@@ -22,7 +22,7 @@ from orchestrator.scheduling.reconciler import Reconciler
 from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs
 from orchestrator.store.rooms import RoomStore
 from tests.support.redis_server import free_port
-from tests.support.server import serving
+from tests.support.server import serving, serving_plain
 
 AK, SK, PROJECT = "SCHEDAK", "sched-sk", "sched-project"
 ADMIN = "admin-token-scheduling-0000"
@@ -132,14 +132,9 @@ async def webhooks() -> AsyncIterator[Webhooks]:
 
     app = web.Application()
     app.router.add_post("/{name}", receive)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    hooks.url = f"http://{host}:{port}"
-    yield hooks
-    await runner.cleanup()
+    async with serving_plain(app) as url:
+        hooks.url = url
+        yield hooks
 
 
 __all__ = [

@@ -26,3 +26,17 @@ async def serving(
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def serving_plain(app: web.Application) -> AsyncIterator[str]:
+    """Serve a small test application (a fake peer: webhook receiver, slow vendor) on a free port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
