@@ -24,6 +24,7 @@ from orchestrator.appkeys import (
     CALLBACK_RECEIVER,
     HTTP,
     LIFECYCLE,
+    METASTUDIO,
     METRICS,
     REACTIONS,
     READINESS_CHECKS,
@@ -146,12 +147,13 @@ async def scheduling_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     clients: dict[str, MetaStudioClient] = {}
 
-    def client_for(room: ManagedRoom) -> MetaStudioClient:
+    def metastudio() -> MetaStudioClient:
         if "metastudio" not in clients:  # raises ProviderConfigError (a ProviderError) until configured
             clients["metastudio"] = MetaStudioClient.from_settings(app[HTTP], settings.metastudio)
         return clients["metastudio"]
 
-    reconciler = Reconciler(redis, configs, store, client_for, alerter.alert, settings)
+    app[METASTUDIO] = metastudio
+    reconciler = Reconciler(redis, configs, store, lambda _room: metastudio(), alerter.alert, settings)
     scheduler = BoundaryScheduler(
         reconciler, configs, app[REACTIONS], interval_s=settings.scheduling.reconcile_interval_s
     )

@@ -13,6 +13,7 @@ from orchestrator.callbacks.profiles import ResolvedProfile
 from orchestrator.callbacks.receiver import CallbackReceiver
 from orchestrator.logging import Redactor
 from orchestrator.metrics import Metrics
+from orchestrator.providers.metastudio.client import MetaStudioClient
 from orchestrator.scheduling.reconciler import Reconciler
 from orchestrator.scheduling.rooms import RoomConfigs
 from orchestrator.scheduling.scheduler import BoundaryScheduler
@@ -36,6 +37,9 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 ROOM_CONFIGS = web.AppKey("room_configs", RoomConfigs)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 SCHEDULER = web.AppKey("scheduler", BoundaryScheduler)
+#: The process's one MetaStudio client (raises ProviderConfigError until credentials are configured), so
+#: every caller shares its per-project concurrency limit.
+METASTUDIO: web.AppKey[Callable[[], MetaStudioClient]] = web.AppKey("metastudio")
 
 
 @dataclass

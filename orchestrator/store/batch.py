@@ -70,8 +70,6 @@ class ScriptBatcher:
         self._pending: list[_Call] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.batches = 0
-        self.calls = 0
 
     async def call(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """The script's result for this call, once its batch has run.
@@ -113,8 +111,6 @@ class ScriptBatcher:
         live = [c for c in batch if c.queued_at >= deadline and not c.future.done()]
         if not live:
             return
-        self.batches += 1
-        self.calls += len(live)
         if self._on_batch is not None:
             self._on_batch(len(live))
         groups: dict[int, list[_Call]] = defaultdict(list)

@@ -21,10 +21,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from orchestrator.appkeys import HTTP, REDACTOR, REDIS, ROOM_CONFIGS, ROOM_STORE, SETTINGS
+from orchestrator.appkeys import METASTUDIO, REDACTOR, REDIS, ROOM_CONFIGS, ROOM_STORE, SETTINGS
 from orchestrator.callbacks.profiles import live_event_callback_config, resolve_profile
 from orchestrator.providers.errors import ProviderError
-from orchestrator.providers.metastudio.client import MetaStudioClient
 from orchestrator.scheduling.rooms import ManagedRoom, field_problems
 from orchestrator.scheduling.schedules import Schedule, evaluate
 from orchestrator.store import keys
@@ -173,7 +172,7 @@ async def _force(request: web.Request, room: ManagedRoom, action: str) -> str | 
     if not await app[REDIS].set(fence, "api", nx=True, ex=int(app[SETTINGS].scheduling.fence_ttl_s)):
         raise ApiError(409, "ACTION_IN_PROGRESS", f"a {action} of this room is already under way")
     try:
-        client = MetaStudioClient.from_settings(app[HTTP], app[SETTINGS].metastudio)
+        client = app[METASTUDIO]()
         if action == "stop":
             assert job_id is not None
             await client.stop_job(room.room_id, job_id)
