@@ -5,8 +5,9 @@ stores must not be shared between schedulers, and its Redis store blocks the loo
 from the room definitions in Redis: rebuilt at start and whenever a room changes (``rooms_changed``
 reactions reach every replica). One ``date`` job per room at its next boundary (computed by
 :func:`orchestrator.scheduling.schedules.evaluate`, not by APScheduler's cron, which repeats a fall-back
-hour), re-armed after each run; plus one interval job for the periodic pass. A missed or late fire is
-harmless: the periodic pass recomputes what should be true.
+hour), re-armed after each run; plus one interval job for the periodic pass, which also re-derives the
+boundary jobs (a missed ``rooms_changed`` costs at most one interval). A missed or late fire is harmless:
+the periodic pass recomputes what should be true.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class BoundaryScheduler:
         self._scheduler.start()
         if periodic:
             self._scheduler.add_job(
-                self._reconciler.reconcile_all,
+                self._periodic_pass,
                 IntervalTrigger(seconds=self._interval_s, timezone=UTC),
                 id="reconcile-pass",
                 next_run_time=datetime.now(UTC),
@@ -69,16 +70,25 @@ class BoundaryScheduler:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 
-    async def rebuild(self) -> int:
-        """Re-derive every boundary job from the rooms in Redis; returns how many rooms are scheduled."""
+    async def rebuild(self, *, missing_only: bool = False) -> int:
+        """Re-derive the boundary jobs from the rooms in Redis (with ``missing_only``, only for rooms that
+        have none: a job that exists re-arms itself from the current definition when it fires); jobs of
+        rooms that are gone are removed. Returns how many rooms there are."""
         rooms = await self._configs.all()
         wanted = {f"boundary:{room.room_id}" for room in rooms}
         for job in self._scheduler.get_jobs():
             if job.id.startswith("boundary:") and job.id not in wanted:
                 job.remove()
         for room in rooms:
-            self.arm(room)
+            if not missing_only or self._scheduler.get_job(f"boundary:{room.room_id}") is None:
+                self.arm(room)
         return len(rooms)
+
+    async def _periodic_pass(self) -> None:
+        # Re-derive the boundary jobs too: rooms_changed arrives by pub/sub, which is at-most-once, so a
+        # replica that missed one still gets the room's boundary wake-up by the next pass.
+        await self.rebuild(missing_only=True)
+        await self._reconciler.reconcile_all()
 
     def arm(self, room: ManagedRoom) -> None:
         """Schedule ``room``'s next boundary (or nothing, if none is within the horizon)."""
