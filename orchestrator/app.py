@@ -20,6 +20,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from orchestrator.appkeys import (
+    AUDIENCE,
     CALLBACK_PROFILES,
     CALLBACK_RECEIVER,
     HTTP,
@@ -40,6 +41,8 @@ from orchestrator.appkeys import (
 from orchestrator.callbacks.profiles import ResolvedProfile, UnknownProfile, resolve_profile
 from orchestrator.callbacks.receiver import CallbackReceiver
 from orchestrator.callbacks.watcher import RtmpStallWatcher
+from orchestrator.interaction.audience import AudienceService
+from orchestrator.interaction.chat import ChatBackend
 from orchestrator.interaction.policy import PolicyConfig
 from orchestrator.logging import Redactor
 from orchestrator.metrics import Metrics
@@ -56,7 +59,7 @@ from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import create_redis, redis_ready
 from orchestrator.store.rooms import APPLY_CALLBACKS_LUA, CALLBACK_ARGS, CALLBACK_KEYS, RoomStore
 from orchestrator.tasks import being_cancelled, cancel_and_wait, pause
-from orchestrator.web import admin, api, callbacks, health, ingest, llm
+from orchestrator.web import admin, api, callbacks, health, ingest, llm, replies
 from orchestrator.web.middlewares import request_middleware
 
 log = structlog.get_logger(__name__)
@@ -78,6 +81,7 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(callbacks_ctx)
     app.cleanup_ctx.append(scheduling_ctx)
+    app.cleanup_ctx.append(audience_ctx)
     app.on_startup.append(_freeze_startup_heap)  # after every cleanup_ctx has started
     app.on_shutdown.append(_start_draining)
     app.add_routes(health.routes)
@@ -87,6 +91,7 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app[llm.POLICY] = load_policy(settings.interaction.policy_file)
     app.add_routes(llm.routes)
     app.add_routes(ingest.routes)
+    app.add_routes(replies.routes)
     return app
 
 
@@ -166,6 +171,36 @@ async def scheduling_ctx(app: web.Application) -> AsyncIterator[None]:
         await scheduler.start()
     yield
     await scheduler.aclose()
+
+
+async def audience_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Reporting, reply decisions and reply pacing for the live rooms this replica holds leases on."""
+    settings = app[SETTINGS]
+    interaction = settings.interaction
+    chat = None
+    if interaction.chat_url is not None:
+        chat = ChatBackend(
+            app[HTTP],
+            str(interaction.chat_url),
+            model=interaction.chat_model,
+            api_key=interaction.chat_api_key.get_secret_value(),
+            timeout_s=interaction.chat_timeout_s,
+            system_prompt=interaction.chat_system_prompt,
+        )
+    audience = AudienceService(
+        app[REDIS],
+        interaction,
+        client=app[METASTUDIO],
+        policy=app[llm.POLICY],
+        reactions=app[REACTIONS],
+        metrics=app[METRICS],
+        chat=chat,
+        events_maxlen=settings.callbacks.events_maxlen,
+    )
+    app[AUDIENCE] = audience
+    audience.start()
+    yield
+    await audience.aclose()
 
 
 async def _apply_rooms_file(app: web.Application, configs: RoomConfigs, path: Path) -> None:

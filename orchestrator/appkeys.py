@@ -11,6 +11,7 @@ from aiohttp import web
 
 from orchestrator.callbacks.profiles import ResolvedProfile
 from orchestrator.callbacks.receiver import CallbackReceiver
+from orchestrator.interaction.audience import AudienceService
 from orchestrator.logging import Redactor
 from orchestrator.metrics import Metrics
 from orchestrator.providers.metastudio.client import MetaStudioClient
@@ -39,6 +40,7 @@ RECONCILER = web.AppKey("reconciler", Reconciler)
 SCHEDULER = web.AppKey("scheduler", BoundaryScheduler)
 #: The process's one MetaStudio client (raises ProviderConfigError until credentials are configured), so
 #: every caller shares its per-project concurrency limit.
+AUDIENCE = web.AppKey("audience", AudienceService)
 METASTUDIO: web.AppKey[Callable[[], MetaStudioClient]] = web.AppKey("metastudio")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Metrics:
@@ -35,6 +35,44 @@ class Metrics:
         self.redis_batched_calls = Counter(
             "orch_callback_writes_total",
             "Callbacks written to Redis through the group commit.",
+            registry=self.registry,
+        )
+
+        self.audience_events = Counter(
+            "orch_audience_events_total",
+            "Audience events by what became of them: reported, expired (too old to report), rejected "
+            "(malformed, from the Redis ingest path), coalesced (superseded viewer counts).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.report_batches = Counter(
+            "orch_report_batches_total",
+            "Live-event report calls, by outcome (ok, retry, dropped).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.report_latency = Histogram(
+            "orch_report_latency_seconds",
+            "From an audience event's ingest to the vendor accepting the report that carried it.",
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.reply_decision = Histogram(
+            "orch_reply_decision_seconds",
+            "From a comment's ingest to its reply being queued (the vendor round trip excluded).",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+            registry=self.registry,
+        )
+        self.replies = Counter(
+            "orch_replies_total",
+            "Replies by outcome: queued, dropped (queue full), evicted, inserted, finished, timed_out, "
+            "cleaned_up, failed, lost (the insert may or may not have happened: not repeated).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.rooms_owned = Gauge(
+            "orch_audience_rooms_owned",
+            "Live rooms whose reporting and replies this replica owns (room leases held).",
             registry=self.registry,
         )
 

@@ -220,6 +220,14 @@ class SchedulingSettings(Section):
     )
 
 
+ReplyPriority = Literal["operator", "gift", "question", "idle"]
+PlayTypeName = Literal["APPEND", "INSERT", "PLAY_NOW"]
+
+
+def _default_play_types() -> dict[ReplyPriority, PlayTypeName]:
+    return {"operator": "PLAY_NOW", "gift": "INSERT", "question": "INSERT", "idle": "APPEND"}
+
+
 class InteractionSettings(Section):
     """Answering the audience: the reply policy, and the third-party LLM endpoint MetaStudio can call."""
 
@@ -237,6 +245,59 @@ class InteractionSettings(Section):
     llm_fallback: str = Field(
         "这个问题我记下了，稍后为您详细解答。", description="The answer when the policy has none."
     )
+    callback_token: SecretStr = Field(
+        SecretStr(""),
+        description="Token in the vendor CALLBACK-mode URL /callbacks/metastudio/interaction/{token}; "
+        "the endpoint is off while empty.",
+    )
+    chat_url: AnyHttpUrl | None = Field(
+        None,
+        description="OpenAI-compatible chat completions URL that answers questions the rules do not "
+        "(FAQ when it fails or is slow); none: rules and FAQ only.",
+    )
+    chat_model: str = Field("gpt-4o-mini", description="Model name sent to chat_url.")
+    chat_api_key: SecretStr = Field(SecretStr(""), description="Bearer key for chat_url (may be empty).")
+    chat_timeout_s: PositiveSeconds = Field(
+        3.0, description="Longest wait for chat_url before the FAQ answers instead."
+    )
+    chat_system_prompt: str = Field(
+        "你是直播间的数字人主播，用一两句话礼貌地回答观众的问题。当前商品：{product}。",
+        description="System prompt for chat_url; {product} is the current paragraph's product.",
+    )
+    report_window_ms: int = Field(
+        200, ge=10, le=10_000, description="Audience events wait at most this long to share a report batch."
+    )
+    report_max_events: int = Field(
+        1000, ge=1, le=1000, description="Events per live-event report call (the vendor takes 1-1000)."
+    )
+    report_max_age_s: PositiveSeconds = Field(
+        300.0, description="Audience events older than this when a report could go out are dropped (counted)."
+    )
+    ingest_maxlen: int = Field(
+        100_000, ge=1000, description="Backlog cap per room's ingest stream (oldest trimmed beyond it)."
+    )
+    lease_ttl_s: PositiveSeconds = Field(
+        10.0, description="A replica owns a live room's reporting and replies for this long per renewal."
+    )
+    reply_max_pending: int = Field(
+        15, ge=1, le=100, description="Replies waiting per room; beyond it the lowest priority is dropped."
+    )
+    reply_in_flight: int = Field(
+        1, ge=1, le=15, description="Inserted replies not yet finished (REPLY_COMMAND_FINISH) per room."
+    )
+    reply_timeout_s: PositiveSeconds = Field(
+        120.0, description="An inserted reply with no REPLY_COMMAND_FINISH after this long is given up."
+    )
+    reply_max_age_s: PositiveSeconds = Field(
+        30.0, description="Comments older than this when read are reported but not answered."
+    )
+    play_types: dict[ReplyPriority, PlayTypeName] = Field(
+        default_factory=_default_play_types, description="INSERT_PLAY_SCRIPT play_type per reply priority."
+    )
+    idle_after_s: float = Field(
+        0.0, ge=0, description="When no reply has played for this long, say an idle line (0: never)."
+    )
+    idle_lines: list[str] = Field(default_factory=list, description="Idle filler lines, said in turn.")
 
 
 class AdminSettings(Section):

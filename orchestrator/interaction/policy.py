@@ -109,6 +109,7 @@ class Decision:
 
 
 _PUNCTUATION = re.compile(r"[\W_]+", re.UNICODE)
+NOTHING_TO_ANSWER = "nothing to answer"
 
 
 def normalise(text: str) -> str:
@@ -149,8 +150,11 @@ def _suppressed(window: int, last: float | None, now: float) -> bool:
     return window == -1 or now - last < window
 
 
-def decide(config: PolicyConfig, history: History, event: Event, *, product: str = "") -> Decision:
-    """The reply to ``event`` (or why none), recording it in ``history``."""
+def decide(
+    config: PolicyConfig, history: History, event: Event, *, product: str = "", faq: bool = True
+) -> Decision:
+    """The reply to ``event`` (or why none), recording it in ``history``. With ``faq=False`` the FAQ is
+    not consulted (the caller asks an LLM first, see :func:`speak`), and "nothing to answer" means: ask."""
     if event.type == 4:
         if not config.gift_thanks:
             return Decision(None, "gift thanks disabled", "gift")
@@ -189,7 +193,7 @@ def decide(config: PolicyConfig, history: History, event: Event, *, product: str
         key=lambda pair: pair[0],
         default=(0.0, None),
     )
-    if best[1] is not None and best[0] >= config.faq_threshold:
+    if faq and best[1] is not None and best[0] >= config.faq_threshold:
         return _speak(
             config,
             history,
@@ -199,7 +203,25 @@ def decide(config: PolicyConfig, history: History, event: Event, *, product: str
             f"faq:{best[1].question}",
             question,
         )
-    return Decision(None, "nothing to answer")
+    return Decision(None, NOTHING_TO_ANSWER)
+
+
+def speak(config: PolicyConfig, history: History, event: Event, text: str, *, rule: str) -> Decision:
+    """An answer found elsewhere (an LLM) for a comment :func:`decide` had none for, put through the same
+    rate limits, deduplication and forbidden-word check of our own reply."""
+    question = normalise(event.text)
+    asked = history.questions.get(question)
+    if asked is not None and event.at - asked < config.dedup_window_s:
+        return Decision(None, "same question answered recently")
+    return _speak(config, history, event, text, "question", rule, question)
+
+
+def looks_like_question(text: str) -> bool:
+    """Worth asking an LLM about: a question mark or a common Chinese question word."""
+    return bool(_QUESTION.search(text))
+
+
+_QUESTION = re.compile(r"[?？]|吗|呢|什么|怎么|多少|几|哪|为什么|如何|能不能|可不可以|有没有")
 
 
 def _speak(

@@ -92,6 +92,31 @@ def room_ingest(room_id: str) -> str:
     return _room(room_id, "ingest")
 
 
+def room_replies_meta(room_id: str) -> str:
+    """Hash: reply id in flight → JSON {priority, text, sent_ms} (for timeouts and clean-ups)."""
+    return _room(room_id, "replies:meta")
+
+
+def room_replies_done(room_id: str) -> str:
+    """Set (with TTL): REPLY_COMMAND_FINISH for ids not yet recorded in flight (the finish won the race)."""
+    return _room(room_id, "replies:done")
+
+
+def room_reply_queue(room_id: str) -> str:
+    """Sorted set: replies waiting to be inserted (score: priority band, then enqueue time)."""
+    return _room(room_id, "replyq")
+
+
+def room_reply_items(room_id: str) -> str:
+    """Hash: queued reply id → JSON {text, priority, play_type, rule_index, enqueued_ms}."""
+    return _room(room_id, "replyq:items")
+
+
+def room_report(room_id: str) -> str:
+    """Hash: the report batch being sent (``batch_id``, ``first``, ``last``), so a successor resends it."""
+    return _room(room_id, "report")
+
+
 def rooms_index() -> str:
     """Set: ids of every managed room."""
     return f"{PREFIX}:rooms"

@@ -36,12 +36,12 @@ from orchestrator.store import keys
 #: Keys and arguments one callback takes in APPLY_CALLBACKS_LUA (the script applies a batch of them). The
 #: callback's fifteen values travel as one JSON array: packing one argument instead of fifteen is most of
 #: what a batch costs on the client side.
-CALLBACK_KEYS = 5
+CALLBACK_KEYS = 7
 CALLBACK_ARGS = 1
 
 APPLY_CALLBACKS_LUA = """
 local function apply(k, a)
-  local state, events, jobs, replies, seen = k[1], k[2], k[3], k[4], k[5]
+  local state, events, jobs, replies, seen, meta, done = k[1], k[2], k[3], k[4], k[5], k[6], k[7]
   local etype, job_id, event_ms = a[1], a[2], tonumber(a[3])
   if redis.call('HGET', state, 'managed') ~= '1' then return 'unknown_room' end
   if redis.call('SISMEMBER', jobs, job_id) == 0 then return 'unknown_job' end
@@ -85,7 +85,11 @@ local function apply(k, a)
       if a[12] == 'END' then publish('rtmp_end', {output_url = a[11]}) end
     end
   elseif etype == 'REPLY_COMMAND_FINISH' then
-    redis.call('SREM', replies, a[11])
+    if redis.call('SREM', replies, a[11]) == 0 then
+      redis.call('SADD', done, a[11])
+      redis.call('EXPIRE', done, 3600)
+    end
+    redis.call('HDEL', meta, a[11])
     publish('reply_finished', {reply_id = a[11]})
   else
     outcome = 'recorded'
@@ -102,7 +106,7 @@ end
 local results = {}
 for i = 0, tonumber(ARGV[1]) - 1 do
   local k = {}
-  for j = 1, 5 do k[j] = KEYS[i * 5 + j] end
+  for j = 1, 7 do k[j] = KEYS[i * 7 + j] end
   results[i + 1] = apply(k, cjson.decode(ARGV[2 + i]))
 end
 return results
@@ -177,6 +181,8 @@ class CallbackWrite:
             keys.room_jobs(self.room_id),
             keys.room_replies(self.room_id),
             keys.room_seen(self.room_id, self.callback_id),
+            keys.room_replies_meta(self.room_id),
+            keys.room_replies_done(self.room_id),
         ]
 
     def args(self, maxlen: int, seen_ttl_s: int) -> list[str]:
@@ -270,14 +276,16 @@ class RoomStore:
         return bool(marked)
 
     async def ingest(self, room_id: str, events: list[dict[str, Any]], *, maxlen: int = 100_000) -> None:
-        """Append audience events to the room's ingest stream and count them, in one transaction; the
-        latest viewer count of the batch (by timestamp) becomes the room's ``viewers``."""
+        """Append audience events to the room's ingest stream (in wire form: ``content`` as a JSON string)
+        and count them, in one transaction; the latest viewer count of the batch (by timestamp) becomes the
+        room's ``viewers``. The stream keeps at most about ``maxlen`` entries (the oldest are trimmed)."""
         counts: dict[int, int] = {}
         async with self._redis.pipeline(transaction=True) as pipe:
             for event in events:
                 counts[event["type"]] = counts.get(event["type"], 0) + 1
+                wire = {**event, "content": orjson.dumps(event["content"]).decode()}
                 pipe.xadd(
-                    keys.room_ingest(room_id), {"event": orjson.dumps(event)}, maxlen=maxlen, approximate=True
+                    keys.room_ingest(room_id), {"event": orjson.dumps(wire)}, maxlen=maxlen, approximate=True
                 )
             for event_type, count in counts.items():
                 pipe.hincrby(keys.room_state(room_id), f"audience:{event_type}", count)

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator.appkeys import ROOM_STORE
+from orchestrator.appkeys import ROOM_STORE, SETTINGS
 from orchestrator.interaction.ingest import MAX_BATCH, normalise_batch
 from orchestrator.web.api import require_admin, room_id_param
 from orchestrator.web.errors import ApiError
@@ -39,6 +39,6 @@ async def ingest(request: web.Request) -> web.Response:
         raise ApiError(400, "BAD_BATCH", f"send 1 to {MAX_BATCH} events at a time")
     accepted, rejected = normalise_batch(items)
     if accepted:
-        await store.ingest(room_id, accepted)
+        await store.ingest(room_id, accepted, maxlen=request.app[SETTINGS].interaction.ingest_maxlen)
     payload = {"accepted": len(accepted), "rejected": [r.model_dump() for r in rejected]}
     return web.json_response(payload, status=200 if accepted else 422)

@@ -135,4 +135,5 @@ async def test_endpoint_stream_and_counters(make_settings: Any, tmp_path: Path) 
         entries = await app[REDIS].xrange(keys.room_ingest("room-x"))
         events = [json.loads(fields[b"event"]) for _, fields in entries]
         assert [e["type"] for e in events] == [1, 6, 6, 3]
-        assert events[0]["content"]["content"] == "多少钱"
+        assert isinstance(events[0]["content"], str)  # wire form: the report sends it as is
+        assert json.loads(events[0]["content"])["content"] == "多少钱"

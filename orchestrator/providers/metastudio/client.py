@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 import structlog
 from pydantic import BaseModel
 from yarl import URL
@@ -48,6 +49,7 @@ from orchestrator.providers.errors import (
 )
 from orchestrator.providers.metastudio import auth
 from orchestrator.providers.metastudio.models import (
+    MAX_REPORT_EVENTS,
     Command,
     CommandResponse,
     JobList,
@@ -299,6 +301,22 @@ class MetaStudioClient:
         body = await self._call("POST", url, report.to_wire(), Retry.SAFE)
         return LiveEventReportResponse.model_validate(body or {}).live_event_report_url
 
+    async def report_batch(self, report_url: str, events: list[dict[str, Any]], batch_id: str) -> str | None:
+        """:meth:`report_events` for events already in wire form (``{"timestamp": int, "type": int,
+        "content": str}``, as :mod:`orchestrator.interaction.ingest` makes them), serialised once without
+        models -- the reporter's hot path. ``batch_id`` travels as ``X-Batch-Id``, the same on every retry
+        and on a successor's resend, so a receiver that deduplicates can; MetaStudio documents no such
+        header and ignores it. Returns the refreshed report URL, if any."""
+        if not 1 <= len(events) <= MAX_REPORT_EVENTS:
+            raise ValueError(f"a report carries 1 to {MAX_REPORT_EVENTS} events, not {len(events)}")
+        url = URL(report_url)
+        if not url.is_absolute():
+            raise ProviderConfigError(f"live_event_report_url is not absolute: {report_url!r}")
+        body = orjson.dumps({"total": len(events), "events": events})
+        answer = await self._call("POST", url, body, Retry.SAFE, extra_headers={"X-Batch-Id": batch_id})
+        refreshed = answer.get("live_event_report_url") if isinstance(answer, dict) else None
+        return refreshed if isinstance(refreshed, str) and refreshed else None
+
     async def show_room(self, room_id: str) -> SmartLiveRoom:
         url = self._url("smart-live-rooms", room_id)
         return SmartLiveRoom.model_validate(await self._call("GET", url, None, Retry.SAFE))
@@ -314,15 +332,24 @@ class MetaStudioClient:
         active = [job for job in jobs.smart_live_jobs if job.state.active]
         return max(active, key=lambda job: job.create_time or "", default=None)
 
-    async def _call(self, method: str, url: URL, payload: Any, mode: Retry) -> Any:
-        """Send with retries per ``mode``; return the decoded JSON body (None when empty).
+    async def _call(
+        self,
+        method: str,
+        url: URL,
+        payload: Any,
+        mode: Retry,
+        *,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Send with retries per ``mode``; return the decoded JSON body (None when empty). ``payload`` may be
+        the body already serialised (bytes).
 
         Raises ProviderError.
         """
-        body = _json_bytes(payload)
+        body = payload if isinstance(payload, bytes) else _json_bytes(payload)
         for attempt in range(self._retry.max_retries + 1):
             try:
-                response = await self._send(method, url, body)
+                response = await self._send(method, url, body, extra_headers)
                 return _decode(response)
             except ProviderError as error:
                 if attempt == self._retry.max_retries or not is_retryable(error, mode):
@@ -342,9 +369,11 @@ class MetaStudioClient:
         )
         await self._sleep(delay)
 
-    async def _send(self, method: str, url: URL, body: bytes) -> _Response:
+    async def _send(
+        self, method: str, url: URL, body: bytes, extra_headers: Mapping[str, str] | None = None
+    ) -> _Response:
         """One HTTP exchange, signed; every aiohttp/asyncio failure becomes a ProviderError here."""
-        headers = {"Content-Type": "application/json;charset=UTF-8"}
+        headers = {"Content-Type": "application/json;charset=UTF-8", **(extra_headers or {})}
         headers = self._credentials.sign(method, url, headers, body, self._now())
         started = time.monotonic()
         async with self._slots:

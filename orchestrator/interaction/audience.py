@@ -1,0 +1,709 @@
+"""Audience work for live rooms: report ingest events in batches, decide replies, pace the inserts.
+
+One :class:`AudienceService` per replica. Every ``lease_ttl_s / 3`` seconds it lists the managed rooms
+whose job is live (WAITING or PROCESSING) and takes or renews their room leases
+(:mod:`orchestrator.interaction.leases`); for each room it holds it runs one :class:`RoomWorker`. A room's
+worker stops when the lease or the job goes, so only one replica reports and inserts for a room, and a
+dead replica's rooms move within one TTL.
+
+**Ingest → report.** Events wait in the room's ingest stream ``orch:{room}:ingest`` (the HTTP ingest
+writes them there normalised as field ``event``; a bridge writing to Redis puts its own event format,
+the one ``POST /api/rooms/{room}/events`` takes, in field ``raw``). One reader per replica reads the streams
+of all its rooms in one ``XREADGROUP`` (consumer group ``reporter``, consumer = replica id) and hands the
+entries to their rooms. A room reads no more while it holds a full batch, so while the vendor is down
+the backlog stays in Redis, not in memory. A batch goes out when it holds ``report_max_events`` (≤ 1000)
+or ``report_window_ms`` after its first event; within it, viewer counts coalesce to the latest. Before it
+is sent, the batch's id and entry range are written to ``orch:{room}:report``; a failed send is retried
+with backoff, the same batch with the same ``X-Batch-Id``, for as long as the lease is held. Only after
+the vendor accepted it are its entries acknowledged (``XACK``) and trimmed, and the marker removed, in
+one transaction. A successor (after a crash or a lost lease) claims the group's pending entries with
+``XAUTOCLAIM`` and first resends the marked batch exactly as it was: at least once, and no event in two
+different batches. A refreshed ``live_event_report_url`` in the answer is stored and used from then on.
+Events older than ``report_max_age_s`` when a batch forms are dropped and counted, not reported.
+
+**Replies.** Comments and gifts read fresh from the stream (not ones reclaimed from a predecessor, which
+may have answered them) go through the reply policy (:mod:`orchestrator.interaction.policy`); a question
+no rule answers goes to the optional chat backend (at most four at once per room; FAQ on failure or when
+busy). A reply is queued in Redis (:mod:`orchestrator.interaction.queue`) -- as are operator replies
+from the admin API and replies to the vendor's CALLBACK-mode rules. The worker's pacer inserts the most
+important waiting reply with INSERT_PLAY_SCRIPT whenever fewer than ``reply_in_flight`` are in flight; a
+REPLY_COMMAND_FINISH (a reaction from the callback receiver, on any replica) wakes it for the next. An
+insert without a finish after ``reply_timeout_s`` is given up. An operator reply that finds the slots
+taken by less important ones first clears those at the vendor with CLEAN_UP_INSERT_COMMAND (an insert
+already playing cannot be cleared and finishes). After ``idle_after_s`` without a reply, an idle line.
+
+Failures of INSERT_PLAY_SCRIPT: certainly unsent (connection refused, 429) → back in the queue, retried;
+ambiguous (timeout, 5xx) → given up and counted ``lost``: saying it twice is worse than not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError, ResponseError
+
+from orchestrator.interaction.chat import ChatBackend, ChatUnavailable
+from orchestrator.interaction.ingest import normalise_batch
+from orchestrator.interaction.leases import RoomLeases
+from orchestrator.interaction.policy import (
+    NOTHING_TO_ANSWER,
+    Decision,
+    Event,
+    History,
+    PolicyConfig,
+    decide,
+    looks_like_question,
+    speak,
+)
+from orchestrator.interaction.queue import Reply, ReplyQueue
+from orchestrator.metrics import Metrics
+from orchestrator.providers.errors import (
+    ProviderBadRequest,
+    ProviderConnectError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderStatusError,
+)
+from orchestrator.providers.metastudio.client import MetaStudioClient
+from orchestrator.providers.metastudio.models import (
+    CleanUpInsertCommand,
+    Command,
+    PlayTextInfo,
+    TextConfig,
+)
+from orchestrator.settings import InteractionSettings, PlayTypeName
+from orchestrator.store import keys
+from orchestrator.store.reactions import Reactions
+from orchestrator.tasks import being_cancelled, cancel_and_wait, pause
+
+log = structlog.get_logger(__name__)
+
+GROUP = "reporter"
+LIVE_STATES = frozenset({"WAITING", "PROCESSING"})
+CHAT_CONCURRENCY = 4
+READ_BLOCK_MS = 100
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _entry_ms(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[0])
+
+
+@dataclass
+class Buffered:
+    entry_id: str
+    event: dict[str, Any]  # wire form: {"timestamp", "type", "content": JSON string}
+
+
+class RoomWorker:
+    """One live room's reporter and reply pacer, on the replica holding its lease."""
+
+    def __init__(self, service: AudienceService, room_id: str, job_id: str) -> None:
+        self.service = service
+        self.room_id = room_id
+        self.job_id = job_id
+        self.stream = keys.room_ingest(room_id)
+        self.buffer: list[Buffered] = []
+        self.history = History()
+        self.product = ""
+        self.ready = asyncio.Event()
+        self.full = asyncio.Event()
+        self.kick = asyncio.Event()
+        self.started = False
+        self.last_activity = time.monotonic()
+        self._idle_cursor = 0
+        self._resend: tuple[str, str, str] | None = None  # (batch id, first, last) of a predecessor
+        self._chats = asyncio.Semaphore(CHAT_CONCURRENCY)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._chat_tasks: set[asyncio.Task[None]] = set()
+        self._log = log.bind(room_id=room_id, job_id=job_id)
+
+    # --- life cycle ---
+
+    async def start(self) -> None:
+        redis = self.service.redis
+        try:
+            await redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        await self.service.prepare_replies(self.room_id, self.job_id)
+        marker = await redis.hgetall(keys.room_report(self.room_id))
+        if marker:
+            self._resend = (_text(marker[b"batch_id"]), _text(marker[b"first"]), _text(marker[b"last"]))
+        await self._claim_pending()
+        self.started = True
+        self._tasks = [
+            asyncio.create_task(self._report_forever(), name=f"report:{self.room_id}"),
+            asyncio.create_task(self._pace_forever(), name=f"replies:{self.room_id}"),
+        ]
+        self._log.info(
+            "room worker started", replica=self.service.leases.replica_id, recovered=len(self.buffer)
+        )
+
+    async def aclose(self) -> None:
+        self.started = False
+        for task in [*self._tasks, *self._chat_tasks]:
+            await cancel_and_wait(task)
+        self._tasks = []
+
+    def wants_more(self) -> bool:
+        return self.started and len(self.buffer) < self.service.settings.report_max_events
+
+    async def _claim_pending(self) -> None:
+        """Take every entry the group delivered but nobody acknowledged (a predecessor's), oldest first."""
+        start = "0-0"
+        while True:
+            answer = await self.service.redis.xautoclaim(
+                self.stream,
+                GROUP,
+                self.service.leases.replica_id,
+                min_idle_time=0,
+                start_id=start,
+                count=1000,
+            )
+            start, entries = _text(answer[0]), answer[1]
+            await self.take(entries, fresh=False)
+            if start == "0-0" or not entries:
+                return
+
+    # --- ingest side ---
+
+    async def take(self, entries: list[Any], *, fresh: bool) -> None:
+        """Entries read from the stream: buffer them for the report, and decide replies for fresh ones."""
+        settings, metrics = self.service.settings, self.service.metrics
+        now_ms = int(time.time() * 1000)
+        stale: list[str] = []
+        for entry_id_raw, fields in entries:
+            entry_id = _text(entry_id_raw)
+            if not fields:  # trimmed while pending: nothing left to report
+                stale.append(entry_id)
+                continue
+            event = self._event(entry_id, fields)
+            if event is None:
+                stale.append(entry_id)
+                continue
+            if now_ms - _entry_ms(entry_id) > settings.report_max_age_s * 1000:
+                metrics.audience_events.labels("expired").inc()
+                stale.append(entry_id)
+                continue
+            self.buffer.append(Buffered(entry_id, event))
+            if fresh and event["type"] in (1, 4):
+                await self._consider_reply(entry_id, event)
+        if stale:
+            await self.service.redis.xack(self.stream, GROUP, *stale)
+        if self.buffer:
+            self.ready.set()
+            if len(self.buffer) >= settings.report_max_events:
+                self.full.set()
+
+    def _event(self, entry_id: str, fields: Mapping[Any, Any]) -> dict[str, Any] | None:
+        raw = fields.get(b"event")
+        if raw is not None:
+            try:
+                event: dict[str, Any] = orjson.loads(raw)
+                return event
+            except orjson.JSONDecodeError:
+                pass
+        bridge = fields.get(b"raw")
+        problem = "entry has neither an 'event' nor a 'raw' field holding JSON"
+        if bridge is not None:
+            try:
+                accepted, rejected = normalise_batch([orjson.loads(bridge)])
+            except orjson.JSONDecodeError:
+                accepted, rejected = [], []
+                problem = "'raw' is not JSON"
+            if accepted:
+                event = accepted[0]
+                event["content"] = orjson.dumps(event["content"]).decode()
+                return event
+            if rejected:
+                problem = rejected[0].error_msg
+        self.service.metrics.audience_events.labels("rejected").inc()
+        self._log.warning("ingest entry rejected", entry_id=entry_id, error=problem)
+        return None
+
+    async def _consider_reply(self, entry_id: str, wire: dict[str, Any]) -> None:
+        settings = self.service.settings
+        at_s = wire["timestamp"] / 1000
+        if time.time() - at_s > settings.reply_max_age_s:
+            return
+        try:
+            content = orjson.loads(wire["content"])
+            user = content.get("user") or {}
+            gift = content.get("gift") or {}
+            event = Event(
+                type=wire["type"],
+                user_id=str(user.get("userId", "")),
+                user_name=str(user.get("name", "")),
+                text=str(content.get("content") or ""),
+                gift_name=str(gift.get("giftName", "")),
+                gift_num=int(gift.get("giftNum") or 0),
+                at=at_s,
+            )
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            return
+        chat = self.service.chat
+        decision = decide(self.service.policy, self.history, event, product=self.product, faq=chat is None)
+        if decision.reason == NOTHING_TO_ANSWER and chat is not None:
+            if looks_like_question(event.text) and not self._chats.locked():
+                task = asyncio.create_task(self._ask_chat(chat, entry_id, event), name=f"chat:{self.room_id}")
+                self._chat_tasks.add(task)
+                task.add_done_callback(self._chat_tasks.discard)
+                return
+            decision = decide(self.service.policy, self.history, event, product=self.product)
+        await self._queue_decision(entry_id, decision)
+
+    async def _ask_chat(self, chat: ChatBackend, entry_id: str, event: Event) -> None:
+        async with self._chats:
+            try:
+                answer = await chat.answer(event.text, product=self.product)
+                decision = speak(self.service.policy, self.history, event, answer, rule="chat")
+            except ChatUnavailable as exc:
+                self._log.info("chat backend unavailable; answering from the FAQ", error=str(exc))
+                decision = decide(self.service.policy, self.history, event, product=self.product)
+        with contextlib.suppress(RedisError):
+            await self._queue_decision(entry_id, decision)
+
+    async def _queue_decision(self, entry_id: str, decision: Decision) -> None:
+        if not decision.speaks or decision.reply is None:
+            return
+        reply = Reply(decision.reply, decision.priority, self.service.play_type(decision.priority))
+        await self.service.enqueue(self.room_id, reply, source=decision.rule or decision.priority)
+        self.service.metrics.reply_decision.observe(max(0.0, time.time() - _entry_ms(entry_id) / 1000))
+        self.kick.set()
+
+    # --- reporter ---
+
+    async def _report_forever(self) -> None:
+        settings = self.service.settings
+        while True:
+            await self.ready.wait()
+            if self._resend is None:
+                first_at = _entry_ms(self.buffer[0].entry_id) / 1000 if self.buffer else time.time()
+                wait_s = first_at + settings.report_window_ms / 1000 - time.time()
+                if wait_s > 0 and len(self.buffer) < settings.report_max_events:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.full.wait(), wait_s)
+            await self._flush_one()
+            if not self.buffer:
+                self.ready.clear()
+            if len(self.buffer) < settings.report_max_events:
+                self.full.clear()
+
+    def _next_batch(self) -> tuple[str, list[Buffered]]:
+        if self._resend is not None:
+            batch_id, first, last = self._resend
+            first_key, last_key = _id_key(first), _id_key(last)
+            batch = [b for b in self.buffer if first_key <= _id_key(b.entry_id) <= last_key]
+            if batch:
+                return batch_id, batch
+            self._resend = None  # its entries are gone (trimmed or acknowledged): nothing to resend
+        batch = self.buffer[: self.service.settings.report_max_events]
+        return f"{self.room_id}/{batch[0].entry_id}/{batch[-1].entry_id}", batch
+
+    async def _flush_one(self) -> None:
+        if not self.buffer:
+            return
+        batch_id, batch = self._next_batch()
+        events = _coalesce_viewers(batch)
+        self.service.metrics.audience_events.labels("coalesced").inc(len(batch) - len(events))
+        redis, metrics = self.service.redis, self.service.metrics
+        await redis.hset(
+            keys.room_report(self.room_id),
+            mapping={"batch_id": batch_id, "first": batch[0].entry_id, "last": batch[-1].entry_id},
+        )
+        attempt = 0
+        while True:
+            if not self.service.leases.valid(self.room_id):
+                await pause(0.5)
+                continue
+            url, self.product = await self.service.report_target(self.room_id)
+            try:
+                if url is None:
+                    raise _NoReportUrl
+                refreshed = await self.service.client().report_batch(url, events, batch_id)
+                break
+            except ProviderBadRequest as exc:
+                # The vendor refuses this batch as such: resending it would block the room forever.
+                self._log.error("report batch refused; dropped", batch_id=batch_id, error=str(exc))
+                metrics.report_batches.labels("dropped").inc()
+                refreshed = None
+                break
+            except (ProviderError, _NoReportUrl) as exc:
+                if being_cancelled():
+                    raise
+                delay = min(30.0, 0.5 * 2**attempt)
+                attempt += 1
+                metrics.report_batches.labels("retry").inc()
+                self._log.warning(
+                    "report failed; the same batch goes again",
+                    batch_id=batch_id,
+                    events=len(events),
+                    attempt=attempt,
+                    retry_in_s=delay,
+                    error=str(exc) or type(exc).__name__,
+                )
+                await pause(delay)
+        await self._acknowledge(batch_id, batch, events, refreshed)
+
+    async def _acknowledge(
+        self, batch_id: str, batch: list[Buffered], events: list[dict[str, Any]], refreshed: str | None
+    ) -> None:
+        done = {b.entry_id for b in batch}
+        self.buffer = [b for b in self.buffer if b.entry_id not in done]
+        self._resend = None
+        keep_from = self.buffer[0].entry_id if self.buffer else _after(batch[-1].entry_id)
+        async with self.service.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, GROUP, *done)
+            pipe.xtrim(self.stream, minid=keep_from, approximate=True)
+            pipe.delete(keys.room_report(self.room_id))
+            pipe.hincrby(keys.room_state(self.room_id), "reported", len(events))
+            if refreshed:
+                pipe.hset(keys.room_state(self.room_id), "report_url", refreshed)
+            pipe.xadd(
+                keys.room_events(self.room_id),
+                {"kind": "reported", "job_id": self.job_id, "batch_id": batch_id, "events": len(events)},
+                maxlen=self.service.events_maxlen,
+                approximate=True,
+            )
+            await pipe.execute()
+        now = time.time()
+        metrics = self.service.metrics
+        metrics.report_batches.labels("ok").inc()
+        metrics.audience_events.labels("reported").inc(len(events))
+        for entry in batch:
+            metrics.report_latency.observe(max(0.0, now - _entry_ms(entry.entry_id) / 1000))
+        self._log.debug("reported", batch_id=batch_id, events=len(events), refreshed=bool(refreshed))
+
+    # --- reply pacing ---
+
+    async def _pace_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.kick.wait(), 1.0)
+            self.kick.clear()
+            if not self.service.leases.valid(self.room_id):
+                continue
+            try:
+                await self._pace_once()
+            except (RedisError, ProviderError) as exc:
+                if being_cancelled():
+                    raise
+                self._log.warning("reply pacing failed; retrying", error=str(exc))
+                await pause(1.0)
+
+    async def _pace_once(self) -> None:
+        service, settings = self.service, self.service.settings
+        queue, metrics = service.queue, service.metrics
+        flights = await queue.in_flight(self.room_id)
+        now_ms = int(time.time() * 1000)
+        overdue = [f.reply_id for f in flights if now_ms - f.sent_ms > settings.reply_timeout_s * 1000]
+        if overdue:
+            await queue.forget(self.room_id, overdue)
+            metrics.replies.labels("timed_out").inc(len(overdue))
+            self._log.warning("replies given up: no REPLY_COMMAND_FINISH in time", reply_ids=overdue)
+            flights = [f for f in flights if f.reply_id not in overdue]
+        if len(flights) >= settings.reply_in_flight:
+            pending = await queue.pending(self.room_id)
+            victims = [f.reply_id for f in flights if f.priority != "operator"]
+            if pending and pending[0].priority == "operator" and victims:
+                cleaned = await self._clean_up(victims)
+                flights = [f for f in flights if f.reply_id not in cleaned]
+        busy = len(flights)
+        while busy < settings.reply_in_flight:
+            reply = await queue.pop(self.room_id)
+            if reply is None:
+                break
+            busy += await self._insert(reply)
+        if (
+            not busy
+            and settings.idle_after_s > 0
+            and settings.idle_lines
+            and time.monotonic() - self.last_activity >= settings.idle_after_s
+            and not await queue.pending(self.room_id)
+        ):
+            line = settings.idle_lines[self._idle_cursor % len(settings.idle_lines)]
+            self._idle_cursor += 1
+            self.last_activity = time.monotonic()
+            await service.enqueue(self.room_id, Reply(line, "idle", service.play_type("idle")), source="idle")
+            self.kick.set()
+
+    async def _insert(self, reply: Reply) -> bool:
+        """INSERT_PLAY_SCRIPT for ``reply``; True when it is now in flight."""
+        service, metrics = self.service, self.service.metrics
+        info = PlayTextInfo(
+            text_config=TextConfig(text=reply.text),
+            play_type=cast(PlayTypeName | None, reply.play_type),
+            rule_index=reply.rule_index,
+        )
+        try:
+            answer = await service.client().command(
+                self.room_id, self.job_id, Command.insert_play_script(info)
+            )
+        except (ProviderConnectError, ProviderRateLimited) as exc:
+            await service.queue.push_back(self.room_id, reply)
+            self._log.warning("insert not sent; the reply waits", error=str(exc))
+            await pause(1.0)
+            return False
+        except ProviderStatusError as exc:
+            if exc.status >= 500:
+                metrics.replies.labels("lost").inc()
+                self._log.error("insert outcome unknown; not repeated", reply=reply.text[:40], error=str(exc))
+            else:
+                metrics.replies.labels("failed").inc()
+                self._log.error("insert refused", reply=reply.text[:40], error=str(exc))
+            return False
+        except ProviderError as exc:
+            metrics.replies.labels("lost").inc()
+            self._log.error("insert outcome unknown; not repeated", reply=reply.text[:40], error=str(exc))
+            return False
+        command_id = answer.command_id or ""
+        now_ms = int(time.time() * 1000)
+        in_flight = bool(command_id) and await service.queue.record_sent(
+            self.room_id, command_id, reply, now_ms
+        )
+        self.last_activity = time.monotonic()
+        metrics.replies.labels("inserted").inc()
+        await service.record(
+            self.room_id,
+            kind="reply_inserted",
+            job_id=self.job_id,
+            reply_id=command_id,
+            priority=reply.priority,
+            play_type=reply.play_type or "",
+            rule_index=reply.rule_index or "",
+            text=reply.text,
+        )
+        return in_flight
+
+    async def _clean_up(self, victims: list[str]) -> set[str]:
+        answer = await self.service.client().command(
+            self.room_id,
+            self.job_id,
+            Command.clean_up_insert_command(CleanUpInsertCommand(command_ids=victims[:100])),
+        )
+        try:
+            result = answer.result_json()
+            cleaned = (
+                set(result.get("cleaned_command_ids", victims)) if isinstance(result, dict) else set(victims)
+            )
+        except ValueError:
+            cleaned = set(victims)
+        cleaned &= set(victims)
+        await self.service.queue.forget(self.room_id, sorted(cleaned))
+        self.service.metrics.replies.labels("cleaned_up").inc(len(cleaned))
+        self._log.info("cleared unplayed inserts for an operator reply", cleaned=sorted(cleaned))
+        return cleaned
+
+
+class _NoReportUrl(Exception):
+    """The job's live_event_report_url is not known (yet)."""
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _after(entry_id: str) -> str:
+    ms, seq = _id_key(entry_id)
+    return f"{ms}-{seq + 1}"
+
+
+def _coalesce_viewers(batch: list[Buffered]) -> list[dict[str, Any]]:
+    """The batch's events in order, with only the latest viewer count (type 6) kept."""
+    viewers = [b.event for b in batch if b.event.get("type") == 6]
+    if len(viewers) <= 1:
+        return [b.event for b in batch]
+    latest = max(viewers, key=lambda e: e.get("timestamp", 0))
+    return [b.event for b in batch if b.event.get("type") != 6 or b.event is latest]
+
+
+class AudienceService:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        settings: InteractionSettings,
+        *,
+        client: Callable[[], MetaStudioClient],
+        policy: PolicyConfig,
+        reactions: Reactions,
+        metrics: Metrics,
+        chat: ChatBackend | None = None,
+        events_maxlen: int = 10_000,
+        replica_id: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.client = client
+        self.policy = policy
+        self.reactions = reactions
+        self.metrics = metrics
+        self.chat = chat
+        self.events_maxlen = events_maxlen
+        self.leases = RoomLeases(redis, ttl_s=settings.lease_ttl_s, replica_id=replica_id)
+        self.queue = ReplyQueue(redis, max_pending=settings.reply_max_pending)
+        self.workers: dict[str, RoomWorker] = {}
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- used by workers and by the web routes ---
+
+    def play_type(self, priority: str) -> str | None:
+        return self.settings.play_types.get(cast(Any, priority))
+
+    async def enqueue(self, room_id: str, reply: Reply, *, source: str) -> tuple[str, str, str | None]:
+        """Queue a reply for the room (any replica may; the room's owner is woken by a reaction)."""
+        outcome, reply_id, evicted = await self.queue.enqueue(room_id, reply)
+        self.metrics.replies.labels(outcome).inc()
+        if evicted:
+            self.metrics.replies.labels("evicted").inc()
+        await self.record(
+            room_id,
+            kind=f"reply_{outcome}",
+            reply_id=reply_id,
+            priority=reply.priority,
+            source=source,
+            rule_index=reply.rule_index or "",
+            text=reply.text,
+        )
+        worker = self.workers.get(room_id)
+        if worker is not None:
+            worker.kick.set()
+        else:
+            with contextlib.suppress(RedisError):
+                await self.reactions.publish("reply_queued", room_id=room_id)
+        return outcome, reply_id, evicted
+
+    async def record(self, room_id: str, **fields: str | int) -> None:
+        entry: dict[Any, Any] = {**fields, "event_ms": int(time.time() * 1000)}
+        await self.redis.xadd(keys.room_events(room_id), entry, maxlen=self.events_maxlen, approximate=True)
+
+    async def report_target(self, room_id: str) -> tuple[str | None, str]:
+        url, product = await self.redis.hmget(keys.room_state(room_id), ["report_url", "product_title"])
+        return (_text(url) if url else None), (_text(product) if product else "")
+
+    async def prepare_replies(self, room_id: str, job_id: str) -> None:
+        """A new job starts with an empty reply queue: the previous job's inserts died with it."""
+        previous = await self.redis.hget(keys.room_state(room_id), "replies_job")
+        if previous is None or _text(previous) != job_id:
+            await self.queue.clear(room_id)
+            await self.redis.hset(keys.room_state(room_id), "replies_job", job_id)
+
+    # --- life cycle ---
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._supervise_forever(), name="audience-supervisor"),
+            asyncio.create_task(self._read_forever(), name="audience-reader"),
+            asyncio.create_task(self._react_forever(), name="audience-reactions"),
+        ]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            await cancel_and_wait(task)
+        for room_id, worker in list(self.workers.items()):
+            await worker.aclose()
+            with contextlib.suppress(RedisError, OSError):
+                await self.leases.release(room_id)
+        self.workers.clear()
+
+    async def _supervise_forever(self) -> None:
+        while True:
+            try:
+                await self.supervise()
+            except (RedisError, OSError) as exc:
+                if being_cancelled():
+                    raise
+                log.warning("audience supervisor cannot reach Redis", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.settings.lease_ttl_s / 3)
+            self._changed.clear()
+
+    async def supervise(self) -> None:
+        """One pass: take or renew the leases of live rooms, start and stop room workers to match."""
+        room_ids = sorted(_text(m) for m in await self.redis.smembers(keys.rooms_index()))
+        live: dict[str, str] = {}
+        if room_ids:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for room_id in room_ids:
+                    pipe.hmget(keys.room_state(room_id), ["job_id", "job_state"])
+                states = await pipe.execute()
+            for room_id, (job_id, job_state) in zip(room_ids, states, strict=True):
+                if job_id and job_state and _text(job_state) in LIVE_STATES:
+                    live[room_id] = _text(job_id)
+        held = await self.leases.acquire(sorted(live))
+        for room_id, worker in list(self.workers.items()):
+            if room_id not in held or live.get(room_id) != worker.job_id:
+                await worker.aclose()
+                del self.workers[room_id]
+                if room_id not in live:
+                    await self.leases.release(room_id)
+                log.info("room worker stopped", room_id=room_id, job_id=worker.job_id)
+        for room_id in sorted(held):
+            if room_id not in self.workers:
+                worker = RoomWorker(self, room_id, live[room_id])
+                await worker.start()
+                self.workers[room_id] = worker
+        self.metrics.rooms_owned.set(len(self.workers))
+
+    async def _read_forever(self) -> None:
+        """The one reader: every owned room's ingest stream in one XREADGROUP, entries to their rooms."""
+        while True:
+            streams = {w.stream: ">" for w in self.workers.values() if w.wants_more()}
+            if not streams:
+                await pause(0.05)
+                continue
+            try:
+                answer = await self.redis.xreadgroup(
+                    GROUP,
+                    self.leases.replica_id,
+                    streams,  # type: ignore[arg-type]
+                    count=self.settings.report_max_events,
+                    block=READ_BLOCK_MS,
+                )
+            except (RedisError, OSError) as exc:
+                if being_cancelled():
+                    raise
+                if "NOGROUP" in str(exc):  # a stream was deleted: its worker recreates the group
+                    self._changed.set()
+                log.warning("audience reader cannot read ingest streams", error=str(exc))
+                await pause(0.5)
+                continue
+            by_stream = {w.stream: w for w in self.workers.values()}
+            for stream, entries in cast(list[tuple[bytes, list[Any]]], answer or []):
+                worker = by_stream.get(_text(stream))
+                if worker is not None:
+                    try:
+                        await worker.take(entries, fresh=True)
+                    except RedisError as exc:
+                        log.warning("cannot queue a reply", room_id=worker.room_id, error=str(exc))
+
+    async def _react_forever(self) -> None:
+        async with self.reactions.subscribe() as queue:
+            while True:
+                reaction = await queue.get()
+                kind, room_id = reaction.get("kind"), reaction.get("room_id")
+                if kind == "job_state":
+                    self._changed.set()
+                worker = self.workers.get(str(room_id))
+                if worker is None:
+                    continue
+                if kind == "reply_finished":
+                    worker.last_activity = time.monotonic()
+                    self.metrics.replies.labels("finished").inc()
+                    worker.kick.set()
+                elif kind == "reply_queued":
+                    worker.kick.set()

@@ -1,0 +1,80 @@
+"""Room leases: which replica does a live room's background work (reporting, reply pacing) right now.
+
+A lease is a Redis string ``orch:{room}:lease`` holding the owner's replica id, with a TTL. The owner
+renews it well before it expires; a replica that dies stops renewing, and another takes the room once the
+TTL has run out -- within ``ttl`` seconds. Acquiring and renewing are one script (take it if free or
+already ours, then extend), so two replicas can never both believe they hold it.
+
+The owner also keeps a local deadline (when it last renewed + TTL, on the monotonic clock, minus a safety
+margin): if it cannot reach Redis to renew, it stops acting on the room before another replica may start
+(:meth:`RoomLeases.valid`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import redis.asyncio as aioredis
+
+from orchestrator.store import keys
+
+ACQUIRE_LUA = """
+local owner = redis.call('GET', KEYS[1])
+if owner == false or owner == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+#: The share of the TTL a holder trusts its lease for without a renewal (clock drift, Redis latency).
+SAFETY = 0.8
+
+
+class RoomLeases:
+    def __init__(self, redis: aioredis.Redis, *, ttl_s: float, replica_id: str | None = None) -> None:
+        self.replica_id = replica_id or uuid.uuid4().hex[:12]
+        self.ttl_s = ttl_s
+        self._redis = redis
+        self._acquire = redis.register_script(ACQUIRE_LUA)
+        self._release = redis.register_script(RELEASE_LUA)
+        self._valid_until: dict[str, float] = {}
+
+    async def acquire(self, room_ids: list[str]) -> set[str]:
+        """Take or renew the leases of ``room_ids`` (one round trip); the rooms held now."""
+        if not room_ids:
+            return set()
+        started = time.monotonic()
+        ttl_ms = str(int(self.ttl_s * 1000))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room_id in room_ids:
+                await self._acquire(
+                    keys=[keys.room_lease(room_id)], args=[self.replica_id, ttl_ms], client=pipe
+                )
+            results = await pipe.execute()
+        held = {room_id for room_id, ok in zip(room_ids, results, strict=True) if ok == 1}
+        deadline = started + self.ttl_s * SAFETY
+        for room_id in room_ids:
+            if room_id in held:
+                self._valid_until[room_id] = deadline
+            else:
+                self._valid_until.pop(room_id, None)
+        return held
+
+    def valid(self, room_id: str) -> bool:
+        """Whether this replica may still act on the room (held, and renewed recently enough)."""
+        return time.monotonic() < self._valid_until.get(room_id, 0.0)
+
+    async def release(self, room_id: str) -> None:
+        self._valid_until.pop(room_id, None)
+        await self._release(keys=[keys.room_lease(room_id)], args=[self.replica_id])
+
+    async def owner(self, room_id: str) -> str | None:
+        value = await self._redis.get(keys.room_lease(room_id))
+        return value.decode() if isinstance(value, bytes) else value

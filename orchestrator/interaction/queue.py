@@ -1,0 +1,219 @@
+"""A room's reply queue in Redis: replies waiting to be inserted, and replies in flight.
+
+Waiting replies are a sorted set ``orch:{room}:replyq`` (score: priority band × 10¹³ + enqueue ms, so
+``ZPOPMIN`` takes the most important, then the oldest) with their bodies in ``orch:{room}:replyq:items``.
+Priorities, most important first: ``operator`` (typed by a person), ``gift`` (thanks), ``question``,
+``idle`` (filler). At most ``max_pending`` wait: a new reply beyond that evicts the least important
+waiting one (the newest of its band) if it is more important than that, and is dropped otherwise.
+
+Replies in flight are the set ``orch:{room}:replies`` (the callback script removes a reply when its
+REPLY_COMMAND_FINISH arrives) with ``orch:{room}:replies:meta`` (priority, text, send time) beside it. A
+finish can arrive before the insert's response has been recorded; the callback script then notes the id in
+``orch:{room}:replies:done`` and :meth:`ReplyQueue.record_sent` does not count it as in flight.
+
+Every operation is one script on the room's keys (one hash tag), so it is atomic on a Redis Cluster too.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from orchestrator.interaction.policy import PRIORITY_ORDER, Priority
+from orchestrator.store import keys
+
+BAND = 10**13
+
+ENQUEUE_LUA = """
+local queue, items = KEYS[1], KEYS[2]
+local id, score, body, max = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local band = math.floor(score / 1e13)
+local evicted = ''
+if redis.call('ZCARD', queue) >= max then
+  local last = redis.call('ZRANGE', queue, -1, -1, 'WITHSCORES')
+  if band >= math.floor(tonumber(last[2]) / 1e13) then return {'dropped', ''} end
+  redis.call('ZREM', queue, last[1])
+  redis.call('HDEL', items, last[1])
+  evicted = last[1]
+end
+redis.call('ZADD', queue, score, id)
+redis.call('HSET', items, id, body)
+return {'queued', evicted}
+"""
+
+POP_LUA = """
+local queue, items = KEYS[1], KEYS[2]
+local top = redis.call('ZPOPMIN', queue)
+if #top == 0 then return false end
+local body = redis.call('HGET', items, top[1])
+redis.call('HDEL', items, top[1])
+return {top[1], top[2], body}
+"""
+
+PUSH_BACK_LUA = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+"""
+
+RECORD_SENT_LUA = """
+local replies, meta, done = KEYS[1], KEYS[2], KEYS[3]
+if redis.call('SREM', done, ARGV[1]) == 1 then return 0 end
+redis.call('SADD', replies, ARGV[1])
+redis.call('HSET', meta, ARGV[1], ARGV[2])
+return 1
+"""
+
+FORGET_LUA = """
+local removed = 0
+for i = 1, #ARGV do
+  removed = removed + redis.call('SREM', KEYS[1], ARGV[i])
+  redis.call('HDEL', KEYS[2], ARGV[i])
+end
+return removed
+"""
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    priority: Priority
+    play_type: str | None = None
+    rule_index: str | None = None
+    reply_id: str = ""
+    enqueued_ms: int = 0
+
+    @property
+    def score(self) -> int:
+        return PRIORITY_ORDER[self.priority] * BAND + self.enqueued_ms
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "text": self.text,
+                "priority": self.priority,
+                "play_type": self.play_type,
+                "rule_index": self.rule_index,
+                "enqueued_ms": self.enqueued_ms,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, reply_id: str, body: bytes | str) -> Reply:
+        data = orjson.loads(body)
+        return cls(
+            text=data["text"],
+            priority=data["priority"],
+            play_type=data.get("play_type"),
+            rule_index=data.get("rule_index"),
+            reply_id=reply_id,
+            enqueued_ms=int(data.get("enqueued_ms") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class InFlight:
+    reply_id: str
+    priority: Priority
+    text: str
+    sent_ms: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class ReplyQueue:
+    def __init__(self, redis: aioredis.Redis, *, max_pending: int = 15) -> None:
+        self.max_pending = max_pending
+        self._redis = redis
+        self._enqueue = redis.register_script(ENQUEUE_LUA)
+        self._pop = redis.register_script(POP_LUA)
+        self._push_back = redis.register_script(PUSH_BACK_LUA)
+        self._record_sent = redis.register_script(RECORD_SENT_LUA)
+        self._forget = redis.register_script(FORGET_LUA)
+
+    @staticmethod
+    def _queue_keys(room_id: str) -> list[str]:
+        return [keys.room_reply_queue(room_id), keys.room_reply_items(room_id)]
+
+    @staticmethod
+    def _flight_keys(room_id: str) -> list[str]:
+        return [keys.room_replies(room_id), keys.room_replies_meta(room_id), keys.room_replies_done(room_id)]
+
+    async def enqueue(self, room_id: str, reply: Reply) -> tuple[str, str, str | None]:
+        """Queue ``reply``: (``queued`` or ``dropped``, its id, the id of a less important reply evicted or
+        None)."""
+        reply_id = reply.reply_id or uuid.uuid4().hex
+        enqueued_ms = reply.enqueued_ms or int(time.time() * 1000)
+        reply = Reply(reply.text, reply.priority, reply.play_type, reply.rule_index, reply_id, enqueued_ms)
+        outcome, evicted = await self._enqueue(
+            keys=self._queue_keys(room_id),
+            args=[reply_id, reply.score, reply.to_json(), self.max_pending],
+        )
+        return _text(outcome), reply_id, (_text(evicted) or None)
+
+    async def pop(self, room_id: str) -> Reply | None:
+        """The most important waiting reply, removed from the queue; None when none waits."""
+        top = await self._pop(keys=self._queue_keys(room_id))
+        if not top:
+            return None
+        return Reply.from_json(_text(top[0]), top[2])
+
+    async def push_back(self, room_id: str, reply: Reply) -> None:
+        """Put a reply that could not be sent back where it was (same id, same place in its band)."""
+        await self._push_back(
+            keys=self._queue_keys(room_id), args=[reply.reply_id, reply.score, reply.to_json()]
+        )
+
+    async def pending(self, room_id: str) -> list[Reply]:
+        """Waiting replies, most important first."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrange(keys.room_reply_queue(room_id), 0, -1)
+            pipe.hgetall(keys.room_reply_items(room_id))
+            ids, items = await pipe.execute()
+        bodies = {_text(k): v for k, v in items.items()}
+        return [Reply.from_json(_text(i), bodies[_text(i)]) for i in ids if _text(i) in bodies]
+
+    async def record_sent(self, room_id: str, command_id: str, reply: Reply, sent_ms: int) -> bool:
+        """Count an inserted reply as in flight -- unless its finish already arrived (then False)."""
+        meta = orjson.dumps({"priority": reply.priority, "text": reply.text, "sent_ms": sent_ms})
+        recorded = await self._record_sent(keys=self._flight_keys(room_id), args=[command_id, meta])
+        return bool(recorded)
+
+    async def in_flight(self, room_id: str) -> list[InFlight]:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.smembers(keys.room_replies(room_id))
+            pipe.hgetall(keys.room_replies_meta(room_id))
+            members, metas = await pipe.execute()
+        by_id = {_text(k): orjson.loads(v) for k, v in metas.items()}
+        flights = []
+        for member in members:
+            reply_id = _text(member)
+            meta = by_id.get(reply_id, {})
+            flights.append(
+                InFlight(
+                    reply_id,
+                    meta.get("priority", "question"),
+                    meta.get("text", ""),
+                    int(meta.get("sent_ms", 0)),
+                )
+            )
+        return sorted(flights, key=lambda f: f.sent_ms)
+
+    async def forget(self, room_id: str, reply_ids: list[str]) -> int:
+        """No longer count these replies as in flight (given up, or cleaned up at the vendor)."""
+        if not reply_ids:
+            return 0
+        return int(await self._forget(keys=self._flight_keys(room_id)[:2], args=reply_ids))
+
+    async def clear(self, room_id: str) -> None:
+        """Drop everything waiting and in flight (the room's job ended: its inserts went with it)."""
+        await self._redis.delete(
+            *self._queue_keys(room_id), *self._flight_keys(room_id)[:2], keys.room_replies_done(room_id)
+        )

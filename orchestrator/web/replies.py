@@ -1,0 +1,155 @@
+"""Replies from outside the audience stream: the vendor's CALLBACK-mode rules, and operators.
+
+``POST /callbacks/metastudio/interaction/{token}`` is the ``interaction_callback_url`` of a job (set it in
+the room template as ``<public base>/callbacks/metastudio/interaction/<interaction.callback_token>``). When
+one of the job's interaction rules with ``reply_mode: CALLBACK`` fires, MetaStudio posts the triggering
+event here. The documents give neither the body nor an authentication for this call, so we take what our
+sandbox sends -- ``{"room_id", "job_id", "rule_index", "event": LiveEvent}`` -- and authenticate by the
+token in the path (compared in constant time; the path is logged with the token masked). The reply policy
+decides the text; the reply is queued like any other and inserted with INSERT_PLAY_SCRIPT carrying the
+rule's ``rule_index``. 200 ``{"queued": bool, "reply_id", "reason"}``; 401 wrong token; 404 room or job not
+ours, or the endpoint off (no token configured).
+
+``POST /api/rooms/{room_id}/replies`` (admin token): ``{"text", "priority": "operator" (default) | "gift" |
+"question" | "idle", "play_type"?}`` → 202 ``{"outcome", "reply_id", "evicted"}``. ``GET`` the same path
+lists the waiting replies and those in flight.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestrator.appkeys import AUDIENCE, ROOM_STORE, SETTINGS
+from orchestrator.interaction.policy import Event, History, decide
+from orchestrator.interaction.queue import Reply
+from orchestrator.providers.metastudio.models import MAX_INSERT_TEXT_CHARS
+from orchestrator.web.api import require_admin, room_id_param
+from orchestrator.web.errors import ApiError
+
+routes = web.RouteTableDef()
+
+
+class _CallbackEvent(BaseModel):
+    timestamp: int = 0
+    type: int
+    content: dict[str, Any] | str | None = None
+
+
+class InteractionCallback(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    room_id: str = Field(..., min_length=1, max_length=128)
+    job_id: str = Field(..., min_length=1, max_length=128)
+    rule_index: str | None = Field(None, max_length=64)
+    event: _CallbackEvent
+
+
+class OperatorReply(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(..., min_length=1, max_length=MAX_INSERT_TEXT_CHARS)
+    priority: Literal["operator", "gift", "question", "idle"] = "operator"
+    play_type: Literal["APPEND", "INSERT", "PLAY_NOW"] | None = None
+
+
+def _validation_error(exc: ValidationError, code: str) -> ApiError:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return ApiError(400, code, f"{where}: {first['msg']}")
+
+
+def _event(body: InteractionCallback) -> Event:
+    content: Any = body.event.content
+    if isinstance(content, str):
+        try:
+            content = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            content = {"content": content}
+    content = content if isinstance(content, dict) else {}
+    user = content.get("user") if isinstance(content.get("user"), dict) else {}
+    gift = content.get("gift") if isinstance(content.get("gift"), dict) else {}
+    return Event(
+        type=body.event.type,
+        user_id=str(user.get("userId", "")),
+        user_name=str(user.get("name", "")),
+        text=str(content.get("content") or ""),
+        gift_name=str(gift.get("giftName", "")),
+        gift_num=int(gift.get("giftNum") or 0) if str(gift.get("giftNum") or "0").isdigit() else 0,
+        at=(body.event.timestamp / 1000) if body.event.timestamp else time.time(),
+    )
+
+
+@routes.post("/callbacks/metastudio/interaction/{token}")
+async def interaction_callback(request: web.Request) -> web.Response:
+    expected = request.app[SETTINGS].interaction.callback_token.get_secret_value()
+    if not expected:
+        raise ApiError(404, "INTERACTION_CALLBACK_OFF", "interaction.callback_token is not set")
+    if not hmac.compare_digest(request.match_info["token"].encode(), expected.encode()):
+        raise ApiError(401, "INTERACTION_BAD_TOKEN", "the token in the URL is not this daemon's")
+    try:
+        body = InteractionCallback.model_validate_json(await request.read())
+    except ValidationError as exc:
+        raise _validation_error(exc, "INTERACTION_BAD_BODY") from None
+    state = await request.app[ROOM_STORE].state(body.room_id)
+    if state is None or state.get("job_id") != body.job_id:
+        raise ApiError(404, "INTERACTION_NOT_MANAGED", "the room or job is not one this daemon runs")
+    audience = request.app[AUDIENCE]
+    worker = audience.workers.get(body.room_id)
+    history = worker.history if worker is not None and worker.job_id == body.job_id else History()
+    decision = decide(audience.policy, history, _event(body), product=str(state.get("product_title") or ""))
+    if not decision.speaks or decision.reply is None:
+        return web.json_response({"queued": False, "reply_id": None, "reason": decision.reason})
+    reply = Reply(
+        decision.reply, decision.priority, audience.play_type(decision.priority), rule_index=body.rule_index
+    )
+    outcome, reply_id, _ = await audience.enqueue(
+        body.room_id, reply, source=f"vendor_rule:{body.rule_index or ''}"
+    )
+    return web.json_response({"queued": outcome == "queued", "reply_id": reply_id, "reason": decision.reason})
+
+
+@routes.post("/api/rooms/{room_id}/replies")
+async def operator_reply(request: web.Request) -> web.Response:
+    require_admin(request)
+    room_id = room_id_param(request)
+    if await request.app[ROOM_STORE].state(room_id) is None:
+        raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
+    try:
+        body = OperatorReply.model_validate_json(await request.read())
+    except ValidationError as exc:
+        raise _validation_error(exc, "BAD_REPLY") from None
+    audience = request.app[AUDIENCE]
+    play_type = body.play_type or audience.play_type(body.priority)
+    outcome, reply_id, evicted = await audience.enqueue(
+        room_id, Reply(body.text, body.priority, play_type), source="operator_api"
+    )
+    return web.json_response({"outcome": outcome, "reply_id": reply_id, "evicted": evicted}, status=202)
+
+
+@routes.get("/api/rooms/{room_id}/replies")
+async def list_replies(request: web.Request) -> web.Response:
+    require_admin(request)
+    room_id = room_id_param(request)
+    if await request.app[ROOM_STORE].state(room_id) is None:
+        raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
+    queue = request.app[AUDIENCE].queue
+    pending = await queue.pending(room_id)
+    flights = await queue.in_flight(room_id)
+    return web.json_response(
+        {
+            "pending": [
+                {"reply_id": r.reply_id, "priority": r.priority, "text": r.text, "play_type": r.play_type}
+                for r in pending
+            ],
+            "in_flight": [
+                {"reply_id": f.reply_id, "priority": f.priority, "text": f.text, "sent_ms": f.sent_ms}
+                for f in flights
+            ],
+        }
+    )
