@@ -527,7 +527,10 @@ def _coalesce_viewers(batch: list[Buffered]) -> list[dict[str, Any]]:
     viewers = [b.event for b in batch if b.event.get("type") == 6]
     if len(viewers) <= 1:
         return [b.event for b in batch]
-    latest = max(viewers, key=lambda e: e.get("timestamp", 0))
+    latest = viewers[0]
+    for event in viewers:  # the newest by timestamp; on a tie, the later in the stream
+        if event.get("timestamp", 0) >= latest.get("timestamp", 0):
+            latest = event
     return [b.event for b in batch if b.event.get("type") != 6 or b.event is latest]
 
 

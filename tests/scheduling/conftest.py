@@ -92,9 +92,15 @@ async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -
 
 @asynccontextmanager
 async def daemon_for(
-    make_settings: Any, tmp_path: Path, sandbox_url: str, **scheduling: Any
+    make_settings: Any,
+    tmp_path: Path,
+    sandbox_url: str,
+    *,
+    interaction: dict[str, Any] | None = None,
+    port: int | None = None,
+    **scheduling: Any,
 ) -> AsyncIterator[Daemon]:
-    port = free_port()
+    port = port or free_port()
     settings = make_settings(
         admin={"token": ADMIN},
         metastudio={"endpoint": sandbox_url, "ak": AK, "sk": SK, "project_id": PROJECT, "timeout_s": 3},
@@ -109,6 +115,7 @@ async def daemon_for(
             },
         },
         scheduling={"reconcile_interval_s": 0.2, "alert_min_interval_s": 60, **scheduling},
+        interaction=interaction or {},
     )
     app = create_app(settings)
     async with serving(app, settings, port=port) as url, aiohttp.ClientSession() as http:

@@ -203,6 +203,8 @@ class MetaStudioSandbox:
                 {"Retry-After": f"{fault.retry_after_s:g}"},
             )
         if fault.kind == "error":
+            if fault.after:  # the call took effect, then the vendor failed to say so
+                await handler(request)
             raise SandboxError(fault.status, "MSS.00000004", "Internal Error")
         response = await handler(request) if fault.after else None
         if fault.kind == "hang":
@@ -367,7 +369,11 @@ class MetaStudioSandbox:
             raise invalid(f"total ({report.total}) must equal the number of events ({len(report.events)})")
         if job.state is not JobState.PROCESSING:
             raise invalid(f"job {job.job_id} is {job.state.value}, not PROCESSING")
-        await self.world.receive_events(job, [e.model_dump(mode="json") for e in report.events])
+        batch_id = request.headers.get("X-Batch-Id")
+        if batch_id is not None:
+            job.report_batches[batch_id] = job.report_batches.get(batch_id, 0) + 1
+        if batch_id is None or job.report_batches[batch_id] == 1:  # a resent batch is taken once
+            await self.world.receive_events(job, [e.model_dump(mode="json") for e in report.events])
         expires = int(request.query.get("expires_time", "0") or 0)
         refresh = request.query.get("refresh_url") == "true"
         if refresh or expires - self.clock.epoch_ms() < REPORT_URL_REFRESH_BEFORE_MS:
@@ -540,6 +546,7 @@ def _add_control_routes(app: web.Application, sandbox: MetaStudioSandbox) -> Non
                 "rtmp": job.rtmp,
                 "inserts": [asdict(i) for i in job.inserts],
                 "reported": job.reported,
+                "report_batches": job.report_batches,
                 "layers": job.layers,
                 "output_urls": job.output_urls,
             }

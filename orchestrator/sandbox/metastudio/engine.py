@@ -103,6 +103,7 @@ class Job:
     paragraph: int | None = None
     inserts: list[Insert] = field(default_factory=list)
     reported: list[dict[str, Any]] = field(default_factory=list)
+    report_batches: dict[str, int] = field(default_factory=dict)  # X-Batch-Id → times received
     fired: dict[str, float] = field(default_factory=dict)
     reply_cursor: dict[str, int] = field(default_factory=dict)
     layers: list[dict[str, Any]] = field(default_factory=list)

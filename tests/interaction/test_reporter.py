@@ -1,0 +1,227 @@
+"""The reporter against the sandbox and a real Redis: batches, windows, retries, backlog, leases."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from orchestrator.appkeys import AUDIENCE as AUDIENCE_KEY
+from orchestrator.interaction.audience import GROUP
+from orchestrator.sandbox.metastudio.app import Fault, SandboxConfig, demo_room, running_sandbox
+from orchestrator.store import keys
+from tests.interaction.conftest import ROOM, audience, comment, ingest, live_room, redis_of, until
+from tests.scheduling.conftest import AK, PROJECT, SK
+
+
+def _texts(reported: list[dict[str, Any]]) -> list[str]:
+    return [json.loads(e["content"]).get("content", "") for e in reported if e["type"] == 1]
+
+
+def _report_calls(box: Any) -> list[Any]:
+    return [c for c in box.calls if c.path.endswith("/live-event-report")]
+
+
+async def test_batches_by_size_and_window(make_settings: Any, tmp_path: Path) -> None:
+    async with live_room(make_settings, tmp_path, report_window_ms=300) as (daemon, box, job_id):
+        job = box.world.jobs[job_id]
+        # One comment alone goes out after the window, not before.
+        started = time.monotonic()
+        await ingest(daemon, [comment("first")])
+        await until(lambda: _async(len(job.reported) == 1), 5)
+        waited = time.monotonic() - started
+        assert 0.25 <= waited < 2.0, waited
+        # 2,500 comments sent at once: size-bound batches of at most 1,000, every event exactly once.
+        texts = [f"c{i}" for i in range(2500)]
+        for start in range(0, 2500, 500):
+            await ingest(daemon, [comment(t, user=f"u{i}") for i, t in enumerate(texts[start : start + 500])])
+        await until(lambda: _async(len(job.reported) == 2501), 15)
+        assert sorted(_texts(job.reported)) == sorted(["first", *texts])
+        assert all(isinstance(e["content"], str) for e in job.reported)  # content as a JSON string
+        sizes = [n for n in job.report_batches.values()]
+        assert set(sizes) == {1}  # no batch twice
+        assert len(job.report_batches) <= 6  # batched: not one call per event
+        redis = redis_of(daemon)
+        assert (await redis.xpending(keys.room_ingest(ROOM), GROUP))["pending"] == 0
+        state = await daemon.store.state(ROOM)
+        assert state is not None and state["reported"] == "2501"
+        reported = [e for e in await daemon.store.events(ROOM, limit=1000) if e["kind"] == "reported"]
+        assert sum(int(e["events"]) for e in reported) == 2501
+
+
+async def test_retries_resend_the_same_batch_and_duplicate_nothing(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    async with live_room(make_settings, tmp_path, report_window_ms=50) as (daemon, box, job_id):
+        job = box.world.jobs[job_id]
+        # 5xx after the vendor took the batch (the ambiguous case), then 5xx before, then a timeout-free reset.
+        box.faults.append(Fault("error", count=2, status=500, after=True, path_contains="live-event-report"))
+        box.faults.append(Fault("error", count=3, status=503, path_contains="live-event-report"))
+        await ingest(daemon, [comment(f"r{i}") for i in range(50)])
+        await until(lambda: _async(len(_report_calls(box)) >= 6 and not box.faults[1].count), 30)
+        await until(lambda: _async(len(job.reported) == 50), 30)
+        await asyncio.sleep(0.3)
+        assert sorted(_texts(job.reported)) == sorted(f"r{i}" for i in range(50))
+        assert len(job.report_batches) == 1  # one batch id, received several times, applied once
+        assert next(iter(job.report_batches.values())) >= 3
+
+
+async def test_vendor_down_backlog_stays_in_redis_then_drains(make_settings: Any, tmp_path: Path) -> None:
+    async with live_room(make_settings, tmp_path, report_window_ms=50, report_max_events=200) as (
+        daemon,
+        box,
+        job_id,
+    ):
+        job = box.world.jobs[job_id]
+        box.faults.append(Fault("error", count=10**6, status=503, path_contains="live-event-report"))
+        worker = audience(daemon).workers[ROOM]
+        for start in range(0, 3000, 500):
+            events: list[dict[str, Any]] = [comment(f"b{i}") for i in range(start, start + 500)]
+            events += [{"type": "viewers", "viewers": 1000 + start + i} for i in range(50)]
+            await ingest(daemon, events)
+        await asyncio.sleep(1.0)
+        # Memory: the room holds at most one read beyond a batch; the rest waits in Redis.
+        assert len(worker.buffer) <= 2 * 200
+        assert await redis_of(daemon).xlen(keys.room_ingest(ROOM)) == 3300
+        assert job.reported == []
+        box.faults.clear()
+        await until(lambda: _async(len(_texts(job.reported)) == 3000), 60)
+        assert sorted(_texts(job.reported)) == sorted(f"b{i}" for i in range(3000))
+        viewers = [e for e in job.reported if e["type"] == 6]
+        assert 1 <= len(viewers) < 300  # coalesced: at most one per batch
+        assert json.loads(viewers[-1]["content"])["numberOfViewers"] == 1000 + 2500 + 49
+        assert all(n == 1 for n in job.report_batches.values())
+        assert await redis_of(daemon).xlen(keys.room_ingest(ROOM)) < 3300  # acknowledged entries trimmed
+
+
+async def test_redis_stream_path_for_bridges(make_settings: Any, tmp_path: Path) -> None:
+    """A bridge writes its own event format to the stream; bad entries are counted and acknowledged."""
+    async with live_room(make_settings, tmp_path, report_window_ms=50) as (daemon, box, job_id):
+        job = box.world.jobs[job_id]
+        redis = redis_of(daemon)
+        stream = keys.room_ingest(ROOM)
+        await redis.xadd(stream, {"raw": orjson.dumps(comment("from a bridge"))})
+        await redis.xadd(stream, {"raw": orjson.dumps({"type": "gift", "user": {"userId": "g1"}})})  # no gift
+        await redis.xadd(stream, {"raw": b"{not json"})
+        await redis.xadd(stream, {"other": b"x"})
+        await redis.xadd(stream, {"raw": orjson.dumps({"type": 3, "user": {"userId": "l1"}})})
+        await until(lambda: _async(len(job.reported) == 2), 10)
+        assert [e["type"] for e in job.reported] == [1, 3]
+        assert _texts(job.reported) == ["from a bridge"]
+        await until(lambda: _pending_zero(redis), 5)
+        metrics = (await daemon.http.get(f"{daemon.url}/metrics")).content
+        text = (await metrics.read()).decode()
+        assert 'orch_audience_events_total{outcome="rejected"} 3.0' in text
+
+
+async def test_entries_of_a_dead_consumer_are_claimed_and_reported(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """XAUTOCLAIM: entries a crashed replica read but never acknowledged are reported by the next owner; a
+    batch it had marked as being sent is resent as that batch (same id), so a deduplicating vendor sees it
+    once."""
+    async with running_sandbox(SandboxConfig(AK, SK, PROJECT, speed=20)) as (box, url):
+        box.world.add_room(demo_room())
+        async with live_room(make_settings, tmp_path, sandbox=(box, url), report_window_ms=50) as (
+            daemon,
+            _,
+            job_id,
+        ):
+            job = box.world.jobs[job_id]
+            await ingest(daemon, [comment("warm-up")])
+            await until(lambda: _async(len(job.reported) == 1), 10)
+        # The daemon is gone; a "ghost" replica reads entries and dies with a batch marked in flight.
+        redis = redis_of(daemon)  # closed with the app: use a fresh client below
+        del redis
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(make_settings().redis.url.get_secret_value())
+        stream = keys.room_ingest(ROOM)
+        now_ms = int(time.time() * 1000)
+        for i in range(30):
+            wire = {"timestamp": now_ms, "type": 1, "content": json.dumps({"content": f"ghost{i}"})}
+            await client.xadd(stream, {"event": orjson.dumps(wire)})
+        read = await client.xreadgroup(GROUP, "ghost", {stream: ">"}, count=100)
+        ids = [entry_id.decode() for entry_id, _ in read[0][1]]
+        await client.hset(
+            keys.room_report(ROOM), mapping={"batch_id": "ghost-batch", "first": ids[0], "last": ids[9]}
+        )
+        # What the ghost sent before dying: the marked batch reached the vendor already.
+        job.report_batches["ghost-batch"] = 1
+        await box.world.receive_events(
+            job,
+            [
+                {"timestamp": now_ms, "type": 1, "content": json.dumps({"content": f"ghost{i}"})}
+                for i in range(10)
+            ],
+        )
+        await client.delete(keys.room_lease(ROOM))
+        await client.aclose()
+        async with live_room(make_settings, tmp_path, sandbox=(box, url), report_window_ms=50) as (
+            daemon2,
+            _,
+            _j,
+        ):
+            await until(lambda: _async(len(_texts(job.reported)) == 31), 15)
+            assert sorted(_texts(job.reported)) == sorted(["warm-up", *(f"ghost{i}" for i in range(30))])
+            assert job.report_batches["ghost-batch"] == 2  # resent under its own id, applied once
+            assert (await redis_of(daemon2).xpending(stream, GROUP))["pending"] == 0
+
+
+async def test_one_replica_reports_and_another_takes_over(make_settings: Any, tmp_path: Path) -> None:
+    async with running_sandbox(SandboxConfig(AK, SK, PROJECT, speed=20)) as (box, url):
+        box.world.add_room(demo_room())
+        async with live_room(make_settings, tmp_path, sandbox=(box, url), report_window_ms=50) as (
+            first,
+            _,
+            job_id,
+        ):
+            job = box.world.jobs[job_id]
+            async with live_room(
+                make_settings, tmp_path, sandbox=(box, url), owner=False, report_window_ms=50
+            ) as (
+                second,
+                _,
+                _job,
+            ):
+                owners = [ROOM in audience(d).workers for d in (first, second)]
+                assert owners.count(True) == 1
+                sent = [f"t{i}" for i in range(400)]
+                for i in range(0, 200, 20):
+                    await ingest(second, [comment(t) for t in sent[i : i + 20]])
+                owner = first if owners[0] else second
+                other = second if owner is first else first
+                await until(lambda: _async(len(job.reported) >= 1), 10)
+                await owner.app[AUDIENCE_KEY].aclose()  # the owner stops (its lease is released)
+                for i in range(200, 400, 20):
+                    await ingest(other, [comment(t) for t in sent[i : i + 20]])
+                await until(lambda: _async(ROOM in audience(other).workers), 10)
+                await until(lambda: _async(len(_texts(job.reported)) == 400), 20)
+                assert sorted(_texts(job.reported)) == sorted(sent)
+
+
+async def test_lease_moves_when_the_owner_stops_renewing(make_settings: Any, tmp_path: Path) -> None:
+    """A replica that dies holding the lease (no release) loses the room after the TTL."""
+    async with running_sandbox(SandboxConfig(AK, SK, PROJECT, speed=20)) as (box, url):
+        box.world.add_room(demo_room())
+        async with live_room(make_settings, tmp_path, sandbox=(box, url)) as (first, _, _job):
+            redis = redis_of(first)
+            owner_before = await redis.get(keys.room_lease(ROOM))
+            await redis.set(keys.room_lease(ROOM), b"dead-replica", px=1500)  # a dead owner's last renewal
+            started = time.monotonic()
+            await until(lambda: _async(ROOM not in audience(first).workers), 5)
+            await until(lambda: _async(ROOM in audience(first).workers), 10)
+            assert 1.0 <= time.monotonic() - started < 6
+            assert owner_before is not None
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def _pending_zero(redis: Any) -> bool:
+    return bool((await redis.xpending(keys.room_ingest(ROOM), GROUP))["pending"] == 0)
