@@ -6,7 +6,9 @@ one of the job's interaction rules with ``reply_mode: CALLBACK`` fires, MetaStud
 event here. The documents give neither the body nor an authentication for this call, so we take what our
 sandbox sends -- ``{"room_id", "job_id", "rule_index", "event": LiveEvent}`` -- and authenticate by the
 token in the path (compared in constant time; the path is logged with the token masked). The reply policy
-decides the text; the reply is queued like any other and inserted with INSERT_PLAY_SCRIPT carrying the
+decides the text -- when it has none, the chat backend's answer or ``interaction.llm_fallback``, since the
+vendor's rule already chose this comment for an answer (its rate limits and deduplication still apply,
+so a comment we answered from the audience stream is not answered twice); the reply is queued like any other and inserted with INSERT_PLAY_SCRIPT carrying the
 rule's ``rule_index``. 200 ``{"queued": bool, "reply_id", "reason"}``; 401 wrong token; 404 room or job not
 ours, or the endpoint off (no token configured).
 
@@ -17,6 +19,7 @@ lists the waiting replies and those in flight.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import time
 from typing import Any, Literal
@@ -26,7 +29,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.appkeys import AUDIENCE, ROOM_STORE, SETTINGS
-from orchestrator.interaction.policy import Event, History, decide
+from orchestrator.interaction.chat import ChatUnavailable
+from orchestrator.interaction.policy import NOTHING_TO_ANSWER, Event, History, decide, speak
 from orchestrator.interaction.queue import Reply
 from orchestrator.providers.metastudio.models import MAX_INSERT_TEXT_CHARS
 from orchestrator.web.api import require_admin, room_id_param
@@ -102,7 +106,15 @@ async def interaction_callback(request: web.Request) -> web.Response:
     audience = request.app[AUDIENCE]
     worker = audience.workers.get(body.room_id)
     history = worker.history if worker is not None and worker.job_id == body.job_id else History()
-    decision = decide(audience.policy, history, _event(body), product=str(state.get("product_title") or ""))
+    event, product = _event(body), str(state.get("product_title") or "")
+    decision = decide(audience.policy, history, event, product=product)
+    if decision.reason == NOTHING_TO_ANSWER:
+        # The vendor's rule chose this comment for an answer: the chat backend's, else the fallback line.
+        text = request.app[SETTINGS].interaction.llm_fallback
+        if audience.chat is not None:
+            with contextlib.suppress(ChatUnavailable):
+                text = await audience.chat.answer(event.text, product=product)
+        decision = speak(audience.policy, history, event, text, rule="vendor_rule")
     if not decision.speaks or decision.reply is None:
         return web.json_response({"queued": False, "reply_id": None, "reason": decision.reason})
     reply = Reply(
