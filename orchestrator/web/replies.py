@@ -8,9 +8,9 @@ sandbox sends -- ``{"room_id", "job_id", "rule_index", "event": LiveEvent}`` -- 
 token in the path (compared in constant time; the path is logged with the token masked). The reply policy
 decides the text -- when it has none, the chat backend's answer or ``interaction.llm_fallback``, since the
 vendor's rule already chose this comment for an answer (its rate limits and deduplication still apply,
-so a comment we answered from the audience stream is not answered twice); the reply is queued like any other and inserted with INSERT_PLAY_SCRIPT carrying the
-rule's ``rule_index``. 200 ``{"queued": bool, "reply_id", "reason"}``; 401 wrong token; 404 room or job not
-ours, or the endpoint off (no token configured).
+so a comment we answered from the audience stream is not answered twice); the reply is queued like any
+other and inserted with INSERT_PLAY_SCRIPT carrying the rule's ``rule_index``. 200 ``{"queued": bool,
+"reply_id", "reason"}``; 401 wrong token; 404 room or job not ours, or the endpoint off (no token).
 
 ``POST /api/rooms/{room_id}/replies`` (admin token): ``{"text", "priority": "operator" (default) | "gift" |
 "question" | "idle", "play_type"?}`` → 202 ``{"outcome", "reply_id", "evicted"}``. ``GET`` the same path

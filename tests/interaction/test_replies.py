@@ -153,7 +153,7 @@ async def test_operator_reply_clears_unplayed_inserts(make_settings: Any, tmp_pa
 async def test_idle_filler_when_nothing_played(make_settings: Any, tmp_path: Path) -> None:
     async with live_room(
         make_settings, tmp_path, idle_after_s=0.5, idle_lines=["欢迎新进来的朋友！", "喜欢的点个关注。"]
-    ) as (daemon, box, job_id):
+    ) as (_daemon, box, job_id):
         await until(lambda: _async(len(_inserts(box, job_id)) >= 2), 15)
         first, second = _inserts(box, job_id)[:2]
         assert (first.text, second.text) == ("欢迎新进来的朋友！", "喜欢的点个关注。")
