@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from redis.exceptions import RedisError
 
 from orchestrator import __version__
 from orchestrator.admin_cli import add_commands as add_admin_commands
@@ -107,6 +108,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated seconds per real second (default 1; 60: an hour a minute)",
     )
     metastudio.set_defaults(func=cmd_sandbox_metastudio)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole daemon with a vendor sandbox and a simulated audience (no setup needed)",
+        description="Run the daemon, the MetaStudio sandbox and a simulated audience in one process, with "
+        "an embedded in-memory Redis-compatible store (or a real Redis with --redis-url), and narrate what "
+        "happens: the schedule opens the demo room's window, the job goes live, paragraphs switch, audience "
+        "events are reported, replies are inserted and finish. Ctrl-C stops it.",
+    )
+    demo.add_argument(
+        "--redis-url", help="use this Redis instead of the embedded store (its demo keys are reset)"
+    )
+    demo.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="stop after this long (default: Ctrl-C)"
+    )
+    demo.add_argument(
+        "--live-in", type=float, default=5.0, metavar="SECONDS", help="when the room goes live (default 5)"
+    )
+    demo.add_argument(
+        "--speed", type=float, default=4.0, help="sandbox simulated seconds per real second (default 4)"
+    )
+    demo.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="the daemon's own log on stderr (default WARNING; the narration is on stdout)",
+    )
+    demo.set_defaults(func=cmd_demo)
 
     version = commands.add_parser(
         "version", help="print the version and exit", description="Print the daemon's version."
@@ -257,6 +286,30 @@ def cmd_sandbox_metastudio(args: argparse.Namespace) -> int:
         asyncio.run(serve_sandbox())
     except OSError as exc:
         print(f"orchestrator: cannot serve the sandbox on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from orchestrator.demo import run_demo
+
+    if args.speed <= 0 or args.live_in < 0 or (args.duration is not None and args.duration <= 0):
+        print(
+            "orchestrator: --speed and --duration must be positive, --live-in not negative", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    try:
+        asyncio.run(
+            run_demo(
+                redis_url=args.redis_url,
+                duration_s=args.duration,
+                live_in_s=args.live_in,
+                speed=args.speed,
+                log_level=args.log_level,
+            )
+        )
+    except (OSError, RedisError) as exc:
+        print(f"orchestrator: the demo stopped: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 

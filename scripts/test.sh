@@ -9,8 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
-VENV=${VENV:-.venv}
+source scripts/_venv.sh
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -34,12 +33,7 @@ else
 fi
 
 step "python environment ($VENV)"
-"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
-    echo "Python >= 3.11 is required; set PYTHON=/path/to/python3.11" >&2
-    exit 1
-}
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2> >(grep -v "^WARNING: Location" >&2)
+ensure_venv "[dev]"
 
 step "ruff"
 "$VENV/bin/ruff" check .

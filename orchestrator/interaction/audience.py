@@ -51,7 +51,7 @@ import structlog
 from redis.exceptions import RedisError, ResponseError
 
 from orchestrator.interaction.chat import ChatBackend, ChatUnavailable
-from orchestrator.interaction.ingest import normalise_batch
+from orchestrator.interaction.ingest import NAMES, normalise_batch
 from orchestrator.interaction.leases import RoomLeases
 from orchestrator.interaction.policy import (
     NOTHING_TO_ANSWER,
@@ -374,7 +374,13 @@ class RoomWorker:
                 pipe.hset(keys.room_state(self.room_id), "report_url", refreshed)
             pipe.xadd(
                 keys.room_events(self.room_id),
-                {"kind": "reported", "job_id": self.job_id, "batch_id": batch_id, "events": len(events)},
+                {
+                    "kind": "reported",
+                    "job_id": self.job_id,
+                    "batch_id": batch_id,
+                    "events": len(events),
+                    "types": _type_counts(events),
+                },
                 maxlen=self.service.events_maxlen,
                 approximate=True,
             )
@@ -522,6 +528,15 @@ def _after(entry_id: str) -> str:
     return f"{ms}-{seq + 1}"
 
 
+def _type_counts(events: list[dict[str, Any]]) -> str:
+    """``comment:3,viewers:1`` -- what a report carried, for the room's event record."""
+    counts: dict[str, int] = {}
+    for event in events:
+        name = NAMES.get(event.get("type", 0), str(event.get("type")))
+        counts[name] = counts.get(name, 0) + 1
+    return ",".join(f"{name}:{n}" for name, n in counts.items())
+
+
 def _coalesce_viewers(batch: list[Buffered]) -> list[dict[str, Any]]:
     """The batch's events in order, with only the latest viewer count (type 6) kept."""
     viewers = [b.event for b in batch if b.event.get("type") == 6]
@@ -560,6 +575,7 @@ class AudienceService:
         self.queue = ReplyQueue(redis, max_pending=settings.reply_max_pending)
         self.workers: dict[str, RoomWorker] = {}
         self._changed = asyncio.Event()
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- used by workers and by the web routes ---
@@ -615,6 +631,12 @@ class AudienceService:
         ]
 
     async def aclose(self) -> None:
+        # The reader stops by itself after its current blocking read (≤ READ_BLOCK_MS): cancelling a
+        # blocked XREADGROUP is where redis-py can swallow the cancellation.
+        self._stopping = True
+        reader = next((t for t in self._tasks if t.get_name() == "audience-reader"), None)
+        if reader is not None:
+            await asyncio.wait({reader}, timeout=1.0)
         for task in self._tasks:
             await cancel_and_wait(task)
         for room_id, worker in list(self.workers.items()):
@@ -664,7 +686,7 @@ class AudienceService:
 
     async def _read_forever(self) -> None:
         """The one reader: every owned room's ingest stream in one XREADGROUP, entries to their rooms."""
-        while True:
+        while not self._stopping:
             streams = {w.stream: ">" for w in self.workers.values() if w.wants_more()}
             if not streams:
                 await pause(0.05)

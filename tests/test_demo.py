@@ -1,0 +1,88 @@
+"""`orchestrator demo`, run the way the README's quick start runs it, for a short while."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import redis
+
+from orchestrator.store import keys
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+
+
+def _steps(out: str) -> dict[str, bool]:
+    return {
+        "schedule fires": bool(re.search(r"schedule\s+start \(scheduled window began\) → done", out)),
+        "job live": "PROCESSING — the room is live" in out,
+        "paragraph switches": len(re.findall(r"paragraph\s+\S+ #\d", out)) >= 2,
+        "comments posted": "comment " in out,
+        "comments reported": bool(re.search(r"reported\s+\d+ audience events .*comment:", out)),
+        "reply inserted": "INSERT_PLAY_SCRIPT (" in out,
+        "our reply finished": "finished playing (ours)" in out,
+    }
+
+
+def test_quick_start_demo_with_the_embedded_store() -> None:
+    """The README's first command: installs into .venv (already there under the tests) and runs."""
+    env = {**_clean_env(), "VENV": str(Path(sys.executable).parent.parent)}
+    result = subprocess.run(
+        ["bash", "scripts/demo.sh", "--duration", "16", "--live-in", "1", "--speed", "6"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = _steps(result.stdout)
+    assert all(steps.values()), (steps, result.stdout[-4000:])
+    assert "embedded in-memory Redis" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_with_a_real_redis(redis_url: str) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "demo",
+            "--redis-url",
+            redis_url,
+            "--duration",
+            "10",
+            "--live-in",
+            "1",
+        ],
+        cwd=ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the Redis at --redis-url" in result.stdout
+    with redis.Redis.from_url(redis_url) as client:
+        state = client.hgetall(keys.room_state("demo-room"))
+        assert state[b"job_state"] == b"PROCESSING"
+        assert int(state[b"reported"]) > 0
+
+
+def test_demo_rejects_bad_options() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "demo", "--speed", "0"],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "--speed" in result.stderr
