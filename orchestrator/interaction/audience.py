@@ -121,6 +121,7 @@ class RoomWorker:
         self.full = asyncio.Event()
         self.kick = asyncio.Event()
         self.started = False
+        self.busy = 1  # replies in flight at the last pacing pass (unknown at start: look once)
         self.last_activity = time.monotonic()
         self._idle_cursor = 0
         self._resend: tuple[str, str, str] | None = None  # (batch id, first, last) of a predecessor
@@ -396,9 +397,17 @@ class RoomWorker:
     # --- reply pacing ---
 
     async def _pace_forever(self) -> None:
+        settings = self.service.settings
         while True:
+            # Wake on a kick (a reply queued, a finish); on a timer only when something can come due: a
+            # reply in flight (its timeout), or the idle filler. A thousand idle rooms cost nothing.
+            tick = None
+            if self.busy:
+                tick = min(1.0, settings.reply_timeout_s / 4)
+            elif settings.idle_after_s > 0 and settings.idle_lines:
+                tick = min(1.0, settings.idle_after_s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.kick.wait(), 1.0)
+                await asyncio.wait_for(self.kick.wait(), tick)
             self.kick.clear()
             if not self.service.leases.valid(self.room_id):
                 continue
@@ -433,6 +442,7 @@ class RoomWorker:
             if reply is None:
                 break
             busy += await self._insert(reply)
+        self.busy = busy
         if (
             not busy
             and settings.idle_after_s > 0

@@ -27,18 +27,22 @@ def create_redis(settings: RedisSettings, *, client_name: str = "orchestrator") 
         retries=settings.retry_attempts,
         supported_errors=(RedisConnectionError, RedisTimeoutError),
     )
-    return aioredis.Redis.from_url(
+    # A blocking pool: when every connection is busy (a burst: a thousand room workers waking at once), a
+    # command waits for one -- up to the socket timeout -- instead of failing with "Too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.url.get_secret_value(),
+        max_connections=settings.max_connections,
+        timeout=settings.socket_timeout_s,
         socket_timeout=settings.socket_timeout_s,
         socket_connect_timeout=settings.connect_timeout_s,
         retry=retry,
         # redis-py 5 ignores ``retry`` unless the errors to retry on are also named here.
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=int(settings.health_check_interval_s),
-        max_connections=settings.max_connections,
         client_name=client_name,
         decode_responses=False,
     )
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 async def redis_ready(client: aioredis.Redis, timeout_s: float) -> tuple[bool, str | None]:

@@ -565,6 +565,7 @@ def _add_control_routes(app: web.Application, sandbox: MetaStudioSandbox) -> Non
                 "speed": sandbox.clock.speed,
                 "rooms": sorted(sandbox.world.rooms),
                 "jobs": {j.job_id: j.state.value for j in sandbox.world.jobs.values()},
+                "reported": {j.job_id: len(j.reported) for j in sandbox.world.jobs.values() if j.reported},
             }
         )
 

@@ -1,0 +1,444 @@
+"""Audience pipeline: ingest rate with reporting, ingest-to-report latency, reply decision time, memory.
+
+Processes: a private ``redis-server``; the MetaStudio sandbox (``orchestrator sandbox metastudio``, its own
+process: it is the vendor); the daemon (``orchestrator run``); the load generator (this process, aiohttp
+client, request bodies serialised up front).
+
+1. **Memory with 1,000 live rooms**: the daemon's RSS idle with no rooms (baseline), then with 1,000 rooms
+   live on the sandbox and owned by its audience service (one room worker each), then after every room
+   has had audience traffic.
+2. **Sustained ingest rate**: closed-loop POSTs of 250-event batches to ``/api/rooms/{room}/events`` of 100
+   of the rooms for ``--duration`` s; the rate counts an event only once the vendor has accepted the report
+   carrying it (the clock stops when the backlog has drained). Baseline in the same run: the same generator
+   against a bare aiohttp handler that parses the same bodies and answers 200 (``bare_server.py``).
+   Alternating rounds, medians.
+3. **Latency at the target rate**: an open-loop generator at ``--rate`` events/s (20,000: the target) for
+   ``--latency-s``; the daemon's own histograms give, exactly at their bucket edges, the share of events
+   reported within 300 ms of ingest and of replies decided within 5 ms (comment accepted → reply queued,
+   no vendor round trip). Baselines: the report window itself (200 ms, the designed minimum wait) and the
+   reply policy's ``decide()`` alone, timed in this process.
+
+Targets (issue 6): ≥ 20,000 events/s per process; p99 ingest→report ≤ 300 ms; p99 decision ≤ 5 ms.
+
+    python benchmarks/pipeline/bench.py [--duration 15] [--rounds 2] [--rate 20000] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.interaction.policy import Event, History, PolicyConfig, decide  # noqa: E402
+from tests.support.redis_server import RedisServer, free_port  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+AK, SK, PROJECT = "PIPEAK", "pipe-sk", "pipe-project"
+TOKEN = "bench-admin-token-0123456789"
+ROOMS = 1000
+HOT_ROOMS = 100
+BATCH = 250
+POLICY = {
+    "rules": [{"name": "shipping", "patterns": ["发货"], "replies": ["{user}，今天下单明天发货。"]}],
+    "faq": [{"question": "有优惠券吗", "answer": "关注主播领券。"}],
+    "gift_thanks": None,
+    "per_user_interval_s": 0,
+    "per_room_per_minute": 100000,
+    "dedup_window_s": 0,
+}
+TEXTS = ["什么时候发货", "好看", "主播好", "有优惠券吗", "这个颜色不错", "已下单", "来了来了", "支持一下"]
+
+
+def room_id(i: int) -> str:
+    return f"pipe-{i:04d}"
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmRSS")
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 -- loopback only
+        return json.loads(resp.read())
+
+
+def wait_http(url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            get_json(url)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:  # noqa: S310
+        text = resp.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def bodies(count: int, seed: int) -> list[bytes]:
+    """Pre-serialised ingest bodies of BATCH events: 80 % comments (1 in 8 answered by a rule), likes,
+    gifts, viewer counts; distinct users."""
+    rng = random.Random(seed)
+    out = []
+    for b in range(count):
+        events: list[dict[str, Any]] = []
+        for i in range(BATCH):
+            user = {"userId": f"u{seed}-{b}-{i}", "name": f"观众{i}", "level": rng.randrange(1, 40)}
+            roll = rng.random()
+            if roll < 0.8:
+                events.append({"type": "comment", "user": user, "text": rng.choice(TEXTS)})
+            elif roll < 0.9:
+                events.append({"type": "like", "user": user})
+            elif roll < 0.95:
+                events.append({"type": "gift", "user": user, "gift": {"giftName": "rose", "giftNum": 1}})
+            else:
+                events.append({"type": "viewers", "viewers": rng.randrange(100, 5000)})
+        out.append(json.dumps({"events": events}, ensure_ascii=False).encode())
+    return out
+
+
+def settled(values: dict[str, float]) -> float:
+    return sum(
+        values.get(f'orch_audience_events_total{{outcome="{o}"}}', 0.0)
+        for o in ("reported", "coalesced", "expired", "rejected")
+    )
+
+
+async def closed_loop(port: int, payloads: list[bytes], duration_s: float, concurrency: int) -> int:
+    """POST batches as fast as they are answered; the number of events accepted."""
+    accepted = 0
+    stop = time.monotonic() + duration_s
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def worker(w: int) -> None:
+            nonlocal accepted
+            n = w
+            while time.monotonic() < stop:
+                room = room_id(n % HOT_ROOMS)
+                body = payloads[n % len(payloads)]
+                n += concurrency
+                async with http.post(
+                    f"http://127.0.0.1:{port}/api/rooms/{room}/events", data=body, headers=headers
+                ) as resp:
+                    answer = await resp.json()
+                    accepted += answer["accepted"]
+
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return accepted
+
+
+async def open_loop(port: int, payloads: list[bytes], rate: float, duration_s: float) -> dict[str, Any]:
+    """One BATCH-event request every BATCH/rate s, on schedule; how late the sends ran."""
+    interval = BATCH / rate
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    lag: list[float] = []
+    accepted = 0
+    errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
+        start = time.monotonic()
+        tasks = []
+
+        async def send(n: int) -> None:
+            nonlocal accepted, errors
+            room = room_id(n % HOT_ROOMS)
+            async with http.post(
+                f"http://127.0.0.1:{port}/api/rooms/{room}/events",
+                data=payloads[n % len(payloads)],
+                headers=headers,
+            ) as resp:
+                if resp.status == 200:
+                    accepted += (await resp.json())["accepted"]
+                else:
+                    errors += 1
+
+        n = 0
+        while (due := start + n * interval) < start + duration_s:
+            now = time.monotonic()
+            if due > now:
+                await asyncio.sleep(due - now)
+            lag.append(time.monotonic() - due)
+            tasks.append(asyncio.create_task(send(n)))
+            n += 1
+        await asyncio.gather(*tasks)
+    lag.sort()
+    return {
+        "rate_events_per_s": rate,
+        "requests": n,
+        "accepted": accepted,
+        "errors": errors,
+        "send_lag_p99_ms": round(1000 * lag[int(len(lag) * 0.99)], 2),
+    }
+
+
+def histogram_share(before: dict[str, float], after: dict[str, float], name: str, le: str) -> dict[str, Any]:
+    count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
+    within = after.get(f'{name}_bucket{{le="{le}"}}', 0) - before.get(f'{name}_bucket{{le="{le}"}}', 0)
+    buckets = sorted(
+        (float(k.split('le="')[1].rstrip('"}')), after[k] - before.get(k, 0))
+        for k in after
+        if k.startswith(f"{name}_bucket") and "+Inf" not in k
+    )
+    p99_bucket = next((edge for edge, n in buckets if count and n / count >= 0.99), None)
+    p50_bucket = next((edge for edge, n in buckets if count and n / count >= 0.50), None)
+    return {
+        "observations": int(count),
+        f"share_within_{le}_s": round(within / count, 5) if count else None,
+        "p50_at_most_s": p50_bucket,
+        "p99_at_most_s": p99_bucket,
+    }
+
+
+def decide_baseline() -> dict[str, Any]:
+    """The reply policy alone on the benchmark's comments: µs per decision, p50/p99."""
+    config = PolicyConfig.model_validate(POLICY)
+    history = History()
+    rng = random.Random(5)
+    times = []
+    for i in range(20000):
+        event = Event(type=1, user_id=f"u{i}", user_name="观众", text=rng.choice(TEXTS), at=time.time())
+        t0 = time.perf_counter()
+        decide(config, history, event, product="保温杯")
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return {
+        "p50_us": round(1e6 * times[len(times) // 2], 1),
+        "p99_us": round(1e6 * times[int(len(times) * 0.99)], 1),
+    }
+
+
+async def wait_drained(port: int, target: float, timeout_s: float = 120) -> float:
+    deadline = time.monotonic() + timeout_s
+    while settled(metrics(port)) < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"backlog not drained: {settled(metrics(port))} of {target}")
+        await asyncio.sleep(0.05)
+    return time.monotonic()
+
+
+async def put_rooms(port: int) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as http:
+
+        async def put(i: int) -> None:
+            room = {
+                "room_id": room_id(i),
+                "template": {"output_urls": [f"rtmp://push.example/live/{i}"]},
+                "schedule": {"timezone": "UTC", "windows": [{"kind": "always"}]},
+            }
+            async with http.put(
+                f"http://127.0.0.1:{port}/api/rooms/{room_id(i)}", json=room, headers=headers
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+
+        for start in range(0, ROOMS, 50):
+            await asyncio.gather(*(put(i) for i in range(start, min(ROOMS, start + 50))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=15, help="seconds per closed-loop round")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of bare and daemon")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=20000, help="open-loop events/s for the latency phase")
+    parser.add_argument("--latency-s", type=float, default=15)
+    parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="orch-pipe-"))
+    server = RedisServer()
+    server.start()
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    result: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
+    try:
+        ports = {name: free_port() for name in ("sandbox", "daemon", "bare")}
+        policy = work / "policy.yaml"
+        policy.write_text(yaml.safe_dump(POLICY, allow_unicode=True))
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("ORCH_")},
+            "ORCH_REDIS__URL": server.url,
+            "ORCH_LOGGING__LEVEL": "WARNING",
+            "ORCH_ADMIN__TOKEN": TOKEN,
+            "ORCH_METASTUDIO__ENDPOINT": f"http://127.0.0.1:{ports['sandbox']}",
+            "ORCH_METASTUDIO__AK": AK,
+            "ORCH_METASTUDIO__SK": SK,
+            "ORCH_METASTUDIO__PROJECT_ID": PROJECT,
+            "ORCH_METASTUDIO__MAX_CONCURRENCY": "8",
+            "ORCH_CALLBACKS__JOURNAL_PATH": str(work / "journal.jsonl"),
+            "ORCH_CALLBACKS__PROFILES__DEFAULT__PUBLIC_URL": f"http://127.0.0.1:{ports['daemon']}/callbacks/metastudio/live-events",
+            "ORCH_CALLBACKS__PROFILES__DEFAULT__AUTH_TYPE": "NONE",
+            "ORCH_INTERACTION__POLICY_FILE": str(policy),
+            "ORCH_SCHEDULING__RECONCILE_INTERVAL_S": "5",
+        }
+        procs["sandbox"] = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "sandbox", "metastudio", "--port", str(ports["sandbox"])]
+            + ["--ak", AK, "--sk", SK, "--project-id", PROJECT, "--speed", "20"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs["bare"] = subprocess.Popen(
+            [sys.executable, str(HERE / "bare_server.py"), str(ports["bare"])],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs["daemon"] = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "run", "--port", str(ports["daemon"])],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=(work / "daemon.log").open("wb"),
+        )
+        wait_http(f"http://127.0.0.1:{ports['sandbox']}/_sandbox/state")
+        wait_http(f"http://127.0.0.1:{ports['bare']}/healthz")
+        wait_http(f"http://127.0.0.1:{ports['daemon']}/healthz")
+        for i in range(ROOMS):  # the vendor side: one room each, one long paragraph, no vendor rules
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{ports['sandbox']}/_sandbox/rooms",
+                data=json.dumps(
+                    {
+                        "room_id": room_id(i),
+                        "scene_scripts": [
+                            {
+                                "script_name": "s",
+                                "shoot_scripts": [{"sequence_no": 1, "text_config": {"text": "讲" * 2000}}],
+                            }
+                        ],
+                    }
+                ).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            urllib.request.urlopen(req, timeout=30).read()  # noqa: S310
+        time.sleep(3)
+        pid = procs["daemon"].pid
+        memory: dict[str, Any] = {"rss_idle_no_rooms_mb": rss_mb(pid)}
+
+        # --- 1. memory with 1,000 live rooms
+        started = time.monotonic()
+        asyncio.run(put_rooms(ports["daemon"]))
+        while metrics(ports["daemon"]).get("orch_audience_rooms_owned", 0) < ROOMS:
+            if time.monotonic() - started > 300:
+                raise TimeoutError("1,000 rooms did not all go live")
+            time.sleep(0.5)
+        memory["seconds_until_all_live_and_owned"] = round(time.monotonic() - started, 1)
+        time.sleep(2)
+        memory["rss_1000_live_rooms_mb"] = rss_mb(pid)
+        payload = bodies(1, seed=99)[0]
+
+        async def touch_all() -> None:
+            headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as http:
+
+                async def one(i: int) -> None:
+                    async with http.post(
+                        f"http://127.0.0.1:{ports['daemon']}/api/rooms/{room_id(i)}/events",
+                        data=payload,
+                        headers=headers,
+                    ) as resp:
+                        assert resp.status == 200, (resp.status, await resp.text())
+
+                for start in range(0, ROOMS, 50):
+                    await asyncio.gather(*(one(i) for i in range(start, start + 50)))
+
+        before = settled(metrics(ports["daemon"]))
+        asyncio.run(touch_all())
+        asyncio.run(wait_drained(ports["daemon"], before + ROOMS * BATCH))
+        time.sleep(2)
+        memory["rss_1000_rooms_after_250_events_each_mb"] = rss_mb(pid)
+        memory["per_room_kb"] = round(
+            1024
+            * (memory["rss_1000_rooms_after_250_events_each_mb"] - memory["rss_idle_no_rooms_mb"])
+            / ROOMS,
+            1,
+        )
+        result["memory"] = memory
+
+        # --- 2. sustained ingest rate, alternating bare / daemon
+        payloads = bodies(40, seed=1)
+        rates: dict[str, list[float]] = {"bare": [], "daemon": []}
+        for _ in range(args.rounds):
+            t0 = time.monotonic()
+            accepted = asyncio.run(closed_loop(ports["bare"], payloads, args.duration, args.concurrency))
+            rates["bare"].append(accepted / (time.monotonic() - t0))
+            base = settled(metrics(ports["daemon"]))
+            t0 = time.monotonic()
+            accepted = asyncio.run(closed_loop(ports["daemon"], payloads, args.duration, args.concurrency))
+            done = asyncio.run(wait_drained(ports["daemon"], base + accepted))
+            rates["daemon"].append(accepted / (done - t0))
+        medians = {k: statistics.median(v) for k, v in rates.items()}
+        sandbox_state = get_json(f"http://127.0.0.1:{ports['sandbox']}/_sandbox/state")
+        after = metrics(ports["daemon"])
+        result["throughput"] = {
+            "batch_events": BATCH,
+            "concurrency": args.concurrency,
+            "duration_s": args.duration,
+            "events_per_s_per_round": {k: [round(x) for x in v] for k, v in rates.items()},
+            "events_per_s_median": {k: round(v) for k, v in medians.items()},
+            "ratio_daemon_to_bare": round(medians["daemon"] / medians["bare"], 3),
+            "vendor_received_events": sum(sandbox_state.get("reported", {}).values()),
+            "daemon_reported_events": int(after.get('orch_audience_events_total{outcome="reported"}', 0)),
+        }
+
+        # --- 3. latency and decision time at the target rate (open loop)
+        before = metrics(ports["daemon"])
+        sent = asyncio.run(open_loop(ports["daemon"], payloads, args.rate, args.latency_s))
+        asyncio.run(wait_drained(ports["daemon"], settled(before) + sent["accepted"]))
+        after = metrics(ports["daemon"])
+        result["latency"] = {
+            "open_loop": sent,
+            "ingest_to_report": histogram_share(before, after, "orch_report_latency_seconds", "0.3"),
+            "report_window_baseline_s": 0.2,
+            "decision": histogram_share(before, after, "orch_reply_decision_seconds", "0.005"),
+            "decide_alone_baseline": decide_baseline(),
+        }
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+        server.close()
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
