@@ -159,6 +159,14 @@ class RoomWorker:
             await cancel_and_wait(task)
         self._tasks = []
 
+    def failure(self) -> str | None:
+        """How one of the worker's tasks ended, if one ended (they run until cancelled)."""
+        for task in self._tasks:
+            if task.done() and not task.cancelled():
+                exc = task.exception()
+                return f"{type(exc).__name__}: {exc}" if exc else "ended"
+        return None
+
     def wants_more(self) -> bool:
         return self.started and len(self.buffer) < self.service.settings.report_max_events
 
@@ -297,7 +305,14 @@ class RoomWorker:
                 if wait_s > 0 and len(self.buffer) < settings.report_max_events:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.full.wait(), wait_s)
-            await self._flush_one()
+            try:
+                await self._flush_one()
+            except (RedisError, OSError) as exc:
+                if being_cancelled():
+                    raise
+                self._log.warning("reporter cannot reach Redis; retrying", error=str(exc))
+                await pause(1.0)
+                continue
             if not self.buffer:
                 self.ready.clear()
             if len(self.buffer) < settings.report_max_events:
@@ -363,9 +378,35 @@ class RoomWorker:
         self, batch_id: str, batch: list[Buffered], events: list[dict[str, Any]], refreshed: str | None
     ) -> None:
         done = {b.entry_id for b in batch}
+        while True:  # the vendor has the batch: acknowledge it, however long Redis takes to come back
+            remaining = [b for b in self.buffer if b.entry_id not in done]
+            keep_from = remaining[0].entry_id if remaining else _after(batch[-1].entry_id)
+            try:
+                await self._ack(batch_id, done, keep_from, events, refreshed)
+                break
+            except (RedisError, OSError) as exc:
+                if being_cancelled() or not self.service.leases.valid(self.room_id):
+                    raise  # a successor resends the marked batch (same id)
+                self._log.warning("cannot acknowledge a reported batch; retrying", error=str(exc))
+                await pause(0.5)
         self.buffer = [b for b in self.buffer if b.entry_id not in done]
         self._resend = None
-        keep_from = self.buffer[0].entry_id if self.buffer else _after(batch[-1].entry_id)
+        now = time.time()
+        metrics = self.service.metrics
+        metrics.report_batches.labels("ok").inc()
+        metrics.audience_events.labels("reported").inc(len(events))
+        for entry in batch:
+            metrics.report_latency.observe(max(0.0, now - _entry_ms(entry.entry_id) / 1000))
+        self._log.debug("reported", batch_id=batch_id, events=len(events), refreshed=bool(refreshed))
+
+    async def _ack(
+        self,
+        batch_id: str,
+        done: set[str],
+        keep_from: str,
+        events: list[dict[str, Any]],
+        refreshed: str | None,
+    ) -> None:
         async with self.service.redis.pipeline(transaction=True) as pipe:
             pipe.xack(self.stream, GROUP, *done)
             pipe.xtrim(self.stream, minid=keep_from, approximate=True)
@@ -386,13 +427,6 @@ class RoomWorker:
                 approximate=True,
             )
             await pipe.execute()
-        now = time.time()
-        metrics = self.service.metrics
-        metrics.report_batches.labels("ok").inc()
-        metrics.audience_events.labels("reported").inc(len(events))
-        for entry in batch:
-            metrics.report_latency.observe(max(0.0, now - _entry_ms(entry.entry_id) / 1000))
-        self._log.debug("reported", batch_id=batch_id, events=len(events), refreshed=bool(refreshed))
 
     # --- reply pacing ---
 
@@ -681,7 +715,10 @@ class AudienceService:
                     live[room_id] = _text(job_id)
         held = await self.leases.acquire(sorted(live))
         for room_id, worker in list(self.workers.items()):
-            if room_id not in held or live.get(room_id) != worker.job_id:
+            failed = worker.failure()
+            if failed is not None:  # a bug, not an outage (those are retried inside): start it afresh
+                log.error("room worker failed; restarting it", room_id=room_id, error=failed)
+            if failed is not None or room_id not in held or live.get(room_id) != worker.job_id:
                 await worker.aclose()
                 del self.workers[room_id]
                 if room_id not in live:

@@ -225,3 +225,34 @@ async def _async(value: bool) -> bool:
 
 async def _pending_zero(redis: Any) -> bool:
     return bool((await redis.xpending(keys.room_ingest(ROOM), GROUP))["pending"] == 0)
+
+
+async def test_redis_outage_under_the_reporter_loses_nothing(
+    make_settings: Any, tmp_path: Path, controllable_redis: Any
+) -> None:
+    """Redis stops (its data survives) while events wait to be reported; when it returns, the room's
+    worker carries on and every accepted event is reported once."""
+    # The window is long so that the batch is due while Redis is away.
+    async with live_room(make_settings, tmp_path, report_window_ms=2000) as (daemon, box, job_id):
+        job = box.world.jobs[job_id]
+        await ingest(daemon, [comment(f"before{i}") for i in range(100)])
+        worker = audience(daemon).workers[ROOM]
+        await until(lambda: _async(len(worker.buffer) == 100), 5)  # read, and waiting for the window
+        controllable_redis.stop(save=True)
+        await asyncio.sleep(6.0)  # longer than the Redis client's own retries
+        controllable_redis.start()
+        await ingest_when_ready(daemon, [comment(f"after{i}") for i in range(100)])
+        expected = sorted([*(f"before{i}" for i in range(100)), *(f"after{i}" for i in range(100))])
+        await until(lambda: _async(sorted(_texts(job.reported)) == expected), 30)
+        await asyncio.sleep(0.5)
+        assert sorted(_texts(job.reported)) == expected
+        assert ROOM in audience(daemon).workers
+
+
+async def ingest_when_ready(daemon: Any, events: list[dict[str, Any]]) -> None:
+    async with asyncio.timeout(20):
+        while True:
+            status, _ = await daemon.api("POST", f"/api/rooms/{ROOM}/events", {"events": events})
+            if status == 200:
+                return
+            await asyncio.sleep(0.2)
