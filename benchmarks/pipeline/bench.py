@@ -59,8 +59,8 @@ POLICY = {
     "rules": [{"name": "shipping", "patterns": ["发货"], "replies": ["{user}，今天下单明天发货。"]}],
     "faq": [{"question": "有优惠券吗", "answer": "关注主播领券。"}],
     "gift_thanks": None,
-    "per_user_interval_s": 0,
-    "per_room_per_minute": 100000,
+    "per_user_interval_s": 30,
+    "per_room_per_minute": 60,  # generous: a room that speaks a reply every second
     "dedup_window_s": 0,
 }
 TEXTS = ["什么时候发货", "好看", "主播好", "有优惠券吗", "这个颜色不错", "已下单", "来了来了", "支持一下"]

@@ -19,6 +19,7 @@ it decided in the history it was given (so the caller owns all state; nothing he
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import deque
@@ -110,8 +111,10 @@ class Decision:
 
 _PUNCTUATION = re.compile(r"[\W_]+", re.UNICODE)
 NOTHING_TO_ANSWER = "nothing to answer"
+ROOM_LIMIT = "room reply rate limit reached"
 
 
+@functools.lru_cache(maxsize=8192)  # FAQ questions, patterns and the audience's common lines recur
 def normalise(text: str) -> str:
     """Lower-case, width-folded (NFKC), without punctuation or spaces: how questions are compared."""
     return _PUNCTUATION.sub("", unicodedata.normalize("NFKC", text).lower())
@@ -169,6 +172,8 @@ def decide(
         )
     if event.type != 1 or not event.text.strip():
         return Decision(None, "not a comment")
+    if _room_limit_reached(config, history, event.at):  # before any matching: the busy room's fast path
+        return Decision(None, ROOM_LIMIT)
     if _forbidden(event.text, config.forbidden_words):
         return Decision(None, "forbidden word in the comment")
     question = normalise(event.text)
@@ -224,6 +229,12 @@ def looks_like_question(text: str) -> bool:
 _QUESTION = re.compile(r"[?？]|吗|呢|什么|怎么|多少|几|哪|为什么|如何|能不能|可不可以|有没有")
 
 
+def _room_limit_reached(config: PolicyConfig, history: History, now: float) -> bool:
+    while history.room_replies and now - history.room_replies[0] >= 60:
+        history.room_replies.popleft()
+    return len(history.room_replies) >= config.per_room_per_minute
+
+
 def _speak(
     config: PolicyConfig,
     history: History,
@@ -236,10 +247,8 @@ def _speak(
     last = history.user_replied.get(event.user_id)
     if last is not None and event.at - last < config.per_user_interval_s:
         return Decision(None, "this user was answered recently", priority, rule)
-    while history.room_replies and event.at - history.room_replies[0] >= 60:
-        history.room_replies.popleft()
-    if len(history.room_replies) >= config.per_room_per_minute:
-        return Decision(None, "room reply rate limit reached", priority, rule)
+    if _room_limit_reached(config, history, event.at):
+        return Decision(None, ROOM_LIMIT, priority, rule)
     if _forbidden(text, config.forbidden_words):
         return Decision(None, "forbidden word in our own reply", priority, rule)
     history.user_replied[event.user_id] = event.at

@@ -126,6 +126,22 @@ return 1
 """
 
 
+INGEST_LUA = """
+local stream, state = KEYS[1], KEYS[2]
+if redis.call('HGET', state, 'managed') ~= '1' then return -1 end
+local ntypes = tonumber(ARGV[4])
+for i = 0, ntypes - 1 do
+  redis.call('HINCRBY', state, 'audience:' .. ARGV[5 + 2 * i], ARGV[6 + 2 * i])
+end
+if ARGV[2] ~= '' then redis.call('HSET', state, 'viewers', ARGV[2], 'viewers_at', ARGV[3]) end
+local first = 5 + 2 * ntypes
+for i = first, #ARGV do
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
+end
+return #ARGV - first + 1
+"""
+
+
 NEW_JOB_LUA = """
 local state, events, jobs = KEYS[1], KEYS[2], KEYS[3]
 for _, field in ipairs(redis.call('HKEYS', state)) do
@@ -241,6 +257,7 @@ class RoomStore:
         self._set_job_state = redis.register_script(SET_JOB_STATE_LUA)
         self._mark_stall = redis.register_script(MARK_RTMP_STALL_LUA)
         self._new_job = redis.register_script(NEW_JOB_LUA)
+        self._ingest = redis.register_script(INGEST_LUA)
 
     async def register_room(self, room_id: str) -> None:
         """Mark ``room_id`` as managed: callbacks naming it are applied from now on."""
@@ -275,31 +292,26 @@ class RoomStore:
         )
         return bool(marked)
 
-    async def ingest(self, room_id: str, events: list[dict[str, Any]], *, maxlen: int = 100_000) -> None:
+    async def ingest(self, room_id: str, events: list[dict[str, Any]], *, maxlen: int = 100_000) -> bool:
         """Append audience events to the room's ingest stream (in wire form: ``content`` as a JSON string)
-        and count them, in one transaction; the latest viewer count of the batch (by timestamp) becomes the
-        room's ``viewers``. The stream keeps at most about ``maxlen`` entries (the oldest are trimmed)."""
+        and count them -- one script, one round trip, and nothing written unless the room is managed
+        (then False). The latest viewer count of the batch (by timestamp) becomes the room's ``viewers``.
+        The stream keeps at most about ``maxlen`` entries (the oldest are trimmed)."""
         counts: dict[int, int] = {}
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for event in events:
-                counts[event["type"]] = counts.get(event["type"], 0) + 1
-                wire = {**event, "content": orjson.dumps(event["content"]).decode()}
-                pipe.xadd(
-                    keys.room_ingest(room_id), {"event": orjson.dumps(wire)}, maxlen=maxlen, approximate=True
-                )
-            for event_type, count in counts.items():
-                pipe.hincrby(keys.room_state(room_id), f"audience:{event_type}", count)
-            viewers = [e for e in events if e["type"] == 6]
-            if viewers:
-                latest = max(viewers, key=lambda e: e["timestamp"])
-                pipe.hset(
-                    keys.room_state(room_id),
-                    mapping={
-                        "viewers": latest["content"]["numberOfViewers"],
-                        "viewers_at": latest["timestamp"],
-                    },
-                )
-            await pipe.execute()
+        wires = []
+        latest: dict[str, Any] | None = None
+        for event in events:
+            counts[event["type"]] = counts.get(event["type"], 0) + 1
+            wires.append(orjson.dumps({**event, "content": orjson.dumps(event["content"]).decode()}))
+            if event["type"] == 6 and (latest is None or event["timestamp"] >= latest["timestamp"]):
+                latest = event
+        viewers = ["", ""] if latest is None else [latest["content"]["numberOfViewers"], latest["timestamp"]]
+        pairs = [value for item in counts.items() for value in item]
+        written = await self._ingest(
+            keys=[keys.room_ingest(room_id), keys.room_state(room_id)],
+            args=[maxlen, *viewers, len(counts), *pairs, *wires],
+        )
+        return int(written) >= 0
 
     async def add_reply(self, room_id: str, reply_id: str) -> None:
         await self._redis.sadd(keys.room_replies(room_id), reply_id)

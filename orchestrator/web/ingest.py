@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from orchestrator.appkeys import ROOM_STORE, SETTINGS
@@ -25,11 +26,9 @@ async def ingest(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = room_id_param(request)
     store = request.app[ROOM_STORE]
-    if await store.state(room_id) is None:
-        raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
     try:
-        body: Any = await request.json()
-    except ValueError:
+        body: Any = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
         raise ApiError(
             400, "BAD_JSON", 'the body must be a JSON event, list of events or {"events": [...]}'
         ) from None
@@ -38,7 +37,8 @@ async def ingest(request: web.Request) -> web.Response:
     if not 1 <= len(items) <= MAX_BATCH:
         raise ApiError(400, "BAD_BATCH", f"send 1 to {MAX_BATCH} events at a time")
     accepted, rejected = normalise_batch(items)
-    if accepted:
-        await store.ingest(room_id, accepted, maxlen=request.app[SETTINGS].interaction.ingest_maxlen)
+    # The room must be managed; the script checks it where it writes (one round trip per request).
+    if not await store.ingest(room_id, accepted, maxlen=request.app[SETTINGS].interaction.ingest_maxlen):
+        raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
     payload = {"accepted": len(accepted), "rejected": [r.model_dump() for r in rejected]}
     return web.json_response(payload, status=200 if accepted else 422)
