@@ -59,7 +59,14 @@ class Metrics:
         )
         self.reply_decision = Histogram(
             "orch_reply_decision_seconds",
-            "From a comment's ingest to its reply being queued (the vendor round trip excluded).",
+            "From a comment's ingest to the decision of its reply (text, priority, play_type: the "
+            "INSERT_PLAY_SCRIPT to send), for comments that get one.",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+            registry=self.registry,
+        )
+        self.reply_queued = Histogram(
+            "orch_reply_queued_seconds",
+            "From a comment's ingest to its reply being in the room's reply queue in Redis.",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
             registry=self.registry,
         )

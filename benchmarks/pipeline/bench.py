@@ -429,6 +429,7 @@ def main() -> None:
             "ingest_to_report": histogram_share(before, after, "orch_report_latency_seconds", "0.3"),
             "report_window_baseline_s": 0.2,
             "decision": histogram_share(before, after, "orch_reply_decision_seconds", "0.005"),
+            "queued_in_redis": histogram_share(before, after, "orch_reply_queued_seconds", "0.005"),
             "decide_alone_baseline": decide_baseline(),
         }
     finally:

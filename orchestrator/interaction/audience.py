@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -90,6 +91,7 @@ GROUP = "reporter"
 LIVE_STATES = frozenset({"WAITING", "PROCESSING"})
 CHAT_CONCURRENCY = 4
 READ_BLOCK_MS = 100
+HAND_OVER_LIMIT = 100  # decided replies waiting for Redis, per room
 
 
 def _text(value: Any) -> str:
@@ -126,6 +128,8 @@ class RoomWorker:
         self._idle_cursor = 0
         self._resend: tuple[str, str, str] | None = None  # (batch id, first, last) of a predecessor
         self._chats = asyncio.Semaphore(CHAT_CONCURRENCY)
+        self._decided: deque[tuple[str, Decision]] = deque()
+        self._decided_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._chat_tasks: set[asyncio.Task[None]] = set()
         self._log = log.bind(room_id=room_id, job_id=job_id)
@@ -148,6 +152,7 @@ class RoomWorker:
         self._tasks = [
             asyncio.create_task(self._report_forever(), name=f"report:{self.room_id}"),
             asyncio.create_task(self._pace_forever(), name=f"replies:{self.room_id}"),
+            asyncio.create_task(self._queue_forever(), name=f"decided:{self.room_id}"),
         ]
         self._log.info(
             "room worker started", replica=self.service.leases.replica_id, recovered=len(self.buffer)
@@ -209,7 +214,7 @@ class RoomWorker:
                 continue
             self.buffer.append(Buffered(entry_id, event))
             if fresh and event["type"] in (1, 4):
-                await self._consider_reply(entry_id, event)
+                self._consider_reply(entry_id, event)
         if stale:
             await self.service.redis.xack(self.stream, GROUP, *stale)
         if self.buffer:
@@ -243,7 +248,9 @@ class RoomWorker:
         self._log.warning("ingest entry rejected", entry_id=entry_id, error=problem)
         return None
 
-    async def _consider_reply(self, entry_id: str, wire: dict[str, Any]) -> None:
+    def _consider_reply(self, entry_id: str, wire: dict[str, Any]) -> None:
+        """Decide (pure CPU, in the reader: no awaiting here, so one room's replies never hold up the
+        reading of every room's stream); a reply is handed to the room's queuing task."""
         settings = self.service.settings
         at_s = wire["timestamp"] / 1000
         if time.time() - at_s > settings.reply_max_age_s:
@@ -272,7 +279,7 @@ class RoomWorker:
                 task.add_done_callback(self._chat_tasks.discard)
                 return
             decision = decide(self.service.policy, self.history, event, product=self.product)
-        await self._queue_decision(entry_id, decision)
+        self._hand_over(entry_id, decision)
 
     async def _ask_chat(self, chat: ChatBackend, entry_id: str, event: Event) -> None:
         async with self._chats:
@@ -282,16 +289,45 @@ class RoomWorker:
             except ChatUnavailable as exc:
                 self._log.info("chat backend unavailable; answering from the FAQ", error=str(exc))
                 decision = decide(self.service.policy, self.history, event, product=self.product)
-        with contextlib.suppress(RedisError):
-            await self._queue_decision(entry_id, decision)
+        self._hand_over(entry_id, decision)
 
-    async def _queue_decision(self, entry_id: str, decision: Decision) -> None:
+    def _hand_over(self, entry_id: str, decision: Decision) -> None:
         if not decision.speaks or decision.reply is None:
             return
-        reply = Reply(decision.reply, decision.priority, self.service.play_type(decision.priority))
-        await self.service.enqueue(self.room_id, reply, source=decision.rule or decision.priority)
+        if len(self._decided) >= HAND_OVER_LIMIT:  # Redis is slow or away: the queue would drop it anyway
+            self.service.metrics.replies.labels("dropped").inc()
+            return
         self.service.metrics.reply_decision.observe(max(0.0, time.time() - _entry_ms(entry_id) / 1000))
-        self.kick.set()
+        self._decided.append((entry_id, decision))
+        self._decided_ready.set()
+
+    async def _queue_forever(self) -> None:
+        """Decided replies into the room's queue in Redis, in the order they were decided, all that are
+        waiting in one round trip."""
+        while True:
+            await self._decided_ready.wait()
+            while self._decided:
+                taken = list(self._decided)
+                replies = [
+                    (
+                        Reply(d.reply or "", d.priority, self.service.play_type(d.priority)),
+                        d.rule or d.priority,
+                    )
+                    for _, d in taken
+                ]
+                try:
+                    await self.service.enqueue_many(self.room_id, replies)
+                except RedisError as exc:
+                    if being_cancelled():
+                        raise
+                    self._log.warning("cannot queue replies; retrying", error=str(exc))
+                    await pause(0.5)
+                    continue
+                now = time.time()
+                for entry_id, _ in taken:
+                    self._decided.popleft()
+                    self.service.metrics.reply_queued.observe(max(0.0, now - _entry_ms(entry_id) / 1000))
+            self._decided_ready.clear()
 
     # --- reporter ---
 
@@ -616,7 +652,7 @@ class AudienceService:
         self.chat = chat
         self.events_maxlen = events_maxlen
         self.leases = RoomLeases(redis, ttl_s=settings.lease_ttl_s, replica_id=replica_id)
-        self.queue = ReplyQueue(redis, max_pending=settings.reply_max_pending)
+        self.queue = ReplyQueue(redis, max_pending=settings.reply_max_pending, events_maxlen=events_maxlen)
         self.workers: dict[str, RoomWorker] = {}
         self._changed = asyncio.Event()
         self._stopping = False
@@ -629,26 +665,28 @@ class AudienceService:
 
     async def enqueue(self, room_id: str, reply: Reply, *, source: str) -> tuple[str, str, str | None]:
         """Queue a reply for the room (any replica may; the room's owner is woken by a reaction)."""
-        outcome, reply_id, evicted = await self.queue.enqueue(room_id, reply)
-        self.metrics.replies.labels(outcome).inc()
-        if evicted:
-            self.metrics.replies.labels("evicted").inc()
-        await self.record(
+        return (await self.enqueue_many(room_id, [(reply, source)]))[0]
+
+    async def enqueue_many(
+        self, room_id: str, replies: list[tuple[Reply, str]]
+    ) -> list[tuple[str, str, str | None]]:
+        """Queue replies (with where each came from) in one round trip; each is recorded in the room's
+        event stream by the same script."""
+        results = await self.queue.enqueue_many(
             room_id,
-            kind=f"reply_{outcome}",
-            reply_id=reply_id,
-            priority=reply.priority,
-            source=source,
-            rule_index=reply.rule_index or "",
-            text=reply.text,
+            [(reply, {"source": source, "rule_index": reply.rule_index or ""}) for reply, source in replies],
         )
+        for outcome, _, evicted in results:
+            self.metrics.replies.labels(outcome).inc()
+            if evicted:
+                self.metrics.replies.labels("evicted").inc()
         worker = self.workers.get(room_id)
         if worker is not None:
             worker.kick.set()
         else:
             with contextlib.suppress(RedisError):
                 await self.reactions.publish("reply_queued", room_id=room_id)
-        return outcome, reply_id, evicted
+        return results
 
     async def record(self, room_id: str, **fields: str | int) -> None:
         entry: dict[Any, Any] = {**fields, "event_ms": int(time.time() * 1000)}
@@ -760,8 +798,11 @@ class AudienceService:
                 if worker is not None:
                     try:
                         await worker.take(entries, fresh=True)
+                        await asyncio.sleep(0)  # one room at a time: let the others' work in between
                     except RedisError as exc:
-                        log.warning("cannot queue a reply", room_id=worker.room_id, error=str(exc))
+                        log.warning(
+                            "cannot acknowledge dropped entries", room_id=worker.room_id, error=str(exc)
+                        )
 
     async def _react_forever(self) -> None:
         async with self.reactions.subscribe() as queue:

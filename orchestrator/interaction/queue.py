@@ -30,20 +30,29 @@ from orchestrator.store import keys
 BAND = 10**13
 
 ENQUEUE_LUA = """
-local queue, items = KEYS[1], KEYS[2]
+local queue, items, events = KEYS[1], KEYS[2], KEYS[3]
 local id, score, body, max = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local band = math.floor(score / 1e13)
-local evicted = ''
+local outcome, evicted = 'queued', ''
 if redis.call('ZCARD', queue) >= max then
   local last = redis.call('ZRANGE', queue, -1, -1, 'WITHSCORES')
-  if band >= math.floor(tonumber(last[2]) / 1e13) then return {'dropped', ''} end
-  redis.call('ZREM', queue, last[1])
-  redis.call('HDEL', items, last[1])
-  evicted = last[1]
+  if band >= math.floor(tonumber(last[2]) / 1e13) then
+    outcome = 'dropped'
+  else
+    redis.call('ZREM', queue, last[1])
+    redis.call('HDEL', items, last[1])
+    evicted = last[1]
+  end
 end
-redis.call('ZADD', queue, score, id)
-redis.call('HSET', items, id, body)
-return {'queued', evicted}
+if outcome == 'queued' then
+  redis.call('ZADD', queue, score, id)
+  redis.call('HSET', items, id, body)
+end
+-- the room's event record, in the same step: kind, reply id, then the caller's fields
+local fields = {'kind', 'reply_' .. outcome, 'reply_id', id, 'evicted', evicted}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', events, 'MAXLEN', '~', ARGV[5], '*', unpack(fields))
+return {outcome, evicted}
 """
 
 POP_LUA = """
@@ -129,8 +138,9 @@ def _text(value: Any) -> str:
 
 
 class ReplyQueue:
-    def __init__(self, redis: aioredis.Redis, *, max_pending: int = 15) -> None:
+    def __init__(self, redis: aioredis.Redis, *, max_pending: int = 15, events_maxlen: int = 10_000) -> None:
         self.max_pending = max_pending
+        self.events_maxlen = events_maxlen
         self._redis = redis
         self._enqueue = redis.register_script(ENQUEUE_LUA)
         self._pop = redis.register_script(POP_LUA)
@@ -146,17 +156,38 @@ class ReplyQueue:
     def _flight_keys(room_id: str) -> list[str]:
         return [keys.room_replies(room_id), keys.room_replies_meta(room_id), keys.room_replies_done(room_id)]
 
-    async def enqueue(self, room_id: str, reply: Reply) -> tuple[str, str, str | None]:
+    async def enqueue(self, room_id: str, reply: Reply, **record: str | int) -> tuple[str, str, str | None]:
         """Queue ``reply``: (``queued`` or ``dropped``, its id, the id of a less important reply evicted or
-        None)."""
-        reply_id = reply.reply_id or uuid.uuid4().hex
-        enqueued_ms = reply.enqueued_ms or int(time.time() * 1000)
-        reply = Reply(reply.text, reply.priority, reply.play_type, reply.rule_index, reply_id, enqueued_ms)
-        outcome, evicted = await self._enqueue(
-            keys=self._queue_keys(room_id),
-            args=[reply_id, reply.score, reply.to_json(), self.max_pending],
-        )
-        return _text(outcome), reply_id, (_text(evicted) or None)
+        None). The room's event stream records it (``reply_queued``/``reply_dropped`` with ``record``)."""
+        return (await self.enqueue_many(room_id, [(reply, record)]))[0]
+
+    async def enqueue_many(
+        self, room_id: str, replies: list[tuple[Reply, dict[str, str | int]]]
+    ) -> list[tuple[str, str, str | None]]:
+        """:meth:`enqueue` for several replies, in order, in one round trip."""
+        now_ms = int(time.time() * 1000)
+        script_keys = [*self._queue_keys(room_id), keys.room_events(room_id)]
+        ids = []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for reply, record in replies:
+                reply_id = reply.reply_id or uuid.uuid4().hex
+                enqueued_ms = reply.enqueued_ms or now_ms
+                full = Reply(
+                    reply.text, reply.priority, reply.play_type, reply.rule_index, reply_id, enqueued_ms
+                )
+                fields = {"priority": full.priority, "text": full.text, "event_ms": now_ms, **record}
+                flat = [value for pair in fields.items() for value in pair]
+                await self._enqueue(
+                    keys=script_keys,
+                    args=[reply_id, full.score, full.to_json(), self.max_pending, self.events_maxlen, *flat],
+                    client=pipe,
+                )
+                ids.append(reply_id)
+            results = await pipe.execute()
+        return [
+            (_text(outcome), reply_id, (_text(evicted) or None))
+            for reply_id, (outcome, evicted) in zip(ids, results, strict=True)
+        ]
 
     async def pop(self, room_id: str) -> Reply | None:
         """The most important waiting reply, removed from the queue; None when none waits."""

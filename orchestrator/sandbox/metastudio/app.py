@@ -364,7 +364,8 @@ class MetaStudioSandbox:
 
     async def report(self, request: web.Request) -> web.Response:
         job = self._job(request)
-        report = _parse(LiveEventReport, await _json(request))
+        raw = await _json(request)
+        report = _parse(LiveEventReport, raw)
         if report.total != len(report.events):
             raise invalid(f"total ({report.total}) must equal the number of events ({len(report.events)})")
         if job.state is not JobState.PROCESSING:
@@ -373,7 +374,8 @@ class MetaStudioSandbox:
         if batch_id is not None:
             job.report_batches[batch_id] = job.report_batches.get(batch_id, 0) + 1
         if batch_id is None or job.report_batches[batch_id] == 1:  # a resent batch is taken once
-            await self.world.receive_events(job, [e.model_dump(mode="json") for e in report.events])
+            # The events as sent (validated above): dumping each model again costs more than the rest.
+            await self.world.receive_events(job, [dict(e) for e in raw["events"]])
         expires = int(request.query.get("expires_time", "0") or 0)
         refresh = request.query.get("refresh_url") == "true"
         if refresh or expires - self.clock.epoch_ms() < REPORT_URL_REFRESH_BEFORE_MS:

@@ -416,12 +416,16 @@ class World:
         return hmac.new(job.report_secret, message, hashlib.sha256).hexdigest()
 
     async def receive_events(self, job: Job, events: list[dict[str, Any]]) -> None:
-        contents = [(event.get("type"), parse_content(event.get("content"))) for event in events]
         job.reported.extend(events)
+        if not job.rules:
+            return
+        contents = [(event.get("type"), parse_content(event.get("content"))) for event in events]
+        by_type: dict[Any, list[dict[str, Any]]] = {}
+        for event_type, content in contents:  # the batch of each type, once (not once per event)
+            by_type.setdefault(event_type, []).append(content)
         for event, (event_type, content) in zip(events, contents, strict=True):
-            batch = [c for t, c in contents if t == event_type]
             if isinstance(event_type, int):
-                await self._apply_rules(job, event, event_type, content, batch)
+                await self._apply_rules(job, event, event_type, content, by_type[event_type])
 
     async def _apply_rules(
         self,
