@@ -12,7 +12,9 @@ it decided in the history it was given (so the caller owns all state; nothing he
 4. **FAQ** entries matched fuzzily (containment, or a similarity ratio ≥ ``faq_threshold`` over
    normalised text -- characters, so it works for Chinese);
 5. templates fill ``{user}`` and ``{product}`` (the current paragraph's product, from SHOOT_SCRIPT_SWITCH);
-6. **rate limits**: one reply per user per ``per_user_interval_s``; at most ``per_room_per_minute``;
+6. **rate limits**: one reply per user per ``per_user_interval_s``; per room, ``per_room_per_minute`` on
+   average and at most ``per_room_burst`` at once (a token bucket: a busy room speaks steadily instead of
+   answering a burst and then falling silent for a minute -- its reply queue would drop most of a burst);
 7. **deduplication**: the same question (normalised) answered once per ``dedup_window_s``;
 8. **forbidden words** in our own reply: silence (the vendor would say it aloud).
 """
@@ -22,7 +24,6 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from collections import deque
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from typing import Literal
@@ -69,6 +70,7 @@ class PolicyConfig(_Model):
     gift_thanks: str | None = "谢谢{user}送的{gift}！"
     per_user_interval_s: float = Field(30.0, ge=0)
     per_room_per_minute: int = Field(6, ge=1)
+    per_room_burst: int = Field(3, ge=1)
     dedup_window_s: float = Field(60.0, ge=0)
     forbidden_words: list[str] = Field(default_factory=list)
 
@@ -79,7 +81,8 @@ class History:
 
     rule_fired: dict[str, float] = field(default_factory=dict)
     user_replied: dict[str, float] = field(default_factory=dict)
-    room_replies: deque[float] = field(default_factory=deque)
+    room_tokens: float | None = None  # the room's reply budget (token bucket); None: full
+    room_tokens_at: float = 0.0
     questions: dict[str, float] = field(default_factory=dict)
     reply_cursor: dict[str, int] = field(default_factory=dict)
 
@@ -229,10 +232,16 @@ def looks_like_question(text: str) -> bool:
 _QUESTION = re.compile(r"[?？]|吗|呢|什么|怎么|多少|几|哪|为什么|如何|能不能|可不可以|有没有")
 
 
+def _room_tokens(config: PolicyConfig, history: History, now: float) -> float:
+    """The room's reply budget now: ``per_room_burst`` at most, refilled at ``per_room_per_minute``."""
+    if history.room_tokens is None:
+        return float(config.per_room_burst)
+    refill = max(0.0, now - history.room_tokens_at) * config.per_room_per_minute / 60
+    return min(float(config.per_room_burst), history.room_tokens + refill)
+
+
 def _room_limit_reached(config: PolicyConfig, history: History, now: float) -> bool:
-    while history.room_replies and now - history.room_replies[0] >= 60:
-        history.room_replies.popleft()
-    return len(history.room_replies) >= config.per_room_per_minute
+    return _room_tokens(config, history, now) < 1
 
 
 def _speak(
@@ -252,7 +261,8 @@ def _speak(
     if _forbidden(text, config.forbidden_words):
         return Decision(None, "forbidden word in our own reply", priority, rule)
     history.user_replied[event.user_id] = event.at
-    history.room_replies.append(event.at)
+    history.room_tokens = _room_tokens(config, history, event.at) - 1
+    history.room_tokens_at = event.at
     if question is not None:
         history.questions[question] = event.at
     return Decision(text, "answered", priority, rule)

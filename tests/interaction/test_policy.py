@@ -153,3 +153,19 @@ def test_example_policy_file_is_valid() -> None:
     path = Path(__file__).resolve().parents[2] / "config" / "policy.example.yaml"
     config = PolicyConfig.model_validate(yaml.safe_load(path.read_text()))
     assert [r.name for r in config.rules] == ["price", "shipping"] and config.faq
+
+
+def test_room_budget_is_a_token_bucket() -> None:
+    """A busy room answers a burst of at most per_room_burst, then steadily per_room_per_minute -- not the
+    whole minute's worth at once followed by silence."""
+    config = CONFIG.model_copy(
+        update={"per_room_per_minute": 60, "per_room_burst": 3, "per_user_interval_s": 0}
+    )
+    history = History()
+    spoke = [decide(config, history, comment(f"快递{i}", 100.0, f"u{i}")).speaks for i in range(10)]
+    assert spoke == [True] * 3 + [False] * 7
+    assert decide(config, history, comment("快递a", 100.5, "a")).reason == "room reply rate limit reached"
+    assert decide(config, history, comment("快递b", 101.0, "b")).speaks  # one a second after that
+    assert not decide(config, history, comment("快递c", 101.2, "c")).speaks
+    steady = [decide(config, history, comment(f"快递s{i}", 102.0 + i, f"s{i}")).speaks for i in range(30)]
+    assert all(steady)
