@@ -102,10 +102,15 @@ def _entry_ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
 
 
-@dataclass
+@dataclass(slots=True)
 class Buffered:
+    """An event waiting for its report: kept as the JSON the report carries (a few hundred bytes, not a
+    parsed dict), with what batching needs."""
+
     entry_id: str
-    event: dict[str, Any]  # wire form: {"timestamp", "type", "content": JSON string}
+    type: int
+    timestamp: int
+    raw: bytes  # wire form: {"timestamp", "type", "content": JSON string}
 
 
 class RoomWorker:
@@ -204,15 +209,16 @@ class RoomWorker:
             if not fields:  # trimmed while pending: nothing left to report
                 stale.append(entry_id)
                 continue
-            event = self._event(entry_id, fields)
-            if event is None:
+            parsed = self._event(entry_id, fields)
+            if parsed is None:
                 stale.append(entry_id)
                 continue
+            event, raw = parsed
             if now_ms - _entry_ms(entry_id) > settings.report_max_age_s * 1000:
                 metrics.audience_events.labels("expired").inc()
                 stale.append(entry_id)
                 continue
-            self.buffer.append(Buffered(entry_id, event))
+            self.buffer.append(Buffered(entry_id, event["type"], event["timestamp"], raw))
             if fresh and event["type"] in (1, 4):
                 self._consider_reply(entry_id, event)
         if stale:
@@ -222,14 +228,21 @@ class RoomWorker:
             if len(self.buffer) >= settings.report_max_events:
                 self.full.set()
 
-    def _event(self, entry_id: str, fields: Mapping[Any, Any]) -> dict[str, Any] | None:
+    def _event(self, entry_id: str, fields: Mapping[Any, Any]) -> tuple[dict[str, Any], bytes] | None:
+        """The entry's event in wire form, parsed and as the bytes the report will carry; None if invalid."""
         raw = fields.get(b"event")
         if raw is not None:
             try:
-                event: dict[str, Any] = orjson.loads(raw)
-                return event
+                event = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                pass
+                event = None
+            if (
+                isinstance(event, dict)
+                and isinstance(event.get("type"), int)
+                and isinstance(event.get("timestamp"), int)
+                and isinstance(event.get("content"), str)
+            ):
+                return event, bytes(raw)
         bridge = fields.get(b"raw")
         problem = "entry has neither an 'event' nor a 'raw' field holding JSON"
         if bridge is not None:
@@ -241,7 +254,7 @@ class RoomWorker:
             if accepted:
                 event = accepted[0]
                 event["content"] = orjson.dumps(event["content"]).decode()
-                return event
+                return event, orjson.dumps(event)
             if rejected:
                 problem = rejected[0].error_msg
         self.service.metrics.audience_events.labels("rejected").inc()
@@ -385,7 +398,7 @@ class RoomWorker:
             try:
                 if url is None:
                     raise _NoReportUrl
-                refreshed = await self.service.client().report_batch(url, events, batch_id)
+                refreshed = await self.service.client().report_batch(url, [e.raw for e in events], batch_id)
                 break
             except ProviderBadRequest as exc:
                 # The vendor refuses this batch as such: resending it would block the room forever.
@@ -411,7 +424,7 @@ class RoomWorker:
         await self._acknowledge(batch_id, batch, events, refreshed)
 
     async def _acknowledge(
-        self, batch_id: str, batch: list[Buffered], events: list[dict[str, Any]], refreshed: str | None
+        self, batch_id: str, batch: list[Buffered], events: list[Buffered], refreshed: str | None
     ) -> None:
         done = {b.entry_id for b in batch}
         while True:  # the vendor has the batch: acknowledge it, however long Redis takes to come back
@@ -440,7 +453,7 @@ class RoomWorker:
         batch_id: str,
         done: set[str],
         keep_from: str,
-        events: list[dict[str, Any]],
+        events: list[Buffered],
         refreshed: str | None,
     ) -> None:
         async with self.service.redis.pipeline(transaction=True) as pipe:
@@ -608,25 +621,25 @@ def _after(entry_id: str) -> str:
     return f"{ms}-{seq + 1}"
 
 
-def _type_counts(events: list[dict[str, Any]]) -> str:
+def _type_counts(events: list[Buffered]) -> str:
     """``comment:3,viewers:1`` -- what a report carried, for the room's event record."""
     counts: dict[str, int] = {}
     for event in events:
-        name = NAMES.get(event.get("type", 0), str(event.get("type")))
+        name = NAMES.get(event.type, str(event.type))
         counts[name] = counts.get(name, 0) + 1
     return ",".join(f"{name}:{n}" for name, n in counts.items())
 
 
-def _coalesce_viewers(batch: list[Buffered]) -> list[dict[str, Any]]:
+def _coalesce_viewers(batch: list[Buffered]) -> list[Buffered]:
     """The batch's events in order, with only the latest viewer count (type 6) kept."""
-    viewers = [b.event for b in batch if b.event.get("type") == 6]
+    viewers = [b for b in batch if b.type == 6]
     if len(viewers) <= 1:
-        return [b.event for b in batch]
+        return batch
     latest = viewers[0]
     for event in viewers:  # the newest by timestamp; on a tie, the later in the stream
-        if event.get("timestamp", 0) >= latest.get("timestamp", 0):
+        if event.timestamp >= latest.timestamp:
             latest = event
-    return [b.event for b in batch if b.event.get("type") != 6 or b.event is latest]
+    return [b for b in batch if b.type != 6 or b is latest]
 
 
 class AudienceService:

@@ -26,6 +26,7 @@ POLICY = {
     "faq": [{"question": "有优惠券吗", "answer": "关注主播就能领优惠券。"}],
     "per_user_interval_s": 0,
     "per_room_per_minute": 1000,
+    "per_room_burst": 1000,
     "dedup_window_s": 0,
     "forbidden_words": ["傻瓜"],
 }

@@ -31,7 +31,6 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
-import orjson
 import structlog
 from pydantic import BaseModel
 from yarl import URL
@@ -301,18 +300,18 @@ class MetaStudioClient:
         body = await self._call("POST", url, report.to_wire(), Retry.SAFE)
         return LiveEventReportResponse.model_validate(body or {}).live_event_report_url
 
-    async def report_batch(self, report_url: str, events: list[dict[str, Any]], batch_id: str) -> str | None:
-        """:meth:`report_events` for events already in wire form (``{"timestamp": int, "type": int,
-        "content": str}``, as :mod:`orchestrator.interaction.ingest` makes them), serialised once without
-        models -- the reporter's hot path. ``batch_id`` travels as ``X-Batch-Id``, the same on every retry
-        and on a successor's resend, so a receiver that deduplicates can; MetaStudio documents no such
-        header and ignores it. Returns the refreshed report URL, if any."""
+    async def report_batch(self, report_url: str, events: list[bytes], batch_id: str) -> str | None:
+        """:meth:`report_events` for events already serialised in wire form (each the JSON of
+        ``{"timestamp": int, "type": int, "content": str}``, as the ingest stores them), joined into the
+        body without parsing or models -- the reporter's hot path. ``batch_id`` travels as ``X-Batch-Id``,
+        the same on every retry and on a successor's resend, so a receiver that deduplicates can;
+        MetaStudio documents no such header and ignores it. Returns the refreshed report URL, if any."""
         if not 1 <= len(events) <= MAX_REPORT_EVENTS:
             raise ValueError(f"a report carries 1 to {MAX_REPORT_EVENTS} events, not {len(events)}")
         url = URL(report_url)
         if not url.is_absolute():
             raise ProviderConfigError(f"live_event_report_url is not absolute: {report_url!r}")
-        body = orjson.dumps({"total": len(events), "events": events})
+        body = b'{"total":%d,"events":[%s]}' % (len(events), b",".join(events))
         answer = await self._call("POST", url, body, Retry.SAFE, extra_headers={"X-Batch-Id": batch_id})
         refreshed = answer.get("live_event_report_url") if isinstance(answer, dict) else None
         return refreshed if isinstance(refreshed, str) and refreshed else None
