@@ -10,7 +10,7 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,13 +238,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     redactor = Redactor(settings.logging.redact_fields, secret_values(settings))
     configure_logging(settings.logging, redactor)
     log = structlog.get_logger("orchestrator")
-    log.info("starting", version=__version__, python=sys.version.split()[0])
+    log.info(
+        "starting", version=__version__, python=sys.version.split()[0], event_loop=settings.server.event_loop
+    )
     try:
-        asyncio.run(_run(settings, redactor))
+        with asyncio.Runner(loop_factory=loop_factory(settings.server.event_loop)) as runner:
+            runner.run(_run(settings, redactor))
     except OSError as exc:
         log.error("cannot serve", error=str(exc), host=settings.server.host, port=settings.server.port)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory for ``server.event_loop`` (None: asyncio's own)."""
+    if name != "uvloop":
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
 
 
 async def _run(settings: Settings, redactor: Redactor) -> None:

@@ -63,6 +63,11 @@ class ServerSettings(Section):
     keepalive_timeout_s: PositiveSeconds = Field(
         75.0, description="Idle keep-alive connections are closed after this long."
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description="Event loop: uvloop (libuv; less overhead per request and per Redis reply) or the "
+        "standard asyncio loop.",
+    )
     public_base_url: AnyHttpUrl | None = Field(
         None, description="How the outside world reaches this server (used in callback URLs)."
     )
