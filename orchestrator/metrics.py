@@ -54,20 +54,20 @@ class Metrics:
         self.report_latency = Histogram(
             "orch_report_latency_seconds",
             "From an audience event's ingest to the vendor accepting the report that carried it.",
-            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30),
+            buckets=(0.05, 0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 1, 2, 5, 10, 30),
             registry=self.registry,
         )
         self.reply_decision = Histogram(
             "orch_reply_decision_seconds",
             "From a comment's ingest to the decision of its reply (text, priority, play_type: the "
             "INSERT_PLAY_SCRIPT to send), for comments that get one.",
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+            buckets=(0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5),
             registry=self.registry,
         )
         self.reply_queued = Histogram(
             "orch_reply_queued_seconds",
             "From a comment's ingest to its reply being in the room's reply queue in Redis.",
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+            buckets=(0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5),
             registry=self.registry,
         )
         self.replies = Counter(

@@ -243,6 +243,12 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--open-loop-s", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of (a), (b), (c)")
+    parser.add_argument(
+        "--event-loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="for all three servers (default uvloop)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -269,6 +275,7 @@ def main() -> None:
             **{k: v for k, v in os.environ.items() if not k.startswith("ORCH_")},
             "ORCH_REDIS__URL": server.url,
             "ORCH_LOGGING__FORMAT": "json",
+            "ORCH_SERVER__EVENT_LOOP": args.event_loop,  # (a), (b) and (c) alike
             "ORCH_CALLBACKS__MAX_SKEW_S": str(SKEW_S),
             "ORCH_CALLBACKS__JOURNAL_PATH": str(work / "journal.jsonl"),
             "ORCH_CALLBACKS__PROFILES__DEFAULT__PUBLIC_URL": f"http://127.0.0.1:{ports['real']}{PATH}",
@@ -313,6 +320,7 @@ def main() -> None:
     result = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "event_loop": args.event_loop,
         "wrk": {
             "duration_s": args.duration,
             "connections": args.connections,

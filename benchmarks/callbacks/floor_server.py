@@ -11,6 +11,7 @@ import sys
 from aiohttp import web
 
 from orchestrator.app import create_app
+from orchestrator.cli import loop_factory
 from orchestrator.logging import Redactor, configure_logging
 from orchestrator.settings import load_settings
 from orchestrator.web.server import make_runner
@@ -33,4 +34,7 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    with asyncio.Runner(
+        loop_factory=loop_factory(os.environ.get("ORCH_SERVER__EVENT_LOOP", "uvloop"))
+    ) as runner:
+        runner.run(main(int(sys.argv[1])))

@@ -4,20 +4,21 @@ Processes: a private ``redis-server``; the MetaStudio sandbox (``orchestrator sa
 process: it is the vendor); the daemon (``orchestrator run``); the load generator (this process, aiohttp
 client, request bodies serialised up front).
 
-1. **Memory with 1,000 live rooms**: the daemon's RSS idle with no rooms (baseline), then with 1,000 rooms
-   live on the sandbox and owned by its audience service (one room worker each), then after every room
-   has had audience traffic.
-2. **Sustained ingest rate**: closed-loop POSTs of 250-event batches to ``/api/rooms/{room}/events`` of 100
-   of the rooms for ``--duration`` s; the rate counts an event only once the vendor has accepted the report
-   carrying it (the clock stops when the backlog has drained). Baseline in the same run: the same generator
-   against a bare aiohttp handler that parses the same bodies and answers 200 (``bare_server.py``).
-   Alternating rounds, medians.
-3. **Latency at the target rate**: an open-loop generator at ``--rate`` events/s (20,000: the target) for
-   ``--warmup-s`` + ``--latency-s``; the daemon's own histograms (over the steady state after the warm-up,
-   and over the whole phase) give, exactly at their bucket edges, the share of events
-   reported within 300 ms of ingest and of replies decided within 5 ms (comment accepted → reply queued,
-   no vendor round trip). Baselines: the report window itself (200 ms, the designed minimum wait) and the
-   reply policy's ``decide()`` alone, timed in this process.
+1. **Sustained ingest rate** (100 live rooms): closed-loop POSTs of 250-event batches to
+   ``/api/rooms/{room}/events`` for ``--duration`` s; the rate counts an event only once the vendor has
+   accepted the report carrying it (the clock stops when the backlog has drained). Baseline in the same
+   run: the same generator against a bare aiohttp handler that parses the same bodies and answers 200
+   (``bare_server.py``) -- a yardstick of how fast the machine is right now. Alternating rounds, medians.
+2. **Latency at the target rate** (100 live rooms): an open-loop generator at ``--rate`` events/s
+   (20,000: the target) for ``--warmup-s`` + ``--latency-s``; the daemon's own histograms (over the steady
+   state after the warm-up, and over the whole phase) give, exactly at their bucket edges, the share of
+   events reported within 300 ms of ingest, of replies decided within 5 ms (comment accepted → reply
+   decided: text, priority, play_type) and of replies in the Redis queue within 5 ms. Baselines: the
+   report window itself (200 ms, the designed minimum wait) and the reply policy's ``decide()`` alone,
+   timed in this process.
+3. **Memory with 1,000 live rooms**: the daemon's RSS idle with no rooms (at start), after the phases
+   above, with 900 more rooms live on the sandbox and owned by its audience service (one room worker
+   each), and after every room has had 250 events.
 
 Targets (issue 6): ≥ 20,000 events/s per process; p99 ingest→report ≤ 300 ms; p99 decision ≤ 5 ms.
 
@@ -249,7 +250,7 @@ async def wait_drained(port: int, target: float, timeout_s: float = 120) -> floa
     return time.monotonic()
 
 
-async def put_rooms(port: int) -> None:
+async def put_rooms(port: int, first: int, end: int) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as http:
 
@@ -264,8 +265,15 @@ async def put_rooms(port: int) -> None:
             ) as resp:
                 assert resp.status == 200, await resp.text()
 
-        for start in range(0, ROOMS, 50):
-            await asyncio.gather(*(put(i) for i in range(start, min(ROOMS, start + 50))))
+        for start in range(first, end, 50):
+            await asyncio.gather(*(put(i) for i in range(start, min(end, start + 50))))
+
+
+def wait_owned(port: int, rooms: int, started: float) -> None:
+    while metrics(port).get("orch_audience_rooms_owned", 0) < rooms:
+        if time.monotonic() - started > 300:
+            raise TimeoutError(f"{rooms} rooms did not all go live")
+        time.sleep(0.5)
 
 
 def main() -> None:
@@ -299,6 +307,7 @@ def main() -> None:
             **{k: v for k, v in os.environ.items() if not k.startswith("ORCH_")},
             "ORCH_REDIS__URL": server.url,
             "ORCH_LOGGING__LEVEL": "WARNING",
+            "ORCH_SERVER__EVENT_LOOP": "uvloop",  # the daemon's default; the bare baseline uses it too
             "ORCH_ADMIN__TOKEN": TOKEN,
             "ORCH_METASTUDIO__ENDPOINT": f"http://127.0.0.1:{ports['sandbox']}",
             "ORCH_METASTUDIO__AK": AK,
@@ -357,47 +366,12 @@ def main() -> None:
         pid = procs["daemon"].pid
         memory: dict[str, Any] = {"rss_idle_no_rooms_mb": rss_mb(pid)}
 
-        # --- 1. memory with 1,000 live rooms
+        # --- 100 live rooms for the throughput and latency phases
         started = time.monotonic()
-        asyncio.run(put_rooms(ports["daemon"]))
-        while metrics(ports["daemon"]).get("orch_audience_rooms_owned", 0) < ROOMS:
-            if time.monotonic() - started > 300:
-                raise TimeoutError("1,000 rooms did not all go live")
-            time.sleep(0.5)
-        memory["seconds_until_all_live_and_owned"] = round(time.monotonic() - started, 1)
-        time.sleep(2)
-        memory["rss_1000_live_rooms_mb"] = rss_mb(pid)
-        payload = bodies(1, seed=99)[0]
+        asyncio.run(put_rooms(ports["daemon"], 0, HOT_ROOMS))
+        wait_owned(ports["daemon"], HOT_ROOMS, started)
 
-        async def touch_all() -> None:
-            headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as http:
-
-                async def one(i: int) -> None:
-                    async with http.post(
-                        f"http://127.0.0.1:{ports['daemon']}/api/rooms/{room_id(i)}/events",
-                        data=payload,
-                        headers=headers,
-                    ) as resp:
-                        assert resp.status == 200, (resp.status, await resp.text())
-
-                for start in range(0, ROOMS, 50):
-                    await asyncio.gather(*(one(i) for i in range(start, start + 50)))
-
-        before = settled(metrics(ports["daemon"]))
-        asyncio.run(touch_all())
-        asyncio.run(wait_drained(ports["daemon"], before + ROOMS * BATCH))
-        time.sleep(2)
-        memory["rss_1000_rooms_after_250_events_each_mb"] = rss_mb(pid)
-        memory["per_room_kb"] = round(
-            1024
-            * (memory["rss_1000_rooms_after_250_events_each_mb"] - memory["rss_idle_no_rooms_mb"])
-            / ROOMS,
-            1,
-        )
-        result["memory"] = memory
-
-        # --- 2. sustained ingest rate, alternating bare / daemon
+        # --- 1. sustained ingest rate, alternating bare / daemon
         payloads = bodies(40, seed=1)
         rates: dict[str, list[float]] = {"bare": [], "daemon": []}
         for _ in range(args.rounds):
@@ -423,7 +397,7 @@ def main() -> None:
             "daemon_reported_events": int(after.get('orch_audience_events_total{outcome="reported"}', 0)),
         }
 
-        # --- 3. latency and decision time at the target rate (open loop)
+        # --- 2. latency and decision time at the target rate (open loop)
         async def latency_phase() -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
             start = metrics(ports["daemon"])
             load = asyncio.create_task(
@@ -452,6 +426,49 @@ def main() -> None:
             "report_window_baseline_s": 0.2,
             "decide_alone_baseline": decide_baseline(),
         }
+        # --- 3. memory with 1,000 live rooms (900 more, after the throughput and latency phases)
+        memory["rss_after_the_100_room_phases_mb"] = rss_mb(pid)
+        started = time.monotonic()
+        asyncio.run(put_rooms(ports["daemon"], HOT_ROOMS, ROOMS))
+        wait_owned(ports["daemon"], ROOMS, started)
+        memory["seconds_until_900_more_live_and_owned"] = round(time.monotonic() - started, 1)
+        time.sleep(2)
+        memory["rss_1000_live_rooms_mb"] = rss_mb(pid)
+        payload = bodies(1, seed=99)[0]
+
+        async def touch_all() -> None:
+            headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as http:
+
+                async def one(i: int) -> None:
+                    async with http.post(
+                        f"http://127.0.0.1:{ports['daemon']}/api/rooms/{room_id(i)}/events",
+                        data=payload,
+                        headers=headers,
+                    ) as resp:
+                        assert resp.status == 200, (resp.status, await resp.text())
+
+                for start in range(0, ROOMS, 50):
+                    await asyncio.gather(*(one(i) for i in range(start, start + 50)))
+
+        before = settled(metrics(ports["daemon"]))
+        asyncio.run(touch_all())
+        asyncio.run(wait_drained(ports["daemon"], before + ROOMS * BATCH))
+        time.sleep(2)
+        memory["rss_1000_rooms_after_250_events_each_mb"] = rss_mb(pid)
+        memory["per_idle_live_room_kb"] = round(
+            1024
+            * (memory["rss_1000_live_rooms_mb"] - memory["rss_after_the_100_room_phases_mb"])
+            / (ROOMS - HOT_ROOMS),
+            1,
+        )
+        memory["per_room_after_traffic_kb"] = round(
+            1024
+            * (memory["rss_1000_rooms_after_250_events_each_mb"] - memory["rss_idle_no_rooms_mb"])
+            / ROOMS,
+            1,
+        )
+        result["memory"] = memory
     finally:
         for proc in procs.values():
             proc.terminate()

@@ -133,7 +133,7 @@ class RoomWorker:
         self._idle_cursor = 0
         self._resend: tuple[str, str, str] | None = None  # (batch id, first, last) of a predecessor
         self._chats = asyncio.Semaphore(CHAT_CONCURRENCY)
-        self._decided: deque[tuple[str, Decision]] = deque()
+        self._decided: deque[tuple[float, Decision]] = deque()  # (the comment's arrival, s; decision)
         self._decided_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._chat_tasks: set[asyncio.Task[None]] = set()
@@ -219,7 +219,7 @@ class RoomWorker:
                 stale.append(entry_id)
                 continue
             self.buffer.append(Buffered(entry_id, event["type"], event["timestamp"], raw))
-            if fresh and event["type"] in (1, 4):
+            if fresh and event["type"] in (1, 4) and fields.get(b"d") != b"1":  # d: decided at ingest
                 self._consider_reply(entry_id, event)
         if stale:
             await self.service.redis.xack(self.stream, GROUP, *stale)
@@ -262,18 +262,34 @@ class RoomWorker:
         return None
 
     def _consider_reply(self, entry_id: str, wire: dict[str, Any]) -> None:
-        """Decide (pure CPU, in the reader: no awaiting here, so one room's replies never hold up the
-        reading of every room's stream); a reply is handed to the room's queuing task."""
-        settings = self.service.settings
-        at_s = wire["timestamp"] / 1000
-        if time.time() - at_s > settings.reply_max_age_s:
-            return
+        """Decide for an entry read from the stream (pure CPU, in the reader: nothing awaited here, so one
+        room's replies never hold up the reading of every room's stream)."""
         try:
             content = orjson.loads(wire["content"])
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(content, dict):
+            self.consider(wire["type"], wire["timestamp"], content, since_s=_entry_ms(entry_id) / 1000)
+
+    def decide_arrivals(self, events: list[dict[str, Any]], *, since_s: float) -> None:
+        """Decide for events as they arrive at this replica's ingest endpoint (normalised, ``content`` an
+        object), the owner deciding at once instead of when it reads them back from the stream."""
+        for event in events:
+            if event["type"] in (1, 4):
+                self.consider(event["type"], event["timestamp"], event["content"], since_s=since_s)
+
+    def consider(
+        self, event_type: int, timestamp_ms: int, content: dict[str, Any], *, since_s: float
+    ) -> None:
+        """The reply policy on one comment or gift; a reply is handed to the room's queuing task."""
+        at_s = timestamp_ms / 1000
+        if time.time() - at_s > self.service.settings.reply_max_age_s:
+            return
+        try:
             user = content.get("user") or {}
             gift = content.get("gift") or {}
             event = Event(
-                type=wire["type"],
+                type=event_type,
                 user_id=str(user.get("userId", "")),
                 user_name=str(user.get("name", "")),
                 text=str(content.get("content") or ""),
@@ -281,20 +297,20 @@ class RoomWorker:
                 gift_num=int(gift.get("giftNum") or 0),
                 at=at_s,
             )
-        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError):
             return
         chat = self.service.chat
         decision = decide(self.service.policy, self.history, event, product=self.product, faq=chat is None)
         if decision.reason == NOTHING_TO_ANSWER and chat is not None:
             if looks_like_question(event.text) and not self._chats.locked():
-                task = asyncio.create_task(self._ask_chat(chat, entry_id, event), name=f"chat:{self.room_id}")
+                task = asyncio.create_task(self._ask_chat(chat, since_s, event), name=f"chat:{self.room_id}")
                 self._chat_tasks.add(task)
                 task.add_done_callback(self._chat_tasks.discard)
                 return
             decision = decide(self.service.policy, self.history, event, product=self.product)
-        self._hand_over(entry_id, decision)
+        self._hand_over(since_s, decision)
 
-    async def _ask_chat(self, chat: ChatBackend, entry_id: str, event: Event) -> None:
+    async def _ask_chat(self, chat: ChatBackend, since_s: float, event: Event) -> None:
         async with self._chats:
             try:
                 answer = await chat.answer(event.text, product=self.product)
@@ -302,16 +318,16 @@ class RoomWorker:
             except ChatUnavailable as exc:
                 self._log.info("chat backend unavailable; answering from the FAQ", error=str(exc))
                 decision = decide(self.service.policy, self.history, event, product=self.product)
-        self._hand_over(entry_id, decision)
+        self._hand_over(since_s, decision)
 
-    def _hand_over(self, entry_id: str, decision: Decision) -> None:
+    def _hand_over(self, since_s: float, decision: Decision) -> None:
         if not decision.speaks or decision.reply is None:
             return
         if len(self._decided) >= HAND_OVER_LIMIT:  # Redis is slow or away: the queue would drop it anyway
             self.service.metrics.replies.labels("dropped").inc()
             return
-        self.service.metrics.reply_decision.observe(max(0.0, time.time() - _entry_ms(entry_id) / 1000))
-        self._decided.append((entry_id, decision))
+        self.service.metrics.reply_decision.observe(max(0.0, time.time() - since_s))
+        self._decided.append((since_s, decision))
         self._decided_ready.set()
 
     async def _queue_forever(self) -> None:
@@ -337,9 +353,9 @@ class RoomWorker:
                     await pause(0.5)
                     continue
                 now = time.time()
-                for entry_id, _ in taken:
+                for since_s, _ in taken:
                     self._decided.popleft()
-                    self.service.metrics.reply_queued.observe(max(0.0, now - _entry_ms(entry_id) / 1000))
+                    self.service.metrics.reply_queued.observe(max(0.0, now - since_s))
             self._decided_ready.clear()
 
     # --- reporter ---

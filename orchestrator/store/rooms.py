@@ -129,14 +129,18 @@ return 1
 INGEST_LUA = """
 local stream, state = KEYS[1], KEYS[2]
 if redis.call('HGET', state, 'managed') ~= '1' then return -1 end
-local ntypes = tonumber(ARGV[4])
+local ntypes = tonumber(ARGV[5])
 for i = 0, ntypes - 1 do
-  redis.call('HINCRBY', state, 'audience:' .. ARGV[5 + 2 * i], ARGV[6 + 2 * i])
+  redis.call('HINCRBY', state, 'audience:' .. ARGV[6 + 2 * i], ARGV[7 + 2 * i])
 end
 if ARGV[2] ~= '' then redis.call('HSET', state, 'viewers', ARGV[2], 'viewers_at', ARGV[3]) end
-local first = 5 + 2 * ntypes
+local first = 6 + 2 * ntypes
 for i = first, #ARGV do
-  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
+  if ARGV[4] == '1' then
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i], 'd', '1')
+  else
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
+  end
 end
 return #ARGV - first + 1
 """
@@ -292,11 +296,14 @@ class RoomStore:
         )
         return bool(marked)
 
-    async def ingest(self, room_id: str, events: list[dict[str, Any]], *, maxlen: int = 100_000) -> bool:
+    async def ingest(
+        self, room_id: str, events: list[dict[str, Any]], *, maxlen: int = 100_000, decided: bool = False
+    ) -> bool:
         """Append audience events to the room's ingest stream (in wire form: ``content`` as a JSON string)
         and count them -- one script, one round trip, and nothing written unless the room is managed
         (then False). The latest viewer count of the batch (by timestamp) becomes the room's ``viewers``.
-        The stream keeps at most about ``maxlen`` entries (the oldest are trimmed)."""
+        The stream keeps at most about ``maxlen`` entries (the oldest are trimmed). ``decided``: the room's
+        owner decides replies for these itself (entries marked ``d``, so its reader does not again)."""
         counts: dict[int, int] = {}
         wires = []
         latest: dict[str, Any] | None = None
@@ -309,7 +316,7 @@ class RoomStore:
         pairs = [value for item in counts.items() for value in item]
         written = await self._ingest(
             keys=[keys.room_ingest(room_id), keys.room_state(room_id)],
-            args=[maxlen, *viewers, len(counts), *pairs, *wires],
+            args=[maxlen, *viewers, "1" if decided else "0", len(counts), *pairs, *wires],
         )
         return int(written) >= 0
 

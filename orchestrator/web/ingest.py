@@ -9,12 +9,13 @@ accepted (``{"accepted", "rejected": [{"index", "error_code", "error_msg"}]}``),
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from orchestrator.appkeys import ROOM_STORE, SETTINGS
+from orchestrator.appkeys import AUDIENCE, ROOM_STORE, SETTINGS
 from orchestrator.interaction.ingest import MAX_BATCH, Rejected, normalise_batch
 from orchestrator.web.api import require_admin, room_id_param
 from orchestrator.web.errors import ApiError
@@ -39,6 +40,7 @@ async def normalise_in_slices(items: list[Any]) -> tuple[list[dict[str, Any]], l
 
 @routes.post("/api/rooms/{room_id}/events")
 async def ingest(request: web.Request) -> web.Response:
+    received_s = time.time()
     require_admin(request)
     room_id = room_id_param(request)
     store = request.app[ROOM_STORE]
@@ -53,8 +55,18 @@ async def ingest(request: web.Request) -> web.Response:
     if not 1 <= len(items) <= MAX_BATCH:
         raise ApiError(400, "BAD_BATCH", f"send 1 to {MAX_BATCH} events at a time")
     accepted, rejected = await normalise_in_slices(items)
+    # On the replica that owns the room, replies are decided right here, as the comments arrive; the
+    # entries are marked so the owner's reader does not decide them again. Elsewhere the owner decides
+    # when it reads them from the stream.
+    worker = request.app[AUDIENCE].workers.get(room_id)
+    owner = worker if worker is not None and worker.started else None
     # The room must be managed; the script checks it where it writes (one round trip per request).
-    if not await store.ingest(room_id, accepted, maxlen=request.app[SETTINGS].interaction.ingest_maxlen):
+    written = await store.ingest(
+        room_id, accepted, maxlen=request.app[SETTINGS].interaction.ingest_maxlen, decided=owner is not None
+    )
+    if not written:
         raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
+    if owner is not None:
+        owner.decide_arrivals(accepted, since_s=received_s)
     payload = {"accepted": len(accepted), "rejected": [r.model_dump() for r in rejected]}
     return web.json_response(payload, status=200 if accepted else 422)
