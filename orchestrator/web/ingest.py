@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -26,13 +28,20 @@ routes = web.RouteTableDef()
 SLICE = 50
 
 
-async def normalise_in_slices(items: list[Any]) -> tuple[list[dict[str, Any]], list[Rejected]]:
-    """:func:`normalise_batch` fifty events at a time, yielding to the event loop in between: a
-    1,000-event batch holds the loop ~20 ms at once otherwise, and every reply decision waits behind it."""
-    accepted, rejected = normalise_batch(items[:SLICE])
-    for start in range(SLICE, len(items), SLICE):
-        await asyncio.sleep(0)
+async def normalise_in_slices(
+    items: list[Any], on_slice: Callable[[list[dict[str, Any]]], None] | None = None
+) -> tuple[list[dict[str, Any]], list[Rejected]]:
+    """:func:`normalise_batch` fifty events at a time, handing each slice's valid events to ``on_slice``
+    and yielding to the event loop in between: a 1,000-event batch holds the loop ~20 ms at once
+    otherwise, and every other room's work waits behind it."""
+    accepted: list[dict[str, Any]] = []
+    rejected: list[Rejected] = []
+    for start in range(0, len(items), SLICE):
+        if start:
+            await asyncio.sleep(0)
         more, bad = normalise_batch(items[start : start + SLICE])
+        if on_slice is not None:
+            on_slice(more)
         accepted += more
         rejected += [r.model_copy(update={"index": r.index + start}) for r in bad]
     return accepted, rejected
@@ -54,19 +63,19 @@ async def ingest(request: web.Request) -> web.Response:
     items = items if isinstance(items, list) else [items]
     if not 1 <= len(items) <= MAX_BATCH:
         raise ApiError(400, "BAD_BATCH", f"send 1 to {MAX_BATCH} events at a time")
-    accepted, rejected = await normalise_in_slices(items)
-    # On the replica that owns the room, replies are decided right here, as the comments arrive; the
-    # entries are marked so the owner's reader does not decide them again. Elsewhere the owner decides
-    # when it reads them from the stream.
+    # On the replica that owns the room, replies are decided right here, slice by slice as the comments
+    # are validated (before the write: a retried request is caught by the policy's per-user interval and
+    # deduplication); the entries are marked so the owner's reader does not decide them again. Elsewhere
+    # the owner decides when it reads them from the stream.
     worker = request.app[AUDIENCE].workers.get(room_id)
     owner = worker if worker is not None and worker.started else None
+    on_slice = None if owner is None else partial(owner.decide_arrivals, since_s=received_s)
+    accepted, rejected = await normalise_in_slices(items, on_slice)
     # The room must be managed; the script checks it where it writes (one round trip per request).
     written = await store.ingest(
         room_id, accepted, maxlen=request.app[SETTINGS].interaction.ingest_maxlen, decided=owner is not None
     )
     if not written:
         raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
-    if owner is not None:
-        owner.decide_arrivals(accepted, since_s=received_s)
     payload = {"accepted": len(accepted), "rejected": [r.model_dump() for r in rejected]}
     return web.json_response(payload, status=200 if accepted else 422)
