@@ -84,6 +84,7 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app.cleanup_ctx.append(audience_ctx)
     app.on_startup.append(_freeze_startup_heap)  # after every cleanup_ctx has started
     app.on_shutdown.append(_start_draining)
+    app.on_cleanup.append(_stop_watching_gc)
     app.add_routes(health.routes)
     app.add_routes(callbacks.routes)
     app.add_routes(api.routes)
@@ -279,12 +280,26 @@ async def _replay_journal_forever(receiver: CallbackReceiver, journal: Journal, 
         await pause(1.0)
 
 
+#: Collections of the youngest generation after this many allocations (CPython: 700), of the older ones after
+#: this many younger collections (10, 10). Every collection stops the event loop; at 20,000 audience events
+#: a second the defaults meant ~150 young and ~1 full collection a second, ~5 % of the time, the full ones
+#: ~8 ms each -- the tail of reply decisions (see benchmarks/README.md). Fewer, larger young collections
+#: cost less in all; memory held by cyclic garbage waits a little longer.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
 async def _freeze_startup_heap(app: web.Application) -> None:
     """Move everything built at start-up (room definitions, scheduler jobs, clients) out of the cyclic
     garbage collector's reach. With 10,000 rooms a full collection otherwise stalls the event loop for
     ~150 ms at random moments (measured: boundary wake-up p99 176 ms without, 2 ms with; see
     benchmarks/README.md). Objects made later are collected as usual."""
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    app[METRICS].watch_gc()
+
+
+async def _stop_watching_gc(app: web.Application) -> None:
+    app[METRICS].unwatch_gc()
 
 
 async def _start_draining(app: web.Application) -> None:

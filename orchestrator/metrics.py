@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -82,6 +85,32 @@ class Metrics:
             "Live rooms whose reporting and replies this replica owns (room leases held).",
             registry=self.registry,
         )
+
+        self.gc_pause = Histogram(
+            "orch_gc_pause_seconds",
+            "Cyclic garbage collector pauses (the whole event loop stops), by generation.",
+            ["generation"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=self.registry,
+        )
+        self._gc_started = 0.0
+
+    def watch_gc(self) -> None:
+        """Time every collection of the cyclic garbage collector (``gc.callbacks``)."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pause.labels(str(info.get("generation", "?"))).observe(
+                time.perf_counter() - self._gc_started
+            )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

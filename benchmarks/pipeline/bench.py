@@ -424,6 +424,20 @@ def main() -> None:
             "steady_state": shares(steady),
             "whole_phase_including_warmup": shares(start),
             "report_window_baseline_s": 0.2,
+            "gc_pauses_during_phase": {
+                gen: {
+                    "count": int(
+                        after.get(f'orch_gc_pause_seconds_count{{generation="{gen}"}}', 0)
+                        - start.get(f'orch_gc_pause_seconds_count{{generation="{gen}"}}', 0)
+                    ),
+                    "total_s": round(
+                        after.get(f'orch_gc_pause_seconds_sum{{generation="{gen}"}}', 0)
+                        - start.get(f'orch_gc_pause_seconds_sum{{generation="{gen}"}}', 0),
+                        3,
+                    ),
+                }
+                for gen in ("0", "1", "2")
+            },
             "decide_alone_baseline": decide_baseline(),
         }
         # --- 3. memory with 1,000 live rooms (900 more, after the throughput and latency phases)
