@@ -256,3 +256,29 @@ async def ingest_when_ready(daemon: Any, events: list[dict[str, Any]]) -> None:
             if status == 200:
                 return
             await asyncio.sleep(0.2)
+
+
+async def test_refreshed_report_url_is_adopted(make_settings: Any, tmp_path: Path) -> None:
+    """The vendor's answer may carry a new live_event_report_url: it is stored and used from then on."""
+    async with live_room(make_settings, tmp_path, report_window_ms=50) as (daemon, box, job_id):
+        job = box.world.jobs[job_id]
+        redis = redis_of(daemon)
+        old = (await redis.hget(keys.room_state(ROOM), "report_url")).decode()
+        # Ask the sandbox to hand out a fresh URL with its next answer (as it does before one expires).
+        await redis.hset(keys.room_state(ROOM), "report_url", old + "&refresh_url=true")
+        await ingest(daemon, [comment("one")])
+        await until(lambda: _async(len(job.reported) == 1), 10)
+
+        async def adopted() -> bool:
+            url = (await redis.hget(keys.room_state(ROOM), "report_url")).decode()
+            return "refresh_url" not in url and url != old
+
+        await until(adopted, 5)
+        new = (await redis.hget(keys.room_state(ROOM), "report_url")).decode()
+        calls_before = len(_report_calls(box))
+        await ingest(daemon, [comment("two")])
+        await until(lambda: _async(len(job.reported) == 2), 10)
+        assert new == job.report_url
+        last = _report_calls(box)[calls_before:]
+        assert last and all(c.status == 200 for c in last)
+        assert _texts(job.reported) == ["one", "two"]
