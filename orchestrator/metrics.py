@@ -44,7 +44,8 @@ class Metrics:
         self.audience_events = Counter(
             "orch_audience_events_total",
             "Audience events by what became of them: reported, expired (too old to report), rejected "
-            "(malformed, from the Redis ingest path), coalesced (superseded viewer counts).",
+            "(malformed, from the Redis ingest path), coalesced (superseded viewer counts), dropped (in a "
+            "batch the vendor refused with 400).",
             ["outcome"],
             registry=self.registry,
         )

@@ -133,7 +133,7 @@ def bodies(count: int, seed: int) -> list[bytes]:
 def settled(values: dict[str, float]) -> float:
     return sum(
         values.get(f'orch_audience_events_total{{outcome="{o}"}}', 0.0)
-        for o in ("reported", "coalesced", "expired", "rejected")
+        for o in ("reported", "coalesced", "expired", "rejected", "dropped")
     )
 
 

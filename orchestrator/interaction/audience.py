@@ -400,27 +400,33 @@ class RoomWorker:
         batch_id, batch = self._next_batch()
         events = _coalesce_viewers(batch)
         self.service.metrics.audience_events.labels("coalesced").inc(len(batch) - len(events))
-        redis, metrics = self.service.redis, self.service.metrics
-        await redis.hset(
-            keys.room_report(self.room_id),
-            mapping={"batch_id": batch_id, "first": batch[0].entry_id, "last": batch[-1].entry_id},
+        metrics = self.service.metrics
+        # The marker and the report URL in one round trip (the URL is read again before each retry).
+        url, self.product = await self.service.report_target(
+            self.room_id, mark=(batch_id, batch[0].entry_id, batch[-1].entry_id)
         )
         attempt = 0
         while True:
             if not self.service.leases.valid(self.room_id):
                 await pause(0.5)
                 continue
-            url, self.product = await self.service.report_target(self.room_id)
+            if attempt:
+                url, self.product = await self.service.report_target(self.room_id)
             try:
                 if url is None:
                     raise _NoReportUrl
                 refreshed = await self.service.client().report_batch(url, [e.raw for e in events], batch_id)
+                accepted_at = time.time()  # reported: the vendor has it (our acknowledgement follows)
+                for entry in batch:
+                    metrics.report_latency.observe(max(0.0, accepted_at - _entry_ms(entry.entry_id) / 1000))
                 break
             except ProviderBadRequest as exc:
                 # The vendor refuses this batch as such: resending it would block the room forever.
                 self._log.error("report batch refused; dropped", batch_id=batch_id, error=str(exc))
                 metrics.report_batches.labels("dropped").inc()
+                metrics.audience_events.labels("dropped").inc(len(events))
                 refreshed = None
+                events = []  # nothing of it was reported
                 break
             except (ProviderError, _NoReportUrl) as exc:
                 if being_cancelled():
@@ -456,12 +462,9 @@ class RoomWorker:
                 await pause(0.5)
         self.buffer = [b for b in self.buffer if b.entry_id not in done]
         self._resend = None
-        now = time.time()
         metrics = self.service.metrics
         metrics.report_batches.labels("ok").inc()
         metrics.audience_events.labels("reported").inc(len(events))
-        for entry in batch:
-            metrics.report_latency.observe(max(0.0, now - _entry_ms(entry.entry_id) / 1000))
         self._log.debug("reported", batch_id=batch_id, events=len(events), refreshed=bool(refreshed))
 
     async def _ack(
@@ -721,8 +724,20 @@ class AudienceService:
         entry: dict[Any, Any] = {**fields, "event_ms": int(time.time() * 1000)}
         await self.redis.xadd(keys.room_events(room_id), entry, maxlen=self.events_maxlen, approximate=True)
 
-    async def report_target(self, room_id: str) -> tuple[str | None, str]:
-        url, product = await self.redis.hmget(keys.room_state(room_id), ["report_url", "product_title"])
+    async def report_target(
+        self, room_id: str, *, mark: tuple[str, str, str] | None = None
+    ) -> tuple[str | None, str]:
+        """The room's report URL and current product; with ``mark``, first record the batch about to be
+        sent (id, first and last entry) in ``orch:{room}:report`` -- the same round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if mark is not None:
+                pipe.hset(
+                    keys.room_report(room_id),
+                    mapping={"batch_id": mark[0], "first": mark[1], "last": mark[2]},
+                )
+            pipe.hmget(keys.room_state(room_id), ["report_url", "product_title"])
+            answers = await pipe.execute()
+        url, product = answers[-1]
         return (_text(url) if url else None), (_text(product) if product else "")
 
     async def prepare_replies(self, room_id: str, job_id: str) -> None:

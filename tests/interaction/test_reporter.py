@@ -282,3 +282,20 @@ async def test_refreshed_report_url_is_adopted(make_settings: Any, tmp_path: Pat
         last = _report_calls(box)[calls_before:]
         assert last and all(c.status == 200 for c in last)
         assert _texts(job.reported) == ["one", "two"]
+
+
+async def test_a_batch_the_vendor_refuses_is_dropped_not_retried_forever(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    async with live_room(make_settings, tmp_path, report_window_ms=50) as (daemon, box, job_id):
+        job = box.world.jobs[job_id]
+        box.faults.append(Fault("error", count=1, status=400, path_contains="live-event-report"))
+        await ingest(daemon, [comment("refused")])
+        await until(lambda: _async(not box.faults[0].count), 10)
+        await ingest(daemon, [comment("next")])
+        await until(lambda: _async(len(job.reported) == 1), 10)
+        assert _texts(job.reported) == ["next"]
+        text = await (await daemon.http.get(f"{daemon.url}/metrics")).text()
+        assert 'orch_audience_events_total{outcome="dropped"} 1.0' in text
+        assert 'orch_report_batches_total{outcome="dropped"} 1.0' in text
+        await until(lambda: _pending_zero(redis_of(daemon)), 5)
