@@ -6,34 +6,19 @@ whose job is live (WAITING or PROCESSING) and takes or renews their room leases
 worker stops when the lease or the job goes, so only one replica reports and inserts for a room, and a
 dead replica's rooms move within one TTL.
 
-**Ingest → report.** Events wait in the room's ingest stream ``orch:{room}:ingest`` (the HTTP ingest
-writes them there normalised as field ``event``; a bridge writing to Redis puts its own event format,
-the one ``POST /api/rooms/{room}/events`` takes, in field ``raw``). One reader per replica reads the streams
-of all its rooms in one ``XREADGROUP`` (consumer group ``reporter``, consumer = replica id) and hands the
-entries to their rooms. A room reads no more while it holds a full batch, so while the vendor is down
-the backlog stays in Redis, not in memory. A batch goes out when it holds ``report_max_events`` (≤ 1000)
-or ``report_window_ms`` after its first event; within it, viewer counts coalesce to the latest. Before it
-is sent, the batch's id and entry range are written to ``orch:{room}:report``; a failed send is retried
-with backoff, the same batch with the same ``X-Batch-Id``, for as long as the lease is held. Only after
-the vendor accepted it are its entries acknowledged (``XACK``) and trimmed, and the marker removed, in
-one transaction. A successor (after a crash or a lost lease) claims the group's pending entries with
-``XAUTOCLAIM`` and first resends the marked batch exactly as it was: at least once, and no event in two
-different batches. A refreshed ``live_event_report_url`` in the answer is stored and used from then on.
-Events older than ``report_max_age_s`` when a batch forms are dropped and counted, not reported.
+**Reading.** Events wait in each room's ingest stream ``orch:{room}:ingest``; one reader per replica reads
+the streams of all its rooms in one ``XREADGROUP`` (consumer group ``reporter``) and hands each room's
+entries to its worker, which gives them to its reporter (:mod:`orchestrator.interaction.reporter`: batches
+to the job's report URL, at least once, never one event in two batches) and decides replies for the
+comments and gifts among them.
 
-**Replies.** Comments and gifts read fresh from the stream (not ones reclaimed from a predecessor, which
-may have answered them) go through the reply policy (:mod:`orchestrator.interaction.policy`); a question
-no rule answers goes to the optional chat backend (at most four at once per room; FAQ on failure or when
-busy). A reply is queued in Redis (:mod:`orchestrator.interaction.queue`) -- as are operator replies
-from the admin API and replies to the vendor's CALLBACK-mode rules. The worker's pacer inserts the most
-important waiting reply with INSERT_PLAY_SCRIPT whenever fewer than ``reply_in_flight`` are in flight; a
-REPLY_COMMAND_FINISH (a reaction from the callback receiver, on any replica) wakes it for the next. An
-insert without a finish after ``reply_timeout_s`` is given up. An operator reply that finds the slots
-taken by less important ones first clears those at the vendor with CLEAN_UP_INSERT_COMMAND (an insert
-already playing cannot be cleared and finishes). After ``idle_after_s`` without a reply, an idle line.
-
-Failures of INSERT_PLAY_SCRIPT: certainly unsent (connection refused, 429) → back in the queue, retried;
-ambiguous (timeout, 5xx) → given up and counted ``lost``: saying it twice is worse than not at all.
+**Replies.** Comments and gifts go through the reply policy (:mod:`orchestrator.interaction.policy`) as
+they reach the owner's ingest endpoint, or -- arriving elsewhere -- when the owner reads them (never ones
+reclaimed from a predecessor, which may have answered them); a question no rule answers goes to the
+optional chat backend (at most four at once per room; FAQ on failure or when busy). A reply is queued in
+Redis (:mod:`orchestrator.interaction.queue`) -- as are operator replies from the admin API and replies
+to the vendor's CALLBACK-mode rules -- and the room's pacer (:mod:`orchestrator.interaction.pacer`)
+inserts them, paced by REPLY_COMMAND_FINISH.
 """
 
 from __future__ import annotations
@@ -43,7 +28,6 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
@@ -52,8 +36,9 @@ import structlog
 from redis.exceptions import RedisError, ResponseError
 
 from orchestrator.interaction.chat import ChatBackend, ChatUnavailable
-from orchestrator.interaction.ingest import NAMES, normalise_batch
+from orchestrator.interaction.ingest import normalise_batch
 from orchestrator.interaction.leases import RoomLeases
+from orchestrator.interaction.pacer import ReplyPacer
 from orchestrator.interaction.policy import (
     NOTHING_TO_ANSWER,
     Decision,
@@ -65,29 +50,16 @@ from orchestrator.interaction.policy import (
     speak,
 )
 from orchestrator.interaction.queue import Reply, ReplyQueue
+from orchestrator.interaction.reporter import GROUP, Buffered, RoomReporter, entry_ms
 from orchestrator.metrics import Metrics
-from orchestrator.providers.errors import (
-    ProviderBadRequest,
-    ProviderConnectError,
-    ProviderError,
-    ProviderRateLimited,
-    ProviderStatusError,
-)
 from orchestrator.providers.metastudio.client import MetaStudioClient
-from orchestrator.providers.metastudio.models import (
-    CleanUpInsertCommand,
-    Command,
-    PlayTextInfo,
-    TextConfig,
-)
-from orchestrator.settings import InteractionSettings, PlayTypeName
+from orchestrator.settings import InteractionSettings
 from orchestrator.store import keys
 from orchestrator.store.reactions import Reactions
 from orchestrator.tasks import being_cancelled, cancel_and_wait, pause
 
 log = structlog.get_logger(__name__)
 
-GROUP = "reporter"
 LIVE_STATES = frozenset({"WAITING", "PROCESSING"})
 CHAT_CONCURRENCY = 4
 READ_BLOCK_MS = 100
@@ -98,46 +70,33 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _entry_ms(entry_id: str) -> int:
-    return int(entry_id.split("-", 1)[0])
-
-
-@dataclass(slots=True)
-class Buffered:
-    """An event waiting for its report: kept as the JSON the report carries (a few hundred bytes, not a
-    parsed dict), with what batching needs."""
-
-    entry_id: str
-    type: int
-    timestamp: int
-    raw: bytes  # wire form: {"timestamp", "type", "content": JSON string}
-
-
 class RoomWorker:
-    """One live room's reporter and reply pacer, on the replica holding its lease."""
+    """One live room on the replica holding its lease: reads are split between its reporter and its reply
+    decisions; its pacer inserts the replies."""
 
     def __init__(self, service: AudienceService, room_id: str, job_id: str) -> None:
         self.service = service
         self.room_id = room_id
         self.job_id = job_id
         self.stream = keys.room_ingest(room_id)
-        self.buffer: list[Buffered] = []
+        self._log = log.bind(room_id=room_id, job_id=job_id)
+        self.reporter = RoomReporter(service, room_id, job_id, self._log)
+        self.pacer = ReplyPacer(service, room_id, job_id, self._log)
         self.history = History()
-        self.product = ""
-        self.ready = asyncio.Event()
-        self.full = asyncio.Event()
-        self.kick = asyncio.Event()
         self.started = False
-        self.busy = 1  # replies in flight at the last pacing pass (unknown at start: look once)
-        self.last_activity = time.monotonic()
-        self._idle_cursor = 0
-        self._resend: tuple[str, str, str] | None = None  # (batch id, first, last) of a predecessor
         self._chats = asyncio.Semaphore(CHAT_CONCURRENCY)
         self._decided: deque[tuple[float, Decision]] = deque()  # (the comment's arrival, s; decision)
         self._decided_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._chat_tasks: set[asyncio.Task[None]] = set()
-        self._log = log.bind(room_id=room_id, job_id=job_id)
+
+    @property
+    def buffer(self) -> list[Buffered]:
+        return self.reporter.buffer
+
+    @property
+    def product(self) -> str:
+        return self.reporter.product
 
     # --- life cycle ---
 
@@ -149,14 +108,12 @@ class RoomWorker:
             if "BUSYGROUP" not in str(exc):
                 raise
         await self.service.prepare_replies(self.room_id, self.job_id)
-        marker = await redis.hgetall(keys.room_report(self.room_id))
-        if marker:
-            self._resend = (_text(marker[b"batch_id"]), _text(marker[b"first"]), _text(marker[b"last"]))
+        await self.reporter.recover()
         await self._claim_pending()
         self.started = True
         self._tasks = [
-            asyncio.create_task(self._report_forever(), name=f"report:{self.room_id}"),
-            asyncio.create_task(self._pace_forever(), name=f"replies:{self.room_id}"),
+            asyncio.create_task(self.reporter.run(), name=f"report:{self.room_id}"),
+            asyncio.create_task(self.pacer.run(), name=f"replies:{self.room_id}"),
             asyncio.create_task(self._queue_forever(), name=f"decided:{self.room_id}"),
         ]
         self._log.info(
@@ -178,7 +135,7 @@ class RoomWorker:
         return None
 
     def wants_more(self) -> bool:
-        return self.started and len(self.buffer) < self.service.settings.report_max_events
+        return self.started and self.reporter.wants_more()
 
     async def _claim_pending(self) -> None:
         """Take every entry the group delivered but nobody acknowledged (a predecessor's), oldest first."""
@@ -214,19 +171,16 @@ class RoomWorker:
                 stale.append(entry_id)
                 continue
             event, raw = parsed
-            if now_ms - _entry_ms(entry_id) > settings.report_max_age_s * 1000:
+            if now_ms - entry_ms(entry_id) > settings.report_max_age_s * 1000:
                 metrics.audience_events.labels("expired").inc()
                 stale.append(entry_id)
                 continue
-            self.buffer.append(Buffered(entry_id, event["type"], event["timestamp"], raw))
+            self.reporter.add(entry_id, event["type"], event["timestamp"], raw)
             if fresh and event["type"] in (1, 4) and fields.get(b"d") != b"1":  # d: decided at ingest
                 self._consider_reply(entry_id, event)
         if stale:
             await self.service.redis.xack(self.stream, GROUP, *stale)
-        if self.buffer:
-            self.ready.set()
-            if len(self.buffer) >= settings.report_max_events:
-                self.full.set()
+        self.reporter.added()
 
     def _event(self, entry_id: str, fields: Mapping[Any, Any]) -> tuple[dict[str, Any], bytes] | None:
         """The entry's event in wire form, parsed and as the bytes the report will carry; None if invalid."""
@@ -269,7 +223,7 @@ class RoomWorker:
         except orjson.JSONDecodeError:
             return
         if isinstance(content, dict):
-            self.consider(wire["type"], wire["timestamp"], content, since_s=_entry_ms(entry_id) / 1000)
+            self.consider(wire["type"], wire["timestamp"], content, since_s=entry_ms(entry_id) / 1000)
 
     def decide_arrivals(self, events: list[dict[str, Any]], *, since_s: float) -> None:
         """Decide for events as they arrive at this replica's ingest endpoint (normalised, ``content`` an
@@ -358,308 +312,6 @@ class RoomWorker:
                     self.service.metrics.reply_queued.observe(max(0.0, now - since_s))
             self._decided_ready.clear()
 
-    # --- reporter ---
-
-    async def _report_forever(self) -> None:
-        settings = self.service.settings
-        while True:
-            await self.ready.wait()
-            if self._resend is None:
-                first_at = _entry_ms(self.buffer[0].entry_id) / 1000 if self.buffer else time.time()
-                wait_s = first_at + settings.report_window_ms / 1000 - time.time()
-                if wait_s > 0 and len(self.buffer) < settings.report_max_events:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.full.wait(), wait_s)
-            try:
-                await self._flush_one()
-            except (RedisError, OSError) as exc:
-                if being_cancelled():
-                    raise
-                self._log.warning("reporter cannot reach Redis; retrying", error=str(exc))
-                await pause(1.0)
-                continue
-            if not self.buffer:
-                self.ready.clear()
-            if len(self.buffer) < settings.report_max_events:
-                self.full.clear()
-
-    def _next_batch(self) -> tuple[str, list[Buffered]]:
-        if self._resend is not None:
-            batch_id, first, last = self._resend
-            first_key, last_key = _id_key(first), _id_key(last)
-            batch = [b for b in self.buffer if first_key <= _id_key(b.entry_id) <= last_key]
-            if batch:
-                return batch_id, batch
-            self._resend = None  # its entries are gone (trimmed or acknowledged): nothing to resend
-        batch = self.buffer[: self.service.settings.report_max_events]
-        return f"{self.room_id}/{batch[0].entry_id}/{batch[-1].entry_id}", batch
-
-    async def _flush_one(self) -> None:
-        if not self.buffer:
-            return
-        batch_id, batch = self._next_batch()
-        events = _coalesce_viewers(batch)
-        self.service.metrics.audience_events.labels("coalesced").inc(len(batch) - len(events))
-        metrics = self.service.metrics
-        # The marker and the report URL in one round trip (the URL is read again before each retry).
-        url, self.product = await self.service.report_target(
-            self.room_id, mark=(batch_id, batch[0].entry_id, batch[-1].entry_id)
-        )
-        attempt = 0
-        while True:
-            if not self.service.leases.valid(self.room_id):
-                await pause(0.5)
-                continue
-            if attempt:
-                url, self.product = await self.service.report_target(self.room_id)
-            try:
-                if url is None:
-                    raise _NoReportUrl
-                refreshed = await self.service.client().report_batch(url, [e.raw for e in events], batch_id)
-                accepted_at = time.time()  # reported: the vendor has it (our acknowledgement follows)
-                for entry in batch:
-                    metrics.report_latency.observe(max(0.0, accepted_at - _entry_ms(entry.entry_id) / 1000))
-                break
-            except ProviderBadRequest as exc:
-                # The vendor refuses this batch as such: resending it would block the room forever.
-                self._log.error("report batch refused; dropped", batch_id=batch_id, error=str(exc))
-                metrics.report_batches.labels("dropped").inc()
-                metrics.audience_events.labels("dropped").inc(len(events))
-                refreshed = None
-                events = []  # nothing of it was reported
-                break
-            except (ProviderError, _NoReportUrl) as exc:
-                if being_cancelled():
-                    raise
-                delay = min(30.0, 0.5 * 2**attempt)
-                attempt += 1
-                metrics.report_batches.labels("retry").inc()
-                self._log.warning(
-                    "report failed; the same batch goes again",
-                    batch_id=batch_id,
-                    events=len(events),
-                    attempt=attempt,
-                    retry_in_s=delay,
-                    error=str(exc) or type(exc).__name__,
-                )
-                await pause(delay)
-        await self._acknowledge(batch_id, batch, events, refreshed)
-
-    async def _acknowledge(
-        self, batch_id: str, batch: list[Buffered], events: list[Buffered], refreshed: str | None
-    ) -> None:
-        done = {b.entry_id for b in batch}
-        while True:  # the vendor has the batch: acknowledge it, however long Redis takes to come back
-            remaining = [b for b in self.buffer if b.entry_id not in done]
-            keep_from = remaining[0].entry_id if remaining else _after(batch[-1].entry_id)
-            try:
-                await self._ack(batch_id, done, keep_from, events, refreshed)
-                break
-            except (RedisError, OSError) as exc:
-                if being_cancelled() or not self.service.leases.valid(self.room_id):
-                    raise  # a successor resends the marked batch (same id)
-                self._log.warning("cannot acknowledge a reported batch; retrying", error=str(exc))
-                await pause(0.5)
-        self.buffer = [b for b in self.buffer if b.entry_id not in done]
-        self._resend = None
-        metrics = self.service.metrics
-        metrics.report_batches.labels("ok").inc()
-        metrics.audience_events.labels("reported").inc(len(events))
-        self._log.debug("reported", batch_id=batch_id, events=len(events), refreshed=bool(refreshed))
-
-    async def _ack(
-        self,
-        batch_id: str,
-        done: set[str],
-        keep_from: str,
-        events: list[Buffered],
-        refreshed: str | None,
-    ) -> None:
-        async with self.service.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.stream, GROUP, *done)
-            pipe.xtrim(self.stream, minid=keep_from, approximate=True)
-            pipe.delete(keys.room_report(self.room_id))
-            pipe.hincrby(keys.room_state(self.room_id), "reported", len(events))
-            if refreshed:
-                pipe.hset(keys.room_state(self.room_id), "report_url", refreshed)
-            pipe.xadd(
-                keys.room_events(self.room_id),
-                {
-                    "kind": "reported",
-                    "job_id": self.job_id,
-                    "batch_id": batch_id,
-                    "events": len(events),
-                    "types": _type_counts(events),
-                },
-                maxlen=self.service.events_maxlen,
-                approximate=True,
-            )
-            await pipe.execute()
-
-    # --- reply pacing ---
-
-    async def _pace_forever(self) -> None:
-        settings = self.service.settings
-        while True:
-            # Wake on a kick (a reply queued, a finish); on a timer only when something can come due: a
-            # reply in flight (its timeout), or the idle filler. A thousand idle rooms cost nothing.
-            tick = None
-            if self.busy:
-                tick = min(1.0, settings.reply_timeout_s / 4)
-            elif settings.idle_after_s > 0 and settings.idle_lines:
-                tick = min(1.0, settings.idle_after_s)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.kick.wait(), tick)
-            self.kick.clear()
-            if not self.service.leases.valid(self.room_id):
-                continue
-            try:
-                await self._pace_once()
-            except (RedisError, ProviderError) as exc:
-                if being_cancelled():
-                    raise
-                self._log.warning("reply pacing failed; retrying", error=str(exc))
-                await pause(1.0)
-
-    async def _pace_once(self) -> None:
-        service, settings = self.service, self.service.settings
-        queue, metrics = service.queue, service.metrics
-        flights = await queue.in_flight(self.room_id)
-        now_ms = int(time.time() * 1000)
-        overdue = [f.reply_id for f in flights if now_ms - f.sent_ms > settings.reply_timeout_s * 1000]
-        if overdue:
-            await queue.forget(self.room_id, overdue)
-            metrics.replies.labels("timed_out").inc(len(overdue))
-            self._log.warning("replies given up: no REPLY_COMMAND_FINISH in time", reply_ids=overdue)
-            flights = [f for f in flights if f.reply_id not in overdue]
-        if len(flights) >= settings.reply_in_flight:
-            pending = await queue.pending(self.room_id)
-            victims = [f.reply_id for f in flights if f.priority != "operator"]
-            if pending and pending[0].priority == "operator" and victims:
-                cleaned = await self._clean_up(victims)
-                flights = [f for f in flights if f.reply_id not in cleaned]
-        busy = len(flights)
-        while busy < settings.reply_in_flight:
-            reply = await queue.pop(self.room_id)
-            if reply is None:
-                break
-            busy += await self._insert(reply)
-        self.busy = busy
-        if (
-            not busy
-            and settings.idle_after_s > 0
-            and settings.idle_lines
-            and time.monotonic() - self.last_activity >= settings.idle_after_s
-            and not await queue.pending(self.room_id)
-        ):
-            line = settings.idle_lines[self._idle_cursor % len(settings.idle_lines)]
-            self._idle_cursor += 1
-            self.last_activity = time.monotonic()
-            await service.enqueue(self.room_id, Reply(line, "idle", service.play_type("idle")), source="idle")
-            self.kick.set()
-
-    async def _insert(self, reply: Reply) -> bool:
-        """INSERT_PLAY_SCRIPT for ``reply``; True when it is now in flight."""
-        service, metrics = self.service, self.service.metrics
-        info = PlayTextInfo(
-            text_config=TextConfig(text=reply.text),
-            play_type=cast(PlayTypeName | None, reply.play_type),
-            rule_index=reply.rule_index,
-        )
-        try:
-            answer = await service.client().command(
-                self.room_id, self.job_id, Command.insert_play_script(info)
-            )
-        except (ProviderConnectError, ProviderRateLimited) as exc:
-            await service.queue.push_back(self.room_id, reply)
-            self._log.warning("insert not sent; the reply waits", error=str(exc))
-            await pause(1.0)
-            return False
-        except ProviderStatusError as exc:
-            if exc.status >= 500:
-                metrics.replies.labels("lost").inc()
-                self._log.error("insert outcome unknown; not repeated", reply=reply.text[:40], error=str(exc))
-            else:
-                metrics.replies.labels("failed").inc()
-                self._log.error("insert refused", reply=reply.text[:40], error=str(exc))
-            return False
-        except ProviderError as exc:
-            metrics.replies.labels("lost").inc()
-            self._log.error("insert outcome unknown; not repeated", reply=reply.text[:40], error=str(exc))
-            return False
-        command_id = answer.command_id or ""
-        now_ms = int(time.time() * 1000)
-        in_flight = bool(command_id) and await service.queue.record_sent(
-            self.room_id, command_id, reply, now_ms
-        )
-        self.last_activity = time.monotonic()
-        metrics.replies.labels("inserted").inc()
-        await service.record(
-            self.room_id,
-            kind="reply_inserted",
-            job_id=self.job_id,
-            reply_id=command_id,
-            priority=reply.priority,
-            play_type=reply.play_type or "",
-            rule_index=reply.rule_index or "",
-            text=reply.text,
-        )
-        return in_flight
-
-    async def _clean_up(self, victims: list[str]) -> set[str]:
-        answer = await self.service.client().command(
-            self.room_id,
-            self.job_id,
-            Command.clean_up_insert_command(CleanUpInsertCommand(command_ids=victims[:100])),
-        )
-        try:
-            result = answer.result_json()
-            cleaned = (
-                set(result.get("cleaned_command_ids", victims)) if isinstance(result, dict) else set(victims)
-            )
-        except ValueError:
-            cleaned = set(victims)
-        cleaned &= set(victims)
-        await self.service.queue.forget(self.room_id, sorted(cleaned))
-        self.service.metrics.replies.labels("cleaned_up").inc(len(cleaned))
-        self._log.info("cleared unplayed inserts for an operator reply", cleaned=sorted(cleaned))
-        return cleaned
-
-
-class _NoReportUrl(Exception):
-    """The job's live_event_report_url is not known (yet)."""
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _after(entry_id: str) -> str:
-    ms, seq = _id_key(entry_id)
-    return f"{ms}-{seq + 1}"
-
-
-def _type_counts(events: list[Buffered]) -> str:
-    """``comment:3,viewers:1`` -- what a report carried, for the room's event record."""
-    counts: dict[str, int] = {}
-    for event in events:
-        name = NAMES.get(event.type, str(event.type))
-        counts[name] = counts.get(name, 0) + 1
-    return ",".join(f"{name}:{n}" for name, n in counts.items())
-
-
-def _coalesce_viewers(batch: list[Buffered]) -> list[Buffered]:
-    """The batch's events in order, with only the latest viewer count (type 6) kept."""
-    viewers = [b for b in batch if b.type == 6]
-    if len(viewers) <= 1:
-        return batch
-    latest = viewers[0]
-    for event in viewers:  # the newest by timestamp; on a tie, the later in the stream
-        if event.timestamp >= latest.timestamp:
-            latest = event
-    return [b for b in batch if b.type != 6 or b is latest]
-
 
 class AudienceService:
     def __init__(
@@ -714,7 +366,7 @@ class AudienceService:
                 self.metrics.replies.labels("evicted").inc()
         worker = self.workers.get(room_id)
         if worker is not None:
-            worker.kick.set()
+            worker.pacer.kick.set()
         else:
             with contextlib.suppress(RedisError):
                 await self.reactions.publish("reply_queued", room_id=room_id)
@@ -859,8 +511,8 @@ class AudienceService:
                 if worker is None:
                     continue
                 if kind == "reply_finished":
-                    worker.last_activity = time.monotonic()
+                    worker.pacer.last_activity = time.monotonic()
                     self.metrics.replies.labels("finished").inc()
-                    worker.kick.set()
+                    worker.pacer.kick.set()
                 elif kind == "reply_queued":
-                    worker.kick.set()
+                    worker.pacer.kick.set()

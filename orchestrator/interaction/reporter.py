@@ -1,0 +1,264 @@
+"""A live room's reporter: its audience events, from the ingest stream to the job's live-event report URL.
+
+Events wait in the room's ingest stream ``orch:{room}:ingest`` (the HTTP ingest
+writes them there normalised as field ``event``; a bridge writing to Redis puts its own event format,
+the one ``POST /api/rooms/{room}/events`` takes, in field ``raw``). One reader per replica reads the streams
+of all its rooms in one ``XREADGROUP`` (consumer group ``reporter``, consumer = replica id) and hands the
+entries to their rooms. A room reads no more while it holds a full batch, so while the vendor is down
+the backlog stays in Redis, not in memory. A batch goes out when it holds ``report_max_events`` (≤ 1000)
+or ``report_window_ms`` after its first event; within it, viewer counts coalesce to the latest. Before it
+is sent, the batch's id and entry range are written to ``orch:{room}:report``; a failed send is retried
+with backoff, the same batch with the same ``X-Batch-Id``, for as long as the lease is held. Only after
+the vendor accepted it are its entries acknowledged (``XACK``) and trimmed, and the marker removed, in
+one transaction. A successor (after a crash or a lost lease) claims the group's pending entries with
+``XAUTOCLAIM`` and first resends the marked batch exactly as it was: at least once, and no event in two
+different batches. A refreshed ``live_event_report_url`` in the answer is stored and used from then on.
+Events older than ``report_max_age_s`` when a batch forms are dropped and counted, not reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from orchestrator.interaction.ingest import NAMES
+from orchestrator.providers.errors import ProviderBadRequest, ProviderError
+from orchestrator.store import keys
+from orchestrator.tasks import being_cancelled, pause
+
+if TYPE_CHECKING:
+    from orchestrator.interaction.audience import AudienceService
+
+GROUP = "reporter"
+
+
+def entry_ms(entry_id: str) -> int:
+    """When Redis added the stream entry (its id's milliseconds): the event's ingest time."""
+    return int(entry_id.split("-", 1)[0])
+
+
+@dataclass(slots=True)
+class Buffered:
+    """An event waiting for its report: kept as the JSON the report carries (a few hundred bytes, not a
+    parsed dict), with what batching needs."""
+
+    entry_id: str
+    type: int
+    timestamp: int
+    raw: bytes  # wire form: {"timestamp", "type", "content": JSON string}
+
+
+class RoomReporter:
+    """Batches of one room's events to its job's report URL; at most one batch (plus one read) in memory."""
+
+    def __init__(self, service: AudienceService, room_id: str, job_id: str, log: Any) -> None:
+        self.service = service
+        self.room_id = room_id
+        self.job_id = job_id
+        self.stream = keys.room_ingest(room_id)
+        self.buffer: list[Buffered] = []
+        self.product = ""  # the current paragraph's product, read with the report URL
+        self.ready = asyncio.Event()
+        self.full = asyncio.Event()
+        self._resend: tuple[str, str, str] | None = None  # (batch id, first, last) of a predecessor
+        self._log = log
+
+    async def recover(self) -> None:
+        """Pick up the batch a predecessor marked as being sent: it goes first, as it was."""
+        marker = await self.service.redis.hgetall(keys.room_report(self.room_id))
+        if marker:
+            self._resend = (_text(marker[b"batch_id"]), _text(marker[b"first"]), _text(marker[b"last"]))
+
+    def wants_more(self) -> bool:
+        return len(self.buffer) < self.service.settings.report_max_events
+
+    def add(self, entry_id: str, event_type: int, timestamp: int, raw: bytes) -> None:
+        self.buffer.append(Buffered(entry_id, event_type, timestamp, raw))
+
+    def added(self) -> None:
+        """Wake the sender after a read: a batch may have filled."""
+        if self.buffer:
+            self.ready.set()
+            if len(self.buffer) >= self.service.settings.report_max_events:
+                self.full.set()
+
+    async def run(self) -> None:
+        """Send batches as they fill or their window ends, until cancelled."""
+        settings = self.service.settings
+        while True:
+            await self.ready.wait()
+            if self._resend is None:
+                first_at = entry_ms(self.buffer[0].entry_id) / 1000 if self.buffer else time.time()
+                wait_s = first_at + settings.report_window_ms / 1000 - time.time()
+                if wait_s > 0 and len(self.buffer) < settings.report_max_events:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.full.wait(), wait_s)
+            try:
+                await self._flush_one()
+            except (RedisError, OSError) as exc:
+                if being_cancelled():
+                    raise
+                self._log.warning("reporter cannot reach Redis; retrying", error=str(exc))
+                await pause(1.0)
+                continue
+            if not self.buffer:
+                self.ready.clear()
+            if len(self.buffer) < settings.report_max_events:
+                self.full.clear()
+
+    def _next_batch(self) -> tuple[str, list[Buffered]]:
+        if self._resend is not None:
+            batch_id, first, last = self._resend
+            first_key, last_key = _id_key(first), _id_key(last)
+            batch = [b for b in self.buffer if first_key <= _id_key(b.entry_id) <= last_key]
+            if batch:
+                return batch_id, batch
+            self._resend = None  # its entries are gone (trimmed or acknowledged): nothing to resend
+        batch = self.buffer[: self.service.settings.report_max_events]
+        return f"{self.room_id}/{batch[0].entry_id}/{batch[-1].entry_id}", batch
+
+    async def _flush_one(self) -> None:
+        if not self.buffer:
+            return
+        batch_id, batch = self._next_batch()
+        events = _coalesce_viewers(batch)
+        self.service.metrics.audience_events.labels("coalesced").inc(len(batch) - len(events))
+        metrics = self.service.metrics
+        # The marker and the report URL in one round trip (the URL is read again before each retry).
+        url, self.product = await self.service.report_target(
+            self.room_id, mark=(batch_id, batch[0].entry_id, batch[-1].entry_id)
+        )
+        attempt = 0
+        while True:
+            if not self.service.leases.valid(self.room_id):
+                await pause(0.5)
+                continue
+            if attempt:
+                url, self.product = await self.service.report_target(self.room_id)
+            try:
+                if url is None:
+                    raise _NoReportUrl
+                refreshed = await self.service.client().report_batch(url, [e.raw for e in events], batch_id)
+                accepted_at = time.time()  # reported: the vendor has it (our acknowledgement follows)
+                for entry in batch:
+                    metrics.report_latency.observe(max(0.0, accepted_at - entry_ms(entry.entry_id) / 1000))
+                break
+            except ProviderBadRequest as exc:
+                # The vendor refuses this batch as such: resending it would block the room forever.
+                self._log.error("report batch refused; dropped", batch_id=batch_id, error=str(exc))
+                metrics.report_batches.labels("dropped").inc()
+                metrics.audience_events.labels("dropped").inc(len(events))
+                refreshed = None
+                events = []  # nothing of it was reported
+                break
+            except (ProviderError, _NoReportUrl) as exc:
+                if being_cancelled():
+                    raise
+                delay = min(30.0, 0.5 * 2**attempt)
+                attempt += 1
+                metrics.report_batches.labels("retry").inc()
+                self._log.warning(
+                    "report failed; the same batch goes again",
+                    batch_id=batch_id,
+                    events=len(events),
+                    attempt=attempt,
+                    retry_in_s=delay,
+                    error=str(exc) or type(exc).__name__,
+                )
+                await pause(delay)
+        await self._acknowledge(batch_id, batch, events, refreshed)
+
+    async def _acknowledge(
+        self, batch_id: str, batch: list[Buffered], events: list[Buffered], refreshed: str | None
+    ) -> None:
+        done = {b.entry_id for b in batch}
+        while True:  # the vendor has the batch: acknowledge it, however long Redis takes to come back
+            remaining = [b for b in self.buffer if b.entry_id not in done]
+            keep_from = remaining[0].entry_id if remaining else _after(batch[-1].entry_id)
+            try:
+                await self._ack(batch_id, done, keep_from, events, refreshed)
+                break
+            except (RedisError, OSError) as exc:
+                if being_cancelled() or not self.service.leases.valid(self.room_id):
+                    raise  # a successor resends the marked batch (same id)
+                self._log.warning("cannot acknowledge a reported batch; retrying", error=str(exc))
+                await pause(0.5)
+        self.buffer = [b for b in self.buffer if b.entry_id not in done]
+        self._resend = None
+        metrics = self.service.metrics
+        metrics.report_batches.labels("ok").inc()
+        metrics.audience_events.labels("reported").inc(len(events))
+        self._log.debug("reported", batch_id=batch_id, events=len(events), refreshed=bool(refreshed))
+
+    async def _ack(
+        self,
+        batch_id: str,
+        done: set[str],
+        keep_from: str,
+        events: list[Buffered],
+        refreshed: str | None,
+    ) -> None:
+        async with self.service.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, GROUP, *done)
+            pipe.xtrim(self.stream, minid=keep_from, approximate=True)
+            pipe.delete(keys.room_report(self.room_id))
+            pipe.hincrby(keys.room_state(self.room_id), "reported", len(events))
+            if refreshed:
+                pipe.hset(keys.room_state(self.room_id), "report_url", refreshed)
+            pipe.xadd(
+                keys.room_events(self.room_id),
+                {
+                    "kind": "reported",
+                    "job_id": self.job_id,
+                    "batch_id": batch_id,
+                    "events": len(events),
+                    "types": _type_counts(events),
+                },
+                maxlen=self.service.events_maxlen,
+                approximate=True,
+            )
+            await pipe.execute()
+
+
+class _NoReportUrl(Exception):
+    """The job's live_event_report_url is not known (yet)."""
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _after(entry_id: str) -> str:
+    ms, seq = _id_key(entry_id)
+    return f"{ms}-{seq + 1}"
+
+
+def _type_counts(events: list[Buffered]) -> str:
+    """``comment:3,viewers:1`` -- what a report carried, for the room's event record."""
+    counts: dict[str, int] = {}
+    for event in events:
+        name = NAMES.get(event.type, str(event.type))
+        counts[name] = counts.get(name, 0) + 1
+    return ",".join(f"{name}:{n}" for name, n in counts.items())
+
+
+def _coalesce_viewers(batch: list[Buffered]) -> list[Buffered]:
+    """The batch's events in order, with only the latest viewer count (type 6) kept."""
+    viewers = [b for b in batch if b.type == 6]
+    if len(viewers) <= 1:
+        return batch
+    latest = viewers[0]
+    for event in viewers:  # the newest by timestamp; on a tie, the later in the stream
+        if event.timestamp >= latest.timestamp:
+            latest = event
+    return [b for b in batch if b.type != 6 or b is latest]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
