@@ -194,3 +194,29 @@ async def test_log_context_does_not_leak_between_keepalive_requests(
     access = [json.loads(line) for line in log_stream.getvalue().splitlines() if '"request"' in line]
     assert [line.get("room_id") for line in access] == ["r1", None]
     assert access[0]["request_id"] != access[1]["request_id"]
+
+
+async def test_interaction_callback_token_in_the_path_is_masked(make_settings: Any) -> None:
+    """The vendor CALLBACK-mode URL carries its token in the path: the access line never shows it (logging
+    set up as `orchestrator run` does, with every secret of the settings)."""
+    token = "interaction-token-secret-42"
+    settings = make_settings(interaction={"callback_token": token, "chat_api_key": "sk-chat-secret-43"})
+    assert {token, "sk-chat-secret-43"} <= secret_values(settings)
+    redactor = Redactor(values=secret_values(settings))
+    stream = io.StringIO()
+    configure_logging(LoggingSettings(format=LogFormat.JSON, level="DEBUG"), redactor, stream=stream)
+    try:
+        app = create_app(settings, redactor)
+        async with serving(app, settings) as url, aiohttp.ClientSession() as http:
+            path = f"/callbacks/metastudio/interaction/{token}"
+            async with http.post(f"{url}{path}", data=b"{") as resp:
+                assert resp.status == 400  # the token was accepted; the body was not
+                assert token not in await resp.text()
+    finally:
+        structlog.reset_defaults()
+        for handler in list(logging.getLogger().handlers):
+            logging.getLogger().removeHandler(handler)
+    output = stream.getvalue()
+    access = [json.loads(line) for line in output.splitlines() if '"request"' in line]
+    assert access and access[-1]["path"] == f"/callbacks/metastudio/interaction/{MASK}"
+    assert token not in output
