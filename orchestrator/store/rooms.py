@@ -235,6 +235,11 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _without_query(url: str) -> str:
+    base, sep, _ = url.partition("?")
+    return f"{base}?***" if sep else base
+
+
 def decode_state(raw: Mapping[Any, Any]) -> dict[str, Any]:
     """A room's state hash as a JSON-friendly dict (RTMP links and counters grouped)."""
     data = {_text(k): _text(v) for k, v in raw.items()}
@@ -247,6 +252,8 @@ def decode_state(raw: Mapping[Any, Any]) -> dict[str, Any]:
             counters[name[6:]] = int(value)
         elif name.startswith("stall:"):
             continue  # the watcher's bookkeeping
+        elif name == "report_url":
+            plain[name] = _without_query(value)  # its query is the vendor's credential (auth_key)
         else:
             plain[name] = value
     return {**plain, "rtmp": rtmp, "counters": counters}

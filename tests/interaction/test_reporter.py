@@ -299,3 +299,14 @@ async def test_a_batch_the_vendor_refuses_is_dropped_not_retried_forever(
         assert 'orch_audience_events_total{outcome="dropped"} 1.0' in text
         assert 'orch_report_batches_total{outcome="dropped"} 1.0' in text
         await until(lambda: _pending_zero(redis_of(daemon)), 5)
+
+
+async def test_state_api_hides_the_report_urls_credential(make_settings: Any, tmp_path: Path) -> None:
+    async with live_room(make_settings, tmp_path) as (daemon, _box, _job):
+        raw = (await redis_of(daemon).hget(keys.room_state(ROOM), "report_url")).decode()
+        assert "auth_key=" in raw  # the vendor's URL carries its key
+        status, state = await daemon.api("GET", f"/api/rooms/{ROOM}")
+        assert status == 200
+        shown = json.dumps(state)
+        assert "auth_key" not in shown and raw.split("auth_key=")[1].split("&")[0] not in shown
+        assert state["report_url"].endswith("/live-event-report?***")
