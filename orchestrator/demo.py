@@ -308,7 +308,14 @@ async def run_demo(
             if resp.status >= 300:
                 raise RuntimeError(f"cannot create the demo room: {resp.status} {await resp.text()}")
         narrator.say("demo", f"daemon on {base_url}; room {ROOM} is scheduled to go live in {live_in_s:g} s")
-        narrator.say("demo", f"try: curl -H 'Authorization: Bearer {token}' {base_url}/api/rooms/{ROOM}")
+        # The admin token is a secret even here: it goes to a file only the user reads, not to the output.
+        token_file = workdir / "admin-token"
+        token_file.write_text(token)
+        token_file.chmod(0o600)
+        narrator.say(
+            "demo",
+            f'try: curl -H "Authorization: Bearer $(cat {token_file})" {base_url}/api/rooms/{ROOM}',
+        )
         tasks = [
             asyncio.create_task(narrate(client, narrator), name="demo-narrator"),
             asyncio.create_task(

@@ -46,6 +46,7 @@ def test_quick_start_demo_with_the_embedded_store() -> None:
     steps = _steps(result.stdout)
     assert all(steps.values()), (steps, result.stdout[-4000:])
     assert "embedded in-memory Redis" in result.stdout
+    assert "Bearer $(cat " in result.stdout  # the admin token itself is never printed
     assert "Traceback" not in result.stderr
 
 
