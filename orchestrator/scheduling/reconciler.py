@@ -19,6 +19,7 @@ releases its fence so a later pass can try again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -169,6 +170,7 @@ class Reconciler:
         self._settings = settings
         self._clock = clock
         self.vendor_calls = 0
+        self._room_locks: dict[str, asyncio.Lock] = {}
 
     async def reconcile_all(self) -> None:
         rooms = await self._configs.all()
@@ -185,6 +187,16 @@ class Reconciler:
 
     async def reconcile(
         self, room: ManagedRoom, vendor_active: dict[str, list[SmartLiveJob]] | None = None
+    ) -> Action | None:
+        # One pass per room at a time in this process: a boundary wake-up and the periodic pass must not
+        # interleave -- the periodic pass would see the job the other is starting in the vendor's listing
+        # before it is recorded, and adopt it a second time. (Across replicas the fences decide.)
+        lock = self._room_locks.setdefault(room.room_id, asyncio.Lock())
+        async with lock:
+            return await self._reconcile(room, vendor_active)
+
+    async def _reconcile(
+        self, room: ManagedRoom, vendor_active: dict[str, list[SmartLiveJob]] | None
     ) -> Action | None:
         now = self._clock()
         desired = evaluate(room.schedule, datetime.fromtimestamp(now, UTC))

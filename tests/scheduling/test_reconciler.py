@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import aiohttp
 
 from orchestrator.providers.metastudio.client import AkSkCredentials, MetaStudioClient
 from orchestrator.providers.metastudio.models import JobState, PlayPolicy, StartJobRequest
-from orchestrator.sandbox.metastudio.app import MetaStudioSandbox
+from orchestrator.sandbox.metastudio.app import Fault, MetaStudioSandbox
 from tests.scheduling.conftest import AK, PROJECT, ROOM, SK, Webhooks, daemon_for, in_, managed_room, until
 
 
@@ -141,3 +142,26 @@ async def test_paused_room_is_left_alone(make_settings: Any, tmp_path: Path, san
         await daemon.reconciler.reconcile_all()
         await daemon.reconciler.reconcile_all()
         assert box.world.jobs == {}
+
+
+async def test_boundary_pass_and_periodic_pass_do_not_both_record_a_start(
+    make_settings: Any, tmp_path: Path, sandbox: Any
+) -> None:
+    """A start whose answer is slow: a periodic pass meanwhile sees the new job in the vendor's listing but
+    not yet in Redis. Passes over one room take turns, so it is recorded once, and never 'adopted'."""
+    box, url = sandbox
+    async with daemon_for(make_settings, tmp_path, url, enabled=False) as daemon:
+        await daemon.configs.put(managed_room([{"kind": "always"}]))
+        box.faults.append(
+            Fault("slow", hang_s=0.6, after=True, method="POST", path_contains="smart-live-jobs")
+        )
+
+        async def periodic_later() -> None:
+            await asyncio.sleep(0.2)  # the job exists at the vendor by now; its start has not answered
+            await daemon.reconciler.reconcile_all()
+
+        await asyncio.gather(daemon.reconciler.reconcile_room(ROOM), periodic_later())
+        assert len(box.world.jobs) == 1
+        actions = [e["action"] for e in await daemon.events()]
+        assert actions == ["start"], actions
+        assert len(await daemon.events("job_started")) == 1

@@ -79,7 +79,7 @@ def not_found(what: str) -> SandboxError:
 class Fault:
     """One injected fault, applied to the next ``count`` matching API calls."""
 
-    kind: str  # error | throttle | hang | reset
+    kind: str  # error | throttle | hang | reset | slow (answers normally, hang_s late)
     count: int = 1
     status: int = 500
     retry_after_s: float = 1.0
@@ -202,6 +202,13 @@ class MetaStudioSandbox:
                 "The throttling threshold has been reached",
                 {"Retry-After": f"{fault.retry_after_s:g}"},
             )
+        if fault.kind == "slow":  # latency: the call takes effect before (after=True) or after the wait
+            if fault.after:
+                answered = await handler(request)
+                await asyncio.sleep(fault.hang_s)
+                return answered
+            await asyncio.sleep(fault.hang_s)
+            return await handler(request)
         if fault.kind == "error":
             if fault.after:  # the call took effect, then the vendor failed to say so
                 await handler(request)
