@@ -267,8 +267,8 @@ class Reconciler:
     async def _adopt(
         self, room: ManagedRoom, vendor_active: dict[str, list[SmartLiveJob]] | None
     ) -> SmartLiveJob | None:
-        """A job the vendor runs for the room that Redis does not know as current (a crash between the
-        vendor's start and our record of it, or a start by hand): make it the room's current job."""
+        """A job the vendor runs for the room that Redis has never recorded (a crash between the vendor's
+        start and our record of it, or a start by hand): make it the room's current job."""
         if vendor_active is None:
             try:
                 self.vendor_calls += 1
@@ -280,6 +280,11 @@ class Reconciler:
             jobs = [j for j in listing.smart_live_jobs if j.state.active]
         else:
             jobs = [j for j in vendor_active.get(room.room_id, []) if j.state.active]
+        if jobs:
+            # A job Redis already knows is ours and recorded: a listing that shows it active while Redis
+            # says it ended is older than our record (the pass listed before another pass stopped it).
+            known = await self._redis.smismember(keys.room_jobs(room.room_id), [j.job_id for j in jobs])
+            jobs = [j for j, is_known in zip(jobs, known, strict=True) if not is_known]
         if not jobs:
             return None
         job = max(jobs, key=lambda j: j.create_time or "")

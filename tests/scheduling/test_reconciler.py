@@ -165,3 +165,27 @@ async def test_boundary_pass_and_periodic_pass_do_not_both_record_a_start(
         actions = [e["action"] for e in await daemon.events()]
         assert actions == ["start"], actions
         assert len(await daemon.events("job_started")) == 1
+
+
+async def test_a_pass_with_an_older_listing_does_not_adopt_the_job_another_pass_stopped(
+    make_settings: Any, tmp_path: Path, sandbox: Any
+) -> None:
+    """The periodic pass lists the vendor's jobs, then waits its turn while a boundary pass stops the room's
+    job: its listing still shows the job active, Redis says it ended -- it must not adopt it back."""
+    box, url = sandbox
+    async with daemon_for(make_settings, tmp_path, url, enabled=False) as daemon:
+        await daemon.configs.put(managed_room([{"kind": "once", "start": in_(-5), "end": in_(1.0)}]))
+        await daemon.reconciler.reconcile_room(ROOM)  # starts the job
+        job_id = (await daemon.store.state(ROOM) or {})["job_id"]
+        await until(lambda: _async(box.world.jobs[job_id].state is JobState.PROCESSING))
+        await asyncio.sleep(1.2)  # the window is over
+        box.faults.append(Fault("slow", hang_s=0.6, method="POST", path_contains="/stop"))
+
+        async def periodic_later() -> None:
+            await asyncio.sleep(0.2)  # lists the job as still running, then waits for the room's turn
+            await daemon.reconciler.reconcile_all()
+
+        await asyncio.gather(daemon.reconciler.reconcile_room(ROOM), periodic_later())
+        actions = [e["action"] for e in await daemon.events()]
+        assert actions == ["start", "stop"], actions
+        assert box.world.jobs[job_id].state is JobState.SUCCEED
