@@ -56,6 +56,7 @@ from orchestrator.providers.metastudio.client import MetaStudioClient
 from orchestrator.settings import InteractionSettings
 from orchestrator.store import keys
 from orchestrator.store.reactions import Reactions
+from orchestrator.store.redis import text as _text
 from orchestrator.tasks import being_cancelled, cancel_and_wait, pause
 
 log = structlog.get_logger(__name__)
@@ -64,10 +65,6 @@ LIVE_STATES = frozenset({"WAITING", "PROCESSING"})
 CHAT_CONCURRENCY = 4
 READ_BLOCK_MS = 100
 HAND_OVER_LIMIT = 100  # decided replies waiting for Redis, per room
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RoomWorker:

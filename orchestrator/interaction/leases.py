@@ -18,6 +18,7 @@ import uuid
 import redis.asyncio as aioredis
 
 from orchestrator.store import keys
+from orchestrator.store.redis import text
 
 ACQUIRE_LUA = """
 local owner = redis.call('GET', KEYS[1])
@@ -77,4 +78,4 @@ class RoomLeases:
 
     async def owner(self, room_id: str) -> str | None:
         value = await self._redis.get(keys.room_lease(room_id))
-        return value.decode() if isinstance(value, bytes) else value
+        return None if value is None else text(value)

@@ -19,13 +19,13 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
 from orchestrator.interaction.policy import PRIORITY_ORDER, Priority
 from orchestrator.store import keys
+from orchestrator.store.redis import text as _text
 
 BAND = 10**13
 
@@ -131,10 +131,6 @@ class InFlight:
     priority: Priority
     text: str
     sent_ms: int
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class ReplyQueue:

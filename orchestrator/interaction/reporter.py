@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from orchestrator.interaction.ingest import NAMES
 from orchestrator.providers.errors import ProviderBadRequest, ProviderError
 from orchestrator.store import keys
+from orchestrator.store.redis import text as _text
 from orchestrator.tasks import being_cancelled, pause
 
 if TYPE_CHECKING:
@@ -258,7 +259,3 @@ def _coalesce_viewers(batch: list[Buffered]) -> list[Buffered]:
         if event.timestamp >= latest.timestamp:
             latest = event
     return [b for b in batch if b.type != 6 or b is latest]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -58,3 +58,8 @@ async def redis_ready(client: aioredis.Redis, timeout_s: float) -> tuple[bool, s
     except (RedisError, OSError) as exc:
         return False, type(exc).__name__
     return True, None
+
+
+def text(value: bytes | str | int | float) -> str:
+    """A Redis reply value as text (the client returns bytes: ``decode_responses`` is off)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

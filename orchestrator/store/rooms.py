@@ -32,6 +32,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from orchestrator.store import keys
+from orchestrator.store.redis import text as _text
 
 #: Keys and arguments one callback takes in APPLY_CALLBACKS_LUA (the script applies a batch of them). The
 #: callback's fifteen values travel as one JSON array: packing one argument instead of fifteen is most of
@@ -231,10 +232,6 @@ class RtmpLink:
     event_ms: int
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _without_query(url: str) -> str:
     base, sep, _ = url.partition("?")
     return f"{base}?***" if sep else base
@@ -269,6 +266,10 @@ class RoomStore:
         self._mark_stall = redis.register_script(MARK_RTMP_STALL_LUA)
         self._new_job = redis.register_script(NEW_JOB_LUA)
         self._ingest = redis.register_script(INGEST_LUA)
+
+    async def is_managed(self, room_id: str) -> bool:
+        """Whether the room is managed here (one field read, not the whole state)."""
+        return bool(await self._redis.hget(keys.room_state(room_id), "managed") == b"1")
 
     async def register_room(self, room_id: str) -> None:
         """Mark ``room_id`` as managed: callbacks naming it are applied from now on."""

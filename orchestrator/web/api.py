@@ -49,6 +49,14 @@ def room_id_param(request: web.Request) -> str:
         raise ApiError(400, "BAD_ROOM_ID", str(exc)) from None
 
 
+async def managed_room_id(request: web.Request) -> str:
+    """The path's room id, checked and managed here; ApiError 400 or 404 otherwise."""
+    room_id = room_id_param(request)
+    if not await request.app[ROOM_STORE].is_managed(room_id):
+        raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
+    return room_id
+
+
 @routes.get("/api/rooms")
 async def list_rooms(request: web.Request) -> web.Response:
     """Every managed room: desired state (schedule, pause) and next boundary beside the actual state."""
@@ -94,10 +102,8 @@ async def room_events(request: web.Request) -> web.Response:
     raw_limit = request.query.get("limit", "100")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_EVENTS:
         raise ApiError(400, "BAD_QUERY", f"limit must be an integer from 1 to {MAX_EVENTS}")
-    store = request.app[ROOM_STORE]
-    if await store.state(room_id) is None:
-        raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
-    events = await store.events(room_id, since=since, limit=int(raw_limit))
+    await managed_room_id(request)
+    events = await request.app[ROOM_STORE].events(room_id, since=since, limit=int(raw_limit))
     return web.json_response({"events": events, "next": events[-1]["id"] if events else since})
 
 

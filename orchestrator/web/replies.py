@@ -33,7 +33,7 @@ from orchestrator.interaction.chat import ChatUnavailable
 from orchestrator.interaction.policy import NOTHING_TO_ANSWER, Event, History, decide, speak
 from orchestrator.interaction.queue import Reply
 from orchestrator.providers.metastudio.models import MAX_INSERT_TEXT_CHARS
-from orchestrator.web.api import require_admin, room_id_param
+from orchestrator.web.api import managed_room_id, require_admin
 from orchestrator.web.errors import ApiError
 
 routes = web.RouteTableDef()
@@ -129,9 +129,7 @@ async def interaction_callback(request: web.Request) -> web.Response:
 @routes.post("/api/rooms/{room_id}/replies")
 async def operator_reply(request: web.Request) -> web.Response:
     require_admin(request)
-    room_id = room_id_param(request)
-    if await request.app[ROOM_STORE].state(room_id) is None:
-        raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
+    room_id = await managed_room_id(request)
     try:
         body = OperatorReply.model_validate_json(await request.read())
     except ValidationError as exc:
@@ -147,9 +145,7 @@ async def operator_reply(request: web.Request) -> web.Response:
 @routes.get("/api/rooms/{room_id}/replies")
 async def list_replies(request: web.Request) -> web.Response:
     require_admin(request)
-    room_id = room_id_param(request)
-    if await request.app[ROOM_STORE].state(room_id) is None:
-        raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
+    room_id = await managed_room_id(request)
     queue = request.app[AUDIENCE].queue
     pending = await queue.pending(room_id)
     flights = await queue.in_flight(room_id)
