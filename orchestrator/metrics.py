@@ -7,6 +7,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from orchestrator.providers.metastudio.callbacks import KNOWN_EVENT_TYPES
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -24,6 +26,7 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self._received: dict[tuple[str, str], Counter] = {}
         self.journal_pending = Gauge(
             "orch_callback_journal_pending",
             "Callbacks journaled locally while Redis was unreachable, waiting for replay.",
@@ -95,6 +98,16 @@ class Metrics:
             registry=self.registry,
         )
         self._gc_started = 0.0
+
+    def callback_received(self, event_type: str, outcome: str) -> None:
+        """Count one accepted callback (the labelled child is looked up once per pair, not per callback;
+        only the documented event types are cached, so odd types cannot grow the cache)."""
+        child = self._received.get((event_type, outcome))
+        if child is None:
+            child = self.callbacks_received.labels(event_type, outcome)
+            if event_type in KNOWN_EVENT_TYPES:
+                self._received[(event_type, outcome)] = child
+        child.inc()
 
     def watch_gc(self) -> None:
         """Time every collection of the cyclic garbage collector (``gc.callbacks``)."""

@@ -71,6 +71,15 @@ class ServerSettings(Section):
     public_base_url: AnyHttpUrl | None = Field(
         None, description="How the outside world reaches this server (used in callback URLs)."
     )
+    public_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Also serve the vendor-facing routes (live-event and interaction callbacks, the LLM "
+        "endpoint, /healthz) on this port, on `host`: the one port to expose to the internet, with the "
+        "admin API and metrics left on `port`. Its routes skip the request middleware, which makes the "
+        "callback path markedly cheaper. Unset: everything on `port` only.",
+    )
 
 
 class RedisSettings(Section):
@@ -117,6 +126,12 @@ class LoggingSettings(Section):
         LogFormat.AUTO, description="auto: console on a TTY, JSON lines otherwise; or json / console."
     )
     access_log: bool = Field(True, description="Log one line per HTTP request.")
+    access_log_accepted_callbacks: bool = Field(
+        False,
+        description="Also log a line for each vendor callback accepted (2xx). Off by default: each one is "
+        "recorded in its room's event stream already, and at thousands per second the lines would drown "
+        "the rest; rejected callbacks are always logged.",
+    )
     redact_fields: tuple[str, ...] = Field(
         (), description="Extra field or query-parameter names whose values are always masked."
     )

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -35,14 +34,15 @@ from orchestrator.providers.metastudio.callbacks import (
     ReplyCommandFinish,
     RtmpStreamStateChange,
     ShootScriptSwitch,
+    SignatureVerifier,
     VerifyPolicy,
     parse_callback,
-    verify_signature,
 )
 from orchestrator.settings import CallbackAuthType
 from orchestrator.store import keys
 from orchestrator.store.batch import ScriptBatcher
 from orchestrator.store.journal import Journal
+from orchestrator.store.redis import text as _text
 from orchestrator.store.rooms import CallbackWrite, RoomStore
 
 log = structlog.get_logger(__name__)
@@ -55,8 +55,7 @@ class NotManaged(LookupError):
     """The callback names a room or job this daemon does not manage: 404, audited, not applied."""
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(NamedTuple):
     """What the request carried for authentication (query for MSS_A, headers for MSS_A_HEAD)."""
 
     secret: str | None
@@ -79,6 +78,7 @@ class CallbackReceiver:
         self._policy = policy
         self._maxlen = events_maxlen
         self._seen_ttl_s = int(2 * policy.max_skew_s) + 60
+        self._verifiers: dict[str, tuple[ResolvedProfile, SignatureVerifier]] = {}
 
     async def receive(
         self, profile: ResolvedProfile, credentials: Credentials, body: bytes
@@ -89,14 +89,15 @@ class CallbackReceiver:
         nor the journal could take it (5xx).
         """
         now_ms = int(time.time() * 1000)
-        callback_id, event_ms = self._authenticate(profile, credentials, now_ms, body)
+        digest = hashlib.sha256(body).hexdigest()
+        callback_id, event_ms = self._authenticate(profile, credentials, now_ms, digest)
         parsed = parse_callback(body)
         try:
             keys.check_room_id(parsed.room_id)
         except keys.InvalidKeyPart:
             raise NotManaged(f"room {parsed.room_id!r} is not managed here") from None
-        write = _write_for(parsed, callback_id, event_ms, now_ms, hashlib.sha256(body).hexdigest())
-        outcome = await self._durable(write, profile, body)
+        write = _write_for(parsed, callback_id, event_ms, now_ms, digest)
+        outcome = await self._durable(write, profile)
         if outcome == "replay":
             raise CallbackRejected(RejectReason.REPLAY)
         if outcome in NOT_OURS:
@@ -105,23 +106,26 @@ class CallbackReceiver:
         return outcome, parsed
 
     def _authenticate(
-        self, profile: ResolvedProfile, credentials: Credentials, now_ms: int, body: bytes
+        self, profile: ResolvedProfile, credentials: Credentials, now_ms: int, digest: str
     ) -> tuple[str, int]:
         if profile.auth_type is CallbackAuthType.NONE:
-            return f"none:{hashlib.sha256(body).hexdigest()[:32]}:{now_ms}", now_ms
-        verified = verify_signature(
-            url=profile.public_url,
-            keys=profile.keys,
-            secret=credentials.secret,
-            time_text=credentials.time_text,
-            now_ms=now_ms,
-            policy=self._policy,
-        )
+            return f"none:{digest[:32]}:{now_ms}", now_ms
+        verified = self._verifier(profile).verify(credentials.secret, credentials.time_text, now_ms)
         return verified.signature, verified.event_ms
 
-    async def _durable(self, write: CallbackWrite, profile: ResolvedProfile, body: bytes) -> str:
+    def _verifier(self, profile: ResolvedProfile) -> SignatureVerifier:
+        known = self._verifiers.get(profile.name)
+        if known is None or known[0] is not profile:
+            known = self._verifiers[profile.name] = (
+                profile,
+                SignatureVerifier(profile.public_url, profile.keys, self._policy),
+            )
+        return known[1]
+
+    async def _durable(self, write: CallbackWrite, profile: ResolvedProfile) -> str:
         try:
-            return await self.apply(write)  # the batcher enforces callbacks.write_timeout_s
+            # The batcher enforces callbacks.write_timeout_s.
+            return _text(await self._batcher.call(write.keys(), write.args(self._maxlen, self._seen_ttl_s)))
         except (RedisError, OSError) as exc:
             log.warning(
                 "redis cannot take the callback; journaling it",
@@ -133,8 +137,8 @@ class CallbackReceiver:
         return "journaled"
 
     async def apply(self, write: CallbackWrite) -> str:
-        result = await self._batcher.call(write.keys(), write.args(self._maxlen, self._seen_ttl_s))
-        return result.decode() if isinstance(result, bytes) else str(result)
+        """Write one callback to Redis (no journal fallback); its outcome. Raises RedisError."""
+        return _text(await self._batcher.call(write.keys(), write.args(self._maxlen, self._seen_ttl_s)))
 
     async def replay_journal(self) -> int:
         """Apply journaled callbacks, oldest first; returns how many. Raises RedisError if Redis fails."""
@@ -201,7 +205,7 @@ def _write_for(
 
 
 def _write_to_json(write: CallbackWrite) -> dict[str, Any]:
-    return {**write.__dict__, "fields": list(write.fields)}
+    return {**write._asdict(), "fields": list(write.fields)}
 
 
 def _write_from_json(data: dict[str, Any]) -> CallbackWrite:

@@ -26,7 +26,8 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 import orjson
 import redis.asyncio as aioredis
@@ -181,9 +182,12 @@ return 1
 """
 
 
-@dataclass(frozen=True)
-class CallbackWrite:
-    """Everything the apply script needs for one callback, in the order it reads them."""
+class CallbackWrite(NamedTuple):
+    """Everything the apply script needs for one callback, in the order it reads them.
+
+    A named tuple rather than a frozen dataclass: one is made per callback, and a frozen dataclass's
+    ``__init__`` (an ``object.__setattr__`` per field) costs several times as much.
+    """
 
     room_id: str
     callback_id: str  # the signature, or a digest for unsigned callbacks
@@ -196,15 +200,8 @@ class CallbackWrite:
     fields: tuple[str, ...]  # type-specific: scene..product_title | output_url, state | reply_id (≤ 5)
 
     def keys(self) -> list[str]:
-        return [
-            keys.room_state(self.room_id),
-            keys.room_events(self.room_id),
-            keys.room_jobs(self.room_id),
-            keys.room_replies(self.room_id),
-            keys.room_seen(self.room_id, self.callback_id),
-            keys.room_replies_meta(self.room_id),
-            keys.room_replies_done(self.room_id),
-        ]
+        state, events, jobs, replies, seen_prefix, meta, done = _callback_keys(self.room_id)
+        return [state, events, jobs, replies, seen_prefix + self.callback_id, meta, done]
 
     def args(self, maxlen: int, seen_ttl_s: int) -> list[str]:
         """One argument: the script's fifteen values as a JSON array of strings."""
@@ -217,12 +214,31 @@ class CallbackWrite:
             str(maxlen),
             str(seen_ttl_s),
             self.digest,
-            keys.reactions_channel(),
+            _REACTIONS_CHANNEL,
             self.room_id,
             *self.fields,
-            *("",) * (5 - len(self.fields)),
+            *_PADDING[len(self.fields) :],
         ]
         return [orjson.dumps(values).decode()]
+
+
+_REACTIONS_CHANNEL = keys.reactions_channel()
+_PADDING = ("",) * 5
+
+
+@lru_cache(maxsize=4096)
+def _callback_keys(room_id: str) -> tuple[str, str, str, str, str, str, str]:
+    """A room's keys for the apply script (validated once per room, not once per key per callback); the
+    fifth is the prefix of the per-callback ``seen`` key."""
+    return (
+        keys.room_state(room_id),
+        keys.room_events(room_id),
+        keys.room_jobs(room_id),
+        keys.room_replies(room_id),
+        keys.room_seen(room_id, ""),
+        keys.room_replies_meta(room_id),
+        keys.room_replies_done(room_id),
+    )
 
 
 @dataclass(frozen=True)

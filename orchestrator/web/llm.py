@@ -16,10 +16,12 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 from pydantic import BaseModel, Field, ValidationError
 
 from orchestrator.appkeys import REDIS, SETTINGS
@@ -59,8 +61,13 @@ def _chunk(answer_id: str, content: str) -> dict[str, Any]:
 
 
 @routes.post("/llm/metastudio")
-async def llm(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
+async def llm_route(request: web.Request) -> web.StreamResponse:
+    return await llm(request.app, request, request.match_info)
+
+
+async def llm(app: web.Application, request: BaseRequest, params: Mapping[str, str]) -> web.StreamResponse:
+    """The handler proper (the main application's route above, and the public listener, call it)."""
+    settings = app[SETTINGS]
     key = settings.interaction.llm_app_key.get_secret_value()
     if not key or settings.interaction.llm_public_url is None:
         raise ApiError(
@@ -78,7 +85,7 @@ async def llm(request: web.Request) -> web.StreamResponse:
     except CallbackRejected as exc:
         raise ApiError(401, exc.error_code.replace("CALLBACK_", "LLM_"), str(exc)) from None
     seen = keys.llm_seen(verified.signature)
-    if not await request.app[REDIS].set(seen, "1", nx=True, ex=int(2 * settings.callbacks.max_skew_s) + 60):
+    if not await app[REDIS].set(seen, "1", nx=True, ex=int(2 * settings.callbacks.max_skew_s) + 60):
         raise ApiError(401, "LLM_REPLAY", "signature already used")
     try:
         body = LlmRequest.model_validate_json(await request.read())
@@ -89,7 +96,7 @@ async def llm(request: web.Request) -> web.StreamResponse:
         ) from None
     question = body.messages[-1].content
     event = Event(type=1, user_id=body.user, user_name="", text=question, at=time.time())
-    decision = decide(request.app[POLICY], History(), event)
+    decision = decide(app[POLICY], History(), event)
     answer = decision.reply or settings.interaction.llm_fallback
     answer_id = uuid.uuid4().hex
     if not body.is_stream:

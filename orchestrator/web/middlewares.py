@@ -24,6 +24,7 @@ from random import getrandbits
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from aiohttp.web_request import BaseRequest
 
 from orchestrator.web.errors import ApiError, code_for_status, default_message, error_response
 
@@ -31,11 +32,13 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 REQUEST_ID = web.RequestKey("request_id", str)
+#: Set by a handler whose request is recorded elsewhere (an accepted callback): the access log skips it.
+NO_ACCESS_LINE = web.RequestKey("no_access_line", bool)
 
 log = structlog.get_logger(__name__)
 
 
-def request_id_of(request: web.Request) -> str | None:
+def request_id_of(request: BaseRequest) -> str | None:
     return request.get(REQUEST_ID)
 
 
@@ -45,7 +48,7 @@ def request_middleware(max_body_bytes: int, read_timeout_s: float) -> Middleware
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         offered = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = offered if offered and _REQUEST_ID_RE.fullmatch(offered) else f"{getrandbits(128):032x}"
+        request_id = offered if offered and _REQUEST_ID_RE.fullmatch(offered) else new_request_id()
         request[REQUEST_ID] = request_id
         # Not reset on the way out: the access line is written after this returns and should carry the
         # request's context (request id, room, job); the next request on the connection starts afresh.
@@ -53,12 +56,12 @@ def request_middleware(max_body_bytes: int, read_timeout_s: float) -> Middleware
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             if request.body_exists:
-                await _read_body(request, max_body_bytes, read_timeout_s)
+                await read_body(request, max_body_bytes, read_timeout_s)
             response = await handler(request)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            response = _error_response(request, exc)
+            response = error_response_for(request, exc)
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id
         return response
@@ -66,7 +69,14 @@ def request_middleware(max_body_bytes: int, read_timeout_s: float) -> Middleware
     return middleware
 
 
-def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+def new_request_id() -> str:
+    """A fresh request id (random, not secret)."""
+    return f"{getrandbits(128):032x}"
+
+
+def error_response_for(request: BaseRequest, exc: Exception) -> web.StreamResponse:
+    """The JSON error response for an exception a handler raised (ApiError, aiohttp's HTTP errors, or a bug:
+    logged with its traceback, answered with a bare 500)."""
     request_id = request_id_of(request)
     if isinstance(exc, ApiError):
         response = error_response(
@@ -92,7 +102,12 @@ def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
     return error_response(500, code_for_status(500), "internal error", request_id)
 
 
-async def _read_body(request: web.Request, max_body_bytes: int, read_timeout_s: float) -> None:
+async def read_body(request: BaseRequest, max_body_bytes: int, read_timeout_s: float) -> None:
+    """Read the whole body into the request (handlers' read()/json() reuse it), under the size limit and
+    within the read timeout.
+
+    Raises ApiError: 413 (too large), 408 (too slow); both close the connection.
+    """
     length = request.content_length
     if length is not None and length > max_body_bytes:
         raise ApiError(

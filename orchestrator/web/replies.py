@@ -22,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import hmac
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import orjson
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.appkeys import AUDIENCE, ROOM_STORE, SETTINGS
@@ -90,27 +92,34 @@ def _event(body: InteractionCallback) -> Event:
 
 
 @routes.post("/callbacks/metastudio/interaction/{token}")
-async def interaction_callback(request: web.Request) -> web.Response:
-    expected = request.app[SETTINGS].interaction.callback_token.get_secret_value()
+async def interaction_callback_route(request: web.Request) -> web.Response:
+    return await interaction_callback(request.app, request, request.match_info)
+
+
+async def interaction_callback(
+    app: web.Application, request: BaseRequest, params: Mapping[str, str]
+) -> web.Response:
+    """The handler proper (the main application's route above, and the public listener, call it)."""
+    expected = app[SETTINGS].interaction.callback_token.get_secret_value()
     if not expected:
         raise ApiError(404, "INTERACTION_CALLBACK_OFF", "interaction.callback_token is not set")
-    if not hmac.compare_digest(request.match_info["token"].encode(), expected.encode()):
+    if not hmac.compare_digest(params["token"].encode(), expected.encode()):
         raise ApiError(401, "INTERACTION_BAD_TOKEN", "the token in the URL is not this daemon's")
     try:
         body = InteractionCallback.model_validate_json(await request.read())
     except ValidationError as exc:
         raise _validation_error(exc, "INTERACTION_BAD_BODY") from None
-    state = await request.app[ROOM_STORE].state(body.room_id)
+    state = await app[ROOM_STORE].state(body.room_id)
     if state is None or state.get("job_id") != body.job_id:
         raise ApiError(404, "INTERACTION_NOT_MANAGED", "the room or job is not one this daemon runs")
-    audience = request.app[AUDIENCE]
+    audience = app[AUDIENCE]
     worker = audience.workers.get(body.room_id)
     history = worker.history if worker is not None and worker.job_id == body.job_id else History()
     event, product = _event(body), str(state.get("product_title") or "")
     decision = decide(audience.policy, history, event, product=product)
     if decision.reason == NOTHING_TO_ANSWER:
         # The vendor's rule chose this comment for an answer: the chat backend's, else the fallback line.
-        text = request.app[SETTINGS].interaction.llm_fallback
+        text = app[SETTINGS].interaction.llm_fallback
         if audience.chat is not None:
             with contextlib.suppress(ChatUnavailable):
                 text = await audience.chat.answer(event.text, product=product)

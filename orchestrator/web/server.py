@@ -20,7 +20,8 @@ from aiohttp.web_request import BaseRequest
 from orchestrator.logging import access_line
 from orchestrator.settings import Settings
 from orchestrator.web.errors import code_for_status, default_message, error_response
-from orchestrator.web.middlewares import REQUEST_ID
+from orchestrator.web.middlewares import NO_ACCESS_LINE, REQUEST_ID
+from orchestrator.web.public import PublicRoutes
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +33,8 @@ class AccessLogger(AbstractAccessLogger):
     """
 
     def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if request.get(NO_ACCESS_LINE):
+            return
         access_line(
             {
                 "method": request.method,
@@ -98,12 +101,38 @@ async def serve(app: web.Application, settings: Settings, stop: asyncio.Event) -
     """Serve ``app`` on the configured address until ``stop`` is set, then shut down gracefully."""
     runner = make_runner(app, settings)
     await runner.setup()
+    public: web.ServerRunner | None = None
     try:
         site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_address=True)
         await site.start()
         log.info("listening", host=settings.server.host, port=settings.server.port)
+        if settings.server.public_port is not None:
+            public = await start_public(app, settings)
         await stop.wait()
         log.info("shutting down", grace_s=settings.server.shutdown_timeout_s)
     finally:
+        if public is not None:
+            await public.cleanup()  # vendors first: their in-flight callbacks finish while Redis is open
         await runner.cleanup()
     log.info("stopped")
+
+
+async def start_public(app: web.Application, settings: Settings) -> web.ServerRunner:
+    """Start the public listener (:mod:`orchestrator.web.public`) on ``server.public_port`` beside the
+    started ``app``; the caller cleans the returned runner up before ``app``'s."""
+    public_port = settings.server.public_port
+    server = _JsonErrorServer(
+        PublicRoutes(app, settings),
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("aiohttp.access") if settings.logging.access_log else None,
+        keepalive_timeout=settings.server.keepalive_timeout_s,
+    )
+    runner = web.ServerRunner(server, shutdown_timeout=settings.server.shutdown_timeout_s)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.server.host, public_port, reuse_address=True).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    log.info("listening (public routes)", host=settings.server.host, port=public_port)
+    return runner

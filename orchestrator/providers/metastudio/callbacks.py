@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlencode
 
 import orjson
@@ -58,7 +59,7 @@ def mss_a_head_headers(callback_url: str, key: str, timestamp_ms: int) -> dict[s
 
 #: Below this a timestamp is read as seconds, above as milliseconds (1e11 ms is 1973; 1e11 s is year 5138).
 SECONDS_MAGNITUDE_LIMIT = 100_000_000_000
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_HEX_TIME_RE = re.compile(r"[0-9a-fA-F]{1,16}")
 
 
 class RejectReason(StrEnum):
@@ -97,8 +98,7 @@ class VerifyPolicy:
     strict: bool = False  # only the hex-string reading
 
 
-@dataclass(frozen=True)
-class Verified:
+class Verified(NamedTuple):
     """An authentic callback: its signature (lower-case hex; the replay key) and its time in ms."""
 
     signature: str
@@ -111,10 +111,49 @@ def parse_hw_time(text: str) -> int:
 
     Raises CallbackRejected(MALFORMED_TIME).
     """
-    if not 1 <= len(text) <= 16 or not set(text) <= _HEX_DIGITS:
+    if not _HEX_TIME_RE.fullmatch(text):
         raise CallbackRejected(RejectReason.MALFORMED_TIME)
     value = int(text, 16)
     return value * 1000 if value < SECONDS_MAGNITUDE_LIMIT else value
+
+
+class SignatureVerifier:
+    """MSS_A / MSS_A_HEAD verification for one callback URL and its keys (DESIGN.md §4).
+
+    The HMAC of each key over the URL is computed once, here; a callback then costs one ``copy`` and
+    ``update`` with its time per reading tried. Keys are tried in order (the current key first during a
+    rotation), and for each the hex-string reading before the decimal-milliseconds one; the first match
+    ends the search. That the search stops early tells a timing observer at most *which* key or reading
+    matched -- neither is secret; the comparison of the signature itself is constant-time.
+    """
+
+    def __init__(self, url: str, keys: Sequence[str], policy: VerifyPolicy) -> None:
+        encoded_url = url.encode()
+        self._states = [hmac.new(key.encode(), encoded_url, hashlib.sha256) for key in keys]
+        self._skew_ms = policy.max_skew_s * 1000
+        self._strict = policy.strict
+
+    def verify(self, secret: str | None, time_text: str | None, now_ms: int) -> Verified:
+        """Raises CallbackRejected naming the first failed check: missing, malformed time, too old, in the
+        future, bad signature. (The replay check is the store's.)"""
+        if not secret or not time_text:
+            raise CallbackRejected(RejectReason.MISSING)
+        event_ms = parse_hw_time(time_text)
+        if now_ms - event_ms > self._skew_ms:
+            raise CallbackRejected(RejectReason.TOO_OLD)
+        if event_ms - now_ms > self._skew_ms:
+            raise CallbackRejected(RejectReason.IN_FUTURE)
+        provided = _ascii_lower(secret)
+        readings = [("hex", time_text.encode())]
+        if not self._strict:
+            readings.append(("decimal", str(int(time_text, 16)).encode()))
+        for state in self._states:
+            for reading, signed_time in readings:
+                mac = state.copy()
+                mac.update(signed_time)
+                if hmac.compare_digest(mac.hexdigest().encode(), provided):
+                    return Verified(provided.decode(), event_ms, reading)
+        raise CallbackRejected(RejectReason.BAD_SIGNATURE)
 
 
 def verify_signature(
@@ -126,33 +165,11 @@ def verify_signature(
     now_ms: int,
     policy: VerifyPolicy,
 ) -> Verified:
-    """Check an MSS_A / MSS_A_HEAD signature (DESIGN.md §4); the replay check is the store's.
+    """One-off :meth:`SignatureVerifier.verify` (a receiver keeps its verifier instead).
 
-    Raises CallbackRejected naming the first failed check: missing, malformed time, too old, in the future,
-    bad signature.
+    Raises CallbackRejected naming the first failed check.
     """
-    if not secret or not time_text:
-        raise CallbackRejected(RejectReason.MISSING)
-    event_ms = parse_hw_time(time_text)
-    skew_ms = policy.max_skew_s * 1000
-    if now_ms - event_ms > skew_ms:
-        raise CallbackRejected(RejectReason.TOO_OLD)
-    if event_ms - now_ms > skew_ms:
-        raise CallbackRejected(RejectReason.IN_FUTURE)
-    provided = _ascii_lower(secret)
-    readings = (
-        [("hex", time_text)] if policy.strict else [("hex", time_text), ("decimal", str(int(time_text, 16)))]
-    )
-    matched = None
-    for key in keys:
-        for reading, signed_time in readings:
-            expected = mss_a_signature(key, url, signed_time).encode()
-            # Every candidate is compared (no early exit) so timing says nothing about which was close.
-            if hmac.compare_digest(expected, provided) and matched is None:
-                matched = reading
-    if matched is None:
-        raise CallbackRejected(RejectReason.BAD_SIGNATURE)
-    return Verified(provided.decode(), event_ms, matched)
+    return SignatureVerifier(url, keys, policy).verify(secret, time_text, now_ms)
 
 
 def _ascii_lower(secret: str) -> bytes:

@@ -1,0 +1,104 @@
+"""The public listener: the vendor-facing routes alone, on their own port (``server.public_port``).
+
+MetaStudio must reach three routes from the internet: the live-event callbacks, the interaction CALLBACK
+endpoint and the LLM endpoint. With ``server.public_port`` set, a second listener serves just those (plus
+``/healthz`` for a load balancer), so the admin API, metrics and readiness can stay on a private address.
+The main port keeps serving them too: a single-port setup, and a vendor still configured with the old URL,
+keep working.
+
+The listener is aiohttp's low-level server (``web.Server``) with the small fixed route table below, not a
+second ``web.Application``: the live-event callback is the daemon's hottest path, and the application's
+per-request machinery -- router, request factory, the request middleware and the two wrapper layers
+aiohttp adds around it -- costs about as much as verifying, parsing and storing the callback
+(``benchmarks/callbacks``). The handlers are the same functions the main application's routes call, given
+the main application (for its state: receiver, Redis, metrics) and the path parameters. What the middleware
+gives a vendor is kept: the body is read under the size limit and read timeout, every error is the same
+JSON body with a request id (made on error only: a vendor sends none and a success needs none), unknown
+paths get a JSON 404 and known ones with another method a JSON 405 with ``Allow``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from orchestrator.callbacks.profiles import CALLBACK_PATH
+from orchestrator.settings import Settings
+from orchestrator.web import callbacks, llm, replies
+from orchestrator.web.errors import ApiError
+from orchestrator.web.middlewares import (
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
+    error_response_for,
+    new_request_id,
+    read_body,
+)
+
+PublicHandler = Callable[[web.Application, BaseRequest, Mapping[str, str]], Awaitable[web.StreamResponse]]
+
+_INTERACTION_PREFIX = "/callbacks/metastudio/interaction/"
+
+
+async def _healthz(app: web.Application, request: BaseRequest, params: Mapping[str, str]) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+class PublicRoutes:
+    """Request handler of the public listener: routes a request, reads its body, maps errors to JSON."""
+
+    def __init__(self, app: web.Application, settings: Settings) -> None:
+        self._app = app
+        self._max_body_bytes = settings.server.max_body_bytes
+        self._read_timeout_s = settings.server.read_timeout_s
+
+    async def __call__(self, request: BaseRequest) -> web.StreamResponse:
+        try:
+            handler, params = route(request.method, request.path)
+            if request.body_exists:
+                await read_body(request, self._max_body_bytes, self._read_timeout_s)
+            return await handler(self._app, request, params)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            request[REQUEST_ID] = request_id = new_request_id()
+            response = error_response_for(request, exc)
+            response.headers[REQUEST_ID_HEADER] = request_id
+            return response
+
+
+def route(method: str, path: str) -> tuple[PublicHandler, dict[str, str]]:
+    """The handler and path parameters for a request to the public listener.
+
+    Raises ApiError: 404 for a path it does not serve, 405 (with ``Allow``) for another method.
+    """
+    allowed = "POST"
+    handler: PublicHandler
+    params: dict[str, str]
+    if path == CALLBACK_PATH:
+        handler, params = callbacks.live_events, {}
+    elif path.startswith(CALLBACK_PATH + "/") and _segment(path, len(CALLBACK_PATH) + 1):
+        handler, params = callbacks.live_events, {"profile": path[len(CALLBACK_PATH) + 1 :]}
+    elif path.startswith(_INTERACTION_PREFIX) and _segment(path, len(_INTERACTION_PREFIX)):
+        handler, params = replies.interaction_callback, {"token": path[len(_INTERACTION_PREFIX) :]}
+    elif path == "/llm/metastudio":
+        handler, params = llm.llm, {}
+    elif path == "/healthz":
+        handler, params, allowed = _healthz, {}, "GET"
+    else:
+        raise ApiError(404, "NOT_FOUND", "no such route on the public listener")
+    if method != allowed and not (allowed == "GET" and method == "HEAD"):
+        raise ApiError(
+            405,
+            "METHOD_NOT_ALLOWED",
+            f"{method} is not allowed here; use {allowed}",
+            headers={"Allow": allowed},
+        )
+    return handler, params
+
+
+def _segment(path: str, start: int) -> bool:
+    """Whether ``path[start:]`` is one non-empty path segment (what aiohttp's ``{name}`` matches)."""
+    return start < len(path) and "/" not in path[start:]
