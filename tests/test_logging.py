@@ -17,9 +17,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.app import create_app
+from orchestrator.appkeys import ROOM_STORE
 from orchestrator.logging import MASK, Redactor, configure_logging
 from orchestrator.settings import LogFormat, LoggingSettings, secret_values
+from orchestrator.web.server import start_public
+from tests.callbacks.conftest import settings_for
 from tests.support.daemon import Daemon
+from tests.support.redis_server import free_port
 from tests.support.server import serving
 
 SK = "sk-9f8e7d6c5b4a-TOPSECRET"
@@ -220,3 +224,42 @@ async def test_interaction_callback_token_in_the_path_is_masked(make_settings: A
     access = [json.loads(line) for line in output.splitlines() if '"request"' in line]
     assert access and access[-1]["path"] == f"/callbacks/metastudio/interaction/{MASK}"
     assert token not in output
+
+
+@pytest.mark.parametrize("listener", ["main", "public"])
+@pytest.mark.parametrize("log_accepted", [False, True])
+async def test_accepted_callbacks_leave_no_access_line_unless_asked(
+    make_settings: Any, log_stream: io.StringIO, tmp_path: Any, listener: str, log_accepted: bool
+) -> None:
+    """An accepted callback is recorded in its room's event stream; its access line is opt-in
+    (logging.access_log_accepted_callbacks). A refused one is always logged, on either listener."""
+    port, public_port = free_port(), free_port()
+    callbacks_port = public_port if listener == "public" else port
+    settings = settings_for(make_settings, callbacks_port, tmp_path / "journal.jsonl")
+    settings = settings.model_copy(
+        update={
+            "server": settings.server.model_copy(
+                update={"public_port": public_port if listener == "public" else None}
+            ),
+            "logging": settings.logging.model_copy(update={"access_log_accepted_callbacks": log_accepted}),
+        }
+    )
+    app = create_app(settings, Redactor())
+    async with serving(app, settings, port=port), aiohttp.ClientSession() as http:
+        public = await start_public(app, settings) if listener == "public" else None
+        try:
+            base = f"http://127.0.0.1:{callbacks_port}/callbacks/metastudio/live-events/none"
+            await app[ROOM_STORE].register_room("room-log")
+            await app[ROOM_STORE].set_current_job("room-log", "job-log")
+            message = {"room_id": "room-log", "job_id": "job-log", "shoot_script_sequence_no": "1"}
+            good = json.dumps({"event_type": "SHOOT_SCRIPT_SWITCH", "message": message})
+            async with http.post(base, data=good) as resp:
+                assert resp.status == 200
+            async with http.post(base, data=b"{broken") as resp:
+                assert resp.status == 400
+        finally:
+            if public is not None:
+                await public.cleanup()
+    access = [json.loads(line) for line in log_stream.getvalue().splitlines() if '"request"' in line]
+    statuses = [line["status"] for line in access if line["path"].startswith("/callbacks/")]
+    assert statuses == ([200, 400] if log_accepted else [400])

@@ -11,8 +11,8 @@ per call. (The whole batch is one script run, so this is for a standalone Redis 
 Redis Cluster, where one run must stay in one slot.)
 
 Each batch runs under one deadline (``timeout_s``); calls that waited longer than that in the queue fail
-without running. A Redis that lost its script cache (a restart) is handled by loading the script again; a
-pooled connection Redis closed meanwhile is replaced once.
+without running. A Redis that lost its script cache (a restart) is handled by loading the script again (a
+pooled connection that a restart closed is replaced by the pool when it is checked out).
 
 The batch's ``EVALSHA`` is encoded here and sent on a pooled connection (``send_packed_command`` /
 ``read_response``), not through ``Redis.evalsha``: a batch carries hundreds of arguments, and redis-py's
@@ -29,7 +29,6 @@ from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -152,16 +151,8 @@ class ScriptBatcher:
         pool = self._redis.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            try:
-                await connection.send_packed_command(command)
-                return await connection.read_response()
-            except RedisConnectionError:
-                # Most likely a pooled connection Redis closed (a restart, an idle timeout): once more, on a
-                # new one. Should the first attempt have run after all, the script's seen-key makes the
-                # second a harmless "duplicate".
-                await connection.disconnect()
-                await connection.send_packed_command(command)
-                return await connection.read_response()
+            await connection.send_packed_command(command)
+            return await connection.read_response()
         finally:
             await pool.release(connection)  # redis-py disconnects a connection whose read was interrupted
 

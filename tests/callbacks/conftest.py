@@ -1,4 +1,8 @@
-"""A running daemon (in-process, real Redis) with three callback profiles: MSS_A, MSS_A_HEAD and NONE."""
+"""A running daemon (in-process, real Redis) with three callback profiles: MSS_A, MSS_A_HEAD and NONE.
+
+The ``daemon`` fixture runs every test twice: callbacks sent to the main port (the full application), and
+to the public listener (``server.public_port``), where the admin API and metrics are not served.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,10 @@ import pytest
 from orchestrator.app import create_app
 from orchestrator.appkeys import REACTIONS, ROOM_STORE
 from orchestrator.providers.metastudio.callbacks import hw_time, mss_a_head_headers, mss_a_url
+from orchestrator.settings import Settings
 from orchestrator.store.reactions import Reactions
 from orchestrator.store.rooms import RoomStore
+from orchestrator.web.server import start_public
 from tests.support.redis_server import free_port
 from tests.support.server import serving
 
@@ -28,11 +34,16 @@ PATH = "/callbacks/metastudio/live-events"
 
 @dataclass
 class Daemon:
-    url: str
+    url: str  # where vendor callbacks go
     http: aiohttp.ClientSession
     store: RoomStore
     reactions: Reactions
     journal: Path
+    admin_url: str | None = None  # the main port, when callbacks go to the public listener
+
+    @property
+    def admin(self) -> str:
+        return self.admin_url or self.url
 
     def profile_url(self, profile: str) -> str:
         return f"{self.url}{PATH}" + ("" if profile == "default" else f"/{profile}")
@@ -65,7 +76,7 @@ class Daemon:
             return resp.status, await resp.json()
 
     async def api(self, path: str, token: str = ADMIN) -> tuple[int, Any]:
-        async with self.http.get(f"{self.url}{path}", headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with self.http.get(f"{self.admin}{path}", headers={"Authorization": f"Bearer {token}"}) as resp:
             return resp.status, await resp.json()
 
     async def room(self, room_id: str) -> dict[str, Any]:
@@ -90,15 +101,29 @@ def settings_for(make_settings: Any, port: int, journal: Path, **callbacks: Any)
     )
 
 
-@pytest.fixture
-async def daemon(make_settings: Any, tmp_path: Path) -> AsyncIterator[Daemon]:
-    port = free_port()
-    journal = tmp_path / "journal.jsonl"
-    settings = settings_for(make_settings, port, journal, rtmp_grace_s=0.3)
+@pytest.fixture(params=["main", "public"])
+async def daemon(request: pytest.FixtureRequest, make_settings: Any, tmp_path: Path) -> AsyncIterator[Daemon]:
+    port, journal = free_port(), tmp_path / "journal.jsonl"
+    public_port = free_port() if request.param == "public" else None
+    settings = settings_for(make_settings, public_port or port, journal, rtmp_grace_s=0.3)
+    if public_port is not None:
+        settings = with_public_port(settings, public_port)
     app = create_app(settings)
     async with serving(app, settings, port=port) as url, aiohttp.ClientSession() as http:
         await app[REACTIONS].connected.wait()
-        yield Daemon(url, http, app[ROOM_STORE], app[REACTIONS], journal)
+        if public_port is None:
+            yield Daemon(url, http, app[ROOM_STORE], app[REACTIONS], journal)
+            return
+        public = await start_public(app, settings)
+        try:
+            public_url = f"http://127.0.0.1:{public_port}"
+            yield Daemon(public_url, http, app[ROOM_STORE], app[REACTIONS], journal, admin_url=url)
+        finally:
+            await public.cleanup()
+
+
+def with_public_port(settings: Settings, port: int) -> Settings:
+    return settings.model_copy(update={"server": settings.server.model_copy(update={"public_port": port})})
 
 
 def switch(room: str, job: str, seq: int, title: str = "", scene: str = "Scene") -> dict[str, Any]:
@@ -121,4 +146,4 @@ def rtmp(room: str, job: str, state: str, url: str = "rtmp://push/live") -> dict
     }
 
 
-__all__ = ["ADMIN", "KEY", "OLD_KEY", "Daemon", "hw_time", "rtmp", "switch"]
+__all__ = ["ADMIN", "KEY", "OLD_KEY", "Daemon", "hw_time", "rtmp", "switch", "with_public_port"]

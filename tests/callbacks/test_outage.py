@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from orchestrator.app import create_app
-from orchestrator.appkeys import REACTIONS, ROOM_STORE
+from orchestrator.appkeys import REACTIONS, REDIS, ROOM_STORE
 from tests.callbacks.conftest import Daemon, settings_for, switch
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.server import serving
@@ -79,3 +79,38 @@ async def test_redis_outage_mid_stream_loses_and_duplicates_nothing(
         _, events = await daemon.api(f"/api/rooms/{ROOM}/events?limit=1000")
         seen = [(e["event_type"], e["event_ms"]) for e in events["events"] if e["kind"] == "callback"]
         assert len(seen) == len(set(seen)) == 90  # each callback exactly once
+
+
+async def test_group_commit_survives_a_script_flush_and_a_redis_restart(
+    controllable_redis: RedisServer, make_settings: Any, tmp_path: Path
+) -> None:
+    """The batch's EVALSHA is sent on a pooled connection by the batcher itself: a Redis that forgot the
+    script (SCRIPT FLUSH, a restart) gets it loaded again, and a pooled connection the restart closed is
+    replaced -- the callbacks are applied in Redis, not journaled."""
+    port = free_port()
+    settings = settings_for(make_settings, port, tmp_path / "journal.jsonl")
+    app = create_app(settings)
+    async with serving(app, settings, port=port) as url, aiohttp.ClientSession() as http:
+        daemon = Daemon(url, http, app[ROOM_STORE], app[REACTIONS], tmp_path / "journal.jsonl")
+        await daemon.store.register_room(ROOM)
+        await daemon.store.set_current_job(ROOM, JOB)
+        assert (await daemon.send("SHOOT_SCRIPT_SWITCH", switch(ROOM, JOB, 1)))[1]["outcome"] == "applied"
+        await app[REDIS].script_flush()
+        assert (await daemon.send("SHOOT_SCRIPT_SWITCH", switch(ROOM, JOB, 2)))[1]["outcome"] == "applied"
+        # Several concurrent callbacks so that the pool holds several connections the restart will close.
+        now = int(time.time() * 1000)
+        sent = await asyncio.gather(
+            *(
+                daemon.send("SHOOT_SCRIPT_SWITCH", switch(ROOM, JOB, 3 + i), time_ms=now + i)
+                for i in range(20)
+            )
+        )
+        assert {body["outcome"] for _, body in sent} == {"applied"}
+        controllable_redis.stop()
+        controllable_redis.start()
+        await daemon.store.register_room(ROOM)  # the restarted Redis kept nothing
+        await daemon.store.set_current_job(ROOM, JOB)
+        status, body = await daemon.send("SHOOT_SCRIPT_SWITCH", switch(ROOM, JOB, 40))
+        assert (status, body["outcome"]) == (200, "applied")
+        assert (await daemon.room(ROOM))["paragraph_seq"] == "40"
+        assert not (tmp_path / "journal.jsonl").exists() or not (tmp_path / "journal.jsonl").read_text()

@@ -20,7 +20,7 @@ async def _managed(daemon: Daemon, room: str = ROOM, job: str = JOB) -> None:
 
 
 async def _metric(daemon: Daemon, line_start: str) -> float:
-    async with daemon.http.get(f"{daemon.url}/metrics") as resp:
+    async with daemon.http.get(f"{daemon.admin}/metrics") as resp:
         text = await resp.text()
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
     return sum(values)
