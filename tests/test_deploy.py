@@ -73,9 +73,13 @@ def test_compose_environment_is_settings(compose: dict[str, Any], monkeypatch: p
 
 
 def test_compose_ports_match_settings(compose: dict[str, Any]) -> None:
-    port = _env(compose)["ORCH_SERVER__PORT"]
+    env = _env(compose)
+    port, public_port = env["ORCH_SERVER__PORT"], env["ORCH_SERVER__PUBLIC_PORT"]
     service = compose["services"]["orchestrator"]
-    assert any(mapping.split(":")[-1] == port for mapping in service["ports"])
+    published = {mapping.split(":")[-1]: mapping for mapping in service["ports"]}
+    assert set(published) == {port, public_port}
+    # The admin port is published on the host's loopback only; the public one to the world.
+    assert published[port].startswith("127.0.0.1:") and not published[public_port].startswith("127.0.0.1:")
     assert f"127.0.0.1:{port}/" in " ".join(service["healthcheck"]["test"])
 
 
@@ -88,7 +92,7 @@ def test_dockerfile(dockerfile: list[tuple[str, str]]) -> None:
     assert user not in ("root", "0")
     env = dict(shlex.split(item)[0].split("=", 1) for item in shlex.split(args["ENV"]))
     assert set(env) - {"PYTHONUNBUFFERED"} <= SETTING_ENV_VARS
-    assert args["EXPOSE"] == env["ORCH_SERVER__PORT"]
+    assert args["EXPOSE"].split() == [env["ORCH_SERVER__PORT"], env["ORCH_SERVER__PUBLIC_PORT"]]
     assert f"127.0.0.1:{env['ORCH_SERVER__PORT']}/healthz" in args["HEALTHCHECK"]
     _assert_cli_command(yaml.safe_load(args["CMD"]))
     assert "STOPSIGNAL" in instructions
