@@ -57,7 +57,13 @@ from orchestrator.store.batch import ScriptBatcher
 from orchestrator.store.journal import Journal
 from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import create_redis, redis_ready
-from orchestrator.store.rooms import APPLY_CALLBACKS_LUA, CALLBACK_ARGS, CALLBACK_KEYS, RoomStore
+from orchestrator.store.rooms import (
+    APPLY_CALLBACKS_LUA,
+    CALLBACK_ARGS,
+    CALLBACK_KEYS,
+    CALLBACK_ROOM_KEYS,
+    RoomStore,
+)
 from orchestrator.tasks import being_cancelled, cancel_and_wait, pause
 from orchestrator.web import admin, api, callbacks, health, ingest, llm, replies
 from orchestrator.web.middlewares import request_middleware
@@ -233,6 +239,7 @@ async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:
         APPLY_CALLBACKS_LUA,
         keys_per_call=CALLBACK_KEYS,
         args_per_call=CALLBACK_ARGS,
+        repeated_keys=CALLBACK_ROOM_KEYS,
         timeout_s=settings.write_timeout_s,
         on_batch=lambda size: _count_batch(app[METRICS], size),
     )

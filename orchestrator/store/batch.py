@@ -58,6 +58,7 @@ class ScriptBatcher:
         args_per_call: int,
         timeout_s: float = 1.0,
         max_batch: int = 256,
+        repeated_keys: int = 0,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._redis = redis
@@ -67,6 +68,8 @@ class ScriptBatcher:
         self._timeout_s = timeout_s
         self._max_batch = max_batch
         self._sha_bulk = _bulk(self._script.sha)
+        self._repeated_keys = repeated_keys
+        self._encoded_keys: dict[str, bytes] = {}
         self._on_batch = on_batch
         self._pending: list[_Call] = []
         self._wakeup = asyncio.Event()
@@ -133,8 +136,16 @@ class ScriptBatcher:
         n_keys = len(calls) * self._keys_per_call
         n_args = 1 + len(calls) * self._args_per_call
         parts = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + n_keys + n_args), self._sha_bulk, _bulk(n_keys)]
+        encoded, repeated = self._encoded_keys, self._repeated_keys
+        if len(encoded) > _MAX_ENCODED_KEYS:
+            encoded.clear()
         for call in calls:
-            parts.extend(map(_bulk, call.keys))
+            for key in call.keys[:repeated]:
+                bulk = encoded.get(key)
+                if bulk is None:
+                    bulk = encoded[key] = _bulk(key)
+                parts.append(bulk)
+            parts.extend(map(_bulk, call.keys[repeated:]))
         parts.append(_bulk(len(calls)))
         for call in calls:
             parts.extend(map(_bulk, call.args))
@@ -161,6 +172,10 @@ class ScriptBatcher:
         for call in calls:
             if not call.future.done():
                 call.future.set_exception(exc)
+
+
+#: Encoded keys kept for reuse (``repeated_keys``): six per room, so tens of thousands of rooms' worth.
+_MAX_ENCODED_KEYS = 100_000
 
 
 def _bulk(value: Arg) -> bytes:

@@ -39,11 +39,14 @@ from orchestrator.store.redis import text as _text
 #: callback's fifteen values travel as one JSON array: packing one argument instead of fifteen is most of
 #: what a batch costs on the client side.
 CALLBACK_KEYS = 7
+#: The first six keys of a call are the room's own, the same for all its callbacks (the batcher encodes
+#: them once); the seventh is the callback's.
+CALLBACK_ROOM_KEYS = 6
 CALLBACK_ARGS = 1
 
 APPLY_CALLBACKS_LUA = """
 local function apply(k, a)
-  local state, events, jobs, replies, seen, meta, done = k[1], k[2], k[3], k[4], k[5], k[6], k[7]
+  local state, events, jobs, replies, meta, done, seen = k[1], k[2], k[3], k[4], k[5], k[6], k[7]
   local etype, job_id, event_ms = a[1], a[2], tonumber(a[3])
   if redis.call('HGET', state, 'managed') ~= '1' then return 'unknown_room' end
   if redis.call('SISMEMBER', jobs, job_id) == 0 then return 'unknown_job' end
@@ -200,8 +203,10 @@ class CallbackWrite(NamedTuple):
     fields: tuple[str, ...]  # type-specific: scene..product_title | output_url, state | reply_id (≤ 5)
 
     def keys(self) -> list[str]:
-        state, events, jobs, replies, seen_prefix, meta, done = _callback_keys(self.room_id)
-        return [state, events, jobs, replies, seen_prefix + self.callback_id, meta, done]
+        """The room's six keys (the same for every callback of the room: see ``CALLBACK_ROOM_KEYS``), then
+        this callback's ``seen`` key."""
+        *room_keys, seen_prefix = _callback_keys(self.room_id)
+        return [*room_keys, seen_prefix + self.callback_id]
 
     def args(self, maxlen: int, seen_ttl_s: int) -> list[str]:
         """One argument: the script's fifteen values as a JSON array of strings."""
@@ -229,15 +234,15 @@ _PADDING = ("",) * 5
 @lru_cache(maxsize=4096)
 def _callback_keys(room_id: str) -> tuple[str, str, str, str, str, str, str]:
     """A room's keys for the apply script (validated once per room, not once per key per callback); the
-    fifth is the prefix of the per-callback ``seen`` key."""
+    last is the prefix of the per-callback ``seen`` key."""
     return (
         keys.room_state(room_id),
         keys.room_events(room_id),
         keys.room_jobs(room_id),
         keys.room_replies(room_id),
-        keys.room_seen(room_id, ""),
         keys.room_replies_meta(room_id),
         keys.room_replies_done(room_id),
+        keys.room_seen(room_id, ""),
     )
 
 

@@ -261,17 +261,26 @@ def parse_callback(raw: bytes) -> ParsedCallback:
     event_type, message = envelope.get("event_type"), envelope.get("message")
     if not isinstance(event_type, str) or not event_type:
         raise CallbackMalformed("event_type must be a non-empty string")
+    model = _MESSAGE_MODELS.get(event_type, _Message)
     if isinstance(message, str):
+        if not message.lstrip().startswith("{"):
+            raise CallbackMalformed("message must be a JSON object or a string holding one")
         try:
-            message = orjson.loads(message)
-        except orjson.JSONDecodeError as exc:
-            raise CallbackMalformed(f"message is not a JSON document: {exc.msg}") from None
+            # Parsed and validated in one pass (pydantic's own JSON parser): the common shape, kept cheap.
+            return ParsedCallback(event_type, model.model_validate_json(message))
+        except ValidationError as exc:
+            raise _malformed(exc) from None
     if not isinstance(message, dict):
         raise CallbackMalformed("message must be a JSON object or a string holding one")
-    model = _MESSAGE_MODELS.get(event_type, _Message)
     try:
         return ParsedCallback(event_type, model.model_validate(message))
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        location = ".".join(str(p) for p in first["loc"])
-        raise CallbackMalformed(f"message.{location}: {first['msg']}") from None
+        raise _malformed(exc) from None
+
+
+def _malformed(exc: ValidationError) -> CallbackMalformed:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    if first["type"] == "json_invalid":
+        return CallbackMalformed(f"message is not a JSON document: {first['msg']}")
+    location = ".".join(str(p) for p in first["loc"])
+    return CallbackMalformed(f"message.{location}: {first['msg']}")
