@@ -223,8 +223,9 @@ _MESSAGE_MODELS: dict[str, type[_Message]] = {
 }
 
 
-@dataclass(frozen=True)
-class ParsedCallback:
+class ParsedCallback(NamedTuple):
+    """A parsed callback (a named tuple: one is made per callback, and cheaply)."""
+
     event_type: str
     message: _Message  # a typed model for known types, the bare room/job envelope otherwise
 
