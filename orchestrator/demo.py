@@ -93,7 +93,8 @@ def embedded_redis() -> Iterator[str]:
         server.server_close()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback right now (the demo's servers, and the tests', listen on such ports)."""
     import socket
 
     with socket.socket() as sock:
@@ -282,7 +283,7 @@ async def run_demo(
         box.world.add_room(demo_room())
         narrator.say("demo", f"MetaStudio sandbox on {sandbox_url} (simulated time x{speed:g})")
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="orchestrator-demo-")))
-        port = _free_port()
+        port = free_port()
         settings = demo_settings(redis_url, sandbox_url, port, workdir, log_level)
         redactor = Redactor(settings.logging.redact_fields, secret_values(settings))
         configure_logging(settings.logging, redactor, stream=sys.stderr)

@@ -124,8 +124,7 @@ class CallbackReceiver:
 
     async def _durable(self, write: CallbackWrite, profile: ResolvedProfile) -> str:
         try:
-            # The batcher enforces callbacks.write_timeout_s.
-            return _text(await self._batcher.call(write.keys(), write.args(self._maxlen, self._seen_ttl_s)))
+            return await self.apply(write)  # the batcher enforces callbacks.write_timeout_s
         except (RedisError, OSError) as exc:
             log.warning(
                 "redis cannot take the callback; journaling it",
