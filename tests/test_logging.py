@@ -263,3 +263,31 @@ async def test_accepted_callbacks_leave_no_access_line_unless_asked(
     access = [json.loads(line) for line in log_stream.getvalue().splitlines() if '"request"' in line]
     statuses = [line["status"] for line in access if line["path"].startswith("/callbacks/")]
     assert statuses == ([200, 400] if log_accepted else [400])
+
+
+async def test_public_listener_access_line_masks_the_signature(
+    make_settings: Any, log_stream: io.StringIO, tmp_path: Any
+) -> None:
+    """A refused callback on the public listener is logged -- with ``hwSecret`` masked, as on the main port."""
+    port, public_port = free_port(), free_port()
+    settings = settings_for(make_settings, public_port, tmp_path / "journal.jsonl")
+    settings = settings.model_copy(
+        update={"server": settings.server.model_copy(update={"public_port": public_port})}
+    )
+    app = create_app(settings, Redactor(values=secret_values(settings)))
+    signature = "c" * 64
+    async with serving(app, settings, port=port), aiohttp.ClientSession() as http:
+        public = await start_public(app, settings)
+        try:
+            url = f"http://127.0.0.1:{public_port}/callbacks/metastudio/live-events"
+            async with http.post(url, params={"hwSecret": signature, "hwTime": "18c"}, data=b"{}") as resp:
+                body = await resp.json()
+                assert resp.status == 401 and body["error_code"] == "CALLBACK_TOO_OLD"
+                assert signature not in json.dumps(body)
+        finally:
+            await public.cleanup()
+    output = log_stream.getvalue()
+    access = [json.loads(line) for line in output.splitlines() if '"request"' in line]
+    assert [line["status"] for line in access] == [401]
+    assert access[0]["query"]["hwSecret"] == MASK and access[0]["request_id"] == body["request_id"]
+    assert signature not in output
