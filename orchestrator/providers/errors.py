@@ -5,18 +5,28 @@
     ├── ProviderTransportError    no usable HTTP answer
     │   ├── ProviderConnectError  could not connect: the request never left (safe to retry anything)
     │   └── ProviderTimeout       sent, no answer in time: the vendor may or may not have acted
+    ├── ProviderInvalidResponse   a success answer we cannot read (not JSON, or not the documented shape)
     └── ProviderStatusError       the vendor answered with an error status and body
         ├── ProviderBadRequest    400: our request is wrong; retrying cannot help
         ├── ProviderAuthError     401/403
-        ├── ProviderNotFound      404
+        ├── ProviderNotFound      404, or a vendor code saying the job/room does not exist or has expired
+        ├── ProviderJobNotRunning the job exists but is not running: commands and reports cannot reach it
+        ├── ProviderConflict      the room already runs a job: a start was refused, nothing was started
         ├── ProviderRateLimited   429 (``retry_after_s`` from Retry-After)
         └── ProviderServerError   5xx
+
+The class follows the HTTP status, except where the vendor documents an error code whose meaning
+decides what the daemon does: MetaStudio answers "task not found / expired" with HTTP 500 (004 §11.2,
+MSS.20010046 ...), which must read as gone, not as a transient failure to retry. Each vendor client
+passes its table of such codes to :func:`status_error`.
 
 ``aiohttp``/``asyncio`` errors are translated into this tree in one place, the provider client's send
 function, with ``raise ... from exc``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 
 class ProviderError(Exception):
@@ -42,6 +52,12 @@ class ProviderConnectError(ProviderTransportError):
 
 class ProviderTimeout(ProviderTransportError):
     """No complete response within the call's timeout."""
+
+
+class ProviderInvalidResponse(ProviderError):
+    """The vendor said yes in a form we cannot read: not JSON, or not the shape its documents give.
+
+    Whether it acted is unknown (it said it did); retrying a read is harmless, anything else is not."""
 
 
 class ProviderStatusError(ProviderError):
@@ -75,7 +91,16 @@ class ProviderAuthError(ProviderStatusError):
 
 
 class ProviderNotFound(ProviderStatusError):
-    """404: no such room or job."""
+    """No such room or job: 404, or a documented "does not exist or has expired" code (any status)."""
+
+
+class ProviderJobNotRunning(ProviderStatusError):
+    """The job exists but is not running (ended, or not started yet): a command or a report for it
+    cannot succeed, so it is never retried."""
+
+
+class ProviderConflict(ProviderStatusError):
+    """The vendor refused to start a job because the room already has an ongoing one."""
 
 
 class ProviderRateLimited(ProviderStatusError):
@@ -92,9 +117,13 @@ def status_error(
     error_msg: str | None,
     request_id: str | None,
     retry_after_s: float | None,
+    by_code: Mapping[str, type[ProviderStatusError]] | None = None,
 ) -> ProviderStatusError:
-    """The ProviderStatusError subclass for ``status``."""
-    cls: type[ProviderStatusError]
+    """The ProviderStatusError subclass for ``error_code`` (from the vendor's table ``by_code``), else
+    for ``status``."""
+    cls = (by_code or {}).get(error_code or "")
+    if cls is not None:
+        return cls(status, error_code, error_msg, request_id, retry_after_s=retry_after_s)
     if status == 400:
         cls = ProviderBadRequest
     elif status in (401, 403):

@@ -27,6 +27,7 @@ from pydantic import (
 from orchestrator.providers.metastudio.models import (
     CoStreamerConfig,
     LiveEventCallbackConfig,
+    LiveJobRunConfig,
     PlayPolicy,
     StartJobRequest,
     VideoConfig,
@@ -63,7 +64,9 @@ class AlertTarget(_Model):
 class StartTemplate(_Model):
     video_config: VideoConfig | None = None
     play_policy: PlayPolicy = PlayPolicy(repeat_count=-1)
-    output_urls: list[str] = Field(..., min_length=1)
+    # MetaStudio takes one RTMP output per job ("Currently, only one RTMP stream output address is
+    # supported", 004 Table 6-262): refused here, where it is written, not by the vendor at start.
+    output_urls: list[str] = Field(..., min_length=1, max_length=1)
     stream_keys: list[SecretStr] = Field(default_factory=list)
     interaction_callback_url: SecretStr | None = None
     view_mode: Literal["LANDSCAPE", "VERTICAL"] | None = None
@@ -87,6 +90,9 @@ class StartTemplate(_Model):
             live_event_callback_config=callback_config,
             view_mode=self.view_mode,
             co_streamer_config=self.co_streamer_config,
+            # One running job per room, always: a second start is refused by the vendor (MSS.20010036)
+            # and the client adopts the running job instead of paying for two.
+            job_run_config=LiveJobRunConfig(single_job_in_room=True),
         )
 
 

@@ -190,18 +190,23 @@ def test_request_models_validate_documented_ranges() -> None:
 async def test_not_found_is_typed_with_code_and_request_id(env: Env) -> None:
     with pytest.raises(ProviderNotFound) as info:
         await env.client.show_job(ROOM, "no-such-job")
-    assert info.value.status == 404 and info.value.error_code == "MSS.00021009"
+    # 004 §11.2: "Livestreaming task not found" is an HTTP 500 -- read as gone, not as a vendor failure
+    assert info.value.status == 500 and info.value.error_code == "MSS.20010046"
     assert info.value.request_id
-    with pytest.raises(ProviderNotFound):
+    assert _calls(env, "GET", "/no-such-job") == 1  # not retried
+    with pytest.raises(ProviderNotFound) as room_info:
         await env.client.start_job("no-such-room", START)
+    assert room_info.value.status == 400 and room_info.value.error_code == "MSS.20010045"
 
 
 async def test_bad_request_is_not_retried(env: Env) -> None:
     job_id = await _processing(env)
-    await env.client.stop_job(ROOM, job_id)
+    url = env.client._url("smart-live-rooms", ROOM, "smart-live-jobs", job_id, "command")
     with pytest.raises(ProviderBadRequest) as info:
-        await env.client.command(ROOM, job_id, Command.get_current_playing_scripts())
-    assert info.value.error_code == "MSS.00000003" and "SUCCEED" in (info.value.error_msg or "")
+        await env.client._call(
+            "POST", url, {"command": "GET_CURRENT_PLAYING_SCRIPTS", "params": []}, Retry.SAFE
+        )
+    assert info.value.error_code == "MSS.00000003"
     assert _calls(env, "POST", "/command") == 1
 
 

@@ -395,7 +395,50 @@ async def test_gift_rule_and_callback_rule(env: Env, receiver: Receiver) -> None
             {"command": "CLEAN_UP_INSERT_COMMAND", "params": {"command_ids": ["c"] * 101}},
             "command_ids",
         ),
-        ("/JOB/command", {"command": "NOT_A_COMMAND"}, "command"),
+        # 004 §6.2.1 Tables 6-262 .. 6-265: the documented ranges
+        ("", {"video_config": {"codec": "H264", "bitrate": 4000, "width": 3841, "height": 1920}}, "width"),
+        ("", {"video_config": {"codec": "H264", "bitrate": 4000, "width": 1080, "height": -1}}, "height"),
+        ("", {"video_config": {"bitrate": 4000, "width": 1080, "height": 1920}}, "video_config.codec"),
+        (
+            "",
+            {"video_config": {"codec": "H264", "bitrate": 4000, "width": 1080, "height": 1920, "dx": -1921}},
+            "video_config.dx",
+        ),
+        (
+            "",
+            {"video_config": {"codec": "H264", "bitrate": 4000, "width": 1080, "height": 1920, "dy": 3841}},
+            "video_config.dy",
+        ),
+        (
+            "",
+            {
+                "video_config": {
+                    "codec": "H264",
+                    "bitrate": 4000,
+                    "width": 1080,
+                    "height": 1920,
+                    "subtitle_config": {"dx": 1921},
+                }
+            },
+            "subtitle_config.dx",
+        ),
+        (
+            "",
+            {
+                "video_config": {
+                    "codec": "H264",
+                    "bitrate": 4000,
+                    "width": 1080,
+                    "height": 1920,
+                    "subtitle_config": {"font_name": "f" * 65},
+                }
+            },
+            "subtitle_config.font_name",
+        ),
+        ("", {"play_policy": {"repeat_count": 101}}, "play_policy.repeat_count"),
+        ("", {"play_policy": {"repeat_count": -2}}, "play_policy.repeat_count"),
+        ("", {"interaction_callback_url": "https://x/" + "a" * 2040}, "interaction_callback_url"),
+        ("", {"output_urls": ["rtmp://a/1", "rtmp://b/2"]}, "output_urls"),
     ],
 )
 async def test_invalid_parameters_name_the_field(
@@ -424,4 +467,5 @@ async def test_bad_json_and_unknown_project(env: Env) -> None:
     other = url.with_path(url.path.replace(env.client.project_id, "other-project"), encoded=True)
     with pytest.raises(ProviderStatusError) as info2:
         await env.client._send("GET", other, b"")
-    assert info2.value.error_code == "MSS.00020004"
+    # 004 l.16385: credentials of one project on another project's path
+    assert info2.value.status == 403 and info2.value.error_code == "MSS.00020006"

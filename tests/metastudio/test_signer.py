@@ -69,6 +69,9 @@ CASES: list[tuple[str, str, str, list[tuple[str, str]], dict[str, str], bytes]] 
     ("DELETE", "h", "/v1/p/smart-live-rooms/r1", [], BASE_HEADERS, b""),
     ("POST", "h", "/v1/p/x", [], {**BASE_HEADERS, "X-Security-Token": "tmp-token"}, b"{}"),
     ("POST", "h", "/v1/p/upload", [], {"Content-Type": "application/octet-stream"}, b"\x00\x01binary"),
+    # the official signer reads "Content-Type" by that exact name: a lower-case one is signed, not UNSIGNED
+    ("POST", "h", "/v1/p/upload", [], {"content-type": "application/octet-stream"}, b"\x00\x01binary"),
+    ("POST", "h", "/v1/p/upload", [], {"CONTENT-TYPE": "text/plain"}, b"plain"),
     ("GET", "h", "/v1/p/path with space/ünï", [], BASE_HEADERS, b""),
     ("GET", "h", "/", [], {"Content-Type": "application/json", "X-Ignored_Underscore": "x"}, b""),
     (
@@ -113,6 +116,70 @@ def test_identical_to_official_signer_property(
         method, "h:1", path, query, {**headers, auth.HEADER_DATE: auth.format_sdk_date(NOW)}, body
     )
     assert ours(method, "h:1", path, query, headers, body)["Authorization"] == expected["Authorization"]
+
+
+_HEADER_NAMES = st.sampled_from(
+    [
+        "Content-Type",
+        "content-type",
+        "CONTENT-TYPE",
+        "X-Project-Id",
+        "x-project-id",
+        "X-Custom_Under",
+        "Accept",
+    ]
+)
+_HEADER_VALUES = st.sampled_from(
+    ["application/json", "application/json;charset=UTF-8", "application/bson", "text/plain", " padded ", ""]
+)
+_QUERY_TEXT = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=8
+) | st.sampled_from(["", " ", "+", "%", "%2C", ",", "&", "=", "~", "a b", "直播"])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
+    segments=st.lists(
+        st.text(min_size=1, max_size=8).filter(lambda s: "/" not in s and "%" not in s), max_size=4
+    ),
+    query=st.lists(st.tuples(_QUERY_TEXT.filter(bool), _QUERY_TEXT), max_size=6).map(
+        lambda pairs: pairs + pairs[:1]  # a repeated pair, whenever there is one
+    ),
+    headers=st.dictionaries(_HEADER_NAMES, _HEADER_VALUES, max_size=4),
+    body=st.binary(max_size=64),
+)
+def test_identical_to_official_signer_on_any_input(
+    method: str, segments: list[str], query: list[tuple[str, str]], headers: dict[str, str], body: bytes
+) -> None:
+    """Thousands of requests: unicode, reserved characters, repeated and empty values, headers in any
+    case -- the same Authorization as the official signer, and the same query on the wire."""
+    from yarl import URL
+
+    from orchestrator.providers.metastudio.client import AkSkCredentials, canonical_url
+
+    path = "/v1/" + "/".join(segments)
+    dated = {**headers, auth.HEADER_DATE: auth.format_sdk_date(NOW)}
+    request = SdkRequest(
+        method=method,
+        schema="https",
+        host="h:1",
+        resource_path=path,
+        query_params=list(query),
+        header_params=dict(dated),
+        body=body,
+    )
+    Signer(SimpleNamespace(ak=AK, sk=SK)).sign(request)
+    assert (
+        ours(method, "h:1", path, query, headers, body)["Authorization"]
+        == request.header_params["Authorization"]
+    )
+    # What our client sends: the canonical query of what it signs, the very string the SDK sends.
+    sent = canonical_url(URL.build(scheme="https", host="h", port=1, path="/x", query=query))
+    assert sent.raw_query_string == Signer.process_canonical_query_string(request)
+    signed = AkSkCredentials(AK, SK, "p").sign(method, sent, dict(headers), body, NOW)
+    with_project = {**headers, auth.HEADER_PROJECT: "p"}
+    assert signed["Authorization"] == ours(method, "h:1", "/x", query, with_project, body)["Authorization"]
 
 
 def test_canonical_pieces() -> None:

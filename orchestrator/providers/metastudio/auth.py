@@ -118,7 +118,9 @@ def sign_headers(
     ``path`` and ``query`` are what goes on the wire (the path may be percent-encoded; query pairs decoded).
     """
     signed = dict(headers)
-    content_type = next((v for k, v in signed.items() if k.lower() == "content-type"), "")
+    # Exactly as the official signer (``_process_content_header``): it reads ``Content-Type`` by that exact
+    # name, so a ``content-type`` header never makes the payload UNSIGNED -- and neither does it here.
+    content_type = signed.get("Content-Type", "")
     if content_type and not content_type.startswith(("application/json", "application/bson")):
         signed[HEADER_CONTENT_SHA256] = UNSIGNED_PAYLOAD
     if not any(k.lower() == HEADER_DATE.lower() for k in signed):

@@ -14,7 +14,20 @@ When is a failed call retried (with exponential backoff and full jitter, Retry-A
 * start job: after an unsent failure, directly; after an ambiguous one (timeout, reset, 5xx), only once
   listing the room's jobs shows no active job -- an active job found there is adopted instead, so a
   room is never started twice. (Adopting *any* active job is deliberate: the caller starts a job because
-  it believes none is active; if one is, starting another would be the double start.)
+  it believes none is active; if one is, starting another would be the double start.) The vendor's
+  own refusal -- MSS.20010036, "there are ongoing livestreaming tasks in the live room" -- is adopted the
+  same way.
+* never: a documented "job does not exist / has expired" or "job is not running" answer (HTTP 500 with
+  MSS.20010046 ..., see :mod:`.codes`): it is read as :class:`ProviderNotFound` /
+  :class:`ProviderJobNotRunning`, and repeating the call cannot change it.
+
+The query of every request is sent exactly as it is signed: the canonical form of the official signer
+(pairs sorted, ``quote(safe="~")``: ``state=WAITING%2CPROCESSING``, ``%20`` for a space), never an HTTP
+library's own encoding of it (yarl would send ``,`` and ``+``) -- a gateway that canonicalises the raw
+query it received would otherwise compute another signature.
+
+A success answer that is not JSON, or not the documented shape, is a :class:`ProviderInvalidResponse`
+(never a pydantic ``ValidationError`` escaping into the caller).
 """
 
 from __future__ import annotations
@@ -27,18 +40,20 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, TypeVar
-from urllib.parse import quote
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl, quote
 
 import aiohttp
 import structlog
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from yarl import URL
 
 from orchestrator.providers.errors import (
     ProviderConfigError,
+    ProviderConflict,
     ProviderConnectError,
     ProviderError,
+    ProviderInvalidResponse,
     ProviderRateLimited,
     ProviderServerError,
     ProviderStatusError,
@@ -46,7 +61,7 @@ from orchestrator.providers.errors import (
     ProviderTransportError,
     status_error,
 )
-from orchestrator.providers.metastudio import auth
+from orchestrator.providers.metastudio import auth, codes
 from orchestrator.providers.metastudio.models import (
     MAX_REPORT_EVENTS,
     Command,
@@ -87,7 +102,7 @@ class AkSkCredentials:
             method=method,
             host=url.raw_authority,
             path=url.raw_path,
-            query=list(url.query.items()),
+            query=query_pairs(url),
             headers=headers,
             body=body,
             ak=self.ak,
@@ -223,10 +238,11 @@ class MetaStudioClient:
         for attempt in range(self._retry.max_retries + 1):
             try:
                 body = await self._call("POST", url, request.to_wire(), Retry.NEVER)
-                return StartJobResponse.model_validate(body)
+                return _model(StartJobResponse, body)
             except ProviderError as error:
                 final = attempt == self._retry.max_retries or not is_retryable(error, Retry.SAFE)
-                if is_retryable(error, Retry.SAFE) and not is_retryable(error, Retry.UNSENT):
+                ambiguous = is_retryable(error, Retry.SAFE) and not is_retryable(error, Retry.UNSENT)
+                if ambiguous or isinstance(error, ProviderConflict):
                     adopted = await self._active_job(room_id)
                     if adopted is not None:
                         log.warning(
@@ -248,15 +264,15 @@ class MetaStudioClient:
         states: list[JobState] | None = None,
         offset: int = 0,
         limit: int = 10,
-        sort_dir: str | None = None,
+        sort_key: SortKey | None = None,
+        sort_dir: SortDir | None = None,
+        create_since: str | None = None,
+        create_until: str | None = None,
     ) -> JobList:
-        query = {"offset": str(offset), "limit": str(limit)}
-        if states:
-            query["state"] = ",".join(s.value for s in states)
-        if sort_dir:
-            query.update(sort_key="create_time", sort_dir=sort_dir)
-        url = self._url("smart-live-rooms", room_id, "smart-live-jobs").with_query(query)
-        return JobList.model_validate(await self._call("GET", url, None, Retry.SAFE))
+        """The room's jobs (004 §6.2.2); ``create_since``/``create_until`` are RFC 3339 times."""
+        query = _list_query(states, offset, limit, sort_key, sort_dir, create_since, create_until)
+        url = _with_query(self._url("smart-live-rooms", room_id, "smart-live-jobs"), query)
+        return _model(JobList, await self._call("GET", url, None, Retry.SAFE))
 
     async def list_jobs(
         self,
@@ -265,19 +281,21 @@ class MetaStudioClient:
         offset: int = 0,
         limit: int = 10,
         room_name: str | None = None,
+        sort_key: SortKey | None = None,
+        sort_dir: SortDir | None = None,
+        create_since: str | None = None,
+        create_until: str | None = None,
     ) -> JobList:
-        """Every job of the tenant (project)."""
-        query = {"offset": str(offset), "limit": str(limit)}
-        if states:
-            query["state"] = ",".join(s.value for s in states)
+        """Every job of the tenant (project) (004 §6.2.6); ``room_name`` is a fuzzy match."""
+        query = _list_query(states, offset, limit, sort_key, sort_dir, create_since, create_until)
         if room_name:
-            query["room_name"] = room_name
-        url = self._url("smart-live-jobs").with_query(query)
-        return JobList.model_validate(await self._call("GET", url, None, Retry.SAFE))
+            query.append(("room_name", room_name))
+        url = _with_query(self._url("smart-live-jobs"), query)
+        return _model(JobList, await self._call("GET", url, None, Retry.SAFE))
 
     async def show_job(self, room_id: str, job_id: str) -> SmartLiveJob:
         url = self._url("smart-live-rooms", room_id, "smart-live-jobs", job_id)
-        return SmartLiveJob.model_validate(await self._call("GET", url, None, Retry.SAFE))
+        return _model(SmartLiveJob, await self._call("GET", url, None, Retry.SAFE))
 
     async def stop_job(self, room_id: str, job_id: str) -> None:
         url = self._url("smart-live-rooms", room_id, "smart-live-jobs", job_id, "stop")
@@ -286,7 +304,7 @@ class MetaStudioClient:
     async def command(self, room_id: str, job_id: str, command: Command) -> CommandResponse:
         url = self._url("smart-live-rooms", room_id, "smart-live-jobs", job_id, "command")
         mode = Retry.SAFE if command.idempotent else Retry.UNSENT
-        return CommandResponse.model_validate(await self._call("POST", url, command.to_wire(), mode))
+        return _model(CommandResponse, await self._call("POST", url, command.to_wire(), mode))
 
     async def report_events(self, report_url: str, events: list[LiveEvent]) -> str | None:
         """Report 1-1000 events to the job's ``live_event_report_url``; return the refreshed URL, if any.
@@ -298,7 +316,7 @@ class MetaStudioClient:
         if not url.is_absolute():
             raise ProviderConfigError(f"live_event_report_url is not absolute: {report_url!r}")
         body = await self._call("POST", url, report.to_wire(), Retry.SAFE)
-        return LiveEventReportResponse.model_validate(body or {}).live_event_report_url
+        return _model(LiveEventReportResponse, body or {}).live_event_report_url
 
     async def report_batch(self, report_url: str, events: list[bytes], batch_id: str) -> str | None:
         """:meth:`report_events` for events already serialised in wire form (each the JSON of
@@ -318,7 +336,7 @@ class MetaStudioClient:
 
     async def show_room(self, room_id: str) -> SmartLiveRoom:
         url = self._url("smart-live-rooms", room_id)
-        return SmartLiveRoom.model_validate(await self._call("GET", url, None, Retry.SAFE))
+        return _model(SmartLiveRoom, await self._call("GET", url, None, Retry.SAFE))
 
     # --- plumbing -----------------------------------------------------------------------------------------
 
@@ -372,6 +390,7 @@ class MetaStudioClient:
         self, method: str, url: URL, body: bytes, extra_headers: Mapping[str, str] | None = None
     ) -> _Response:
         """One HTTP exchange, signed; every aiohttp/asyncio failure becomes a ProviderError here."""
+        url = canonical_url(url)  # what is signed is what is sent
         headers = {"Content-Type": "application/json;charset=UTF-8", **(extra_headers or {})}
         headers = self._credentials.sign(method, url, headers, body, self._now())
         started = time.monotonic()
@@ -416,9 +435,75 @@ def _decode(response: _Response) -> Any:
     try:
         return json.loads(response.body)
     except ValueError as exc:
-        raise ProviderStatusError(
-            response.status, None, "response body is not JSON", response.headers.get("X-Request-Id")
+        raise ProviderInvalidResponse(
+            f"HTTP {response.status}: the response body is not JSON "
+            f"(request id {response.headers.get('X-Request-Id') or '-'})"
         ) from exc
+
+
+def _model(model: type[M], body: Any) -> M:
+    """``body`` read as ``model``. Raises ProviderInvalidResponse naming the first field that did not fit."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(body)"
+        raise ProviderInvalidResponse(
+            f"unexpected {model.__name__} from the vendor: {where}: {first['msg']}"
+        ) from None
+
+
+SortKey = Literal["create_time", "update_time", "asset_order"]
+SortDir = Literal["asc", "desc"]
+
+
+def _list_query(
+    states: list[JobState] | None,
+    offset: int,
+    limit: int,
+    sort_key: SortKey | None,
+    sort_dir: SortDir | None,
+    create_since: str | None,
+    create_until: str | None,
+) -> list[tuple[str, str]]:
+    """The documented query of the job listings (004 §6.2.2 Table 6-280, §6.2.6 Table 6-329)."""
+    query = [("offset", str(offset)), ("limit", str(limit))]
+    optional = {
+        "state": ",".join(s.value for s in states) if states else None,
+        "sort_key": sort_key or ("create_time" if sort_dir else None),
+        "sort_dir": sort_dir,
+        "create_since": create_since,
+        "create_until": create_until,
+    }
+    return query + [(name, value) for name, value in optional.items() if value]
+
+
+def query_pairs(url: URL) -> list[tuple[str, str]]:
+    """The decoded query pairs of ``url``, in order, repeated and empty values kept."""
+    return parse_qsl(url.raw_query_string, keep_blank_values=True)
+
+
+def _with_query(url: URL, pairs: list[tuple[str, str]]) -> URL:
+    return _with_raw_query(url, auth.canonical_query(pairs))
+
+
+def _with_raw_query(url: URL, query_string: str) -> URL:
+    return URL.build(
+        scheme=url.scheme,
+        authority=url.raw_authority,
+        path=url.raw_path,
+        query_string=query_string,
+        encoded=True,
+    )
+
+
+def canonical_url(url: URL) -> URL:
+    """``url`` with its query in the signer's canonical form (sorted, ``quote(safe="~")``) -- the bytes
+    the signature covers (``auth.canonical_query``), so a receiver canonicalising the raw query agrees."""
+    if not url.raw_query_string:
+        return url
+    canonical = auth.canonical_query(query_pairs(url))
+    return url if canonical == url.raw_query_string else _with_raw_query(url, canonical)
 
 
 def _status_error(response: _Response) -> ProviderStatusError:
@@ -435,7 +520,9 @@ def _status_error(response: _Response) -> ProviderStatusError:
             retry_after = max(0.0, float(raw))
         except ValueError:
             retry_after = None  # an HTTP-date: fall back to our own backoff
-    return status_error(response.status, code, msg, response.headers.get("X-Request-Id"), retry_after)
+    return status_error(
+        response.status, code, msg, response.headers.get("X-Request-Id"), retry_after, codes.BY_CODE
+    )
 
 
 def _as_start_response(job: SmartLiveJob) -> StartJobResponse:

@@ -25,6 +25,9 @@ CallbackEventType = Literal["SHOOT_SCRIPT_SWITCH", "RTMP_STREAM_STATE_CHANGE", "
 MAX_INSERT_TEXT_CHARS = 131_072
 MAX_REPORT_EVENTS = 1000
 MAX_CLEANUP_COMMAND_IDS = 100
+#: Defaults the vendor applies when a field is absent (004 §11.5).
+DEFAULT_TEXT_PLAY_TYPE: PlayType = "PLAY_NOW"
+DEFAULT_AUDIO_PLAY_TYPE: PlayType = "APPEND"
 
 
 class RequestModel(BaseModel):
@@ -48,6 +51,9 @@ class JobState(StrEnum):
     SUCCEED = "SUCCEED"
     FAILED = "FAILED"
     BLOCKED = "BLOCKED"
+    # Not in the job tables, but in the room listing's ``last_job_status``/``live_state`` (004 l.6919,
+    # l.6972): read, never sent. Terminal, like the three above.
+    CANCELED = "CANCELED"
 
     @property
     def active(self) -> bool:
@@ -58,34 +64,67 @@ class JobState(StrEnum):
 
 
 class SubtitleConfig(RequestModel):
-    dx: int | None = None
-    dy: int | None = None
-    font_name: str | None = None
-    font_size: int | None = Field(None, ge=4, le=120)
-    h: int | None = None
-    w: int | None = None
+    """004 Table 6-264; the colour, stroke and opacity fields are the official SDK's (``SubtitleConfig``)."""
+
+    dx: int | None = Field(None, ge=0, le=1920)
+    dy: int | None = Field(None, ge=0, le=1920)
+    font_name: str | None = Field(None, max_length=64)
+    font_size: int | None = Field(None, ge=4, le=120)  # "interface 0-120, actual 4-120: use the actual"
+    h: int | None = Field(None, ge=0, le=1920)
+    w: int | None = Field(None, ge=0, le=1920)
+    font_color: str | None = Field(None, max_length=7)  # RGB, e.g. "#FFFFFF"
+    stroke_color: str | None = Field(None, max_length=7)
+    stroke_thickness: float | None = Field(None, ge=0, le=50)
+    opacity: float | None = Field(None, ge=0, le=1)
 
 
 class VideoConfig(RequestModel):
+    """004 Table 6-263 (ranges as documented: width/height 0-3840, dx/dy -1920..3840, bitrate 40-30000;
+    ``codec`` is mandatory); the last three fields are the official SDK's (video production only)."""
+
     clip_mode: Literal["RESIZE", "CROP"] | None = None
-    codec: Literal["H264", "VP8"] = "H264"
+    codec: Literal["H264", "VP8"]
     bitrate: int = Field(..., ge=40, le=30000)
-    width: int = Field(..., gt=0)
-    height: int = Field(..., gt=0)
+    width: int = Field(..., ge=0, le=3840)
+    height: int = Field(..., ge=0, le=3840)
     frame_rate: str | None = None
     is_subtitle_enable: bool | None = None
     subtitle_config: SubtitleConfig | None = None
-    dx: int | None = None
-    dy: int | None = None
+    disable_system_watermark: bool | None = None
+    dx: int | None = Field(None, ge=-1920, le=3840)
+    dy: int | None = Field(None, ge=-1920, le=3840)
     is_enable_super_resolution: bool | None = None
+    is_end_at_first_frame: bool | None = None
+    output_external_url: str | None = Field(None, max_length=2048)
+    is_vocabulary_config_enable: bool | None = None
+
+
+class LiveExitConfig(RequestModel):
+    """When the vendor stops a job by itself (the official SDK's ``LiveExitConfig``; not in 004)."""
+
+    max_live_duration: int | None = Field(None, ge=0, le=168, description="hours; 0: no limit")
+    auto_stop_mode: Literal["FORCE_EXIT", "SEGMENT_END", "SCENE_END", "SCRIPT_END"] | None = None
+    max_exception_waiting_duration: int | None = Field(None, ge=0, le=60, description="minutes; 0: none")
 
 
 class PlayPolicy(RequestModel):
-    repeat_count: int | None = Field(None, ge=-1, description="-1 forever, 0 once, n: n+1 rounds")
+    """004 Table 6-265; ``live_exit_config`` and ``is_rewrite_delay`` are the official SDK's."""
+
+    repeat_count: int | None = Field(None, ge=-1, le=100, description="-1 forever, 0 once, n: n+1 rounds")
     auto_play_script: bool | None = None
     play_mode: Literal["TEXT", "AUDIO", "NO_PRESET"] | None = None
     random_play_mode: Literal["NONE", "SCENE", "SCRIPT_ITEM", "SCENE_AND_SCRIPT_ITEM"] | None = None
     need_independent_capture_client: bool | None = None
+    live_exit_config: LiveExitConfig | None = None
+    is_rewrite_delay: bool | None = None
+
+
+class LiveJobRunConfig(RequestModel):
+    """The official SDK's ``LiveJobRunConfig`` (not in 004): ``single_job_in_room`` limits a room to one
+    running job -- the daemon always asks for that (a second start is then refused with MSS.20010036)."""
+
+    allow_resource_type: Literal["PERIOD", "ONDEMAND", "UNLIMITED", "ONE_TIME"] | None = None
+    single_job_in_room: bool | None = None
 
 
 class LiveEventCallbackConfig(RequestModel):
@@ -112,15 +151,19 @@ class CoStreamerConfig(RequestModel):
 
 
 class StartJobRequest(RequestModel):
+    """004 Table 6-262. "Currently, only one RTMP stream output address is supported": at most one output
+    URL (and stream key) per job. Room-level ``output_urls`` and callback config apply when absent."""
+
     video_config: VideoConfig | None = None
     play_policy: PlayPolicy | None = None
-    output_urls: list[str] | None = None
-    stream_keys: list[str] | None = None
-    interaction_callback_url: str | None = None
+    output_urls: list[Annotated[str, Field(min_length=1, max_length=2048)]] | None = Field(None, max_length=1)
+    stream_keys: list[str] | None = Field(None, max_length=1)
+    interaction_callback_url: str | None = Field(None, max_length=2048)
     live_event_callback_config: LiveEventCallbackConfig | None = None
     rtc_callback_config: RtcCallbackConfig | None = None
     view_mode: Literal["LANDSCAPE", "VERTICAL"] | None = None
     co_streamer_config: CoStreamerConfig | None = None
+    job_run_config: LiveJobRunConfig | None = None
 
     def __repr_args__(self) -> Any:  # stream keys are secrets: never in a repr that may be logged
         for name, value in super().__repr_args__():
@@ -193,7 +236,8 @@ class SceneScript(ResponseModel):
 class HitConditionTag(ResponseModel):
     tag: str = ""
     operation: Literal["SUM", "AVG", "COUNT", "NONE"] | None = None
-    match: Literal["EQUAL", "REGEX", "MATH_GT", "MATH_GE", "MATH_LT", "MATH_LE", "MATH_EQ"]
+    # Optional in 004 (Table "HitConditionTag": Mandatory No); a tag without it never matches.
+    match: Literal["EQUAL", "REGEX", "MATH_GT", "MATH_GE", "MATH_LT", "MATH_LE", "MATH_EQ"] | None = None
     value: str = Field("", max_length=1024)
 
 
@@ -217,23 +261,39 @@ class InteractionRule(ResponseModel):
     rule_index: str | None = Field(None, max_length=64)
     rule_name: str | None = None
     enabled: bool = True
-    event_type: int = Field(..., ge=0, le=100)
+    # Optional in 004 (LiveRoomInteractionRuleInfo: Mandatory No); a rule without it matches no event.
+    event_type: int | None = Field(None, ge=0, le=100)
     hit_condition: HitCondition = Field(default_factory=HitCondition)
     trigger: TriggerProcess = Field(default_factory=TriggerProcess)
     enabled_scenes: list[str] | None = None
 
 
 class SmartLiveRoom(ResponseModel):
+    """A room as shown (004 §6.1.3). Its ``output_urls``/``stream_keys``, ``live_event_callback_config``,
+    ``play_policy`` and ``video_config`` are what a job started without them uses."""
+
     room_id: str | None = None
     room_name: str | None = None
     room_type: str | None = None
-    room_state: str | None = None
+    room_state: str | None = None  # ENABLE | DISABLE | BLOCKED
+    last_job_status: JobState | None = None
     scene_scripts: list[SceneScript] = Field(default_factory=list)
     interaction_rules: list[InteractionRule] = Field(default_factory=list)
     play_policy: dict[str, Any] | None = None
     video_config: dict[str, Any] | None = None
     output_urls: list[str] | None = None
+    stream_keys: list[str] | None = Field(None, repr=False)
+    live_event_callback_config: dict[str, Any] | None = None
     error_info: ErrorInfo | None = None
+
+
+class CreateRoomRequest(RequestModel):
+    """What creating a room must carry (004 §6.1.1 Table "Request body": ``room_name`` 1-256, mandatory);
+    the rest is checked as a room (:class:`SmartLiveRoom`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    room_name: str = Field(..., min_length=1, max_length=256)
 
 
 # --- commands (002; 004 §6.2.5, §11.5) ----------------------------------------------------------------------
@@ -252,6 +312,9 @@ class CommandName(StrEnum):
 
 
 class PlayTextInfo(RequestModel):
+    """004 §11.5 Table 11-2. Without ``play_type`` the vendor plays it PLAY_NOW (its documented default),
+    not APPEND; ``PlayAudioInfo``'s default is APPEND."""
+
     text_config: TextConfig
     play_type: PlayType | None = None
     play_role: PlayRole | None = None

@@ -77,6 +77,8 @@ def _tag_value(tag: HitConditionTag, content: Mapping[str, Any], batch: Sequence
 def tag_matches(
     tag: HitConditionTag, content: Mapping[str, Any], batch: Sequence[Mapping[str, Any]] = ()
 ) -> bool:
+    if tag.match is None:  # optional in 004; a tag that names no comparison cannot hold
+        return False
     value = _tag_value(tag, content, batch or [content])
     if value is None:
         return False

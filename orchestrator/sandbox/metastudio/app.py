@@ -8,9 +8,33 @@ than 15 minutes off gives 401 MSS.00000001. ``X-Auth-Token`` works when the sand
 event report URL also carries its own ``auth_key``/``expires_time`` (HMAC) and is refreshed on request or
 when it nears expiry.
 
-Not found (unknown room or job) is 404 MSS.00021009 "Resource not found" -- the documents list that code
-(with status 500) but no smart-live-specific one; 404 is what a client can act on. An unknown project is
-400 MSS.00020004 "Project ID not found", as documented. Throttling is 429 APIGW.0308 with Retry-After.
+Errors carry the codes and statuses 004 documents for each case (the table is
+:mod:`orchestrator.providers.metastudio.codes`, one source for the client and this sandbox):
+
+* room not found: 400 MSS.20010045 (§11.2 l.16833) -- but showing a room: 404 MSS.00000002 (§6.1.3's
+  example, l.7584);
+* job not found: 500 MSS.20010046 (l.16941) for show and stop, 500 MSS.20010051 (l.16946) for a command,
+  500 MSS.20010059 (l.16954) for an event report (the documents give three codes for "does not exist or
+  has expired" and do not say which call answers which; we spread them so the client must know all three);
+  a job removed with the ``vanish`` control (the cloud expiring it) is "not found" from then on;
+* a second start in a room whose job is WAITING/PROCESSING: 500 MSS.20010036 (l.16931) -- one job per room,
+  unless the start says ``job_run_config.single_job_in_room: false`` (the official SDK's field);
+* a command or an event report for a job that is not PROCESSING: 500 MSS.20010099 (l.16975); an unknown
+  command: 500 MSS.20010053 (l.16948);
+* the report URL's own authentication: 401 MSS.20010039 (wrong ``auth_key``, l.16876), 401 MSS.20010054
+  (past ``expires_time``, l.16877);
+* a token or AK/SK request to another project's path: 403 MSS.00020006 (l.16385); an empty project: 400
+  MSS.00020004 (l.16365).
+
+AK/SK signatures are checked against the query string *as received*: its pairs are sorted by their decoded
+name and value (as the official signer sorts) but kept in the encoding they arrived in, so a client that
+signs ``%2C`` and sends ``,`` is refused, as a gateway canonicalising the raw query would refuse it.
+
+Jobs inherit the room's ``output_urls``/``stream_keys``, ``live_event_callback_config``, ``play_policy`` and
+``video_config`` when the start request does not give them. ``INSERT_PLAY_SCRIPT`` without ``play_type``
+plays PLAY_NOW (§11.5), ``INSERT_PLAY_AUDIO`` APPEND. List filters ``state``, ``create_since``,
+``create_until``, ``sort_key`` (create_time, update_time) and ``sort_dir`` work as documented (§6.2.2).
+Throttling is 429 APIGW.0308 with Retry-After.
 
 The control API under ``/_sandbox`` (no auth; never expose it) seeds rooms, injects faults into the next
 calls (5xx, 429, hang past the client's timeout -- before or after the call takes effect --, connection
@@ -29,27 +53,33 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote, urlencode
 
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.providers.metastudio import auth
+from orchestrator.providers.metastudio import auth, codes
 from orchestrator.providers.metastudio.models import (
+    DEFAULT_AUDIO_PLAY_TYPE,
+    DEFAULT_TEXT_PLAY_TYPE,
     CleanUpInsertCommand,
     Command,
     CommandName,
+    CreateRoomRequest,
     InteractionRule,
     JobState,
+    LiveEventCallbackConfig,
     LiveEventReport,
     PlayAudioInfo,
+    PlayPolicy,
     PlayTextInfo,
     RefreshOutputUrlConfig,
     SceneScript,
     SmartLiveRoom,
     StartJobRequest,
+    VideoConfig,
 )
 from orchestrator.sandbox.clock import SimClock
 from orchestrator.sandbox.metastudio.engine import CallbackFaults, CallbackSender, Insert, Job, World, new_id
@@ -68,11 +98,17 @@ class SandboxError(Exception):
 
 
 def invalid(msg: str) -> SandboxError:
-    return SandboxError(400, "MSS.00000003", f"Invalid parameter: {msg}")
+    return SandboxError(400, codes.INVALID_PARAMETER.code, f"Invalid parameter: {msg}")
+
+
+def error(code: codes.Code, message: str | None = None, status: int | None = None) -> SandboxError:
+    """The documented error ``code`` with its documented status (and message)."""
+    return SandboxError(status or code.status, code.code, message or code.message)
 
 
 def not_found(what: str) -> SandboxError:
-    return SandboxError(404, "MSS.00021009", f"Resource not found: {what}")
+    """The control API's own "no such thing" (not a vendor answer)."""
+    return SandboxError(404, "SANDBOX.NOT_FOUND", f"not found: {what}")
 
 
 @dataclass
@@ -224,12 +260,16 @@ class MetaStudioSandbox:
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/_sandbox"):
             return await handler(request)
-        if request.match_info.get("project_id") not in (None, self.config.project_id):
-            raise SandboxError(400, "MSS.00020004", "Project ID not found.")
+        project = request.match_info.get("project_id")
+        if project is not None and not project.strip():
+            raise error(codes.PROJECT_NOT_FOUND)
         body = await request.read()
         reason = self._auth_failure(request, body)
         if reason is not None:
-            raise SandboxError(401, "MSS.00000001", f"Unauthorized: {reason}")
+            raise error(codes.UNAUTHORIZED, f"Unauthorized: {reason}")
+        if project not in (None, self.config.project_id):
+            # Authenticated, but for this sandbox's project: the credentials do not own that path's project.
+            raise error(codes.PROJECT_MISMATCH)
         return await handler(request)
 
     def _auth_failure(self, request: web.Request, body: bytes) -> str | None:
@@ -239,7 +279,9 @@ class MetaStudioSandbox:
             return None if ok else "invalid token"
         header = request.headers.get("Authorization")
         if header is None:
-            return None if self._report_key_ok(request) else "missing Authorization"
+            if request.match_info.get("job_id") and request.path.endswith("/live-event-report"):
+                return None  # the report URL carries its own authentication: checked by the handler
+            return "missing Authorization"
         try:
             parsed = auth.parse_authorization(header)
             sdk_date = auth.parse_sdk_date(request.headers.get(auth.HEADER_DATE, ""))
@@ -254,38 +296,58 @@ class MetaStudioSandbox:
         lowered = {k.lower(): v for k, v in request.headers.items()}
         if any(name not in lowered for name in parsed.signed_headers):
             return "a signed header is missing"
-        canonical = auth.canonical_request(
-            request.method,
-            request.rel_url.raw_path,
-            parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True),
-            lowered,
-            parsed.signed_headers,
-            body,
+        canonical = "\n".join(
+            (
+                request.method.upper(),
+                auth.canonical_uri(request.rel_url.raw_path),
+                raw_canonical_query(request.rel_url.raw_query_string),
+                auth.canonical_headers(lowered, parsed.signed_headers),
+                ";".join(parsed.signed_headers),
+                auth.payload_hash(body, lowered),
+            )
         )
         expected = auth.signature(self.config.sk, auth.string_to_sign(canonical, lowered["x-sdk-date"]))
         return None if hmac.compare_digest(expected, parsed.signature) else "signature mismatch"
 
-    def _report_key_ok(self, request: web.Request) -> bool:
-        job = self.world.jobs.get(request.match_info.get("job_id", ""))
+    def _check_report_key(self, request: web.Request, job: Job) -> None:
+        """The report URL's ``auth_key``/``expires_time`` (004 Table 6-347: both optional, AK/SK or a token
+        being the alternative). A key that is given is checked, whatever else the request carries.
+
+        Raises 401 MSS.20010039 (no credential at all, or a wrong key) / MSS.20010054 (expired).
+        """
         key, expires = request.query.get("auth_key"), request.query.get("expires_time", "")
-        if job is None or key is None or not expires.isdigit() or int(expires) < self.clock.epoch_ms():
-            return False
-        return hmac.compare_digest(key, self.world.report_auth_key(job, int(expires)))
+        if key is None and not expires:
+            if request.headers.get("Authorization") or request.headers.get(auth.HEADER_AUTH_TOKEN):
+                return  # authenticated by the middleware instead
+            raise error(codes.REPORT_AUTH_FAILED)
+        if key is None or not expires.isdigit():
+            raise error(codes.REPORT_AUTH_FAILED)
+        if not hmac.compare_digest(key, self.world.report_auth_key(job, int(expires))):
+            raise error(codes.REPORT_AUTH_FAILED)
+        if int(expires) < self.clock.epoch_ms():
+            raise error(codes.REPORT_EXPIRED)
 
     # --- lookups ---
 
     def _room(self, request: web.Request) -> SmartLiveRoom:
         room = self.world.rooms.get(request.match_info["room_id"])
         if room is None:
-            raise not_found(f"room {request.match_info['room_id']}")
+            raise error(codes.ROOM_NOT_FOUND)
         return room
 
-    def _job(self, request: web.Request) -> Job:
+    def _job(self, request: web.Request, missing: codes.Code = codes.JOB_NOT_FOUND) -> Job:
         self._room(request)
         job = self.world.jobs.get(request.match_info["job_id"])
         if job is None or job.room_id != request.match_info["room_id"]:
-            raise not_found(f"job {request.match_info['job_id']}")
+            raise error(missing)
         return job
+
+    @staticmethod
+    def _running(job: Job) -> None:
+        """Raises 500 MSS.20010099 unless the job is PROCESSING (commands and reports need a live job)."""
+        if job.state is not JobState.PROCESSING:
+            message = codes.JOB_NOT_RUNNING.message.format(job_id=job.job_id, state=job.state.value)
+            raise error(codes.JOB_NOT_RUNNING, message)
 
     def report_url(self, request: web.Request, job: Job) -> str:
         expires = self.clock.epoch_ms() + REPORT_URL_TTL_MS
@@ -296,20 +358,30 @@ class MetaStudioSandbox:
     # --- the API ---
 
     async def create_room(self, request: web.Request) -> web.Response:
-        room = _parse(SmartLiveRoom, await _json(request))
+        body = await _json(request)
+        _parse(CreateRoomRequest, body)
+        room = _parse(SmartLiveRoom, body)
         stored = self.world.add_room(room.model_copy(update={"room_id": None}))
         return web.json_response({"room_id": stored.room_id})
 
     async def show_room(self, request: web.Request) -> web.Response:
-        return web.json_response(self._room(request).model_dump(mode="json", exclude_none=True))
+        room = self.world.rooms.get(request.match_info["room_id"])
+        if room is None:
+            raise error(codes.NOT_FOUND)  # show room's own documented 404 (004 l.7584)
+        return web.json_response(room.model_dump(mode="json", exclude_none=True))
 
     async def start_job(self, request: web.Request) -> web.Response:
         room = self._room(request)
         body = await _json(request)
         start = _parse(StartJobRequest, {k: v for k, v in body.items() if k in StartJobRequest.model_fields})
+        start = _inherit(start, room)
         if room.room_state == "BLOCKED":
-            raise SandboxError(400, "MSS.00000003", "Invalid parameter: the live room is blocked")
+            raise invalid("the live room is blocked")
         assert room.room_id is not None
+        single = start.job_run_config is None or start.job_run_config.single_job_in_room is not False
+        ongoing = [j for j in self.world.jobs.values() if j.room_id == room.room_id and j.state.active]
+        if single and ongoing:
+            raise error(codes.JOB_ONGOING)
         job = self.world.start_job(room.room_id, start, lambda j: self.report_url(request, j))
         config = start.live_event_callback_config
         return web.json_response(
@@ -343,7 +415,14 @@ class MetaStudioSandbox:
         if states := request.query.get("state"):
             wanted = set(states.split(","))
             jobs = [j for j in jobs if j.state.value in wanted]
-        jobs.sort(key=lambda j: j.create_time, reverse=request.query.get("sort_dir") == "desc")
+        since, until = _time_query(request, "create_since"), _time_query(request, "create_until")
+        jobs = [j for j in jobs if (since or "") <= j.created and (until is None or j.created <= until)]
+        sort_key = _choice_query(request, "sort_key", ("create_time", "update_time", "asset_order"))
+        sort_dir = _choice_query(request, "sort_dir", ("asc", "desc"))
+        if sort_key == "update_time":
+            jobs.sort(key=lambda j: j.updated, reverse=sort_dir == "desc")
+        else:  # create_time; asset_order has no meaning for live jobs: creation order
+            jobs.sort(key=lambda j: j.created, reverse=sort_dir == "desc")
         page = jobs[offset : offset + limit]
         return web.json_response({"count": len(jobs), "smart_live_jobs": [self._job_view(j) for j in page]})
 
@@ -360,6 +439,11 @@ class MetaStudioSandbox:
             "create_time": job.create_time,
             "lastupdate_time": job.end_time or job.start_time or job.create_time,
             "live_event_report_url": job.report_url,
+            "live_event_callback_config": (
+                job.request.live_event_callback_config.to_wire()
+                if job.request.live_event_callback_config
+                else None
+            ),
             "error_info": job.error_info,
             "block_reason": job.block_reason,
         }
@@ -370,13 +454,13 @@ class MetaStudioSandbox:
         return web.json_response({})
 
     async def report(self, request: web.Request) -> web.Response:
-        job = self._job(request)
+        job = self._job(request, missing=codes.JOB_GONE_AGAIN)
+        self._check_report_key(request, job)
         raw = await _json(request)
         report = _parse(LiveEventReport, raw)
         if report.total != len(report.events):
             raise invalid(f"total ({report.total}) must equal the number of events ({len(report.events)})")
-        if job.state is not JobState.PROCESSING:
-            raise invalid(f"job {job.job_id} is {job.state.value}, not PROCESSING")
+        self._running(job)
         batch_id = request.headers.get("X-Batch-Id")
         if batch_id is not None:
             job.report_batches[batch_id] = job.report_batches.get(batch_id, 0) + 1
@@ -390,10 +474,12 @@ class MetaStudioSandbox:
         return web.json_response({"live_event_report_url": job.report_url})
 
     async def command(self, request: web.Request) -> web.Response:
-        job = self._job(request)
-        command = _parse(Command, await _json(request))
-        if not job.state.active:
-            raise invalid(f"job {job.job_id} is {job.state.value}")
+        job = self._job(request, missing=codes.JOB_GONE)
+        body = await _json(request)
+        if body.get("command") not in CommandName.__members__:
+            raise error(codes.INVALID_COMMAND)
+        command = _parse(Command, body)
+        self._running(job)
         command_id = new_id()
         result = self._execute(job, command, command_id)
         return web.json_response(
@@ -405,14 +491,19 @@ class MetaStudioSandbox:
         name = command.command
         if name is CommandName.INSERT_PLAY_SCRIPT:
             text = _parse(PlayTextInfo, params)
-            insert = Insert(command_id, text.text_config.text, text.play_type or "APPEND", text.rule_index)
+            play_type = text.play_type or DEFAULT_TEXT_PLAY_TYPE
+            insert = Insert(command_id, text.text_config.text, play_type, text.rule_index)
             self.world.add_insert(job, insert)
         elif name is CommandName.INSERT_PLAY_AUDIO:
             audio = _parse(PlayAudioInfo, params)
             self.world.add_insert(
                 job,
                 Insert(
-                    command_id, audio.audio_url, audio.play_type or "APPEND", audio.rule_index, audio=True
+                    command_id,
+                    audio.audio_url,
+                    audio.play_type or DEFAULT_AUDIO_PLAY_TYPE,
+                    audio.rule_index,
+                    audio=True,
                 ),
             )
         elif name is CommandName.CLEAN_UP_INSERT_COMMAND:
@@ -466,6 +557,60 @@ def _parse(model: type[M], data: Any) -> M:
         first = exc.errors(include_url=False)[0]
         location = ".".join(str(p) for p in first["loc"]) or model.__name__
         raise invalid(f"{location}: {first['msg']}") from None
+
+
+def raw_canonical_query(raw_query: str) -> str:
+    """The canonical query of a request as received: its pairs, in the encoding they arrived in, sorted by
+    their decoded name and value as the official signer sorts them. A query sent in another encoding than
+    the one signed (``,`` for ``%2C``, ``+`` for ``%20``) gives another string here -- and a signature
+    mismatch, as it would at a gateway that canonicalises the raw query."""
+    pairs = []
+    for part in raw_query.split("&") if raw_query else []:
+        name, _, value = part.partition("=")
+        pairs.append(((unquote(name), unquote(value)), f"{name}={value}"))
+    return "&".join(raw for _, raw in sorted(pairs, key=lambda pair: pair[0]))
+
+
+def _inherit(start: StartJobRequest, room: SmartLiveRoom) -> StartJobRequest:
+    """What a job started without output, callback, play or video settings takes from its room (004
+    §6.1.1: the room's ``output_urls``, ``stream_keys``, ``live_event_callback_config``, ...)."""
+    update: dict[str, Any] = {}
+    if not start.output_urls and room.output_urls:
+        update.update(output_urls=room.output_urls, stream_keys=start.stream_keys or room.stream_keys)
+    if start.live_event_callback_config is None and room.live_event_callback_config:
+        update["live_event_callback_config"] = _parse(
+            LiveEventCallbackConfig, room.live_event_callback_config
+        )
+    if start.play_policy is None and room.play_policy:
+        update["play_policy"] = _parse(PlayPolicy, room.play_policy)
+    if start.video_config is None and room.video_config:
+        update["video_config"] = _parse(VideoConfig, room.video_config)
+    return start.model_copy(update=update) if update else start
+
+
+def _time_query(request: web.Request, name: str) -> str | None:
+    """An RFC 3339 time filter as the sandbox's precise UTC text (compared as text). A time in whole seconds
+    -- the resolution of the ``create_time`` the API shows -- covers its whole second: ``create_until`` set
+    to a job's own ``create_time`` includes that job."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise invalid(f"{name} must be an RFC 3339 time, e.g. 2021-01-10T08:43:17Z") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    if name == "create_until" and parsed.microsecond == 0:
+        parsed = parsed.replace(microsecond=999_999)
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _choice_query(request: web.Request, name: str, choices: tuple[str, ...]) -> str | None:
+    raw = request.query.get(name)
+    if raw is not None and raw not in choices:
+        raise invalid(f"{name} must be one of {', '.join(choices)}")
+    return raw
 
 
 def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -545,6 +690,12 @@ def _add_control_routes(app: web.Application, sandbox: MetaStudioSandbox) -> Non
         )
         return web.json_response({"state": job.state.value})
 
+    async def vanish(request: web.Request) -> web.Response:
+        """The cloud forgets the job (it expired): every API call naming it is "not found" from now on."""
+        job = job_of(request)
+        sandbox.world.vanish(job)
+        return web.json_response({"vanished": job.job_id})
+
     async def job_detail(request: web.Request) -> web.Response:
         job = job_of(request)
         return web.json_response(
@@ -590,6 +741,7 @@ def _add_control_routes(app: web.Application, sandbox: MetaStudioSandbox) -> Non
     r.add_post("/_sandbox/jobs/{job_id}/rtmp", rtmp)
     r.add_post("/_sandbox/jobs/{job_id}/block", block)
     r.add_post("/_sandbox/jobs/{job_id}/fail", fail)
+    r.add_post("/_sandbox/jobs/{job_id}/vanish", vanish)
 
 
 def demo_room() -> SmartLiveRoom:

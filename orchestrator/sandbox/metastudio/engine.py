@@ -11,9 +11,9 @@ Callbacks go to the job's ``live_event_callback_config`` URL, only for the subsc
 per ``auth_type``, ``message`` a JSON string with numbers as strings -- one sender per sandbox, in order,
 unless the fault controls delay, duplicate or reorder them.
 
-Sandbox decisions where the documents are silent: a room may run several jobs at once (so a duplicate
-start is visible, not hidden); stopping a finished job succeeds; the CALLBACK reply mode POSTs
-``{"room_id", "job_id", "rule_index", "event"}`` to ``interaction_callback_url``.
+Sandbox decisions where the documents are silent: stopping a finished job succeeds; the CALLBACK reply
+mode POSTs ``{"room_id", "job_id", "rule_index", "event"}`` to ``interaction_callback_url``. (One job per
+room at a time is the app's rule -- MSS.20010036 -- not the world's: a test may still build two.)
 """
 
 from __future__ import annotations
@@ -93,6 +93,8 @@ class Job:
     report_url: str = ""
     state: JobState = JobState.WAITING
     create_time: str = ""
+    created: str = ""  # create_time with microseconds: list filters and sorting
+    updated: str = ""  # the same for the last state change
     start_time: str | None = None
     end_time: str | None = None
     started_sim_s: float | None = None
@@ -254,7 +256,9 @@ class World:
             rules=[r.model_copy(deep=True) for r in room.interaction_rules],
             report_secret=uuid.uuid4().bytes,
             create_time=_rfc3339(self.clock),
+            created=_precise(self.clock),
         )
+        job.updated = job.created
         job.report_url = report_url(job)
         self.jobs[job.job_id] = job
         job.task = asyncio.create_task(self._run(job), name=f"sandbox-job-{job.job_id}")
@@ -263,6 +267,12 @@ class World:
     def stop_job(self, job: Job) -> None:
         if job.state.active:
             self._finish(job, JobState.SUCCEED)
+
+    def vanish(self, job: Job) -> None:
+        """The cloud no longer knows the job (expired, cleaned up): it stops and is gone from every API."""
+        self.jobs.pop(job.job_id, None)
+        if job.task is not None and job.task is not asyncio.current_task():
+            job.task.cancel()
 
     async def aclose(self) -> None:
         tasks = [job.task for job in self.jobs.values() if job.task is not None]
@@ -275,6 +285,7 @@ class World:
     def _finish(self, job: Job, state: JobState, **fields: Any) -> None:
         job.state = state
         job.end_time = _rfc3339(self.clock)
+        job.updated = _precise(self.clock)
         for name, value in fields.items():
             setattr(job, name, value)
         for url in job.output_urls:
@@ -288,6 +299,7 @@ class World:
         await self.clock.sleep(WAITING_S)
         job.state = JobState.PROCESSING
         job.start_time = _rfc3339(self.clock)
+        job.updated = _precise(self.clock)
         job.started_sim_s = self.clock.elapsed_s()
         for url in job.output_urls:
             self.set_rtmp(job, url, "CONNECTING")
@@ -482,3 +494,7 @@ class World:
 
 def _rfc3339(clock: SimClock) -> str:
     return clock.wall().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _precise(clock: SimClock) -> str:
+    return clock.wall().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
