@@ -211,7 +211,7 @@ async def audience_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _apply_rooms_file(app: web.Application, configs: RoomConfigs, path: Path) -> None:
-    rooms = load_rooms_file(path)  # raises RoomsFileError: the CLI validated it already
+    rooms = load_rooms_file(path, app[SETTINGS])  # raises RoomsFileError: the CLI validated it already
     for room in rooms:
         app[REDACTOR].add_values(room.secrets())
         try:

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+import yaml
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from orchestrator import __version__
 from orchestrator.admin_cli import add_commands as add_admin_commands
-from orchestrator.app import create_app
+from orchestrator.app import create_app, load_policy
 from orchestrator.logging import Redactor, configure_logging
 from orchestrator.settings import ConfigError, LogFormat, Settings, load_settings, masked_dump, secret_values
 from orchestrator.web.server import serve
@@ -179,13 +181,26 @@ def _report_config_error(exc: ConfigError) -> int:
 
 
 def _rooms_file_problems(settings: Settings) -> int | None:
-    """Exit code 2 (after printing every invalid field) if the configured rooms file is unusable."""
-    from orchestrator.scheduling.rooms import RoomsFileError, load_rooms_file
+    """Exit code 2 (after printing every invalid field) if a file the configuration names is unusable: the
+    rooms file (every room, and what it references), the reply policy file."""
+    from orchestrator.scheduling.rooms import RoomsFileError, field_problems, load_rooms_file
 
+    policy = settings.interaction.policy_file
+    if policy is not None:
+        try:
+            load_policy(policy)
+        except OSError as exc:
+            return _report_config_error(
+                ConfigError([("interaction.policy_file", f"cannot read {policy}: {exc.strerror}")])
+            )
+        except ValidationError as exc:
+            return _report_config_error(ConfigError(field_problems(exc), source=str(policy)))
+        except yaml.YAMLError as exc:
+            return _report_config_error(ConfigError([("interaction.policy_file", f"not YAML: {exc}")]))
     if settings.scheduling.rooms_file is None:
         return None
     try:
-        load_rooms_file(settings.scheduling.rooms_file)
+        load_rooms_file(settings.scheduling.rooms_file, settings)
     except RoomsFileError as exc:
         return _report_config_error(ConfigError(exc.problems, source=str(settings.scheduling.rooms_file)))
     return None
@@ -213,7 +228,7 @@ def cmd_callback_config(args: argparse.Namespace) -> int:
         return _report_config_error(exc)
     try:
         check_room_id(args.room)
-        config = live_event_callback_config(resolve_profile(settings, args.profile)).to_wire()
+        config = live_event_callback_config(resolve_profile(settings, args.profile), args.room).to_wire()
     except (UnknownProfile, InvalidKeyPart) as exc:
         print(f"orchestrator: {exc}", file=sys.stderr)
         return EXIT_CONFIG

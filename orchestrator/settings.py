@@ -233,7 +233,9 @@ class SchedulingSettings(Section):
         None, description="YAML rooms file applied (created or updated) at start; rooms may also come by API."
     )
     fence_ttl_s: PositiveSeconds = Field(
-        3600.0, description="How long a start/stop/restart fence is held (one action per window and cause)."
+        30.0,
+        description="Lifetime of an action's fence; its holder renews it every third while the action runs, "
+        "so a dead replica's fence is gone this long after it died.",
     )
     alert_min_interval_s: PositiveSeconds = Field(
         300.0, description="Per room and alert kind, at most one alert this often."

@@ -5,7 +5,15 @@ serves ``POST /callbacks/metastudio/live-events/NAME``. A profile's public URL i
 signs; when it is not configured it is derived from ``server.public_base_url``.
 
 :func:`live_event_callback_config` builds the ``live_event_callback_config`` object of a start-job request
-from a profile: the same function serves ``orchestrator callback-config`` and the reconciler.
+from a profile: the same function serves ``orchestrator callback-config`` and the room actions.
+
+The URL a job is started with names its room: the profile's public URL plus ``room_id=<room>`` in the
+query (:func:`room_callback_url`). MSS_A signs the URL and the time, not the body, so a signature made for
+one URL verifies for that URL only: with the room in it, a signature captured from one room's callback
+cannot be replayed with another room's body, and the receiver refuses a body naming another room than
+its URL. (The job cannot be named there too: its id is the vendor's answer to the start that carries the
+URL. A body naming a job the room never had is refused as not ours; one naming an earlier job of the
+room is recorded, never applied.) Jobs started with the bare profile URL keep working.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from orchestrator.providers.metastudio.models import CallbackEventType, LiveEven
 from orchestrator.settings import CallbackAuthType, Settings
 
 CALLBACK_PATH = "/callbacks/metastudio/live-events"
+ROOM_QUERY = "room_id"
 DEFAULT_PROFILE = "default"
 ALL_EVENT_TYPES: list[CallbackEventType] = [
     "SHOOT_SCRIPT_SWITCH",
@@ -55,10 +64,19 @@ def resolve_profile(settings: Settings, name: str = DEFAULT_PROFILE) -> Resolved
     return ResolvedProfile(name, url, profile.auth_type, tuple(k.get_secret_value() for k in profile.keys))
 
 
-def live_event_callback_config(profile: ResolvedProfile) -> LiveEventCallbackConfig:
-    """The start-job callback config: MetaStudio calls this profile's URL, signed with its current key."""
+def room_callback_url(public_url: str, room_id: str) -> str:
+    """The profile's public URL bound to one room (room ids are key-safe: nothing to percent-encode)."""
+    return f"{public_url}{'&' if '?' in public_url else '?'}{ROOM_QUERY}={room_id}"
+
+
+def live_event_callback_config(
+    profile: ResolvedProfile, room_id: str | None = None
+) -> LiveEventCallbackConfig:
+    """The start-job callback config: MetaStudio calls this profile's URL -- bound to ``room_id`` when
+    given, as every job the daemon starts is -- signed with the profile's current key."""
+    url = profile.public_url if room_id is None else room_callback_url(profile.public_url, room_id)
     return LiveEventCallbackConfig(
-        live_event_type_callback_url=profile.public_url,
+        live_event_type_callback_url=url,
         auth_type=profile.auth_type.value,
         key=profile.keys[0] if profile.keys else None,
         callback_event_type=list(ALL_EVENT_TYPES),

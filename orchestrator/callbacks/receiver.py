@@ -10,6 +10,13 @@ Outcomes the caller turns into HTTP: ``applied``, ``recorded`` (unknown event ty
 ``out_of_order``, ``duplicate`` and ``journaled`` are 200; ``replay`` is 401; ``unknown_room`` and
 ``unknown_job`` are 404 (and go to the audit stream).
 
+A callback URL that names its room (``?room_id=R``: every job the daemon starts is given one, see
+``callbacks/profiles.py``) is verified as that URL -- the signature covers it -- and a body naming another
+room is refused (401 ``CALLBACK_ROOM_MISMATCH``). Used signatures are remembered per signed URL (the
+callback id is a digest of the URL with the signature), so one room's signature is never taken for
+another's, and two rooms' callbacks in the same millisecond do not collide. Jobs started with the bare
+profile URL keep working, with the weaker guarantee MSS_A gives there.
+
 Unsigned (NONE) callbacks have no signature to recognise them by: their id is the body digest plus the
 receipt time, so a journal replay is applied once, but two identical unsigned deliveries are two callbacks.
 Their time, for ordering, is the receipt time.
@@ -25,7 +32,7 @@ import orjson
 import structlog
 from redis.exceptions import RedisError
 
-from orchestrator.callbacks.profiles import ResolvedProfile
+from orchestrator.callbacks.profiles import ResolvedProfile, room_callback_url
 from orchestrator.providers.metastudio.callbacks import (
     CallbackMalformed,
     CallbackRejected,
@@ -56,10 +63,16 @@ class NotManaged(LookupError):
 
 
 class Credentials(NamedTuple):
-    """What the request carried for authentication (query for MSS_A, headers for MSS_A_HEAD)."""
+    """What the request carried for authentication (query for MSS_A, headers for MSS_A_HEAD), and the room
+    its URL names (``room_id`` in the query; None for a bare profile URL)."""
 
     secret: str | None
     time_text: str | None
+    room_id: str | None = None
+
+
+#: Verifiers kept per (profile, room) before the cache starts again (one HMAC state per key each).
+MAX_VERIFIERS = 20_000
 
 
 class CallbackReceiver:
@@ -78,7 +91,7 @@ class CallbackReceiver:
         self._policy = policy
         self._maxlen = events_maxlen
         self._seen_ttl_s = int(2 * policy.max_skew_s) + 60
-        self._verifiers: dict[str, tuple[ResolvedProfile, SignatureVerifier]] = {}
+        self._verifiers: dict[tuple[str, str], tuple[ResolvedProfile, SignatureVerifier, str]] = {}
 
     async def receive(
         self, profile: ResolvedProfile, credentials: Credentials, body: bytes
@@ -90,8 +103,16 @@ class CallbackReceiver:
         """
         now_ms = int(time.time() * 1000)
         digest = hashlib.sha256(body).hexdigest()
+        url_room = credentials.room_id
+        if url_room is not None:
+            try:
+                keys.check_room_id(url_room)
+            except keys.InvalidKeyPart:
+                raise NotManaged(f"room {url_room!r} is not managed here") from None
         callback_id, event_ms = self._authenticate(profile, credentials, now_ms, digest)
         parsed = parse_callback(body)
+        if url_room is not None and parsed.room_id != url_room:
+            raise CallbackRejected(RejectReason.ROOM_MISMATCH)
         try:
             keys.check_room_id(parsed.room_id)
         except keys.InvalidKeyPart:
@@ -110,17 +131,26 @@ class CallbackReceiver:
     ) -> tuple[str, int]:
         if profile.auth_type is CallbackAuthType.NONE:
             return f"none:{digest[:32]}:{now_ms}", now_ms
-        verified = self._verifier(profile).verify(credentials.secret, credentials.time_text, now_ms)
-        return verified.signature, verified.event_ms
+        verifier, url_tag = self._verifier(profile, credentials.room_id)
+        verified = verifier.verify(credentials.secret, credentials.time_text, now_ms)
+        return f"{url_tag}:{verified.signature}", verified.event_ms
 
-    def _verifier(self, profile: ResolvedProfile) -> SignatureVerifier:
-        known = self._verifiers.get(profile.name)
+    def _verifier(self, profile: ResolvedProfile, room_id: str | None) -> tuple[SignatureVerifier, str]:
+        """The verifier of the signed URL -- the profile's, bound to the room when the URL names one -- and
+        a short digest of that URL (used signatures are kept per signed URL)."""
+        cache_key = (profile.name, room_id or "")
+        known = self._verifiers.get(cache_key)
         if known is None or known[0] is not profile:
-            known = self._verifiers[profile.name] = (
+            if len(self._verifiers) >= MAX_VERIFIERS:
+                self._verifiers.clear()
+            url = profile.public_url if room_id is None else room_callback_url(profile.public_url, room_id)
+            tag = hashlib.sha256(url.encode()).hexdigest()[:16]
+            known = self._verifiers[cache_key] = (
                 profile,
-                SignatureVerifier(profile.public_url, profile.keys, self._policy),
+                SignatureVerifier(url, profile.keys, self._policy),
+                tag,
             )
-        return known[1]
+        return known[1], known[2]
 
     async def _durable(self, write: CallbackWrite, profile: ResolvedProfile) -> str:
         try:

@@ -9,7 +9,8 @@ and finishes). After ``idle_after_s`` without a reply, an idle line. It wakes on
 finish) and on a timer only while something can come due.
 
 Failures of INSERT_PLAY_SCRIPT: certainly unsent (connection refused, 429) → back in the queue, retried;
-ambiguous (timeout, 5xx) → given up and counted ``lost``: saying it twice is worse than not at all.
+ambiguous (timeout, 5xx) → given up and counted ``lost``: saying it twice is worse than not at all;
+refused (400, or the job is gone or no longer running) → counted ``failed``, never repeated.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from orchestrator.providers.errors import (
     ProviderConnectError,
     ProviderError,
     ProviderRateLimited,
+    ProviderServerError,
     ProviderStatusError,
 )
 from orchestrator.providers.metastudio.models import CleanUpInsertCommand, Command, PlayTextInfo, TextConfig
@@ -128,7 +130,9 @@ class ReplyPacer:
             await pause(1.0)
             return False
         except ProviderStatusError as exc:
-            if exc.status >= 500:
+            # A 5xx is ambiguous -- but not MetaStudio's documented "job not running / gone" answers,
+            # which arrive as 500 too and are read as refusals (ProviderJobNotRunning, ProviderNotFound).
+            if isinstance(exc, ProviderServerError):
                 metrics.replies.labels("lost").inc()
                 self._log.error("insert outcome unknown; not repeated", reply=reply.text[:40], error=str(exc))
             else:

@@ -14,6 +14,12 @@ one transaction. A successor (after a crash or a lost lease) claims the group's 
 ``XAUTOCLAIM`` and first resends the marked batch exactly as it was: at least once, and no event in two
 different batches. A refreshed ``live_event_report_url`` in the answer is stored and used from then on.
 Events older than ``report_max_age_s`` when a batch forms are dropped and counted, not reported.
+
+A batch the vendor cannot take is not retried for ever: refused as invalid (400), or for a job that ended
+or is gone (MetaStudio's MSS.20010099 "not running", MSS.20010046/51/59 "does not exist or has expired",
+each an HTTP 500), it is dropped and counted. A report URL whose own authentication fails or expired (401
+MSS.20010039/MSS.20010054) is replaced once by the job's current ``live_event_report_url`` (show job), and
+the batch dropped if that does not help either.
 """
 
 from __future__ import annotations
@@ -27,7 +33,13 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from orchestrator.interaction.ingest import NAMES
-from orchestrator.providers.errors import ProviderBadRequest, ProviderError
+from orchestrator.providers.errors import (
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderJobNotRunning,
+    ProviderNotFound,
+)
 from orchestrator.store import keys
 from orchestrator.store.redis import text as _text
 from orchestrator.tasks import being_cancelled, pause
@@ -135,6 +147,7 @@ class RoomReporter:
             self.room_id, mark=(batch_id, batch[0].entry_id, batch[-1].entry_id)
         )
         attempt = 0
+        reauthorised = False
         while True:
             if not self.service.leases.valid(self.room_id):
                 await pause(0.5)
@@ -149,13 +162,22 @@ class RoomReporter:
                 for entry in batch:
                     metrics.report_latency.observe(max(0.0, accepted_at - entry_ms(entry.entry_id) / 1000))
                 break
-            except ProviderBadRequest as exc:
-                # The vendor refuses this batch as such: resending it would block the room forever.
-                self._log.error("report batch refused; dropped", batch_id=batch_id, error=str(exc))
-                metrics.report_batches.labels("dropped").inc()
-                metrics.audience_events.labels("dropped").inc(len(events))
-                refreshed = None
-                events = []  # nothing of it was reported
+            except ProviderAuthError as exc:
+                fresh = None if reauthorised else await self._current_report_url(url)
+                if fresh is not None:
+                    reauthorised = True
+                    self._log.warning("report URL refused; using the job's current one", error=str(exc))
+                    await self.service.redis.hset(keys.room_state(self.room_id), "report_url", fresh)
+                    attempt += 1
+                    continue
+                self._drop(batch_id, events, "report URL refused", exc)
+                refreshed, events = None, []
+                break
+            except (ProviderBadRequest, ProviderNotFound, ProviderJobNotRunning) as exc:
+                # The vendor refuses this batch as such, or its job ended or is gone: resending it would
+                # block the room for ever (a 5xx with one of these codes is not a passing failure).
+                self._drop(batch_id, events, "report batch refused", exc)
+                refreshed, events = None, []  # nothing of it was reported
                 break
             except (ProviderError, _NoReportUrl) as exc:
                 if being_cancelled():
@@ -173,6 +195,21 @@ class RoomReporter:
                 )
                 await pause(delay)
         await self._acknowledge(batch_id, batch, events, refreshed)
+
+    def _drop(self, batch_id: str, events: list[Buffered], why: str, exc: ProviderError) -> None:
+        self._log.error(f"{why}; dropped", batch_id=batch_id, events=len(events), error=str(exc))
+        self.service.metrics.report_batches.labels("dropped").inc()
+        self.service.metrics.audience_events.labels("dropped").inc(len(events))
+
+    async def _current_report_url(self, refused: str | None) -> str | None:
+        """The job's report URL as the vendor shows it now, if it differs from the one refused."""
+        try:
+            job = await self.service.client().show_job(self.room_id, self.job_id)
+        except ProviderError as exc:
+            self._log.warning("cannot read the job's current report URL", error=str(exc))
+            return None
+        fresh = job.live_event_report_url
+        return fresh if fresh and fresh != refused else None
 
     async def _acknowledge(
         self, batch_id: str, batch: list[Buffered], events: list[Buffered], refreshed: str | None

@@ -4,25 +4,30 @@ and the one action that closes the gap -- taken once, by one replica.
 :func:`decide` is pure and table-tested:
 
 * paused → nothing;
-* should be live, no job → **start**; job FAILED / BLOCKED / SUCCEED, or an RTMP output ENDed → **restart**
-  (after an exponential backoff; at ``max_restarts_per_hour`` the circuit opens: alert, no restart);
-* should be live, an RTMP output DISCONNECTED/RECONNECTING longer than the grace → **refresh** the
-  output URL once, then **restart** if it is still down ``refresh_wait_s`` later;
+* should be live, no job → **start**; job FAILED / BLOCKED / SUCCEED / CANCELED, or gone at the vendor
+  (a documented "does not exist or has expired" answer) → **restart** (after an exponential backoff; at
+  ``max_restarts_per_hour`` the circuit opens: alert, no restart);
+* should be live, an RTMP output ENDed, or DISCONNECTED/RECONNECTING longer than the grace → **refresh**
+  the output URL once, then **restart** if it is still not up ``refresh_wait_s`` later;
 * should be off, job active → **stop** (also a job left running when the window ended while the daemon
   was down).
 
-Every action takes a Redis fence keyed by room, action and desired window (plus the job it replaces), so
-N replicas reconciling the same room at once make one vendor call. Every action and its reason go into
-the room's event stream. A failed start counts as a restart attempt (backoff, circuit breaker) and
-releases its fence so a later pass can try again.
+Destructive transitions are confirmed with the vendor before a restart: a job's state comes only from
+the vendor's API (callbacks carry none), polled every pass while it is active; an RTMP ``END`` arrives by
+callback, whose body MSS_A does not sign, so it first gets the harmless repair (REFRESH_OUTPUT_URL), and
+only a link still not up after ``refresh_wait_s`` restarts the job.
+
+Actions are performed by :mod:`orchestrator.scheduling.actions` (shared with the admin API): a fence keyed
+by room, action and desired window (plus the job it replaces), so N replicas reconciling the same room at
+once make one vendor call; every action and its reason go into the room's event stream; a failed action
+releases its fence, and a failed start counts as an attempt (backoff, circuit breaker).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,20 +35,20 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 
-from orchestrator.callbacks.profiles import live_event_callback_config, resolve_profile
 from orchestrator.providers.errors import ProviderError, ProviderNotFound
-from orchestrator.providers.metastudio.client import MetaStudioClient
-from orchestrator.providers.metastudio.models import Command, JobState, RefreshOutputUrlConfig, SmartLiveJob
+from orchestrator.providers.metastudio.models import JobState, SmartLiveJob
+from orchestrator.scheduling.actions import Action, AlertFn, ClientFor, Current, RoomActions
 from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs
 from orchestrator.scheduling.schedules import Desired, evaluate
 from orchestrator.settings import Settings
 from orchestrator.store import keys
+from orchestrator.store.fences import Fences
 from orchestrator.store.rooms import RoomStore
 
 log = structlog.get_logger(__name__)
 
 ACTIVE = frozenset({"WAITING", "PROCESSING"})
-TERMINAL = frozenset({"SUCCEED", "FAILED", "BLOCKED"})
+TERMINAL = frozenset({"SUCCEED", "FAILED", "BLOCKED", "CANCELED"})
 DOWN = frozenset({"DISCONNECTED", "RECONNECTING"})
 MAX_LIST_PAGES = 50  # 5,000 active jobs per tenant-wide listing
 
@@ -58,15 +63,6 @@ class Actual:
     restarts_last_hour: list[float]  # epoch seconds
     refreshed_at_ms: dict[str, int]  # url → when we asked for REFRESH_OUTPUT_URL during this outage
     job_started_ms: int | None = None  # when we recorded the current job
-
-
-@dataclass(frozen=True)
-class Action:
-    kind: str  # start | stop | restart | refresh | circuit_open | wait
-    reason: str
-    fence: str = ""  # the part of the fence key after the action: window (and job)
-    output_url: str | None = None
-    alert: str | None = None  # what a human should hear about, whatever the action
 
 
 def decide(room: ManagedRoom, desired: Desired, actual: Actual, now: float) -> Action | None:
@@ -92,22 +88,19 @@ def decide(room: ManagedRoom, desired: Desired, actual: Actual, now: float) -> A
         alert = "room_blocked" if actual.job_state == "BLOCKED" else None
         return _restart_or_wait(room, actual, now, "restart", reason, f"{window}:{actual.job_id}", alert)
     for url, link in actual.rtmp.items():
-        if link["state"] == "END":
-            reason = f"RTMP output {url} ended (the vendor will not reconnect)"
-            return _restart_or_wait(
-                room, actual, now, "restart", reason, f"{window}:{actual.job_id}", "rtmp_end"
-            )
-    for url, link in actual.rtmp.items():
+        ended = link["state"] == "END"
         down_s = now - link["since_ms"] / 1000
-        if link["state"] in DOWN and down_s > room.restart.rtmp_grace_s:
+        if ended or (link["state"] in DOWN and down_s > room.restart.rtmp_grace_s):
+            alert = "rtmp_end" if ended else None
+            what = "ended (the vendor says it will not reconnect)" if ended else f"{link['state']}"
             refreshed = actual.refreshed_at_ms.get(url)
             if refreshed is None or refreshed < link["since_ms"]:
-                reason = f"RTMP output {url} {link['state']} for {down_s:.0f}s"
-                return Action("refresh", reason, f"{window}:{url}:{link['since_ms']}", url)
+                reason = f"RTMP output {url} {what} for {down_s:.0f}s"
+                return Action("refresh", reason, f"{window}:{url}:{link['since_ms']}", url, alert=alert)
             if now - refreshed / 1000 > room.restart.refresh_wait_s:
                 reason = f"RTMP output {url} still {link['state']} after refreshing the output URL"
                 return _restart_or_wait(
-                    room, actual, now, "restart", reason, f"{window}:{actual.job_id}:{url}"
+                    room, actual, now, "restart", reason, f"{window}:{actual.job_id}:{url}", alert
                 )
     return None
 
@@ -146,10 +139,6 @@ def _listed_state(
     return None
 
 
-ClientFor = Callable[[ManagedRoom], MetaStudioClient]
-AlertFn = Callable[[ManagedRoom, str, str], Awaitable[None]]
-
-
 class Reconciler:
     def __init__(
         self,
@@ -169,8 +158,22 @@ class Reconciler:
         self._alert = alert
         self._settings = settings
         self._clock = clock
-        self.vendor_calls = 0
+        self._polls = 0
+        self.actions = RoomActions(
+            redis,
+            state,
+            Fences(redis, ttl_s=settings.scheduling.fence_ttl_s),
+            client_for,
+            alert,
+            settings,
+            clock=clock,
+        )
         self._room_locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def vendor_calls(self) -> int:
+        """Vendor API calls made by this reconciler: its listings and polls, and its actions'."""
+        return self._polls + self.actions.vendor_calls
 
     async def reconcile_all(self) -> None:
         rooms = await self._configs.all()
@@ -250,7 +253,7 @@ class Reconciler:
         try:
             client = self._client_for(rooms[0])
             for page in range(MAX_LIST_PAGES):
-                self.vendor_calls += 1
+                self._polls += 1
                 listing = await client.list_jobs(
                     states=[JobState.WAITING, JobState.PROCESSING], offset=page * 100, limit=100
                 )
@@ -271,7 +274,7 @@ class Reconciler:
         start and our record of it, or a start by hand): make it the room's current job."""
         if vendor_active is None:
             try:
-                self.vendor_calls += 1
+                self._polls += 1
                 listing = await self._client_for(room).list_room_jobs(
                     room.room_id, states=[JobState.WAITING, JobState.PROCESSING], limit=100
                 )
@@ -288,8 +291,10 @@ class Reconciler:
         if not jobs:
             return None
         job = max(jobs, key=lambda j: j.create_time or "")
-        await self._state.set_current_job(room.room_id, job.job_id, job.state.value)
-        await self._record(
+        await self._state.set_current_job(
+            room.room_id, job.job_id, job.state.value, report_url=job.live_event_report_url
+        )
+        await self.actions.record(
             room, Action("adopt", f"the vendor runs job {job.job_id} ({job.state.value})"), "done"
         )
         return job
@@ -297,7 +302,7 @@ class Reconciler:
     async def _poll(self, room: ManagedRoom, job_id: str, known: str) -> str:
         """The vendor's view of the job, written to Redis when it changed (callbacks carry no job state)."""
         try:
-            self.vendor_calls += 1
+            self._polls += 1
             job = await self._client_for(room).show_job(room.room_id, job_id)
         except ProviderNotFound:
             await self._state.set_job_state(room.room_id, job_id, "FAILED")
@@ -313,76 +318,7 @@ class Reconciler:
 
     async def _act(self, room: ManagedRoom, action: Action, actual: Actual, desired: Desired) -> None:
         if action.kind == "circuit_open":
-            await self._record(room, action, "circuit open")
+            await self.actions.record(room, action, "circuit open")
             await self._alert(room, "circuit_open", action.reason)
             return
-        fence = keys.room_fence(room.room_id, action.kind, action.fence)
-        owner = f"{id(self)}:{self._clock()}"
-        if not await self._redis.set(fence, owner, nx=True, ex=int(self._settings.scheduling.fence_ttl_s)):
-            return  # another replica took this action
-        try:
-            await self._perform(room, action, actual)
-        except ProviderError as exc:
-            await self._record(room, action, f"failed: {exc}")
-            if action.kind in ("start", "restart"):
-                if action.kind == "start":  # a restart was counted when it began
-                    await self._redis.zadd(
-                        keys.room_restarts(room.room_id), {str(self._clock()): self._clock()}
-                    )
-                await self._redis.delete(fence)  # let a later pass try again, after the backoff
-                await self._alert(room, "start_failed", f"{action.kind} failed: {exc}")
-            return
-        await self._record(room, action, "done")
-
-    async def _perform(self, room: ManagedRoom, action: Action, actual: Actual) -> None:
-        client = self._client_for(room)
-        self.vendor_calls += 1
-        if action.kind == "stop" and actual.job_id:
-            await client.stop_job(room.room_id, actual.job_id)
-            await self._state.set_job_state(room.room_id, actual.job_id, "SUCCEED")
-        elif action.kind in ("start", "restart"):
-            if action.kind == "restart":
-                await self._redis.zadd(keys.room_restarts(room.room_id), {str(self._clock()): self._clock()})
-                if actual.job_id and actual.job_state in ACTIVE:
-                    await client.stop_job(room.room_id, actual.job_id)
-            profile = resolve_profile(self._settings, room.callback_profile)
-            request = room.template.to_request(live_event_callback_config(profile))
-            started = await client.start_job(room.room_id, request)
-            await self._state.set_current_job(room.room_id, started.job_id)
-            if started.live_event_report_url:
-                await self._redis.hset(
-                    keys.room_state(room.room_id), "report_url", started.live_event_report_url
-                )
-        elif action.kind == "refresh" and actual.job_id and action.output_url:
-            urls = room.template.output_urls
-            stream_keys = [k.get_secret_value() for k in room.template.stream_keys] or None
-            await client.command(
-                room.room_id,
-                actual.job_id,
-                Command.refresh_output_url(RefreshOutputUrlConfig(output_urls=urls, stream_keys=stream_keys)),
-            )
-            await self._redis.hset(
-                keys.room_state(room.room_id), f"refreshed:{action.output_url}", int(self._clock() * 1000)
-            )
-
-    async def _record(self, room: ManagedRoom, action: Action, outcome: str) -> None:
-        log.info(
-            "reconciler action",
-            room_id=room.room_id,
-            action=action.kind,
-            reason=action.reason,
-            outcome=outcome,
-        )
-        await self._redis.xadd(
-            keys.room_events(room.room_id),
-            {
-                "kind": "action",
-                "action": action.kind,
-                "reason": action.reason,
-                "outcome": outcome,
-                "event_ms": int(self._clock() * 1000),
-                "message": json.dumps({"fence": action.fence}),
-            },
-            maxlen=self._settings.callbacks.events_maxlen,
-            approximate=True,
-        )
+        await self.actions.take(room, action, Current(actual.job_id, actual.job_state))

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.callbacks.profiles import UnknownProfile, resolve_profile
 from orchestrator.providers.metastudio.models import (
     CoStreamerConfig,
     LiveEventCallbackConfig,
@@ -33,6 +34,7 @@ from orchestrator.providers.metastudio.models import (
     VideoConfig,
 )
 from orchestrator.scheduling.schedules import Schedule
+from orchestrator.settings import Settings
 from orchestrator.store import keys
 from orchestrator.store.rooms import RoomStore
 
@@ -150,8 +152,25 @@ def field_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, st
     ]
 
 
-def load_rooms_file(path: Path) -> list[ManagedRoom]:
-    """Rooms from a YAML file: ``rooms: [ {room_id, template, schedule, ...}, ... ]``.
+def reference_problems(room: ManagedRoom, settings: Settings) -> list[tuple[str, str]]:
+    """What ``room`` names that this configuration does not have, as ``(field, message)`` pairs (none: all
+    there). Checked wherever a room is given -- the rooms file at start, ``check-config``, the admin API --
+    so a typo is refused where it is written, not found by the reconciler at the first start."""
+    try:
+        resolve_profile(settings, room.callback_profile)
+    except UnknownProfile as exc:
+        defined = ", ".join(sorted(settings.callbacks.profiles)) or "none"
+        hint = (
+            f"{exc} (profiles defined: {defined}; define [callbacks.profiles.{room.callback_profile}] "
+            "with public_url, auth_type and keys, or name a defined one)"
+        )
+        return [("callback_profile", hint)]
+    return []
+
+
+def load_rooms_file(path: Path, settings: Settings | None = None) -> list[ManagedRoom]:
+    """Rooms from a YAML file: ``rooms: [ {room_id, template, schedule, ...}, ... ]``; with ``settings``,
+    what each room references (its callback profile) must exist there too.
 
     Raises RoomsFileError naming every invalid field (``rooms[2].schedule.windows.0.start: ...``).
     """
@@ -168,6 +187,9 @@ def load_rooms_file(path: Path) -> list[ManagedRoom]:
             rooms.append(ManagedRoom.model_validate(item))
         except ValidationError as exc:
             problems.extend(field_problems(exc, f"rooms[{index}]."))
+    if settings is not None:
+        for index, room in enumerate(rooms):
+            problems.extend((f"rooms[{index}].{f}", m) for f, m in reference_problems(room, settings))
     seen: set[str] = set()
     for room in rooms:
         if room.room_id in seen:

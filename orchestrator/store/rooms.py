@@ -165,6 +165,8 @@ end
 redis.call('SADD', jobs, ARGV[1])
 redis.call('HSET', state, 'job_id', ARGV[1], 'job_state', ARGV[2], 'job_state_at', ARGV[3],
   'job_started_at', ARGV[3])
+if ARGV[5] ~= '' then redis.call('HSET', state, 'report_url', ARGV[5])
+else redis.call('HDEL', state, 'report_url') end
 redis.call('XADD', events, 'MAXLEN', '~', ARGV[4], '*', 'kind', 'job_started', 'job_id', ARGV[1],
   'event_ms', ARGV[3])
 return 1
@@ -304,12 +306,15 @@ class RoomStore:
         await self._redis.hset(keys.room_state(room_id), "managed", "0")
         await self._redis.srem(keys.rooms_index(), room_id)
 
-    async def set_current_job(self, room_id: str, job_id: str, job_state: str = "WAITING") -> None:
+    async def set_current_job(
+        self, room_id: str, job_id: str, job_state: str = "WAITING", *, report_url: str | None = None
+    ) -> None:
         """Record a job started for the room; it becomes the one callbacks update, and starts with no
-        RTMP links of its own (the previous job's links -- often END, from its stop -- are not its)."""
+        RTMP links of its own (the previous job's links -- often END, from its stop -- are not its) and
+        with its own ``live_event_report_url`` (none known: none at all -- never the previous job's)."""
         await self._new_job(
             keys=[keys.room_state(room_id), keys.room_events(room_id), keys.room_jobs(room_id)],
-            args=[job_id, job_state, _now_ms(), self._maxlen],
+            args=[job_id, job_state, _now_ms(), self._maxlen, report_url or ""],
         )
 
     async def set_job_state(self, room_id: str, job_id: str, job_state: str) -> bool:

@@ -21,12 +21,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from orchestrator.appkeys import METASTUDIO, REDACTOR, REDIS, ROOM_CONFIGS, ROOM_STORE, SETTINGS
-from orchestrator.callbacks.profiles import live_event_callback_config, resolve_profile
+from orchestrator.appkeys import RECONCILER, REDACTOR, ROOM_CONFIGS, ROOM_STORE, SETTINGS
+from orchestrator.callbacks.profiles import UnknownProfile
 from orchestrator.providers.errors import ProviderError
-from orchestrator.scheduling.rooms import ManagedRoom, field_problems
+from orchestrator.scheduling.actions import Action, Current
+from orchestrator.scheduling.rooms import ManagedRoom, field_problems, reference_problems
 from orchestrator.scheduling.schedules import Schedule, evaluate
-from orchestrator.store import keys
 from orchestrator.web.api import require_admin, room_id_param
 from orchestrator.web.errors import ApiError
 
@@ -61,6 +61,15 @@ async def _room(request: web.Request) -> ManagedRoom:
 
 
 async def _save(request: web.Request, room: ManagedRoom) -> None:
+    """Store the room, once what it references exists (422 naming the field otherwise)."""
+    problems = reference_problems(room, request.app[SETTINGS])
+    if problems:
+        raise ApiError(
+            422,
+            "ROOM_INVALID",
+            "; ".join(f"{field}: {message}" for field, message in problems),
+            errors=[{"field": field, "message": message} for field, message in problems],
+        )
     request.app[REDACTOR].add_values(room.secrets())
     await request.app[ROOM_CONFIGS].put(room)
 
@@ -161,29 +170,31 @@ async def force(request: web.Request) -> web.Response:
 
 
 async def _force(request: web.Request, room: ManagedRoom, action: str) -> str | None:
-    """Start or stop now, fenced on the room's current job so concurrent requests make one vendor call."""
+    """Start or stop now, through the same action code as the reconciler (fence, event-stream record,
+    the new job's report URL), fenced on the room's current job so concurrent requests make one call."""
     app = request.app
     state = await app[ROOM_STORE].state(room.room_id) or {}
     job_id, job_state = state.get("job_id"), state.get("job_state")
     active = job_state in ("WAITING", "PROCESSING")
     if (action == "stop" and not active) or (action == "start" and active):
         return str(job_id) if action == "start" and job_id else None
-    fence = keys.room_fence(room.room_id, f"force-{action}", job_id or "none")
-    if not await app[REDIS].set(fence, "api", nx=True, ex=int(app[SETTINGS].scheduling.fence_ttl_s)):
+    forced = Action(action, "forced through the admin API", f"force:{job_id or 'none'}")
+    outcome = await app[RECONCILER].actions.take(room, forced, Current(job_id, job_state))
+    if outcome.status == "taken":
         raise ApiError(409, "ACTION_IN_PROGRESS", f"a {action} of this room is already under way")
-    try:
-        client = app[METASTUDIO]()
-        if action == "stop":
-            assert job_id is not None
-            await client.stop_job(room.room_id, job_id)
-            await app[ROOM_STORE].set_job_state(room.room_id, job_id, "SUCCEED")
-            return str(job_id)
-        profile = resolve_profile(app[SETTINGS], room.callback_profile)
-        started = await client.start_job(
-            room.room_id, room.template.to_request(live_event_callback_config(profile))
+    if outcome.status == "failed":
+        raise _action_error(action, outcome.error)
+    return outcome.job_id
+
+
+def _action_error(action: str, error: BaseException | None) -> ApiError:
+    if isinstance(error, UnknownProfile):
+        return ApiError(
+            422,
+            "ROOM_INVALID",
+            f"callback_profile: {error}",
+            errors=[{"field": "callback_profile", "message": str(error)}],
         )
-        await app[ROOM_STORE].set_current_job(room.room_id, started.job_id)
-        return started.job_id
-    except ProviderError as exc:
-        await app[REDIS].delete(fence)
-        raise ApiError(502, "VENDOR_ERROR", f"MetaStudio refused the {action}: {exc}") from None
+    if isinstance(error, ProviderError):
+        return ApiError(502, "VENDOR_ERROR", f"MetaStudio refused the {action}: {error}")
+    return ApiError(503, "ACTION_FAILED", f"the {action} failed: {error}; it is in the room's events")

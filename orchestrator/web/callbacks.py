@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from orchestrator.appkeys import CALLBACK_PROFILES, CALLBACK_RECEIVER, METRICS, SETTINGS
-from orchestrator.callbacks.profiles import CALLBACK_PATH, DEFAULT_PROFILE
+from orchestrator.callbacks.profiles import CALLBACK_PATH, DEFAULT_PROFILE, ROOM_QUERY
 from orchestrator.callbacks.receiver import CallbackMalformed, CallbackRejected, Credentials, NotManaged
 from orchestrator.providers.metastudio import callbacks as mss
 from orchestrator.settings import CallbackAuthType
@@ -35,9 +35,12 @@ def _ok(outcome: str) -> web.Response:
 
 
 def _credentials(request: BaseRequest, auth_type: CallbackAuthType) -> Credentials:
+    room_id = request.query.get(ROOM_QUERY)
     if auth_type is CallbackAuthType.MSS_A_HEAD:
-        return Credentials(request.headers.get(mss.HEADER_SECRET), request.headers.get(mss.HEADER_TIME))
-    return Credentials(request.query.get(mss.QUERY_SECRET), request.query.get(mss.QUERY_TIME))
+        return Credentials(
+            request.headers.get(mss.HEADER_SECRET), request.headers.get(mss.HEADER_TIME), room_id
+        )
+    return Credentials(request.query.get(mss.QUERY_SECRET), request.query.get(mss.QUERY_TIME), room_id)
 
 
 @routes.post(CALLBACK_PATH)

@@ -322,7 +322,8 @@ async def test_callback_config_command(tmp_path: Any) -> None:
     masked = subprocess.run(run, capture_output=True, text=True, timeout=60)
     assert masked.returncode == 0, masked.stderr
     assert json.loads(masked.stdout) == {
-        "live_event_type_callback_url": "https://live.example.com/callbacks/metastudio/live-events",
+        # bound to the room: a signature for this URL verifies for room-1 only
+        "live_event_type_callback_url": "https://live.example.com/callbacks/metastudio/live-events?room_id=room-1",
         "auth_type": "MSS_A_HEAD",
         "key": "**********",
         "callback_event_type": ["SHOOT_SCRIPT_SWITCH", "RTMP_STREAM_STATE_CHANGE", "REPLY_COMMAND_FINISH"],

@@ -65,7 +65,9 @@ OFF = room(
         (LIVE, actual("FAILED"), "restart"),
         (LIVE, actual("BLOCKED"), "restart"),
         (LIVE, actual("SUCCEED"), "restart"),
-        (LIVE, actual("PROCESSING", {"rtmp://a/live": link("END", 1)}), "restart"),
+        # END comes by callback (MSS_A does not sign the body): the harmless repair first, then restart
+        (LIVE, actual("PROCESSING", {"rtmp://a/live": link("END", 1)}), "refresh"),
+        (LIVE, actual("CANCELED"), "restart"),
         (LIVE, actual("PROCESSING", {"rtmp://a/live": link("DISCONNECTED", 5)}), None),  # within the grace
         (LIVE, actual("PROCESSING", {"rtmp://a/live": link("RECONNECTING", 31)}), "refresh"),
         (

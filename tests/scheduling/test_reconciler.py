@@ -76,13 +76,20 @@ async def test_failed_job_restarts_with_backoff_then_circuit_opens_and_alerts(
         assert alerts[0]["alert"] == "circuit_open" and "sent" in alerts[0]["outcome"]
 
 
-async def test_rtmp_end_restarts(make_settings: Any, tmp_path: Path, sandbox: Any) -> None:
+async def test_rtmp_end_is_refreshed_then_restarts(make_settings: Any, tmp_path: Path, sandbox: Any) -> None:
     box, url = sandbox
     async with daemon_for(make_settings, tmp_path, url) as daemon:
         await daemon.configs.put(managed_room([{"kind": "always"}]))
         await until(lambda: _async(len(_active(box)) == 1))
         first = _active(box)[0]
         await until(lambda: _async(first.rtmp.get("rtmp://push.example/live") == "CONNECTED"))
+        # An END the refresh repairs (or a forged one: the callback body is not signed): no restart.
+        box.world.set_rtmp(first, "rtmp://push.example/live", "END")
+        await until(lambda: _has_action(daemon, "refresh"))
+        await until(lambda: _async(first.rtmp.get("rtmp://push.example/live") == "CONNECTED"))
+        assert len(box.world.jobs) == 1 and first.state is JobState.PROCESSING
+        # An END that stays: restart.
+        first.rtmp_sticky = True
         box.world.set_rtmp(first, "rtmp://push.example/live", "END")
         await until(lambda: _async(len(box.world.jobs) == 2 and len(_active(box)) == 1))
         assert first.state is JobState.SUCCEED  # the old job was stopped before the new one started

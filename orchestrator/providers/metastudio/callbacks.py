@@ -69,6 +69,7 @@ class RejectReason(StrEnum):
     IN_FUTURE = "in_future"
     BAD_SIGNATURE = "bad_signature"
     REPLAY = "replay"
+    ROOM_MISMATCH = "room_mismatch"
 
 
 _REASON_TEXT = {
@@ -78,6 +79,7 @@ _REASON_TEXT = {
     RejectReason.IN_FUTURE: "time is too far in the future",
     RejectReason.BAD_SIGNATURE: "signature does not match",
     RejectReason.REPLAY: "signature already used for another callback",
+    RejectReason.ROOM_MISMATCH: "the body names another room than the callback URL",
 }
 
 

@@ -1,0 +1,223 @@
+"""Room actions -- start, stop, restart, refresh the output -- fenced, performed and recorded in one place.
+
+The reconciler and the admin API's forced start/stop both come here, so a start records the same things
+whoever asked for it: the new job as the room's current one, with its ``live_event_report_url`` (reports
+go to the job that is live, never to the previous one), and an ``action`` entry in the room's event
+stream.
+
+Each action takes a fence (:mod:`orchestrator.store.fences`): one replica acts, and the fence is renewed
+while the vendor call runs and gone one short TTL after its holder died. When the fence's previous holder
+died in the middle of a start or restart (its intent is still there), the vendor is asked first: a job it
+runs for the room that is not the one being replaced is adopted instead of starting another.
+
+An action that fails, for *any* reason -- the vendor, a room naming a callback profile that no longer
+exists, Redis -- releases its fence at once (a later pass may try again, after the backoff), is written to
+the room's event stream with its reason, and raises an alert. It never raises into the caller's pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from orchestrator.callbacks.profiles import UnknownProfile, live_event_callback_config, resolve_profile
+from orchestrator.providers.errors import ProviderError
+from orchestrator.providers.metastudio.client import MetaStudioClient
+from orchestrator.providers.metastudio.models import Command, JobState, RefreshOutputUrlConfig
+from orchestrator.scheduling.rooms import ManagedRoom
+from orchestrator.settings import Settings
+from orchestrator.store import keys
+from orchestrator.store.fences import Fences
+from orchestrator.store.rooms import RoomStore
+
+log = structlog.get_logger(__name__)
+
+ACTIVE = frozenset({"WAITING", "PROCESSING"})
+
+ClientFor = Callable[[ManagedRoom], MetaStudioClient]
+AlertFn = Callable[[ManagedRoom, str, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # start | stop | restart | refresh | circuit_open | wait | adopt
+    reason: str
+    fence: str = ""  # the part of the fence key after the action: window (and job, url, attempt)
+    output_url: str | None = None
+    alert: str | None = None  # what a human should hear about, whatever the action
+
+
+class Current(NamedTuple):
+    """The room's current job as the caller saw it when it decided."""
+
+    job_id: str | None
+    job_state: str | None
+
+
+class Outcome(NamedTuple):
+    status: Literal["done", "adopted", "taken", "failed"]
+    job_id: str | None = None  # the job started, stopped or adopted
+    error: BaseException | None = None
+
+
+class RoomActions:
+    """Performs room actions for the reconciler and the admin API."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        state: RoomStore,
+        fences: Fences,
+        client_for: ClientFor,
+        alert: AlertFn,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._state = state
+        self._fences = fences
+        self._client_for = client_for
+        self._alert = alert
+        self._settings = settings
+        self._clock = clock
+        self.vendor_calls = 0
+
+    async def take(self, room: ManagedRoom, action: Action, current: Current) -> Outcome:
+        """Fence, perform and record ``action``. Never raises, but for cancellation and a Redis that cannot
+        even take the fence (RedisError: nothing was done)."""
+        fence = await self._fences.acquire(keys.room_fence(room.room_id, action.kind, action.fence))
+        if fence is None:
+            return Outcome("taken")  # another replica (or request) is doing it
+        try:
+            if fence.orphaned and action.kind in ("start", "restart"):
+                adopted = await self._adopt_orphaned(room, current)
+                if adopted is not None:
+                    await fence.finish()
+                    return Outcome("adopted", adopted)
+            job_id = await self._perform(room, action, current)
+        except asyncio.CancelledError:
+            await fence.release()
+            raise
+        except Exception as exc:  # any failure: released, recorded, alerted -- the pass goes on
+            await fence.release()
+            await self._failed(room, action, exc)
+            return Outcome("failed", error=exc)
+        await fence.finish()
+        await self.record(room, action, "done")
+        return Outcome("done", job_id)
+
+    async def _perform(self, room: ManagedRoom, action: Action, current: Current) -> str | None:
+        client = self._client_for(room)
+        if action.kind == "stop":
+            if not current.job_id:
+                return None
+            self.vendor_calls += 1
+            await client.stop_job(room.room_id, current.job_id)
+            await self._state.set_job_state(room.room_id, current.job_id, JobState.SUCCEED.value)
+            return current.job_id
+        if action.kind in ("start", "restart"):
+            if action.kind == "restart":
+                await self._count_attempt(room)
+                if current.job_id and current.job_state in ACTIVE:
+                    self.vendor_calls += 1
+                    await client.stop_job(room.room_id, current.job_id)
+            return await self._start(room, client)
+        if action.kind == "refresh" and current.job_id and action.output_url:
+            urls = room.template.output_urls
+            stream_keys = [k.get_secret_value() for k in room.template.stream_keys] or None
+            self.vendor_calls += 1
+            await client.command(
+                room.room_id,
+                current.job_id,
+                Command.refresh_output_url(RefreshOutputUrlConfig(output_urls=urls, stream_keys=stream_keys)),
+            )
+            await self._redis.hset(
+                keys.room_state(room.room_id), f"refreshed:{action.output_url}", int(self._clock() * 1000)
+            )
+            return current.job_id
+        return None
+
+    async def _start(self, room: ManagedRoom, client: MetaStudioClient) -> str:
+        """Start a job (the client adopts one the vendor already runs) and record it with its report URL.
+
+        Raises UnknownProfile, ProviderError, RedisError.
+        """
+        profile = resolve_profile(self._settings, room.callback_profile)
+        request = room.template.to_request(live_event_callback_config(profile, room.room_id))
+        self.vendor_calls += 1
+        started = await client.start_job(room.room_id, request)
+        await self._state.set_current_job(
+            room.room_id, started.job_id, report_url=started.live_event_report_url
+        )
+        return started.job_id
+
+    async def _adopt_orphaned(self, room: ManagedRoom, current: Current) -> str | None:
+        """A replica died holding this start's fence: whatever it sent may have reached the vendor. A job
+        the vendor runs for the room, other than the one being replaced, is made the room's job."""
+        self.vendor_calls += 1
+        listing = await self._client_for(room).list_room_jobs(
+            room.room_id, states=[JobState.WAITING, JobState.PROCESSING], limit=100
+        )
+        jobs = [j for j in listing.smart_live_jobs if j.state.active and j.job_id != current.job_id]
+        if not jobs:
+            return None
+        job = max(jobs, key=lambda j: j.create_time or "")
+        await self._state.set_current_job(
+            room.room_id, job.job_id, job.state.value, report_url=job.live_event_report_url
+        )
+        reason = f"the replica starting it died; the vendor runs job {job.job_id} ({job.state.value})"
+        await self.record(room, Action("adopt", reason), "done")
+        return job.job_id
+
+    async def _count_attempt(self, room: ManagedRoom) -> None:
+        now = self._clock()
+        await self._redis.zadd(keys.room_restarts(room.room_id), {str(now): now})
+
+    async def _failed(self, room: ManagedRoom, action: Action, exc: Exception) -> None:
+        error = str(exc) or type(exc).__name__
+        if isinstance(exc, UnknownProfile):
+            error = f"callback_profile: {error}"
+        expected = isinstance(exc, ProviderError | UnknownProfile | RedisError)
+        (log.warning if expected else log.exception)(
+            "room action failed", room_id=room.room_id, action=action.kind, error=error
+        )
+        try:
+            if action.kind == "start":  # counts as an attempt: backoff and the circuit breaker apply
+                await self._count_attempt(room)
+            await self.record(room, action, f"failed: {error}")
+            kind = "start_failed" if action.kind in ("start", "restart") else "action_failed"
+            await self._alert(room, kind, f"{action.kind} failed: {error}")
+        except RedisError as redis_exc:
+            log.warning("cannot record a failed action", room_id=room.room_id, error=str(redis_exc))
+
+    async def record(self, room: ManagedRoom, action: Action, outcome: str) -> None:
+        """Log the action and add it to the room's event stream. Raises RedisError."""
+        log.info(
+            "room action",
+            room_id=room.room_id,
+            action=action.kind,
+            reason=action.reason,
+            outcome=outcome,
+        )
+        await self._redis.xadd(
+            keys.room_events(room.room_id),
+            {
+                "kind": "action",
+                "action": action.kind,
+                "reason": action.reason,
+                "outcome": outcome,
+                "event_ms": int(self._clock() * 1000),
+                "message": json.dumps({"fence": action.fence}),
+            },
+            maxlen=self._settings.callbacks.events_maxlen,
+            approximate=True,
+        )
