@@ -310,3 +310,42 @@ async def test_state_api_hides_the_report_urls_credential(make_settings: Any, tm
         shown = json.dumps(state)
         assert "auth_key" not in shown and raw.split("auth_key=")[1].split("&")[0] not in shown
         assert state["report_url"].endswith("/live-event-report?***")
+
+
+async def test_a_batch_for_a_job_that_is_not_running_is_dropped_not_retried(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """004: MSS.20010099 "not in the running status" is an HTTP 500; before, the batch was retried for ever."""
+    async with live_room(make_settings, tmp_path, report_window_ms=50) as (daemon, box, job_id):
+        job = box.world.jobs[job_id]
+        box.faults.append(
+            Fault("error", count=1, status=500, code="MSS.20010099", path_contains="live-event-report")
+        )
+        await ingest(daemon, [comment("for an ended job")])
+        await until(lambda: _async(not box.faults[0].count), 10)
+        await ingest(daemon, [comment("next")])
+        await until(lambda: _async(len(job.reported) == 1), 10)
+        assert _texts(job.reported) == ["next"]
+        assert [c.status for c in _report_calls(box)] == [500, 200]  # the refused batch went once
+        text = await (await daemon.http.get(f"{daemon.url}/metrics")).text()
+        assert 'orch_report_batches_total{outcome="dropped"} 1.0' in text
+
+
+async def test_an_expired_report_url_is_replaced_by_the_jobs_current_one(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """401 MSS.20010054 (the report URL's key expired): the job's current URL (show job) is used."""
+    async with live_room(make_settings, tmp_path, report_window_ms=50) as (daemon, box, job_id):
+        job = box.world.jobs[job_id]
+        redis = redis_of(daemon)
+        expires = box.clock.epoch_ms() - 1
+        stale = (
+            job.report_url.split("?")[0]
+            + f"?auth_key={box.world.report_auth_key(job, expires)}&expires_time={expires}"
+        )
+        await redis.hset(keys.room_state(ROOM), "report_url", stale)
+        await ingest(daemon, [comment("after expiry")])
+        await until(lambda: _async(len(job.reported) == 1), 10)
+        assert _texts(job.reported) == ["after expiry"]
+        assert [c.status for c in _report_calls(box)] == [401, 200]
+        assert (await redis.hget(keys.room_state(ROOM), "report_url")).decode() == job.report_url

@@ -121,6 +121,8 @@ class Fault:
     retry_after_s: float = 1.0
     hang_s: float = 30.0
     after: bool = False  # hang/reset after the call took effect (the ambiguous case)
+    code: str = "MSS.00000004"  # error: the error code answered (a documented one: codes.py)
+    message: str = "Internal Error"
     method: str | None = None
     path_contains: str | None = None
 
@@ -248,7 +250,7 @@ class MetaStudioSandbox:
         if fault.kind == "error":
             if fault.after:  # the call took effect, then the vendor failed to say so
                 await handler(request)
-            raise SandboxError(fault.status, "MSS.00000004", "Internal Error")
+            raise SandboxError(fault.status, fault.code, fault.message)
         response = await handler(request) if fault.after else None
         if fault.kind == "hang":
             await asyncio.sleep(fault.hang_s)
