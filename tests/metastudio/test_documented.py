@@ -32,6 +32,7 @@ from orchestrator.providers.metastudio.models import (
 )
 from orchestrator.sandbox.metastudio.app import SandboxConfig, demo_room, raw_canonical_query, running_sandbox
 from tests.metastudio.conftest import AK, PROJECT, SK, Env, make_client
+from tests.metastudio.test_client import _processing
 from tests.support.server import serving_plain
 
 ROOM = "demo-room"
@@ -40,15 +41,6 @@ START = StartJobRequest(output_urls=["rtmp://push.example/live"])
 
 def _calls(env: Env, method: str, suffix: str) -> int:
     return sum(1 for c in env.sandbox.calls if c.method == method and c.path.endswith(suffix))
-
-
-async def _processing(env: Env) -> str:
-    job = await env.client.start_job(ROOM, START)
-    for _ in range(200):
-        if (await env.client.show_job(ROOM, job.job_id)).state is JobState.PROCESSING:
-            return job.job_id
-        await asyncio.sleep(0.02)
-    raise AssertionError("job never reached PROCESSING")
 
 
 # --- 1. a job that no longer exists ---------------------------------------------------------------------
