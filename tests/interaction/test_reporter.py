@@ -326,6 +326,7 @@ async def test_a_batch_for_a_job_that_is_not_running_is_dropped_not_retried(
         await ingest(daemon, [comment("next")])
         await until(lambda: _async(len(job.reported) == 1), 10)
         assert _texts(job.reported) == ["next"]
+        await until(lambda: _async(all(c.status for c in _report_calls(box))), 5)  # answers recorded
         assert [c.status for c in _report_calls(box)] == [500, 200]  # the refused batch went once
         text = await (await daemon.http.get(f"{daemon.url}/metrics")).text()
         assert 'orch_report_batches_total{outcome="dropped"} 1.0' in text
@@ -347,5 +348,6 @@ async def test_an_expired_report_url_is_replaced_by_the_jobs_current_one(
         await ingest(daemon, [comment("after expiry")])
         await until(lambda: _async(len(job.reported) == 1), 10)
         assert _texts(job.reported) == ["after expiry"]
+        await until(lambda: _async(all(c.status for c in _report_calls(box))), 5)  # answers recorded
         assert [c.status for c in _report_calls(box)] == [401, 200]
         assert (await redis.hget(keys.room_state(ROOM), "report_url")).decode() == job.report_url
