@@ -101,12 +101,13 @@ class Metrics:
 
     def callback_received(self, event_type: str, outcome: str) -> None:
         """Count one accepted callback (the labelled child is looked up once per pair, not per callback;
-        only the documented event types are cached, so odd types cannot grow the cache)."""
-        child = self._received.get((event_type, outcome))
+        unknown types are counted as ``other``)."""
+        # Any other event type is one "other" series: a signed callback's event_type is the sender's
+        # string, and one series per distinct string would let it grow /metrics without bound.
+        label = event_type if event_type in KNOWN_EVENT_TYPES else "other"
+        child = self._received.get((label, outcome))
         if child is None:
-            child = self.callbacks_received.labels(event_type, outcome)
-            if event_type in KNOWN_EVENT_TYPES:
-                self._received[(event_type, outcome)] = child
+            child = self._received[(label, outcome)] = self.callbacks_received.labels(label, outcome)
         child.inc()
 
     def watch_gc(self) -> None:

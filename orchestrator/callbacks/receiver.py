@@ -25,6 +25,7 @@ Their time, for ordering, is the receipt time.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from typing import Any, NamedTuple
 
@@ -227,10 +228,20 @@ def _write_for(
         job_id=parsed.job_id,
         event_ms=event_ms,
         received_ms=now_ms,
-        message_json=orjson.dumps(parsed.stored_message()).decode(),
+        message_json=_json(parsed.stored_message()),
         digest=digest,
         fields=fields,
     )
+
+
+def _json(message: dict[str, Any]) -> str:
+    """The message as JSON. orjson refuses integers beyond 64 bits; such a message is still the vendor's
+    callback (refusing it would make the vendor retry a poison message for ever): the slower standard
+    encoder writes it as it came."""
+    try:
+        return orjson.dumps(message).decode()
+    except TypeError:
+        return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
 
 
 def _write_to_json(write: CallbackWrite) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import structlog
 from redis.exceptions import RedisError, ResponseError
 
 from orchestrator.interaction.chat import ChatBackend, ChatUnavailable
-from orchestrator.interaction.ingest import normalise_batch
+from orchestrator.interaction.ingest import count_of, normalise_batch
 from orchestrator.interaction.leases import RoomLeases
 from orchestrator.interaction.pacer import ReplyPacer
 from orchestrator.interaction.policy import (
@@ -245,7 +245,7 @@ class RoomWorker:
                 user_name=str(user.get("name", "")),
                 text=str(content.get("content") or ""),
                 gift_name=str(gift.get("giftName", "")),
-                gift_num=int(gift.get("giftNum") or 0),
+                gift_num=count_of(gift.get("giftNum")),
                 at=at_s,
             )
         except (AttributeError, TypeError, ValueError):

@@ -53,7 +53,7 @@ class BridgeEvent(BaseModel):
     @classmethod
     def _type(cls, value: Any) -> int:
         number = TYPES.get(value) if isinstance(value, str) else value
-        if number not in NAMES:
+        if isinstance(number, bool) or not isinstance(number, int) or number not in NAMES:
             raise ValueError("type must be comment, join, like, gift or viewers (1, 2, 3, 4, 6)")
         return int(number)
 
@@ -144,3 +144,14 @@ def normalise_batch(
             continue
         accepted.append(to_live_event(event, now_ms))
     return accepted, rejected
+
+
+def count_of(value: Any) -> int:
+    """A count from outside (``giftNum`` ...): a non-negative int, or 0 for anything else. ``"²"`` is a
+    digit to ``str.isdigit`` and not a number to ``int``: only ASCII digits count, and at most 9 of them."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value if 0 <= value < 1_000_000_000 else 0
+    text = str(value).strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0

@@ -47,7 +47,12 @@ CALLBACK_KEYS = 7
 CALLBACK_ROOM_KEYS = 6
 CALLBACK_ARGS = 1
 
+#: Finishes kept for inserts not yet recorded (the finish won the race): a few per room are normal.
+MAX_REPLIES_DONE = 1000
+
 APPLY_CALLBACKS_LUA = """
+local MAX_DONE = $MAX_DONE
+local KNOWN = {SHOOT_SCRIPT_SWITCH = true, RTMP_STREAM_STATE_CHANGE = true, REPLY_COMMAND_FINISH = true}
 local function apply(k, a)
   local state, events, jobs, replies, meta, done, seen = k[1], k[2], k[3], k[4], k[5], k[6], k[7]
   local etype, job_id, event_ms = a[1], a[2], tonumber(a[3])
@@ -96,13 +101,16 @@ local function apply(k, a)
     if redis.call('SREM', replies, a[11]) == 0 then
       redis.call('SADD', done, a[11])
       redis.call('EXPIRE', done, 3600)
+      -- bounded: a flood of unknown reply ids evicts at random rather than growing the set
+      if redis.call('SCARD', done) > MAX_DONE then redis.call('SPOP', done) end
     end
     redis.call('HDEL', meta, a[11])
     publish('reply_finished', {reply_id = a[11]})
   else
     outcome = 'recorded'
   end
-  redis.call('HINCRBY', state, 'count:' .. etype, 1)
+  -- one counter for every type we do not know: the sender's string must not add fields without bound
+  redis.call('HINCRBY', state, 'count:' .. (KNOWN[etype] and etype or 'other'), 1)
   if event_ms > tonumber(redis.call('HGET', state, 'last_event_at') or '0') then
     redis.call('HSET', state, 'last_event_at', a[3])
   end
@@ -118,7 +126,7 @@ for i = 0, tonumber(ARGV[1]) - 1 do
   results[i + 1] = apply(k, cjson.decode(ARGV[2 + i]))
 end
 return results
-"""
+""".replace("$MAX_DONE", str(MAX_REPLIES_DONE))
 
 SET_JOB_STATE_LUA = """
 local state, events = KEYS[1], KEYS[2]

@@ -18,6 +18,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -35,9 +36,13 @@ routes = web.RouteTableDef()
 
 async def _body(request: web.Request) -> Any:
     try:
-        return await request.json()
-    except ValueError:
-        raise ApiError(400, "BAD_JSON", "the body must be a JSON document") from None
+        # orjson: its nesting limit (1,024) refuses a deeply nested document as invalid JSON, where the
+        # standard library would raise RecursionError.
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise ApiError(
+            400, "BAD_JSON", "the body must be a JSON document (at most 1,024 levels deep)"
+        ) from None
 
 
 def _validate(model: type[ManagedRoom] | type[Schedule], data: Any) -> Any:

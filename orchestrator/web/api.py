@@ -31,7 +31,8 @@ def require_admin(request: web.Request) -> None:
     ok = (
         bool(expected)
         and scheme.lower() == "bearer"
-        and hmac.compare_digest(token.encode(), expected.encode())
+        # A header that is not UTF-8 arrives with surrogates: it cannot match, and must not raise.
+        and hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode())
     )
     if not ok:
         raise ApiError(

@@ -77,5 +77,7 @@ async def ingest(request: web.Request) -> web.Response:
     )
     if not written:
         raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
-    payload = {"accepted": len(accepted), "rejected": [r.model_dump() for r in rejected]}
+    payload: dict[str, Any] = {"accepted": len(accepted), "rejected": [r.model_dump() for r in rejected]}
+    if not accepted:  # an error like every other: error_code and error_msg, beside the per-event reasons
+        payload.update(error_code="EVENTS_INVALID", error_msg=f"none of the {len(items)} events is valid")
     return web.json_response(payload, status=200 if accepted else 422)

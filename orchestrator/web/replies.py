@@ -32,9 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.appkeys import AUDIENCE, ROOM_STORE, SETTINGS
 from orchestrator.interaction.chat import ChatUnavailable
+from orchestrator.interaction.ingest import count_of
 from orchestrator.interaction.policy import NOTHING_TO_ANSWER, Event, History, decide, speak
 from orchestrator.interaction.queue import Reply
 from orchestrator.providers.metastudio.models import MAX_INSERT_TEXT_CHARS
+from orchestrator.store.keys import InvalidKeyPart, check_room_id
 from orchestrator.web.api import managed_room_id, require_admin
 from orchestrator.web.errors import ApiError
 
@@ -86,7 +88,7 @@ def _event(body: InteractionCallback) -> Event:
         user_name=str(user.get("name", "")),
         text=str(content.get("content") or ""),
         gift_name=str(gift.get("giftName", "")),
-        gift_num=int(gift.get("giftNum") or 0) if str(gift.get("giftNum") or "0").isdigit() else 0,
+        gift_num=count_of(gift.get("giftNum")),
         at=(body.event.timestamp / 1000) if body.event.timestamp else time.time(),
     )
 
@@ -103,12 +105,18 @@ async def interaction_callback(
     expected = app[SETTINGS].interaction.callback_token.get_secret_value()
     if not expected:
         raise ApiError(404, "INTERACTION_CALLBACK_OFF", "interaction.callback_token is not set")
-    if not hmac.compare_digest(params["token"].encode(), expected.encode()):
+    if not hmac.compare_digest(params["token"].encode("utf-8", "surrogateescape"), expected.encode()):
         raise ApiError(401, "INTERACTION_BAD_TOKEN", "the token in the URL is not this daemon's")
     try:
         body = InteractionCallback.model_validate_json(await request.read())
     except ValidationError as exc:
         raise _validation_error(exc, "INTERACTION_BAD_BODY") from None
+    try:
+        check_room_id(body.room_id)
+    except InvalidKeyPart:
+        raise ApiError(
+            404, "INTERACTION_NOT_MANAGED", "the room or job is not one this daemon runs"
+        ) from None
     state = await app[ROOM_STORE].state(body.room_id)
     if state is None or state.get("job_id") != body.job_id:
         raise ApiError(404, "INTERACTION_NOT_MANAGED", "the room or job is not one this daemon runs")

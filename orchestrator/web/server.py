@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import structlog
@@ -49,12 +50,46 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
+class MalformedRequestLog:
+    """At most ``per_minute`` WARNING lines a minute for requests from outside that cannot be parsed; the
+    rest are counted and the count said with the next line that gets out. Never a traceback: a malformed
+    request is the client's fault, and 100,000 of them must not become 100,000 tracebacks."""
+
+    def __init__(self, per_minute: int = 30) -> None:
+        self._per_minute = per_minute
+        self._window_start = 0.0
+        self._in_window = 0
+        self.suppressed = 0
+
+    def warn(self, reason: str, status: int, remote: str | None) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= 60:
+            self._window_start, self._in_window = now, 0
+        if self._in_window >= self._per_minute:
+            self.suppressed += 1
+            return
+        self._in_window += 1
+        suppressed, self.suppressed = self.suppressed, 0
+        log.warning(
+            "malformed request refused",
+            reason=reason,
+            status=status,
+            remote=remote,
+            **({"suppressed_since_last": suppressed} if suppressed else {}),
+        )
+
+
+MALFORMED = MalformedRequestLog()
+
+
 class _JsonErrorRequestHandler(RequestHandler):
     """Protocol handler whose errors for unparseable requests are JSON, like every other error.
 
     A request line or header aiohttp cannot parse never reaches the application or its middlewares;
-    aiohttp answers it from ``handle_error`` with a text page. This keeps its logging and connection
-    handling and replaces only the body.
+    aiohttp answers it from ``handle_error`` with a text page and logs a traceback at ERROR. Here it is a
+    rate-limited WARNING naming the reason (:data:`MALFORMED`), and the JSON error body says only what
+    kind of problem it was: the parser's message can quote the offending bytes -- a header value, the
+    admin token in it -- and nothing a request carried is echoed back.
     """
 
     def handle_error(
@@ -64,11 +99,24 @@ class _JsonErrorRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        super().handle_error(request, status, exc, message)  # logs, and refuses if already sent
-        detail = message if status != 500 and message else default_message(status)
-        response = error_response(status, code_for_status(status), detail, None)
+        if request.writer.output_size > 0:  # some of a response went out already: the connection is broken
+            raise ConnectionError("response already started; cannot send the error")
+        if status >= 500:
+            log.error("unhandled error below the application", exc_info=exc)
+        else:
+            MALFORMED.warn(type(exc).__name__ if exc is not None else "unknown", status, request.remote)
+        response = error_response(
+            status, code_for_status(status), _PARSE_ERRORS.get(status, default_message(status)), None
+        )
         response.force_close()
         return response
+
+
+_PARSE_ERRORS = {
+    400: "the request could not be parsed as HTTP/1.1",
+    413: "the request line or a header is too long",
+    431: "the request's headers are too large",
+}
 
 
 class _JsonErrorServer(web.Server):
