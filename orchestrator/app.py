@@ -66,18 +66,22 @@ from orchestrator.store.rooms import (
 )
 from orchestrator.tasks import being_cancelled, cancel_and_wait, pause
 from orchestrator.web import admin, api, callbacks, health, ingest, llm, replies
-from orchestrator.web.middlewares import request_middleware
+from orchestrator.web.middlewares import BODY_BUDGET, BodyBudget, request_middleware
 
 log = structlog.get_logger(__name__)
 
 
 def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Application:
     """The daemon's HTTP application, not yet started (aiohttp starts it, then the resources)."""
+    budget = BodyBudget(settings.server.body_bytes_in_flight)  # shared with the public listener
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[request_middleware(settings.server.max_body_bytes, settings.server.read_timeout_s)],
+        middlewares=[
+            request_middleware(settings.server.max_body_bytes, settings.server.read_timeout_s, budget)
+        ],
     )
     app[SETTINGS] = settings
+    app[BODY_BUDGET] = budget
     app[REDACTOR] = redactor or Redactor()
     app[LIFECYCLE] = Lifecycle()
     app[READINESS_CHECKS] = {}

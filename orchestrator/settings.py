@@ -57,6 +57,26 @@ class ServerSettings(Section):
     read_timeout_s: PositiveSeconds = Field(
         15.0, description="Longest time a client may take to send its request body (408 after)."
     )
+    body_bytes_in_flight: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="Request bodies being read at once, in bytes, across every connection; a body that "
+        "would exceed it waits (up to read_timeout_s), then gets 503 with Retry-After.",
+    )
+    header_timeout_s: PositiveSeconds = Field(
+        10.0,
+        description="A client must send a request's line and headers within this long of connecting or of "
+        "its previous response; slower connections are closed.",
+    )
+    max_connections: int = Field(
+        512,
+        ge=8,
+        description="Open connections per listener; more are closed at once. Capped at start so that both "
+        "listeners together leave file descriptors for Redis and the vendor.",
+    )
+    max_connections_per_client: int = Field(
+        64, ge=1, description="Open connections per client address per listener; more are closed at once."
+    )
     shutdown_timeout_s: PositiveSeconds = Field(
         30.0, description="On SIGTERM/SIGINT, how long in-flight requests may take to finish."
     )

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import orjson
@@ -95,23 +96,30 @@ class CallbackReceiver:
         self._verifiers: dict[tuple[str, str], tuple[ResolvedProfile, SignatureVerifier, str]] = {}
 
     async def receive(
-        self, profile: ResolvedProfile, credentials: Credentials, body: bytes
+        self,
+        profile: ResolvedProfile,
+        credentials: Credentials,
+        body: bytes | Callable[[], Awaitable[bytes]],
     ) -> tuple[str, ParsedCallback]:
         """Verify, parse and durably record one callback; return its outcome and the parsed callback.
+        ``body`` may be a function reading it: it is called only once the credentials verified (an
+        unauthenticated sender gets no body read at all).
 
         Raises CallbackRejected (401), CallbackMalformed (400), NotManaged (404), OSError when neither Redis
-        nor the journal could take it (5xx).
+        nor the journal could take it (5xx), and whatever reading the body raises.
         """
         now_ms = int(time.time() * 1000)
-        digest = hashlib.sha256(body).hexdigest()
         url_room = credentials.room_id
         if url_room is not None:
             try:
                 keys.check_room_id(url_room)
             except keys.InvalidKeyPart:
                 raise NotManaged(f"room {url_room!r} is not managed here") from None
-        callback_id, event_ms = self._authenticate(profile, credentials, now_ms, digest)
-        parsed = parse_callback(body)
+        verified = self._verify(profile, credentials, now_ms)
+        raw = body if isinstance(body, bytes) else await body()
+        digest = hashlib.sha256(raw).hexdigest()
+        callback_id, event_ms = verified or (f"none:{digest[:32]}:{now_ms}", now_ms)
+        parsed = parse_callback(raw)
         if url_room is not None and parsed.room_id != url_room:
             raise CallbackRejected(RejectReason.ROOM_MISMATCH)
         try:
@@ -127,11 +135,12 @@ class CallbackReceiver:
             raise NotManaged(f"{'room' if outcome == 'unknown_room' else 'job'} is not managed here")
         return outcome, parsed
 
-    def _authenticate(
-        self, profile: ResolvedProfile, credentials: Credentials, now_ms: int, digest: str
-    ) -> tuple[str, int]:
+    def _verify(
+        self, profile: ResolvedProfile, credentials: Credentials, now_ms: int
+    ) -> tuple[str, int] | None:
+        """The callback id and time of a signed callback (None: the profile signs nothing)."""
         if profile.auth_type is CallbackAuthType.NONE:
-            return f"none:{digest[:32]}:{now_ms}", now_ms
+            return None
         verifier, url_tag = self._verifier(profile, credentials.room_id)
         verified = verifier.verify(credentials.secret, credentials.time_text, now_ms)
         return f"{url_tag}:{verified.signature}", verified.event_ms

@@ -20,7 +20,7 @@ from orchestrator.callbacks.receiver import CallbackMalformed, CallbackRejected,
 from orchestrator.providers.metastudio import callbacks as mss
 from orchestrator.settings import CallbackAuthType
 from orchestrator.web.errors import ApiError
-from orchestrator.web.middlewares import NO_ACCESS_LINE
+from orchestrator.web.middlewares import NO_ACCESS_LINE, bounded_body
 
 routes = web.RouteTableDef()
 
@@ -59,7 +59,7 @@ async def live_events(app: web.Application, request: BaseRequest, params: Mappin
         raise ApiError(404, "CALLBACK_PROFILE_UNKNOWN", f"no callback profile named {name!r}")
     try:
         outcome, parsed = await app[CALLBACK_RECEIVER].receive(
-            profile, _credentials(request, profile.auth_type), await request.read()
+            profile, _credentials(request, profile.auth_type), lambda: bounded_body(app, request)
         )
     except CallbackRejected as exc:
         metrics.callbacks_rejected.labels(exc.reason.value).inc()

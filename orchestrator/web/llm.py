@@ -29,6 +29,7 @@ from orchestrator.interaction.policy import Event, History, PolicyConfig, decide
 from orchestrator.providers.metastudio.callbacks import CallbackRejected, VerifyPolicy, verify_signature
 from orchestrator.store import keys
 from orchestrator.web.errors import ApiError
+from orchestrator.web.middlewares import bounded_body
 
 routes = web.RouteTableDef()
 
@@ -88,7 +89,7 @@ async def llm(app: web.Application, request: BaseRequest, params: Mapping[str, s
     if not await app[REDIS].set(seen, "1", nx=True, ex=int(2 * settings.callbacks.max_skew_s) + 60):
         raise ApiError(401, "LLM_REPLAY", "signature already used")
     try:
-        body = LlmRequest.model_validate_json(await request.read())
+        body = LlmRequest.model_validate_json(await bounded_body(app, request))
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         raise ApiError(

@@ -7,7 +7,11 @@ For every request, in this order:
   ``room_id`` must not leak into this one's lines) and gets the id; the id is echoed on every response,
   errors included;
 * **bounded body**: the whole body is read up front, under the size limit (413) and within the read
-  timeout (408), so a slow or oversized client cannot hold a handler; handlers then read it from memory;
+  timeout (408), so a slow or oversized client cannot hold a handler; handlers then read it from memory.
+  Credentials are checked *before* a body is read: ``/api`` requests need the admin token first, and the
+  vendor routes (callbacks, interaction CALLBACK, LLM), whose credentials are in the URL or headers, read
+  their own body after authenticating (:func:`bounded_body`). All bodies being read at once share one
+  byte budget (``server.body_bytes_in_flight``): a body that does not fit waits, then gets 503;
 * **JSON errors**: every exception becomes the JSON error body of :mod:`.errors`; a bug becomes a logged
   traceback and a bare 500 -- never a traceback sent to the client.
 
@@ -18,7 +22,9 @@ the callback receiver's throughput budget is counted in them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from random import getrandbits
 
 import structlog
@@ -42,8 +48,59 @@ def request_id_of(request: BaseRequest) -> str | None:
     return request.get(REQUEST_ID)
 
 
-def request_middleware(max_body_bytes: int, read_timeout_s: float) -> Middleware:
-    """The middleware, with the body limit and read timeout of the server settings."""
+#: Routes whose handlers authenticate from the URL or headers and then read the body themselves.
+SELF_READING_PREFIXES = ("/callbacks/", "/llm/")
+
+
+class BodyBudget:
+    """Bytes of request bodies being read at once, across every connection of the process.
+
+    A body reserves its declared length (or the largest allowed, when chunked) before a byte of it is
+    read; when the budget is spent it waits for others to finish, up to the read timeout, then gets 503.
+    Two hundred 1 MiB bodies sent at once cannot take 200 MiB of memory.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        self._limit = limit_bytes
+        self._used = 0
+        self._freed = asyncio.Condition()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, size: int, timeout_s: float) -> AsyncIterator[None]:
+        """Hold ``size`` bytes of the budget. Raises ApiError 503 when none frees up in time."""
+        size = min(size, self._limit)
+        async with self._freed:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._freed.wait_for(lambda: self._used + size <= self._limit)
+            except TimeoutError:
+                raise ApiError(
+                    503,
+                    "SERVER_BUSY",
+                    "too many request bodies are being received; retry shortly",
+                    headers={"Retry-After": "1"},
+                    close_connection=True,
+                ) from None
+            self._used += size
+        try:
+            yield
+        finally:
+            async with self._freed:
+                self._used -= size
+                self._freed.notify_all()
+
+
+def request_middleware(
+    max_body_bytes: int, read_timeout_s: float, budget: BodyBudget | None = None
+) -> Middleware:
+    """The middleware, with the body limit, read timeout and body budget of the server settings."""
+    from orchestrator.web.api import require_admin  # the admin check is the API's; imported late (cycle)
+
+    budget = budget or BodyBudget(32 * 1024 * 1024)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -55,8 +112,10 @@ def request_middleware(max_body_bytes: int, read_timeout_s: float) -> Middleware
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
-            if request.body_exists:
-                await read_body(request, max_body_bytes, read_timeout_s)
+            if request.body_exists and not request.path.startswith(SELF_READING_PREFIXES):
+                if request.path.startswith("/api/"):
+                    require_admin(request)  # before a byte of the body is read
+                await read_body(request, max_body_bytes, read_timeout_s, budget)
             response = await handler(request)
         except asyncio.CancelledError:
             raise
@@ -76,7 +135,15 @@ def new_request_id() -> str:
 
 def error_response_for(request: BaseRequest, exc: Exception) -> web.StreamResponse:
     """The JSON error response for an exception a handler raised (ApiError, aiohttp's HTTP errors, or a bug:
-    logged with its traceback, answered with a bare 500)."""
+    logged with its traceback, answered with a bare 500). A request refused before its body was read
+    gets its connection closed: the unread body must not be taken for the next request."""
+    response = _error_response_for(request, exc)
+    if request.body_exists and not request.content.is_eof():
+        response.force_close()
+    return response
+
+
+def _error_response_for(request: BaseRequest, exc: Exception) -> web.StreamResponse:
     request_id = request_id_of(request)
     if isinstance(exc, ApiError):
         response = error_response(
@@ -102,12 +169,40 @@ def error_response_for(request: BaseRequest, exc: Exception) -> web.StreamRespon
     return error_response(500, code_for_status(500), "internal error", request_id)
 
 
-async def read_body(request: BaseRequest, max_body_bytes: int, read_timeout_s: float) -> None:
-    """Read the whole body into the request (handlers' read()/json() reuse it), under the size limit and
-    within the read timeout.
+BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
 
-    Raises ApiError: 413 (too large), 408 (too slow); both close the connection.
+
+async def bounded_body(app: web.Application, request: BaseRequest) -> bytes:
+    """The request's body, read under the server's size limit, read timeout and body budget -- for the
+    handlers that authenticate a request before reading it (:data:`SELF_READING_PREFIXES`).
+
+    Raises ApiError (413, 408, 503).
     """
+    from orchestrator.appkeys import SETTINGS
+
+    if request.body_exists:
+        server = app[SETTINGS].server
+        await read_body(request, server.max_body_bytes, server.read_timeout_s, app[BODY_BUDGET])
+    return await request.read()
+
+
+async def read_body(
+    request: BaseRequest, max_body_bytes: int, read_timeout_s: float, budget: BodyBudget | None = None
+) -> None:
+    """Read the whole body into the request (handlers' read()/json() reuse it), under the size limit,
+    within the read timeout and, given a budget, once its bytes are reserved.
+
+    Raises ApiError: 413 (too large), 408 (too slow), 503 (budget spent); all close the connection.
+    """
+    if budget is None:
+        await _read_body(request, max_body_bytes, read_timeout_s)
+        return
+    declared = request.content_length
+    async with budget.reserve(declared if declared is not None else max_body_bytes, read_timeout_s):
+        await _read_body(request, max_body_bytes, read_timeout_s)
+
+
+async def _read_body(request: BaseRequest, max_body_bytes: int, read_timeout_s: float) -> None:
     length = request.content_length
     if length is not None and length > max_body_bytes:
         raise ApiError(

@@ -12,7 +12,8 @@ per-request machinery -- router, request factory, the request middleware and the
 aiohttp adds around it -- costs about as much as verifying, parsing and storing the callback
 (``benchmarks/callbacks``). The handlers are the same functions the main application's routes call, given
 the main application (for its state: receiver, Redis, metrics) and the path parameters. What the middleware
-gives a vendor is kept: the body is read under the size limit and read timeout, every error is the same
+gives a vendor is kept: the body is read under the size limit, read timeout and body budget (by the
+handler, after it authenticated the request), every error is the same
 JSON body with a request id (made on error only: a vendor sends none and a success needs none), unknown
 paths get a JSON 404 and known ones with another method a JSON 405 with ``Allow``.
 """
@@ -34,7 +35,6 @@ from orchestrator.web.middlewares import (
     REQUEST_ID_HEADER,
     error_response_for,
     new_request_id,
-    read_body,
 )
 
 PublicHandler = Callable[[web.Application, BaseRequest, Mapping[str, str]], Awaitable[web.StreamResponse]]
@@ -58,8 +58,8 @@ class PublicRoutes:
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
         try:
             handler, params = route(request.method, request.path)
-            if request.body_exists:
-                await read_body(request, self._max_body_bytes, self._read_timeout_s)
+            # Every handler here authenticates from the URL or headers, then reads the body itself
+            # (middlewares.bounded_body: size limit, read timeout, the shared body budget).
             return await handler(self._app, request, params)
         except asyncio.CancelledError:
             raise

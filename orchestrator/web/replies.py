@@ -39,6 +39,7 @@ from orchestrator.providers.metastudio.models import MAX_INSERT_TEXT_CHARS
 from orchestrator.store.keys import InvalidKeyPart, check_room_id
 from orchestrator.web.api import managed_room_id, require_admin
 from orchestrator.web.errors import ApiError
+from orchestrator.web.middlewares import bounded_body
 
 routes = web.RouteTableDef()
 
@@ -108,7 +109,7 @@ async def interaction_callback(
     if not hmac.compare_digest(params["token"].encode("utf-8", "surrogateescape"), expected.encode()):
         raise ApiError(401, "INTERACTION_BAD_TOKEN", "the token in the URL is not this daemon's")
     try:
-        body = InteractionCallback.model_validate_json(await request.read())
+        body = InteractionCallback.model_validate_json(await bounded_body(app, request))
     except ValidationError as exc:
         raise _validation_error(exc, "INTERACTION_BAD_BODY") from None
     try:
