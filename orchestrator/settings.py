@@ -69,13 +69,16 @@ class ServerSettings(Section):
         "its previous response; slower connections are closed.",
     )
     max_connections: int = Field(
-        512,
+        1024,
         ge=8,
         description="Open connections per listener; more are closed at once. Capped at start so that both "
         "listeners together leave file descriptors for Redis and the vendor.",
     )
     max_connections_per_client: int = Field(
-        64, ge=1, description="Open connections per client address per listener; more are closed at once."
+        256,
+        ge=1,
+        description="Open connections per client address per listener; more are closed at once (a vendor's "
+        "callbacks may come through few addresses: keep it well above its connection pool).",
     )
     shutdown_timeout_s: PositiveSeconds = Field(
         30.0, description="On SIGTERM/SIGINT, how long in-flight requests may take to finish."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import time
 from typing import Any
 
@@ -119,23 +120,125 @@ _PARSE_ERRORS = {
 }
 
 
+class ConnectionLimits:
+    """Open connections of one listener: at most ``total``, at most ``per_client`` from one address; a
+    connection over either is closed as soon as it is accepted. Each connection must send its first
+    request's line and headers within ``header_timeout_s`` or it is closed (slow clients trickling a byte
+    every few seconds held every file descriptor before; keep-alive connections that have sent a request are
+    bounded by ``server.keepalive_timeout_s`` and the body read timeout instead)."""
+
+    def __init__(self, total: int, per_client: int, header_timeout_s: float) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.header_timeout_s = header_timeout_s
+        self.open = 0
+        self.refused = 0
+        self.timed_out = 0
+        self._by_client: dict[str, int] = {}
+
+    def admit(self, client: str) -> bool:
+        if self.open >= self.total or self._by_client.get(client, 0) >= self.per_client:
+            self.refused += 1
+            return False
+        self.open += 1
+        self._by_client[client] = self._by_client.get(client, 0) + 1
+        return True
+
+    def release(self, client: str) -> None:
+        self.open -= 1
+        left = self._by_client.get(client, 1) - 1
+        if left:
+            self._by_client[client] = left
+        else:
+            self._by_client.pop(client, None)
+
+
+def connection_limits(settings: Settings, listeners: int) -> ConnectionLimits:
+    """Limits for one of ``listeners`` listeners, the total capped so that all of them together leave file
+    descriptors for Redis (its pool), the vendor, the journal and logs, whatever ``max_connections`` says."""
+    server = settings.server
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    reserve = settings.redis.max_connections + settings.metastudio.max_concurrency + 128
+    available = soft - reserve if soft != resource.RLIM_INFINITY else server.max_connections * listeners
+    total = max(8, min(server.max_connections, available // listeners))
+    return ConnectionLimits(total, min(server.max_connections_per_client, total), server.header_timeout_s)
+
+
+class _LimitedRequestHandler(_JsonErrorRequestHandler):
+    """A connection counted against its listener's :class:`ConnectionLimits`."""
+
+    _limits: ConnectionLimits | None = None
+    _client = ""
+    _admitted = False
+    _awaiting_headers = True
+    _tail = b""
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        limits = self._limits
+        if limits is not None:
+            peer = transport.get_extra_info("peername")
+            self._client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+            if not limits.admit(self._client):
+                transport.abort()  # type: ignore[attr-defined]
+                return
+            self._admitted = True
+            loop = asyncio.get_running_loop()
+            self._header_timer = loop.call_later(limits.header_timeout_s, self._headers_too_slow, transport)
+        super().connection_made(transport)
+
+    def _headers_too_slow(self, transport: asyncio.BaseTransport) -> None:
+        if self._awaiting_headers and self._limits is not None:
+            self._limits.timed_out += 1
+            transport.abort()  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self._awaiting_headers:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:
+                self._awaiting_headers = False
+                if self._header_timer is not None:
+                    self._header_timer.cancel()
+            else:
+                self._tail = seen[-3:]
+        super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        if self._limits is not None and not self._admitted:
+            return  # refused in connection_made: aiohttp never saw this connection
+        if self._limits is not None:
+            self._admitted = False
+            self._limits.release(self._client)
+        super().connection_lost(exc)
+
+
 class _JsonErrorServer(web.Server):
+    limits: ConnectionLimits | None = None
+
     def __call__(self) -> RequestHandler:
-        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler = _LimitedRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler._limits = self.limits
+        return handler
 
 
 class OrchestratorRunner(web.AppRunner):
     """An ``AppRunner`` whose low-level server answers parse errors with JSON bodies."""
 
+    limits: ConnectionLimits | None = None
+
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         # Same object and layout; only the protocol factory differs (see _JsonErrorServer).
         server.__class__ = _JsonErrorServer
+        assert isinstance(server, _JsonErrorServer)
+        server.limits = self.limits
         return server
 
 
 def make_runner(app: web.Application, settings: Settings, **kwargs: Any) -> OrchestratorRunner:
-    return OrchestratorRunner(
+    runner = OrchestratorRunner(
         app,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("aiohttp.access") if settings.logging.access_log else None,
@@ -143,6 +246,8 @@ def make_runner(app: web.Application, settings: Settings, **kwargs: Any) -> Orch
         keepalive_timeout=settings.server.keepalive_timeout_s,
         **kwargs,
     )
+    runner.limits = connection_limits(settings, listeners=2 if settings.server.public_port else 1)
+    return runner
 
 
 async def serve(app: web.Application, settings: Settings, stop: asyncio.Event) -> None:
@@ -175,6 +280,7 @@ async def start_public(app: web.Application, settings: Settings) -> web.ServerRu
         access_log=logging.getLogger("aiohttp.access") if settings.logging.access_log else None,
         keepalive_timeout=settings.server.keepalive_timeout_s,
     )
+    server.limits = connection_limits(settings, listeners=2)
     runner = web.ServerRunner(server, shutdown_timeout=settings.server.shutdown_timeout_s)
     await runner.setup()
     try:

@@ -19,12 +19,15 @@ from tests.support.redis_server import free_port
 class Daemon:
     """``python -m orchestrator run`` on a free port, JSON logs to a file; ``terminate()`` sends SIGTERM."""
 
-    def __init__(self, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str] | None = None, args: list[str] | None = None, *, nofile: int | None = None
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
         self._env = {**clean, **(env or {})}
         self._args = args or []
+        self._nofile = nofile  # the file descriptor limit the process runs under (as a container's ulimit)
         self._log = Path(tempfile.mkstemp(prefix="orch-daemon-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -43,6 +46,7 @@ class Daemon:
                     *self._args,
                 ],
                 env=self._env,
+                preexec_fn=self._limit_files if self._nofile else None,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -56,6 +60,12 @@ class Daemon:
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
         raise RuntimeError(f"daemon not up within {timeout_s}s:\n{self.output()}")
+
+    def _limit_files(self) -> None:
+        import resource
+
+        assert self._nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self._nofile, self._nofile))
 
     def terminate(self) -> None:
         assert self.proc is not None
