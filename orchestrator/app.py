@@ -8,6 +8,7 @@ in-flight requests have finished, so Redis closes last.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from functools import partial
@@ -130,9 +131,12 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     app[READINESS_CHECKS]["redis"] = partial(redis_ready, client, settings.readiness_timeout_s)
     ok, detail = await redis_ready(client, settings.readiness_timeout_s)
-    # Not fatal: the daemon starts without Redis, reports not-ready, and recovers when Redis returns.
-    log.info(
-        "redis client ready" if ok else "redis unreachable at start",
+    # Not fatal: the daemon starts without Redis, reports not-ready (/readyz 503), and recovers when Redis
+    # returns -- every user of it retries with its own backoff. One line says so; no traceback.
+    (log.info if ok else log.warning)(
+        "redis client ready"
+        if ok
+        else "redis unreachable at start; retrying, /readyz is 503 until it answers",
         url=redacted_url(settings.url.get_secret_value()),
         reachable=ok,
         detail=detail,
@@ -174,13 +178,19 @@ async def scheduling_ctx(app: web.Application) -> AsyncIterator[None]:
         reconciler, configs, app[REACTIONS], interval_s=settings.scheduling.reconcile_interval_s
     )
     app[ROOM_CONFIGS], app[RECONCILER], app[SCHEDULER] = configs, reconciler, scheduler
+    applying: asyncio.Task[None] | None = None
     if settings.scheduling.rooms_file is not None:
-        await _apply_rooms_file(app, configs, settings.scheduling.rooms_file)
+        applying = asyncio.create_task(
+            _apply_rooms_file(app, configs, settings.scheduling.rooms_file), name="apply-rooms-file"
+        )
+        with contextlib.suppress(TimeoutError):  # applied before the first pass when Redis is there
+            await asyncio.wait_for(asyncio.shield(applying), settings.redis.readiness_timeout_s + 1)
     for room in await _rooms_or_none(configs):
         app[REDACTOR].add_values(room.secrets())
     if settings.scheduling.enabled:
         await scheduler.start()
     yield
+    await cancel_and_wait(applying)
     await scheduler.aclose()
 
 
@@ -215,14 +225,21 @@ async def audience_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _apply_rooms_file(app: web.Application, configs: RoomConfigs, path: Path) -> None:
+    """Write the rooms file's rooms to Redis; while Redis is away, retry with backoff (the rooms already
+    in Redis are used meanwhile)."""
     rooms = load_rooms_file(path, app[SETTINGS])  # raises RoomsFileError: the CLI validated it already
     for room in rooms:
         app[REDACTOR].add_values(room.secrets())
+    delay_s = 0.5
+    while True:
         try:
-            await configs.put(room)
+            for room in rooms:
+                await configs.put(room)
+            break
         except RedisError as exc:
-            log.error("cannot apply the rooms file now; rooms already in Redis are used", error=str(exc))
-            return
+            log.warning("cannot apply the rooms file yet; retrying", error=str(exc), retry_in_s=delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(30.0, delay_s * 2)
     log.info("rooms file applied", path=str(path), rooms=len(rooms))
 
 

@@ -262,6 +262,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error("cannot serve", error=str(exc), host=settings.server.host, port=settings.server.port)
         return EXIT_FAILURE
+    except Exception as exc:  # a crash is a log line too: JSON, redacted -- never plain text on stderr
+        log.critical("crashed", error=str(exc) or type(exc).__name__, exc_info=exc)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import time
+import types
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TextIO
 
@@ -196,6 +198,21 @@ class _NamedWriteLogger(structlog.WriteLogger):
         self.name = name
 
 
+def _demote_apscheduler_info(record: logging.LogRecord) -> bool:
+    if record.name.startswith("apscheduler") and record.levelno == logging.INFO:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+    return True
+
+
+def _log_uncaught(
+    exc_type: type[BaseException], exc: BaseException | None, tb: types.TracebackType | None
+) -> None:
+    if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+        return
+    structlog.get_logger("orchestrator").critical("uncaught exception", exc_info=(exc_type, exc, tb))
+
+
 def configure_logging(settings: LoggingSettings, redactor: Redactor, *, stream: TextIO | None = None) -> None:
     """Send our structlog lines, and the standard library's records, redacted, to ``stream``.
 
@@ -244,3 +261,11 @@ def configure_logging(settings: LoggingSettings, redactor: Redactor, *, stream: 
     root.setLevel(settings.level)
     # aiohttp's own access logger is replaced by AccessLogger below; keep its name quiet if used.
     logging.getLogger("aiohttp.access").setLevel(logging.INFO if settings.access_log else logging.WARNING)
+    # APScheduler says "Running job ..." / "executed successfully" at INFO for every wake-up (nearly half
+    # of all lines in a tried run): those are DEBUG here; its warnings and errors stay what they are.
+    handler.addFilter(_demote_apscheduler_info)
+    # Warnings, and any exception nothing caught, go through the same pipeline (and the redactor): no
+    # plain-text traceback on stderr beside the JSON lines.
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = lambda args: _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback)

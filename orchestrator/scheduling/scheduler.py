@@ -22,6 +22,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from redis.exceptions import RedisError
 
 from orchestrator.scheduling.reconciler import Reconciler
 from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs
@@ -61,7 +62,10 @@ class BoundaryScheduler:
                 id="reconcile-pass",
                 next_run_time=datetime.now(UTC),
             )
-        await self.rebuild()
+        try:
+            await self.rebuild()
+        except RedisError as exc:  # not fatal: the periodic pass rebuilds once Redis answers
+            log.warning("cannot read the rooms from Redis yet; retrying every pass", error=str(exc))
         if self._reactions is not None:
             self._listener = asyncio.create_task(self._listen(), name="scheduler-rooms-changed")
 
@@ -87,8 +91,11 @@ class BoundaryScheduler:
     async def _periodic_pass(self) -> None:
         # Re-derive the boundary jobs too: rooms_changed arrives by pub/sub, which is at-most-once, so a
         # replica that missed one still gets the room's boundary wake-up by the next pass.
-        await self.rebuild(missing_only=True)
-        await self._reconciler.reconcile_all()
+        try:
+            await self.rebuild(missing_only=True)
+            await self._reconciler.reconcile_all()
+        except RedisError as exc:  # one line per pass while Redis is away, not a traceback
+            log.warning("reconcile pass skipped: Redis unreachable", error=str(exc) or type(exc).__name__)
 
     def arm(self, room: ManagedRoom) -> None:
         """Schedule ``room``'s next boundary (or nothing, if none is within the horizon)."""

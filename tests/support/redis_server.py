@@ -21,8 +21,9 @@ class RedisServer:
 
     controllable = True
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, extra_args: list[str] | None = None) -> None:
         self.port = port or free_port()
+        self._extra_args = extra_args or []
         self._dir = Path(tempfile.mkdtemp(prefix="orch-test-redis-"))
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -64,6 +65,7 @@ class RedisServer:
                 "local",
                 "--loglevel",
                 "warning",
+                *self._extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -78,7 +80,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 pass
