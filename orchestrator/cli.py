@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -197,13 +198,56 @@ def _rooms_file_problems(settings: Settings) -> int | None:
             return _report_config_error(ConfigError(field_problems(exc), source=str(policy)))
         except yaml.YAMLError as exc:
             return _report_config_error(ConfigError([("interaction.policy_file", f"not YAML: {exc}")]))
-    if settings.scheduling.rooms_file is None:
-        return None
+    if settings.scheduling.rooms_file is not None:
+        try:
+            load_rooms_file(settings.scheduling.rooms_file, settings)
+        except RoomsFileError as exc:
+            return _report_config_error(ConfigError(exc.problems, source=str(settings.scheduling.rooms_file)))
+    refusals = deployment_problems(settings)
+    return _report_config_error(ConfigError(refusals)) if refusals else None
+
+
+def deployment_problems(settings: Settings) -> list[tuple[str, str]]:
+    """What makes this configuration unusable where it would run, beyond its own validity: a journal the
+    process cannot write (a callback could not be made durable while Redis is away), an admin API on a
+    non-loopback address without a token."""
+    problems = []
+    journal = settings.callbacks.journal_path.absolute()
+    target = next((p for p in (journal, *journal.parents) if p.exists()), Path("/"))
+    usable = target.is_file() if target == journal else target.is_dir()
+    if not usable or not os.access(target, os.W_OK):
+        what = "is not writable by this user" if usable else "is not a directory"
+        problems.append(("callbacks.journal_path", f"{journal}: {target} {what} (uid {os.getuid()})"))
+    exposed = settings.server.host not in ("127.0.0.1", "::1", "localhost")
+    if exposed and not settings.admin.token.get_secret_value():
+        problems.append(
+            (
+                "admin.token",
+                f"empty while the server listens on {settings.server.host}: set ORCH_ADMIN__TOKEN "
+                "(the admin API would refuse everyone, and an operator could do nothing)",
+            )
+        )
+    return problems
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """What is allowed but probably not meant: said by ``check-config`` and logged by ``run``."""
+    from orchestrator.providers.errors import ProviderConfigError
+    from orchestrator.providers.metastudio.client import credentials_from_settings
+
+    warnings = []
+    if not settings.admin.token.get_secret_value():
+        warnings.append("admin.token is empty: the admin API refuses every request (ORCH_ADMIN__TOKEN)")
+    if not settings.callbacks.profiles:
+        warnings.append(
+            "no callback profile (callbacks.profiles): MetaStudio's live-event callbacks cannot be received, "
+            "and no room can be started"
+        )
     try:
-        load_rooms_file(settings.scheduling.rooms_file, settings)
-    except RoomsFileError as exc:
-        return _report_config_error(ConfigError(exc.problems, source=str(settings.scheduling.rooms_file)))
-    return None
+        credentials_from_settings(settings.metastudio)
+    except ProviderConfigError as exc:
+        warnings.append(f"MetaStudio credentials incomplete: {exc}; no room can be started")
+    return warnings
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -214,6 +258,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if (code := _rooms_file_problems(settings)) is not None:
         return code
     print(json.dumps(masked_dump(settings), indent=2, ensure_ascii=False))
+    for warning in config_warnings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
     print("configuration OK", file=sys.stderr)
     return EXIT_OK
 
@@ -256,6 +302,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info(
         "starting", version=__version__, python=sys.version.split()[0], event_loop=settings.server.event_loop
     )
+    for warning in config_warnings(settings):
+        log.warning("configuration", warning=warning)
     try:
         with asyncio.Runner(loop_factory=loop_factory(settings.server.event_loop)) as runner:
             runner.run(_run(settings, redactor))

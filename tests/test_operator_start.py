@@ -107,3 +107,51 @@ def test_apscheduler_job_lines_are_debug(redis_url: str, tmp_path: Path) -> None
         output = daemon.output()
     assert "Running job" not in output and "executed successfully" not in output
     _lines(output)
+
+
+def _orchestrator(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, **env},
+    )
+
+
+def test_check_config_and_run_tell_the_truth(tmp_path: Path) -> None:
+    journal = {"ORCH_CALLBACKS__JOURNAL_PATH": str(tmp_path / "var" / "journal.jsonl")}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - {match: 1}\nnot_a_field: true\n")
+    for command in (["check-config"], ["run", "--port", "0"]):
+        bad = _orchestrator(*command, env={**journal, "ORCH_INTERACTION__POLICY_FILE": str(policy)})
+        assert bad.returncode == 2, bad.stderr
+        assert str(policy) in bad.stderr and "not_a_field" in bad.stderr and "Traceback" not in bad.stderr
+    # allowed, but said: no admin token, no callback profile, no vendor credentials
+    ok = _orchestrator("check-config", env=journal)
+    assert ok.returncode == 0, ok.stderr
+    for said in ("admin.token is empty", "no callback profile", "MetaStudio credentials incomplete"):
+        assert f"warning: {said}" in ok.stderr
+    # refused: a journal this user cannot write; an exposed API without a token
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        env = {"ORCH_CALLBACKS__JOURNAL_PATH": str(locked / "sub" / "journal.jsonl")}
+        if not __import__("os").access(locked, __import__("os").W_OK):  # root may write anyway
+            unwritable = _orchestrator("check-config", env=env)
+            assert unwritable.returncode == 2 and "callbacks.journal_path" in unwritable.stderr
+    finally:
+        locked.chmod(0o700)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    not_a_dir = _orchestrator("check-config", env={"ORCH_CALLBACKS__JOURNAL_PATH": f"{a_file}/journal.jsonl"})
+    assert not_a_dir.returncode == 2
+    assert f"callbacks.journal_path: {a_file}/journal.jsonl" in not_a_dir.stderr
+    exposed = _orchestrator("run", env={**journal, "ORCH_SERVER__HOST": "0.0.0.0"})
+    assert (
+        exposed.returncode == 2 and "admin.token: empty while the server listens on 0.0.0.0" in exposed.stderr
+    )
