@@ -43,6 +43,29 @@ def _assert_cli_command(argv: list[str]) -> None:
     build_parser().parse_args(argv[1:])  # exits (fails the test) on an unknown command or option
 
 
+#: What an operator gives for the variables compose requires (${VAR:?...}).
+REQUIRED = {
+    "ORCH_ADMIN__TOKEN": "deploy-admin-token-0123",
+    "ORCH_SERVER__PUBLIC_BASE_URL": "https://live.example.com",
+    "ORCH_CALLBACK_KEYS": '["deploy-callback-key"]',
+}
+
+
+def _resolved(env: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for name, value in env.items():
+        value = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+        out[name] = re.sub(r"\$\{(\w+):\?[^}]*\}", lambda m: REQUIRED[m.group(1)], value)
+    return out
+
+
+def _config_file(argv: list[str]) -> Path:
+    """The repository file behind the image's ``--config`` path (the Dockerfile COPYs it there)."""
+    assert "--config" in argv
+    assert argv[argv.index("--config") + 1] == "/etc/orchestrator/orchestrator.toml"
+    return ROOT / "deploy" / "orchestrator.toml"
+
+
 def _env(compose: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in compose["services"]["orchestrator"]["environment"].items()}
 
@@ -63,10 +86,17 @@ def test_compose_environment_is_settings(compose: dict[str, Any], monkeypatch: p
     for name in env:
         assert name.startswith(ENV_PREFIX)
         assert name in SETTING_ENV_VARS or PROFILE_ENV_RE.match(name), f"{name} is not a setting"
-    # The values (with ${VAR:-default} resolved to their defaults) make a valid configuration.
-    for name, value in env.items():
-        monkeypatch.setenv(name, re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value))
-    settings = load_settings()
+    # The values (with ${VAR:-default} resolved to their defaults, and the required ${VAR:?...} given as an
+    # operator would) and the config file the command names make a valid, usable configuration.
+    for name, value in _resolved(env).items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(_config_file(compose["services"]["orchestrator"]["command"]))
+    assert settings.admin.token.get_secret_value() and settings.callbacks.profiles["default"].keys
+    from orchestrator.cli import config_warnings, deployment_problems
+
+    assert settings.callbacks.journal_path == Path("/var/lib/orchestrator/callback-journal.jsonl")
+    assert [p for p in deployment_problems(settings) if p[0] != "callbacks.journal_path"] == []
+    assert not [w for w in config_warnings(settings) if "callback profile" in w or "admin.token" in w]
     assert settings.redis.url.get_secret_value().startswith("redis://redis:")  # the compose service name
     grace = int(compose["services"]["orchestrator"]["stop_grace_period"].rstrip("s"))
     assert grace > settings.server.shutdown_timeout_s
@@ -100,3 +130,10 @@ def test_dockerfile(dockerfile: list[tuple[str, str]]) -> None:
         if name == "COPY" and "--from" not in arg:
             for source in shlex.split(arg)[:-1]:
                 assert (ROOT / source).exists(), f"COPY source {source} missing"
+    # The config CMD reads is the one COPY puts there; the journal is in the WORKDIR, a volume.
+    cmd = yaml.safe_load(args["CMD"])
+    copies = [shlex.split(arg) for name, arg in final_stage if name == "COPY" and "--from" not in arg]
+    assert ["deploy/orchestrator.toml", cmd[cmd.index("--config") + 1]] in copies
+    assert env["ORCH_CALLBACKS__JOURNAL_PATH"].startswith(args["WORKDIR"] + "/")
+    assert args["WORKDIR"] in args["VOLUME"]
+    assert f"chown {args['USER']} {args['WORKDIR']}" in args["RUN"]
