@@ -18,6 +18,7 @@ import aiohttp
 import structlog
 import yaml
 from aiohttp import web
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from orchestrator.appkeys import (
@@ -51,7 +52,13 @@ from orchestrator.providers.metastudio.callbacks import VerifyPolicy
 from orchestrator.providers.metastudio.client import MetaStudioClient
 from orchestrator.scheduling.alerts import Alerter
 from orchestrator.scheduling.reconciler import Reconciler
-from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs, load_rooms_file
+from orchestrator.scheduling.rooms import (
+    ManagedRoom,
+    RoomConfigs,
+    RoomsFileError,
+    field_problems,
+    load_rooms_file,
+)
 from orchestrator.scheduling.scheduler import BoundaryScheduler
 from orchestrator.settings import Settings, redacted_url
 from orchestrator.store.batch import ScriptBatcher
@@ -180,6 +187,11 @@ async def scheduling_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ROOM_CONFIGS], app[RECONCILER], app[SCHEDULER] = configs, reconciler, scheduler
     applying: asyncio.Task[None] | None = None
     if settings.scheduling.rooms_file is not None:
+        log.info(
+            "rooms file: applied now and on SIGHUP; a room changed through the API since the file's "
+            "definition of it was last applied keeps the API's until that definition changes",
+            path=str(settings.scheduling.rooms_file),
+        )
         applying = asyncio.create_task(
             _apply_rooms_file(app, configs, settings.scheduling.rooms_file), name="apply-rooms-file"
         )
@@ -233,14 +245,70 @@ async def _apply_rooms_file(app: web.Application, configs: RoomConfigs, path: Pa
     delay_s = 0.5
     while True:
         try:
-            for room in rooms:
-                await configs.put(room)
+            kept = await _apply_rooms(configs, rooms)
             break
         except RedisError as exc:
             log.warning("cannot apply the rooms file yet; retrying", error=str(exc), retry_in_s=delay_s)
             await asyncio.sleep(delay_s)
             delay_s = min(30.0, delay_s * 2)
-    log.info("rooms file applied", path=str(path), rooms=len(rooms))
+    log.info("rooms file applied", path=str(path), rooms=len(rooms), kept_from_api=kept)
+
+
+async def _apply_rooms(configs: RoomConfigs, rooms: list[ManagedRoom]) -> list[str]:
+    """Apply the rooms file's rooms; the ids of those whose API-made definition was kept (see
+    :meth:`RoomConfigs.apply_from_file`: the newer intent wins). Raises RedisError."""
+    kept = []
+    for room in rooms:
+        if not await configs.apply_from_file(room):
+            kept.append(room.room_id)
+            log.info(
+                "room changed through the API since the rooms file was applied; the API's definition stays",
+                room_id=room.room_id,
+            )
+    return kept
+
+
+async def reload(app: web.Application) -> bool:
+    """SIGHUP: read the rooms file and the reply policy again, validated first. An invalid one is refused
+    with a log line and the running configuration stays; a valid one takes effect (rooms written to Redis
+    and announced to every replica, the policy swapped in). True when reloaded."""
+    settings = app[SETTINGS]
+    problems: list[tuple[str, str]] = []
+    policy = None
+    if settings.interaction.policy_file is not None:
+        try:
+            policy = load_policy(settings.interaction.policy_file)
+        except OSError as exc:
+            problems.append(("interaction.policy_file", f"cannot read: {exc.strerror}"))
+        except ValidationError as exc:
+            problems += [(f"{settings.interaction.policy_file}: {f}", m) for f, m in field_problems(exc)]
+        except yaml.YAMLError as exc:
+            problems.append(("interaction.policy_file", f"not YAML: {exc}"))
+    rooms = None
+    if settings.scheduling.rooms_file is not None:
+        try:
+            rooms = load_rooms_file(settings.scheduling.rooms_file, settings)
+        except RoomsFileError as exc:
+            problems += exc.problems
+    if problems:
+        log.error(
+            "reload refused; the running configuration stays",
+            problems=[f"{where}: {what}" for where, what in problems],
+        )
+        return False
+    if policy is not None:
+        app[AUDIENCE].policy = policy
+    kept: list[str] = []
+    if rooms is not None:
+        for room in rooms:
+            app[REDACTOR].add_values(room.secrets())
+        try:
+            kept = await _apply_rooms(app[ROOM_CONFIGS], rooms)
+        except RedisError as exc:
+            log.error("reload: cannot write the rooms to Redis; try again", error=str(exc))
+            return False
+    log.info("reloaded", policy=policy is not None, rooms=len(rooms or []), kept_from_api=kept)
+    return True
 
 
 async def _rooms_or_none(configs: RoomConfigs) -> list[ManagedRoom]:

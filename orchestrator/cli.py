@@ -326,11 +326,25 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 async def _run(settings: Settings, redactor: Redactor) -> None:
+    """Serve until SIGTERM/SIGINT; SIGHUP reloads the rooms file and the reply policy (validated first:
+    an invalid one is refused with a log line and the running configuration stays)."""
+    from orchestrator.app import reload
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await serve(create_app(settings, redactor), settings, stop)
+    app = create_app(settings, redactor)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hangup() -> None:
+        structlog.get_logger("orchestrator").info("SIGHUP: reloading the rooms file and the reply policy")
+        task = loop.create_task(reload(app), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    await serve(app, settings, stop)
 
 
 def cmd_sandbox_metastudio(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ stored in Redis, never shown by the API or logged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -210,7 +211,27 @@ class RoomConfigs:
         self._parsed: dict[bytes, ManagedRoom] = {}
 
     async def put(self, room: ManagedRoom) -> None:
-        await self._redis.set(keys.room_config(room.room_id), room.stored())
+        """Store a definition given through the API (it is the room's definition until the rooms file's
+        own definition of the room changes)."""
+        await self._write(room, {"source": "api"})
+
+    async def apply_from_file(self, room: ManagedRoom) -> bool:
+        """Store the rooms file's definition of ``room`` -- unless the room was changed through the API
+        since the file's definition was last applied, and that definition is unchanged: then the API's
+        stays (a restart must not silently revert it). True when the file's definition was applied."""
+        digest = hashlib.sha256(room.stored().encode()).hexdigest()
+        meta = await self._redis.hgetall(keys.room_config_source(room.room_id))
+        exists = bool(await self._redis.exists(keys.room_config(room.room_id)))
+        if exists and meta.get(b"source") == b"api" and meta.get(b"file_sha") == digest.encode():
+            return False
+        await self._write(room, {"source": "file", "file_sha": digest})
+        return True
+
+    async def _write(self, room: ManagedRoom, source: dict[Any, Any]) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.room_config(room.room_id), room.stored())
+            pipe.hset(keys.room_config_source(room.room_id), mapping=source)
+            await pipe.execute()
         await self._state.register_room(room.room_id)
         await self._announce(room.room_id)
 
@@ -238,7 +259,7 @@ class RoomConfigs:
         return room
 
     async def delete(self, room_id: str) -> bool:
-        existed = bool(await self._redis.delete(keys.room_config(room_id)))
+        existed = bool(await self._redis.delete(keys.room_config(room_id), keys.room_config_source(room_id)))
         await self._state.unregister_room(room_id)
         await self._announce(room_id)
         return existed

@@ -62,6 +62,12 @@ def room_config(room_id: str) -> str:
     return _room(room_id, "config")
 
 
+def room_config_source(room_id: str) -> str:
+    """Hash: where the room's definition came from -- ``source`` (``api`` or ``file``) and ``file_sha``, the
+    digest of the rooms file's definition when it was last applied (so a restart does not revert the API)."""
+    return _room(room_id, "config:source")
+
+
 def room_restarts(room_id: str) -> str:
     """Sorted set: restart attempts (score: epoch seconds), for backoff and the circuit breaker."""
     return _room(room_id, "restarts")

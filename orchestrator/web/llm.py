@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 from pydantic import BaseModel, Field, ValidationError
 
-from orchestrator.appkeys import REDIS, SETTINGS
+from orchestrator.appkeys import AUDIENCE, REDIS, SETTINGS
 from orchestrator.interaction.policy import Event, History, PolicyConfig, decide
 from orchestrator.providers.metastudio.callbacks import CallbackRejected, VerifyPolicy, verify_signature
 from orchestrator.store import keys
@@ -97,7 +97,7 @@ async def llm(app: web.Application, request: BaseRequest, params: Mapping[str, s
         ) from None
     question = body.messages[-1].content
     event = Event(type=1, user_id=body.user, user_name="", text=question, at=time.time())
-    decision = decide(app[POLICY], History(), event)
+    decision = decide(app[AUDIENCE].policy, History(), event)  # the current policy (SIGHUP swaps it)
     answer = decision.reply or settings.interaction.llm_fallback
     answer_id = uuid.uuid4().hex
     if not body.is_stream:
