@@ -40,7 +40,9 @@ def add_commands(commands: Any) -> None:
     )
     _connection(rooms)
     actions = rooms.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("list", help="every room: desired vs actual state, next boundary")
+    _connection(
+        actions.add_parser("list", help="every room: desired vs actual state, next boundary"), after=True
+    )
     for name, text in (
         ("show", "one room's state and definition (secrets masked)"),
         ("pause", "switch the room's automation off (the reconciler leaves it alone)"),
@@ -51,8 +53,10 @@ def add_commands(commands: Any) -> None:
     ):
         sub = actions.add_parser(name, help=text)
         sub.add_argument("room", metavar="ROOM")
+        _connection(sub, after=True)
     apply = actions.add_parser("apply", help="create or update every room of a YAML rooms file")
     apply.add_argument("file", type=Path, metavar="FILE")
+    _connection(apply, after=True)
     rooms.set_defaults(func=cmd_rooms)
 
     schedule = commands.add_parser(
@@ -65,15 +69,21 @@ def add_commands(commands: Any) -> None:
     sched_actions = schedule.add_subparsers(dest="action", metavar="ACTION", required=True)
     show = sched_actions.add_parser("show", help="the schedule, desired state now, next boundary")
     show.add_argument("room", metavar="ROOM")
+    _connection(show, after=True)
     put = sched_actions.add_parser("set", help="replace the schedule from a YAML or JSON file")
     put.add_argument("room", metavar="ROOM")
     put.add_argument("file", type=Path, metavar="FILE")
+    _connection(put, after=True)
     schedule.set_defaults(func=cmd_schedule)
 
 
-def _connection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--api", default=os.environ.get("ORCH_API_URL", DEFAULT_API), help="daemon base URL")
-    parser.add_argument("--token", default=os.environ.get("ORCH_ADMIN__TOKEN", ""), help="admin bearer token")
+def _connection(parser: argparse.ArgumentParser, *, after: bool = False) -> None:
+    """``--api``/``--token``, before the action or after it (``rooms list --api URL``); given after, they
+    are the action parser's, whose default must not overwrite one given before."""
+    api_default = argparse.SUPPRESS if after else os.environ.get("ORCH_API_URL", DEFAULT_API)
+    token_default = argparse.SUPPRESS if after else os.environ.get("ORCH_ADMIN__TOKEN", "")
+    parser.add_argument("--api", default=api_default, help="daemon base URL (env ORCH_API_URL)")
+    parser.add_argument("--token", default=token_default, help="admin bearer token (env ORCH_ADMIN__TOKEN)")
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:

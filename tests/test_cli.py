@@ -49,3 +49,19 @@ def test_commands_are_registered() -> None:
     choices = next(a for a in parser._actions if a.dest == "command").choices
     assert choices is not None
     assert {"run", "check-config", "version"} <= set(choices)
+
+
+def test_connection_options_go_before_or_after_the_action() -> None:
+    from orchestrator.cli import build_parser
+
+    parser = build_parser()
+    for argv in (
+        ["rooms", "list", "--api", "http://h:1", "--token", "t"],
+        ["rooms", "--api", "http://h:1", "--token", "t", "list"],
+        ["rooms", "show", "r1", "--api", "http://h:1", "--token", "t"],
+        ["schedule", "show", "r1", "--api", "http://h:1", "--token", "t"],
+    ):
+        args = parser.parse_args(argv)
+        assert (args.api, args.token) == ("http://h:1", "t"), argv
+    before_only = parser.parse_args(["rooms", "--api", "http://h:2", "list"])
+    assert before_only.api == "http://h:2"  # the action's own (absent) option does not overwrite it

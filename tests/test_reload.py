@@ -62,7 +62,9 @@ def test_sighup_reloads_validated_and_a_restart_keeps_the_apis_change(redis_url:
     rooms, policy = tmp_path / "rooms.yaml", tmp_path / "policy.yaml"
     rooms.write_text(yaml.safe_dump({"rooms": [_room("from the file")]}))
     policy.write_text(
-        yaml.safe_dump({"rules": [{"name": "price", "patterns": ["价格"], "replies": ["看购物车"]}]}, allow_unicode=True)
+        yaml.safe_dump(
+            {"rules": [{"name": "price", "patterns": ["价格"], "replies": ["看购物车"]}]}, allow_unicode=True
+        )
     )
     env = {
         "ORCH_REDIS__URL": redis_url,
@@ -98,7 +100,10 @@ def test_sighup_reloads_validated_and_a_restart_keeps_the_apis_change(redis_url:
         second.proc.send_signal(signal.SIGHUP)
         _until(lambda: second.output().count("reload refused") == 2)
         policy.write_text(
-            yaml.safe_dump({"rules": [{"name": "ship", "patterns": ["发货"], "replies": ["48小时内"]}]}, allow_unicode=True)
+            yaml.safe_dump(
+                {"rules": [{"name": "ship", "patterns": ["发货"], "replies": ["48小时内"]}]},
+                allow_unicode=True,
+            )
         )
         second.proc.send_signal(signal.SIGHUP)
         _until(lambda: '"policy":true' in second.output().replace(" ", ""))

@@ -39,7 +39,7 @@ from orchestrator.providers.errors import ProviderError, ProviderNotFound
 from orchestrator.providers.metastudio.models import JobState, SmartLiveJob
 from orchestrator.scheduling.actions import Action, AlertFn, ClientFor, Current, RoomActions
 from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs
-from orchestrator.scheduling.schedules import Desired, evaluate
+from orchestrator.scheduling.schedules import Desired, describe_instant, evaluate
 from orchestrator.settings import Settings
 from orchestrator.store import keys
 from orchestrator.store.fences import Fences
@@ -73,7 +73,8 @@ def decide(room: ManagedRoom, desired: Desired, actual: Actual, now: float) -> A
     window = desired.window_id
     if not desired.live:
         if active:
-            return Action("stop", f"outside its schedule (next live {desired.next_boundary})", window)
+            next_live = describe_instant(desired.next_boundary, room.schedule.timezone)
+            return Action("stop", f"outside its schedule (next live: {next_live})", window)
         return None
     previous_window = (
         desired.window_start is not None

@@ -323,3 +323,19 @@ def _cut_blackouts(
                 pieces.append((cut_end, e))
         result = pieces
     return result
+
+
+def describe_instant(instant: datetime | None, timezone: str) -> str:
+    """An instant as an operator reads it: in the room's time zone, then UTC --
+    ``2026-12-02 19:00 Asia/Shanghai (11:00 UTC)``; ``none scheduled`` for no instant (never ``None``)."""
+    if instant is None:
+        return "none scheduled"
+    local = instant.astimezone(zone(timezone))
+    utc = instant.astimezone(UTC)
+    day = "" if local.date() == utc.date() else f"{utc:%Y-%m-%d} "
+    return f"{local:%Y-%m-%d %H:%M} {timezone} ({day}{utc:%H:%M} UTC)"
+
+
+def local_iso(instant: datetime | None, timezone: str) -> str | None:
+    """``instant`` in the room's time zone, ISO 8601 with its offset (None stays None, for JSON)."""
+    return None if instant is None else instant.astimezone(zone(timezone)).isoformat()

@@ -27,7 +27,7 @@ from orchestrator.callbacks.profiles import UnknownProfile
 from orchestrator.providers.errors import ProviderError
 from orchestrator.scheduling.actions import Action, Current
 from orchestrator.scheduling.rooms import ManagedRoom, field_problems, reference_problems
-from orchestrator.scheduling.schedules import Schedule, evaluate
+from orchestrator.scheduling.schedules import Schedule, describe_instant, evaluate, local_iso
 from orchestrator.web.api import require_admin, room_id_param
 from orchestrator.web.errors import ApiError
 
@@ -135,6 +135,8 @@ async def get_schedule(request: web.Request) -> web.Response:
             "schedule": room.schedule.model_dump(mode="json"),
             "desired": "live" if desired.live else "off",
             "next_boundary": desired.next_boundary.isoformat() if desired.next_boundary else None,
+            "next_boundary_local": local_iso(desired.next_boundary, room.schedule.timezone),
+            "next_boundary_text": describe_instant(desired.next_boundary, room.schedule.timezone),
         }
     )
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from orchestrator.appkeys import METRICS, ROOM_CONFIGS, ROOM_STORE, SETTINGS
-from orchestrator.scheduling.schedules import evaluate
+from orchestrator.scheduling.schedules import evaluate, local_iso
 from orchestrator.store.keys import InvalidKeyPart, check_room_id
 from orchestrator.web.errors import ApiError
 
@@ -76,6 +76,8 @@ async def list_rooms(request: web.Request) -> web.Response:
                 "paused": config.paused if config is not None else None,
                 "desired": None if desired is None else ("live" if desired.live else "off"),
                 "next_boundary": boundary.isoformat() if boundary else None,
+                "next_boundary_local": local_iso(boundary, config.schedule.timezone) if config else None,
+                "timezone": config.schedule.timezone if config else None,
                 **{k: state.get(k) for k in ACTUAL_FIELDS},
                 "rtmp": state.get("rtmp", {}),
             }

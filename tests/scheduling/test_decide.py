@@ -173,3 +173,21 @@ def test_rooms_file_errors_name_each_field(tmp_path: Path) -> None:
     assert "rooms[0].schedule.timezone" in locations
     assert "rooms[1].room_id" in locations
     assert any(loc.startswith("rooms[1].schedule.windows.0") for loc in locations)
+
+
+def test_operator_text_names_the_rooms_time_zone_and_never_none() -> None:
+    from datetime import UTC, datetime
+
+    from orchestrator.scheduling.schedules import describe_instant, local_iso
+
+    instant = datetime(2026, 12, 2, 11, 0, tzinfo=UTC)
+    assert describe_instant(instant, "Asia/Shanghai") == "2026-12-02 19:00 Asia/Shanghai (11:00 UTC)"
+    late = datetime(2026, 12, 2, 20, 30, tzinfo=UTC)
+    assert describe_instant(late, "Asia/Shanghai") == "2026-12-03 04:30 Asia/Shanghai (2026-12-02 20:30 UTC)"
+    assert describe_instant(None, "UTC") == "none scheduled"
+    assert local_iso(instant, "Asia/Shanghai") == "2026-12-02T19:00:00+08:00"
+    # a room that should be off with no next window: the stop's reason has no Python None in it
+    room = LIVE.model_copy(update={"schedule": LIVE.schedule.model_copy(update={"windows": []})})
+    stop = decide(room, evaluate(room.schedule, NOW), actual("PROCESSING"), T)
+    assert stop is not None and stop.kind == "stop"
+    assert "None" not in stop.reason and "none scheduled" in stop.reason
