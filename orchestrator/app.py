@@ -166,11 +166,14 @@ async def scheduling_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     redis, store = app[REDIS], app[ROOM_STORE]
     configs = RoomConfigs(redis, store)
+    metrics = app[METRICS]
     alerter = Alerter(
         app[HTTP],
         redis,
         min_interval_s=settings.scheduling.alert_min_interval_s,
         events_maxlen=settings.callbacks.events_maxlen,
+        daemon_targets=list(settings.alerts.targets),
+        on_outcome=lambda outcome: metrics.alerts.labels(outcome).inc(),
     )
     clients: dict[str, MetaStudioClient] = {}
 
@@ -180,7 +183,9 @@ async def scheduling_ctx(app: web.Application) -> AsyncIterator[None]:
         return clients["metastudio"]
 
     app[METASTUDIO] = metastudio
-    reconciler = Reconciler(redis, configs, store, lambda _room: metastudio(), alerter.alert, settings)
+    reconciler = Reconciler(
+        redis, configs, store, lambda _room: metastudio(), alerter.alert, settings, resolve=alerter.resolved
+    )
     scheduler = BoundaryScheduler(
         reconciler, configs, app[REACTIONS], interval_s=settings.scheduling.reconcile_interval_s
     )
@@ -201,9 +206,25 @@ async def scheduling_ctx(app: web.Application) -> AsyncIterator[None]:
         app[REDACTOR].add_values(room.secrets())
     if settings.scheduling.enabled:
         await scheduler.start()
+    watching = asyncio.create_task(_watch_redis(app, alerter), name="redis-alerts")
     yield
+    await cancel_and_wait(watching)
     await cancel_and_wait(applying)
     await scheduler.aclose()
+
+
+async def _watch_redis(app: web.Application, alerter: Alerter, interval_s: float = 5.0) -> None:
+    """Redis lost, and back: daemon-level alerts (``alerts.targets``), on the transitions only."""
+    settings = app[SETTINGS].redis
+    was_ok = True
+    while True:
+        ok, detail = await redis_ready(app[REDIS], settings.readiness_timeout_s)
+        if was_ok and not ok:
+            await alerter.daemon_alert("redis_lost", f"Redis does not answer ({detail})")
+        elif ok and not was_ok:
+            await alerter.daemon_alert("resolved", "Redis answers again")
+        was_ok = ok
+        await asyncio.sleep(interval_s)
 
 
 async def audience_ctx(app: web.Application) -> AsyncIterator[None]:

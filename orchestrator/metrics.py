@@ -26,6 +26,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.alerts = Counter(
+            "orch_alerts_total",
+            "Alert deliveries to webhooks, by outcome (sent, failed: refused or unreachable after retries).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self._received: dict[tuple[str, str], Counter] = {}
         self.journal_pending = Gauge(
             "orch_callback_journal_pending",

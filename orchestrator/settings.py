@@ -245,6 +245,35 @@ class CallbackSettings(Section):
     )
 
 
+class AlertTarget(BaseModel):
+    """One webhook an alert goes to: its URL (a secret: it carries the robot's token), the payload format,
+    and the robot's signing secret (DingTalk "加签" / Feishu "签名校验"), if it has one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: SecretStr
+    format: Literal["generic", "dingtalk", "feishu", "slack"] = "generic"
+    secret: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
+class AlertSettings(Section):
+    """Daemon-wide alerts: trouble that is not one room's (Redis lost, vendor credentials refused) and every
+    room's circuit opening, for whoever runs the daemon. Rooms' own webhooks are in their definitions."""
+
+    targets: list[AlertTarget] = Field(
+        default_factory=list,
+        description="Webhooks for daemon-level alerts, a JSON list by environment: "
+        '[{"url": "https://...", "format": "dingtalk", "secret": "SEC..."}].',
+    )
+
+
 class SchedulingSettings(Section):
     """Schedules and the reconciler that keeps rooms in their desired state."""
 
@@ -370,6 +399,7 @@ class Settings(BaseSettings):
     metastudio: MetaStudioSettings = MetaStudioSettings()
     callbacks: CallbackSettings = CallbackSettings()
     scheduling: SchedulingSettings = SchedulingSettings()
+    alerts: AlertSettings = AlertSettings()
     interaction: InteractionSettings = InteractionSettings()
     admin: AdminSettings = AdminSettings()
 

@@ -29,7 +29,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from orchestrator.callbacks.profiles import UnknownProfile, live_event_callback_config, resolve_profile
-from orchestrator.providers.errors import ProviderError
+from orchestrator.providers.errors import ProviderAuthError, ProviderError
 from orchestrator.providers.metastudio.client import MetaStudioClient
 from orchestrator.providers.metastudio.models import Command, JobState, RefreshOutputUrlConfig
 from orchestrator.scheduling.rooms import ManagedRoom
@@ -113,6 +113,8 @@ class RoomActions:
             return Outcome("failed", error=exc)
         await fence.finish()
         await self.record(room, action, "done")
+        if action.kind == "restart":  # a restart is news for a human, even when it works (rate-limited)
+            await self._alert(room, "restarted", f"restarted: {action.reason}")
         return Outcome("done", job_id)
 
     async def _perform(self, room: ManagedRoom, action: Action, current: Current) -> str | None:
@@ -195,6 +197,8 @@ class RoomActions:
                 await self._count_attempt(room)
             await self.record(room, action, f"failed: {error}")
             kind = "start_failed" if action.kind in ("start", "restart") else "action_failed"
+            if isinstance(exc, ProviderAuthError):  # the vendor refuses our credentials: every room is hit
+                kind = "vendor_auth"
             await self._alert(room, kind, f"{action.kind} failed: {error}")
         except RedisError as redis_exc:
             log.warning("cannot record a failed action", room_id=room.room_id, error=str(redis_exc))

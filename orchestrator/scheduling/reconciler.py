@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -50,7 +50,10 @@ log = structlog.get_logger(__name__)
 ACTIVE = frozenset({"WAITING", "PROCESSING"})
 TERMINAL = frozenset({"SUCCEED", "FAILED", "BLOCKED", "CANCELED"})
 DOWN = frozenset({"DISCONNECTED", "RECONNECTING"})
-MAX_LIST_PAGES = 50  # 5,000 active jobs per tenant-wide listing
+MAX_LIST_PAGES = 50
+ResolveFn = Callable[
+    [ManagedRoom, list[str], str], Awaitable[bool]
+]  # 5,000 active jobs per tenant-wide listing
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,16 @@ class Actual:
     restarts_last_hour: list[float]  # epoch seconds
     refreshed_at_ms: dict[str, int]  # url → when we asked for REFRESH_OUTPUT_URL during this outage
     job_started_ms: int | None = None  # when we recorded the current job
+    open_alerts: tuple[str, ...] = ()  # alerts sent for the room and not yet resolved
+
+
+def healthy(desired: Desired, actual: Actual) -> bool:
+    """Live as it should be: the job PROCESSING, every output link connected (pure)."""
+    return (
+        desired.live
+        and actual.job_state == "PROCESSING"
+        and all(link["state"] == "CONNECTED" for link in actual.rtmp.values())
+    )
 
 
 def decide(room: ManagedRoom, desired: Desired, actual: Actual, now: float) -> Action | None:
@@ -151,8 +164,10 @@ class Reconciler:
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
+        resolve: ResolveFn | None = None,
     ) -> None:
         self._redis = redis
+        self._resolve = resolve
         self._configs = configs
         self._state = state
         self._client_for = client_for
@@ -208,6 +223,8 @@ class Reconciler:
         action = decide(room, desired, actual, now)
         if action is not None and action.alert:
             await self._alert(room, action.alert, action.reason)
+        if action is None and actual.open_alerts and self._resolve is not None and healthy(desired, actual):
+            await self._resolve(room, list(actual.open_alerts), "the room is live again")
         if action is None or action.kind == "wait":
             return action
         with structlog.contextvars.bound_contextvars(room_id=room.room_id):
@@ -244,6 +261,7 @@ class Reconciler:
             [float(r) for r in restarts],
             refreshed,
             int(started) if started else None,
+            tuple(state.get("open_alerts", ())),
         )
 
     async def _vendor_active_jobs(self, rooms: list[ManagedRoom]) -> dict[str, list[SmartLiveJob]] | None:

@@ -35,7 +35,7 @@ from orchestrator.providers.metastudio.models import (
     VideoConfig,
 )
 from orchestrator.scheduling.schedules import Schedule
-from orchestrator.settings import Settings
+from orchestrator.settings import AlertTarget, Settings
 from orchestrator.store import keys
 from orchestrator.store.rooms import RoomStore
 
@@ -50,18 +50,6 @@ class RestartPolicy(_Model):
     max_restarts_per_hour: int = Field(6, ge=1, description="Above this the circuit opens: alert, no restart")
     rtmp_grace_s: float = Field(30.0, gt=0, description="RTMP down this long → REFRESH_OUTPUT_URL")
     refresh_wait_s: float = Field(20.0, gt=0, description="Still down this long after the refresh → restart")
-
-
-class AlertTarget(_Model):
-    url: SecretStr
-    format: Literal["generic", "dingtalk", "feishu", "slack"] = "generic"
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL")
-        return value
 
 
 class StartTemplate(_Model):
@@ -118,6 +106,7 @@ class ManagedRoom(_Model):
     def secrets(self) -> set[str]:
         found = {k.get_secret_value() for k in self.template.stream_keys}
         found |= {a.url.get_secret_value() for a in self.alerts}
+        found |= {a.secret.get_secret_value() for a in self.alerts if a.secret}
         if self.template.interaction_callback_url:
             found.add(self.template.interaction_callback_url.get_secret_value())
         return {s for s in found if s}
@@ -130,7 +119,14 @@ class ManagedRoom(_Model):
             data["template"]["interaction_callback_url"] = (
                 self.template.interaction_callback_url.get_secret_value()
             )
-        data["alerts"] = [{**a.model_dump(mode="json"), "url": a.url.get_secret_value()} for a in self.alerts]
+        data["alerts"] = [
+            {
+                **a.model_dump(mode="json"),
+                "url": a.url.get_secret_value(),
+                "secret": a.secret.get_secret_value() if a.secret else None,
+            }
+            for a in self.alerts
+        ]
         return json.dumps(data, ensure_ascii=False)
 
     def public(self) -> dict[str, Any]:

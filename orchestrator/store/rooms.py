@@ -274,7 +274,9 @@ def _without_query(url: str) -> str:
 def decode_state(raw: Mapping[Any, Any]) -> dict[str, Any]:
     """A room's state hash as a JSON-friendly dict (RTMP links and counters grouped)."""
     data = {_text(k): _text(v) for k, v in raw.items()}
-    rtmp, counters, plain = {}, {}, {}
+    rtmp: dict[str, Any] = {}
+    counters: dict[str, int] = {}
+    plain: dict[str, Any] = {}
     for name, value in data.items():
         if name.startswith("rtmp:"):
             state, since, at = value.split("|")
@@ -283,6 +285,8 @@ def decode_state(raw: Mapping[Any, Any]) -> dict[str, Any]:
             counters[name[6:]] = int(value)
         elif name.startswith("stall:"):
             continue  # the watcher's bookkeeping
+        elif name.startswith("alert_open:"):
+            plain.setdefault("open_alerts", []).append(name[len("alert_open:") :])
         elif name == "report_url":
             plain[name] = _without_query(value)  # its query is the vendor's credential (auth_key)
         else:

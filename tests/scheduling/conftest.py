@@ -98,12 +98,22 @@ async def daemon_for(
     *,
     interaction: dict[str, Any] | None = None,
     port: int | None = None,
+    metastudio: dict[str, Any] | None = None,
+    alerts: dict[str, Any] | None = None,
     **scheduling: Any,
 ) -> AsyncIterator[Daemon]:
     port = port or free_port()
     settings = make_settings(
         admin={"token": ADMIN},
-        metastudio={"endpoint": sandbox_url, "ak": AK, "sk": SK, "project_id": PROJECT, "timeout_s": 3},
+        metastudio={
+            "endpoint": sandbox_url,
+            "ak": AK,
+            "sk": SK,
+            "project_id": PROJECT,
+            "timeout_s": 3,
+            **(metastudio or {}),
+        },
+        alerts=alerts or {},
         callbacks={
             "journal_path": str(tmp_path / f"journal-{port}.jsonl"),
             "profiles": {

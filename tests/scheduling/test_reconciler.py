@@ -66,14 +66,18 @@ async def test_failed_job_restarts_with_backoff_then_circuit_opens_and_alerts(
         await until(
             lambda: _async(any(h["path"] == "/generic" and h["kind"] == "circuit_open" for h in webhooks.got))
         )
-        await until(lambda: _async(len(webhooks.got) == 2))
+        # the first restart is alerted (the second within alert_min_interval_s is not), then the circuit
+        await until(lambda: _async(len(webhooks.got) == 4))
         assert len(box.world.jobs) == 3  # the first start and two restarts; then the circuit is open
+        assert [h["kind"] for h in webhooks.got if h["path"] == "/generic"] == ["restarted", "circuit_open"]
         feishu = [h for h in webhooks.got if h["path"] == "/feishu"]
-        assert feishu and feishu[0]["msg_type"] == "text" and "circuit_open" in feishu[0]["content"]["text"]
+        assert feishu and feishu[-1]["msg_type"] == "text" and "circuit_open" in feishu[-1]["content"]["text"]
         actions = [e["action"] for e in await daemon.events()]
         assert actions.count("restart") == 2 and "circuit_open" in actions
         alerts = await daemon.events("alert")
-        assert alerts[0]["alert"] == "circuit_open" and "sent" in alerts[0]["outcome"]
+        assert [a["alert"] for a in alerts] == ["restarted", "restarted", "circuit_open"]
+        assert "suppressed" in alerts[1]["outcome"] and "sent" in alerts[2]["outcome"]
+        assert alerts[2]["severity"] == "critical"
 
 
 async def test_rtmp_end_is_refreshed_then_restarts(make_settings: Any, tmp_path: Path, sandbox: Any) -> None:

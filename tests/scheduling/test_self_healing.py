@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from orchestrator.sandbox.metastudio.app import Fault, MetaStudioSandbox
@@ -192,3 +193,50 @@ async def test_a_fence_is_renewed_while_a_slow_start_runs(
         await asyncio.sleep(1.0)
         starts = [c for c in box.calls if c.method == "POST" and c.path.endswith("/smart-live-jobs")]
         assert len(starts) == 1 and len(box.world.jobs) == 1
+
+
+async def test_a_room_live_again_sends_resolved_once(
+    make_settings: Any, tmp_path: Path, sandbox: Any, webhooks: Webhooks
+) -> None:
+    box, url = sandbox
+    box.faults.append(
+        Fault(kind="error", status=500, count=4, method="POST", path_contains="/smart-live-jobs")
+    )
+    room = managed_room(
+        [{"kind": "always"}], name="Evening shop", alerts=[{"url": f"{webhooks.url}/generic"}]
+    )
+    async with daemon_for(make_settings, tmp_path, url) as daemon:
+        await daemon.configs.put(room)
+        await until(lambda: _true(any(h["kind"] == "start_failed" for h in webhooks.got)), 10)
+        await until(lambda: _true(any(h["kind"] == "resolved" for h in webhooks.got)), 15)
+        await asyncio.sleep(1.0)  # more passes: resolved once
+        kinds = [h["kind"] for h in webhooks.got]
+        assert kinds.count("resolved") == 1 and kinds.index("start_failed") < kinds.index("resolved")
+        resolved = next(h for h in webhooks.got if h["kind"] == "resolved")
+        assert resolved["room_name"] == "Evening shop" and "start_failed" in resolved["message"]
+        state = await daemon.store.state(ROOM)
+        assert state is not None and "open_alerts" not in state
+
+
+@pytest.mark.slow
+async def test_daemon_level_alerts_reach_the_daemons_targets(
+    make_settings: Any, tmp_path: Path, sandbox: Any, webhooks: Webhooks, controllable_redis: Any
+) -> None:
+    """Vendor credentials refused, and Redis lost then back, go to ``alerts.targets`` (not only rooms')."""
+    _, url = sandbox
+    targets = {"targets": [{"url": f"{webhooks.url}/ops"}]}
+    async with daemon_for(
+        make_settings, tmp_path, url, metastudio={"sk": "wrong-sk"}, alerts=targets
+    ) as daemon:
+        await daemon.configs.put(managed_room([{"kind": "always"}]))
+        await until(lambda: _true(any(h["kind"] == "vendor_auth" for h in webhooks.got)), 10)
+        ops = next(h for h in webhooks.got if h["kind"] == "vendor_auth")
+        assert ops["path"] == "/ops" and ops["severity"] == "critical" and "401" in ops["message"]
+        controllable_redis.stop()
+        try:
+            await until(lambda: _true(any(h["kind"] == "redis_lost" for h in webhooks.got)), 15)
+        finally:
+            controllable_redis.start()
+        await until(
+            lambda: _true(any(h["kind"] == "resolved" and "Redis" in h["message"] for h in webhooks.got)), 15
+        )
