@@ -50,6 +50,13 @@ def scratch() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def _pip_install(prefix: Path, what: str) -> None:
+    """``pip install --prefix`` as the build stage does (no dependencies: they are the test environment's)."""
+    argv = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--prefix", str(prefix), what]
+    done = subprocess.run(argv, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def _http(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
@@ -99,42 +106,10 @@ def test_the_image_entry_command_runs_as_shipped(scratch: Path, redis_url: str) 
         ROOT / "orchestrator", source / "orchestrator", ignore=shutil.ignore_patterns("__pycache__")
     )
     prefix = scratch / "install"
-    built = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--prefix",
-            str(prefix),
-            str(source),
-        ],
-        timeout=300,
-        capture_output=True,
-        text=True,
-    )
-    assert built.returncode == 0, built.stderr
+    _pip_install(prefix, str(source))
     # redis-py needs async-timeout below Python 3.11.3 (its own marker); the system interpreter may be older
     # than the test environment's, which therefore lacks it.
-    extra = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--prefix",
-            str(prefix),
-            "async-timeout",
-        ],
-        timeout=300,
-        capture_output=True,
-        text=True,
-    )
-    assert extra.returncode == 0, extra.stderr
+    _pip_install(prefix, "async-timeout")
     # The final stage: its COPYs and its RUN's working directory, owned by the image's user.
     for name, arg in stage:
         if name == "COPY" and "--from" not in arg:
