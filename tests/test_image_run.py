@@ -52,7 +52,9 @@ def scratch() -> Iterator[Path]:
 
 def _pip_install(prefix: Path, what: str) -> None:
     """``pip install --prefix`` as the build stage does (no dependencies: they are the test environment's)."""
-    argv = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--prefix", str(prefix), what]
+    # --ignore-installed: without it pip uninstalls the test environment's own copy of the package first
+    argv = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--ignore-installed"]
+    argv += ["--prefix", str(prefix), what]
     done = subprocess.run(argv, timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 

@@ -22,6 +22,7 @@ the callback receiver's throughput budget is counted in them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -56,28 +57,38 @@ class BodyBudget:
     """Bytes of request bodies being read at once, across every connection of the process.
 
     A body reserves its declared length (or the largest allowed, when chunked) before a byte of it is
-    read; when the budget is spent it waits for others to finish, up to the read timeout, then gets 503.
-    Two hundred 1 MiB bodies sent at once cannot take 200 MiB of memory.
+    read; when the budget is spent it waits for others to finish (first come, first served), up to the
+    read timeout, then gets 503. Two hundred 1 MiB bodies sent at once cannot take 200 MiB of memory. The
+    common case -- room in the budget, nobody waiting -- costs two integer updates (the callback path).
     """
 
     def __init__(self, limit_bytes: int) -> None:
         self._limit = limit_bytes
         self._used = 0
-        self._freed = asyncio.Condition()
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
 
     @property
     def used(self) -> int:
         return self._used
 
-    @contextlib.asynccontextmanager
-    async def reserve(self, size: int, timeout_s: float) -> AsyncIterator[None]:
-        """Hold ``size`` bytes of the budget. Raises ApiError 503 when none frees up in time."""
+    async def acquire(self, size: int, timeout_s: float) -> int:
+        """Hold ``size`` bytes (at most the whole budget); returns what is held, for :meth:`release`.
+
+        Raises ApiError 503 when none frees up in time.
+        """
         size = min(size, self._limit)
-        async with self._freed:
+        if self._waiters or self._used + size > self._limit:
+            waiter = asyncio.get_running_loop().create_future()
+            entry = (size, waiter)
+            self._waiters.append(entry)
             try:
                 async with asyncio.timeout(timeout_s):
-                    await self._freed.wait_for(lambda: self._used + size <= self._limit)
+                    await waiter  # granted: _wake added our size to _used
             except TimeoutError:
+                if entry in self._waiters:
+                    self._waiters.remove(entry)
+                else:  # granted just as the time ran out: give it back
+                    self.release(size)
                 raise ApiError(
                     503,
                     "SERVER_BUSY",
@@ -85,13 +96,35 @@ class BodyBudget:
                     headers={"Retry-After": "1"},
                     close_connection=True,
                 ) from None
-            self._used += size
+            except BaseException:
+                if entry in self._waiters:
+                    self._waiters.remove(entry)
+                elif waiter.done() and not waiter.cancelled():
+                    self.release(size)  # granted as we were cancelled
+                raise
+            return size
+        self._used += size
+        return size
+
+    def release(self, size: int) -> None:
+        self._used -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._used + self._waiters[0][0] <= self._limit:
+            size, waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._used += size
+                waiter.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, size: int, timeout_s: float) -> AsyncIterator[None]:
+        """:meth:`acquire` and :meth:`release` around a block."""
+        held = await self.acquire(size, timeout_s)
         try:
             yield
         finally:
-            async with self._freed:
-                self._used -= size
-                self._freed.notify_all()
+            self.release(held)
 
 
 def request_middleware(
@@ -198,8 +231,11 @@ async def read_body(
         await _read_body(request, max_body_bytes, read_timeout_s)
         return
     declared = request.content_length
-    async with budget.reserve(declared if declared is not None else max_body_bytes, read_timeout_s):
+    held = await budget.acquire(declared if declared is not None else max_body_bytes, read_timeout_s)
+    try:
         await _read_body(request, max_body_bytes, read_timeout_s)
+    finally:
+        budget.release(held)
 
 
 async def _read_body(request: BaseRequest, max_body_bytes: int, read_timeout_s: float) -> None:
