@@ -390,10 +390,13 @@ class AudienceService:
         return (_text(url) if url else None), (_text(product) if product else "")
 
     async def prepare_replies(self, room_id: str, job_id: str) -> None:
-        """A new job starts with an empty reply queue: the previous job's inserts died with it."""
+        """A new job starts with an empty reply queue: the previous job's inserts died with it. With no
+        previous job on record there is nothing to drop -- replies queued or in flight for this job before
+        its worker started (an operator's, a finish on its way) are this job's and stay."""
         previous = await self.redis.hget(keys.room_state(room_id), "replies_job")
-        if previous is None or _text(previous) != job_id:
+        if previous is not None and _text(previous) != job_id:
             await self.queue.clear(room_id)
+        if previous is None or _text(previous) != job_id:
             await self.redis.hset(keys.room_state(room_id), "replies_job", job_id)
 
     # --- life cycle ---

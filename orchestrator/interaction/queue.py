@@ -219,6 +219,17 @@ class ReplyQueue:
             pipe.hgetall(keys.room_replies_meta(room_id))
             members, metas = await pipe.execute()
         by_id = {_text(k): orjson.loads(v) for k, v in metas.items()}
+        unknown = [_text(m) for m in members if _text(m) not in by_id]
+        if unknown:
+            # In flight without a record of when it was sent (added by hand, or by an older version): its
+            # timeout starts now, rather than at the epoch -- which would give it up at once.
+            now_ms = int(time.time() * 1000)
+            stamp = orjson.dumps({"priority": "question", "text": "", "sent_ms": now_ms})
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for reply_id in unknown:
+                    pipe.hsetnx(keys.room_replies_meta(room_id), reply_id, stamp)
+                await pipe.execute()
+            by_id.update({reply_id: {"sent_ms": now_ms} for reply_id in unknown})
         flights = []
         for member in members:
             reply_id = _text(member)
