@@ -81,7 +81,11 @@ log = structlog.get_logger(__name__)
 
 def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Application:
     """The daemon's HTTP application, not yet started (aiohttp starts it, then the resources)."""
-    budget = BodyBudget(settings.server.body_bytes_in_flight)  # shared with the public listener
+    budget = BodyBudget(  # shared with the public listener
+        settings.server.body_bytes_in_flight,
+        max_body_bytes=settings.server.max_body_bytes,
+        read_timeout_s=settings.server.read_timeout_s,
+    )
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[

@@ -181,7 +181,7 @@ def _report_config_error(exc: ConfigError) -> int:
     return EXIT_CONFIG
 
 
-def _rooms_file_problems(settings: Settings) -> int | None:
+def _startup_problems(settings: Settings) -> int | None:
     """Exit code 2 (after printing every invalid field) if a file the configuration names is unusable: the
     rooms file (every room, and what it references), the reply policy file."""
     from orchestrator.scheduling.rooms import RoomsFileError, field_problems, load_rooms_file
@@ -255,7 +255,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         settings = _load(args)
     except ConfigError as exc:
         return _report_config_error(exc)
-    if (code := _rooms_file_problems(settings)) is not None:
+    if (code := _startup_problems(settings)) is not None:
         return code
     print(json.dumps(masked_dump(settings), indent=2, ensure_ascii=False))
     for warning in config_warnings(settings):
@@ -294,7 +294,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = _load(args)
     except ConfigError as exc:
         return _report_config_error(exc)
-    if (code := _rooms_file_problems(settings)) is not None:
+    if (code := _startup_problems(settings)) is not None:
         return code
     redactor = Redactor(settings.logging.redact_fields, secret_values(settings))
     configure_logging(settings.logging, redactor)

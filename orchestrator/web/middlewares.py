@@ -62,8 +62,13 @@ class BodyBudget:
     common case -- room in the budget, nobody waiting -- costs two integer updates (the callback path).
     """
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(
+        self, limit_bytes: int, *, max_body_bytes: int = 1024 * 1024, read_timeout_s: float = 15.0
+    ) -> None:
         self._limit = limit_bytes
+        #: The per-body limits of the server settings, for :func:`bounded_body`.
+        self.max_body_bytes = max_body_bytes
+        self.read_timeout_s = read_timeout_s
         self._used = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
 
@@ -211,11 +216,9 @@ async def bounded_body(app: web.Application, request: BaseRequest) -> bytes:
 
     Raises ApiError (413, 408, 503).
     """
-    from orchestrator.appkeys import SETTINGS
-
     if request.body_exists:
-        server = app[SETTINGS].server
-        await read_body(request, server.max_body_bytes, server.read_timeout_s, app[BODY_BUDGET])
+        budget = app[BODY_BUDGET]
+        await read_body(request, budget.max_body_bytes, budget.read_timeout_s, budget)
     return await request.read()
 
 

@@ -27,7 +27,6 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from orchestrator.callbacks.profiles import CALLBACK_PATH
-from orchestrator.settings import Settings
 from orchestrator.web import callbacks, llm, replies
 from orchestrator.web.errors import ApiError
 from orchestrator.web.middlewares import (
@@ -48,12 +47,11 @@ async def _healthz(app: web.Application, request: BaseRequest, params: Mapping[s
 
 
 class PublicRoutes:
-    """Request handler of the public listener: routes a request, reads its body, maps errors to JSON."""
+    """Request handler of the public listener: routes a request, maps errors to JSON (each handler reads
+    its own body, once it has authenticated the request)."""
 
-    def __init__(self, app: web.Application, settings: Settings) -> None:
+    def __init__(self, app: web.Application) -> None:
         self._app = app
-        self._max_body_bytes = settings.server.max_body_bytes
-        self._read_timeout_s = settings.server.read_timeout_s
 
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
         try:

@@ -275,7 +275,7 @@ async def start_public(app: web.Application, settings: Settings) -> web.ServerRu
     started ``app``; the caller cleans the returned runner up before ``app``'s."""
     public_port = settings.server.public_port
     server = _JsonErrorServer(
-        PublicRoutes(app, settings),
+        PublicRoutes(app),
         access_log_class=AccessLogger,
         access_log=logging.getLogger("aiohttp.access") if settings.logging.access_log else None,
         keepalive_timeout=settings.server.keepalive_timeout_s,
