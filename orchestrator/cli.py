@@ -20,7 +20,7 @@ import yaml
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from orchestrator import __version__
+from orchestrator import __version__, clock
 from orchestrator.admin_cli import add_commands as add_admin_commands
 from orchestrator.app import create_app, load_policy
 from orchestrator.logging import Redactor, configure_logging
@@ -302,6 +302,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info(
         "starting", version=__version__, python=sys.version.split()[0], event_loop=settings.server.event_loop
     )
+    if settings.simulation.active:
+        install_simulated_clock(settings)
+        log.warning(
+            "simulated clock: for the soak only, never in production",
+            speed=settings.simulation.speed,
+            simulated_now=clock.now().isoformat(),
+            skew_s=settings.simulation.skew_s,
+        )
     for warning in config_warnings(settings):
         log.warning("configuration", warning=warning)
     try:
@@ -314,6 +322,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.critical("crashed", error=str(exc) or type(exc).__name__, exc_info=exc)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def install_simulated_clock(settings: Settings) -> None:
+    sim = settings.simulation
+    clock.install(
+        clock.Clock(speed=sim.speed, start=sim.start, real_origin=sim.real_origin, skew_s=sim.skew_s)
+    )
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     AnyHttpUrl,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -382,6 +383,35 @@ class AdminSettings(Section):
     )
 
 
+class SimulationSettings(Section):
+    """A compressed, shifted or skewed clock for the chaos soak (``benchmarks/soak``) -- never in production.
+
+    Every process of one soak is given the same ``start``, ``real_origin`` and ``speed``, so they agree on
+    the simulated time; ``skew_s`` puts one replica's clock off the others'. Policy durations in every
+    other section stay simulated seconds (see :mod:`orchestrator.clock`)."""
+
+    speed: float = Field(1.0, ge=1.0, le=1000.0, description="Simulated seconds per real second.")
+    start: AwareDatetime | None = Field(
+        None, description="The simulated instant at real_origin (none: the real time)."
+    )
+    real_origin: float | None = Field(
+        None, ge=0, description="The real epoch seconds at which the simulated clock reads start."
+    )
+    skew_s: float = Field(
+        0.0, ge=-3600, le=3600, description="This process's clock ahead (+) or behind (-) the others."
+    )
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> SimulationSettings:
+        if (self.start is None) != (self.real_origin is None):
+            raise ValueError("start and real_origin go together")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.speed != 1.0 or self.skew_s != 0.0 or self.start is not None
+
+
 class Settings(BaseSettings):
     """All of the daemon's configuration."""
 
@@ -402,6 +432,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     interaction: InteractionSettings = InteractionSettings()
     admin: AdminSettings = AdminSettings()
+    simulation: SimulationSettings = SimulationSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
@@ -34,6 +34,7 @@ import orjson
 import structlog
 from redis.exceptions import RedisError
 
+from orchestrator import clock
 from orchestrator.callbacks.profiles import ResolvedProfile, room_callback_url
 from orchestrator.providers.metastudio.callbacks import (
     CallbackMalformed,
@@ -92,7 +93,8 @@ class CallbackReceiver:
         self._journal = journal
         self._policy = policy
         self._maxlen = events_maxlen
-        self._seen_ttl_s = int(2 * policy.max_skew_s) + 60
+        # A signature is refused as a replay for as long as it could pass the skew check (whole seconds).
+        self._seen_ttl_s = math.ceil(clock.real_s(2 * policy.max_skew_s + 60))
         self._verifiers: dict[tuple[str, str], tuple[ResolvedProfile, SignatureVerifier, str]] = {}
 
     async def receive(
@@ -108,7 +110,7 @@ class CallbackReceiver:
         Raises CallbackRejected (401), CallbackMalformed (400), NotManaged (404), OSError when neither Redis
         nor the journal could take it (5xx), and whatever reading the body raises.
         """
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.time_ms()
         url_room = credentials.room_id
         if url_room is not None:
             try:

@@ -7,11 +7,10 @@ the outage's start, so each outage is reported exactly once.
 
 from __future__ import annotations
 
-import time
-
 import structlog
 from redis.exceptions import RedisError
 
+from orchestrator import clock
 from orchestrator.store.rooms import RoomStore
 from orchestrator.tasks import being_cancelled, pause
 
@@ -46,11 +45,11 @@ class RtmpStallWatcher:
                 if being_cancelled():
                     raise
                 log.debug("rtmp watcher skipped a pass", error=str(exc))
-            await pause(self._interval_s)
+            await pause(clock.real_s(self._interval_s))
 
     async def check_once(self) -> int:
         marked = 0
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.time_ms()
         for room_id in await self._store.rooms():
             state = await self._store.state(room_id)
             for url, since in stalled_links(state or {}, now_ms, self._grace_s):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -35,6 +34,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError, ResponseError
 
+from orchestrator import clock
 from orchestrator.interaction.chat import ChatBackend, ChatUnavailable
 from orchestrator.interaction.ingest import count_of, normalise_batch
 from orchestrator.interaction.leases import RoomLeases
@@ -156,7 +156,7 @@ class RoomWorker:
     async def take(self, entries: list[Any], *, fresh: bool) -> None:
         """Entries read from the stream: buffer them for the report, and decide replies for fresh ones."""
         settings, metrics = self.service.settings, self.service.metrics
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.time_ms()
         stale: list[str] = []
         for entry_id_raw, fields in entries:
             entry_id = _text(entry_id_raw)
@@ -234,7 +234,7 @@ class RoomWorker:
     ) -> None:
         """The reply policy on one comment or gift; a reply is handed to the room's queuing task."""
         at_s = timestamp_ms / 1000
-        if time.time() - at_s > self.service.settings.reply_max_age_s:
+        if clock.time() - at_s > self.service.settings.reply_max_age_s:
             return
         try:
             user = content.get("user") or {}
@@ -277,7 +277,7 @@ class RoomWorker:
         if len(self._decided) >= HAND_OVER_LIMIT:  # Redis is slow or away: the queue would drop it anyway
             self.service.metrics.replies.labels("dropped").inc()
             return
-        self.service.metrics.reply_decision.observe(max(0.0, time.time() - since_s))
+        self.service.metrics.reply_decision.observe(max(0.0, clock.time() - since_s))
         self._decided.append((since_s, decision))
         self._decided_ready.set()
 
@@ -303,7 +303,7 @@ class RoomWorker:
                     self._log.warning("cannot queue replies; retrying", error=str(exc))
                     await pause(0.5)
                     continue
-                now = time.time()
+                now = clock.time()
                 for since_s, _ in taken:
                     self._decided.popleft()
                     self.service.metrics.reply_queued.observe(max(0.0, now - since_s))
@@ -370,7 +370,7 @@ class AudienceService:
         return results
 
     async def record(self, room_id: str, **fields: str | int) -> None:
-        entry: dict[Any, Any] = {**fields, "event_ms": int(time.time() * 1000)}
+        entry: dict[Any, Any] = {**fields, "event_ms": clock.time_ms()}
         await self.redis.xadd(keys.room_events(room_id), entry, maxlen=self.events_maxlen, approximate=True)
 
     async def report_target(
@@ -432,7 +432,7 @@ class AudienceService:
                     raise
                 log.warning("audience supervisor cannot reach Redis", error=str(exc))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self.settings.lease_ttl_s / 3)
+                await asyncio.wait_for(self._changed.wait(), clock.real_s(self.settings.lease_ttl_s / 3))
             self._changed.clear()
 
     async def supervise(self) -> None:
@@ -511,7 +511,7 @@ class AudienceService:
                 if worker is None:
                     continue
                 if kind == "reply_finished":
-                    worker.pacer.last_activity = time.monotonic()
+                    worker.pacer.last_activity = clock.monotonic()
                     self.metrics.replies.labels("finished").inc()
                     worker.pacer.kick.set()
                 elif kind == "reply_queued":

@@ -10,10 +10,11 @@ as unused and refused.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from orchestrator import clock
 
 TYPES = {"comment": 1, "join": 2, "like": 3, "gift": 4, "viewers": 6}
 NAMES = {number: name for name, number in TYPES.items()}
@@ -115,7 +116,7 @@ def normalise_batch(
     items: list[Any], now_ms: int | None = None
 ) -> tuple[list[dict[str, Any]], list[Rejected]]:
     """Valid events as LiveEvents, and one rejection per invalid one (its index in the batch)."""
-    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    now_ms = now_ms if now_ms is not None else clock.time_ms()
     accepted: list[dict[str, Any]] = []
     rejected: list[Rejected] = []
     try:  # the common case, a valid batch, in one validation call

@@ -12,11 +12,11 @@ margin): if it cannot reach Redis to renew, it stops acting on the room before a
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import redis.asyncio as aioredis
 
+from orchestrator import clock
 from orchestrator.store import keys
 from orchestrator.store.redis import text
 
@@ -51,8 +51,8 @@ class RoomLeases:
         """Take or renew the leases of ``room_ids`` (one round trip); the rooms held now."""
         if not room_ids:
             return set()
-        started = time.monotonic()
-        ttl_ms = str(int(self.ttl_s * 1000))
+        started = clock.monotonic()
+        ttl_ms = str(clock.real_ms(self.ttl_s))
         async with self._redis.pipeline(transaction=False) as pipe:
             for room_id in room_ids:
                 await self._acquire(
@@ -70,7 +70,7 @@ class RoomLeases:
 
     def valid(self, room_id: str) -> bool:
         """Whether this replica may still act on the room (held, and renewed recently enough)."""
-        return time.monotonic() < self._valid_until.get(room_id, 0.0)
+        return clock.monotonic() < self._valid_until.get(room_id, 0.0)
 
     async def release(self, room_id: str) -> None:
         self._valid_until.pop(room_id, None)

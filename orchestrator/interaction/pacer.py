@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import RedisError
 
+from orchestrator import clock
 from orchestrator.interaction.queue import Reply
 from orchestrator.providers.errors import (
     ProviderConnectError,
@@ -47,7 +47,7 @@ class ReplyPacer:
         self.job_id = job_id
         self.kick = asyncio.Event()  # a reply was queued, or one finished
         self.busy = 1  # replies in flight at the last pass (unknown at start: look once)
-        self.last_activity = time.monotonic()
+        self.last_activity = clock.monotonic()
         self._idle_cursor = 0
         self._log = log
 
@@ -63,7 +63,10 @@ class ReplyPacer:
             elif settings.idle_after_s > 0 and settings.idle_lines:
                 tick = min(1.0, settings.idle_after_s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.kick.wait(), tick)
+                # At most 20 timer wake-ups a second per room, however compressed the clock.
+                await asyncio.wait_for(
+                    self.kick.wait(), None if tick is None else max(0.05, clock.real_s(tick))
+                )
             self.kick.clear()
             if not self.service.leases.valid(self.room_id):
                 continue
@@ -79,7 +82,7 @@ class ReplyPacer:
         service, settings = self.service, self.service.settings
         queue, metrics = service.queue, service.metrics
         flights = await queue.in_flight(self.room_id)
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.time_ms()
         overdue = [f.reply_id for f in flights if now_ms - f.sent_ms > settings.reply_timeout_s * 1000]
         if overdue:
             await queue.forget(self.room_id, overdue)
@@ -103,12 +106,12 @@ class ReplyPacer:
             not busy
             and settings.idle_after_s > 0
             and settings.idle_lines
-            and time.monotonic() - self.last_activity >= settings.idle_after_s
+            and clock.monotonic() - self.last_activity >= settings.idle_after_s
             and not await queue.pending(self.room_id)
         ):
             line = settings.idle_lines[self._idle_cursor % len(settings.idle_lines)]
             self._idle_cursor += 1
-            self.last_activity = time.monotonic()
+            self.last_activity = clock.monotonic()
             await service.enqueue(self.room_id, Reply(line, "idle", service.play_type("idle")), source="idle")
             self.kick.set()
 
@@ -144,11 +147,11 @@ class ReplyPacer:
             self._log.error("insert outcome unknown; not repeated", reply=reply.text[:40], error=str(exc))
             return False
         command_id = answer.command_id or ""
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.time_ms()
         in_flight = bool(command_id) and await service.queue.record_sent(
             self.room_id, command_id, reply, now_ms
         )
-        self.last_activity = time.monotonic()
+        self.last_activity = clock.monotonic()
         metrics.replies.labels("inserted").inc()
         await service.record(
             self.room_id,

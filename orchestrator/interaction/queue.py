@@ -16,13 +16,13 @@ Every operation is one script on the room's keys (one hash tag), so it is atomic
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aioredis
 
+from orchestrator import clock
 from orchestrator.interaction.policy import PRIORITY_ORDER, Priority
 from orchestrator.store import keys
 from orchestrator.store.redis import text as _text
@@ -161,7 +161,7 @@ class ReplyQueue:
         self, room_id: str, replies: list[tuple[Reply, dict[str, str | int]]]
     ) -> list[tuple[str, str, str | None]]:
         """:meth:`enqueue` for several replies, in order, in one round trip."""
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.time_ms()
         script_keys = [*self._queue_keys(room_id), keys.room_events(room_id)]
         ids = []
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -223,7 +223,7 @@ class ReplyQueue:
         if unknown:
             # In flight without a record of when it was sent (added by hand, or by an older version): its
             # timeout starts now, rather than at the epoch -- which would give it up at once.
-            now_ms = int(time.time() * 1000)
+            now_ms = clock.time_ms()
             stamp = orjson.dumps({"priority": "question", "text": "", "sent_ms": now_ms})
             async with self._redis.pipeline(transaction=False) as pipe:
                 for reply_id in unknown:

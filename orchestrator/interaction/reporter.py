@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from orchestrator import clock
 from orchestrator.interaction.ingest import NAMES
 from orchestrator.providers.errors import (
     ProviderAuthError,
@@ -51,8 +51,9 @@ GROUP = "reporter"
 
 
 def entry_ms(entry_id: str) -> int:
-    """When Redis added the stream entry (its id's milliseconds): the event's ingest time."""
-    return int(entry_id.split("-", 1)[0])
+    """When Redis added the stream entry (its id's milliseconds, on the process's clock): the event's
+    ingest time."""
+    return int(clock.of_real(int(entry_id.split("-", 1)[0]) / 1000) * 1000)
 
 
 @dataclass(slots=True)
@@ -106,11 +107,11 @@ class RoomReporter:
         while True:
             await self.ready.wait()
             if self._resend is None:
-                first_at = entry_ms(self.buffer[0].entry_id) / 1000 if self.buffer else time.time()
-                wait_s = first_at + settings.report_window_ms / 1000 - time.time()
+                first_at = entry_ms(self.buffer[0].entry_id) / 1000 if self.buffer else clock.time()
+                wait_s = first_at + settings.report_window_ms / 1000 - clock.time()
                 if wait_s > 0 and len(self.buffer) < settings.report_max_events:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.full.wait(), wait_s)
+                        await asyncio.wait_for(self.full.wait(), clock.real_s(wait_s))
             try:
                 await self._flush_one()
             except (RedisError, OSError) as exc:
@@ -158,7 +159,7 @@ class RoomReporter:
                 if url is None:
                     raise _NoReportUrl
                 refreshed = await self.service.client().report_batch(url, [e.raw for e in events], batch_id)
-                accepted_at = time.time()  # reported: the vendor has it (our acknowledgement follows)
+                accepted_at = clock.time()  # reported: the vendor has it (our acknowledgement follows)
                 for entry in batch:
                     metrics.report_latency.observe(max(0.0, accepted_at - entry_ms(entry.entry_id) / 1000))
                 break
@@ -193,7 +194,7 @@ class RoomReporter:
                     retry_in_s=delay,
                     error=str(exc) or type(exc).__name__,
                 )
-                await pause(delay)
+                await pause(clock.real_s(delay))
         await self._acknowledge(batch_id, batch, events, refreshed)
 
     def _drop(self, batch_id: str, events: list[Buffered], why: str, exc: ProviderError) -> None:

@@ -1,15 +1,19 @@
 """Simulated time for the sandboxes: hours of live in seconds of test.
 
 ``speed`` simulated seconds pass per real second: ``sleep(s)`` waits ``s`` simulated seconds and
-``elapsed_s()`` counts them. Timestamps the sandbox *shows* others (job times, callback ``hwTime``) stay on
-the real wall clock, because the daemon checks them against its own clock (callback clock skew).
+``elapsed_s()`` counts them. Timestamps the sandbox *shows* others (job times, callback ``hwTime``, the
+X-Sdk-Date it checks) come from the process's clock (:mod:`orchestrator.clock`), because the daemon checks
+them against its own: the system clock in tests that only speed the sandbox up, the compressed clock every
+process shares in the soak (where the sandbox's ``speed`` is that clock's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import datetime
+
+from orchestrator import clock
 
 
 class SimClock:
@@ -21,11 +25,11 @@ class SimClock:
 
     @staticmethod
     def wall() -> datetime:
-        return datetime.now(UTC)
+        return clock.now()
 
     @staticmethod
     def epoch_ms() -> int:
-        return int(time.time() * 1000)
+        return clock.time_ms()
 
     def elapsed_s(self) -> float:
         """Simulated seconds since the clock was made."""

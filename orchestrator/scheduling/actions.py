@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -28,6 +27,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from orchestrator import clock
 from orchestrator.callbacks.profiles import UnknownProfile, live_event_callback_config, resolve_profile
 from orchestrator.providers.errors import ProviderAuthError, ProviderError
 from orchestrator.providers.metastudio.client import MetaStudioClient
@@ -79,8 +79,6 @@ class RoomActions:
         client_for: ClientFor,
         alert: AlertFn,
         settings: Settings,
-        *,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis
         self._state = state
@@ -88,7 +86,6 @@ class RoomActions:
         self._client_for = client_for
         self._alert = alert
         self._settings = settings
-        self._clock = clock
         self.vendor_calls = 0
 
     async def take(self, room: ManagedRoom, action: Action, current: Current) -> Outcome:
@@ -143,7 +140,7 @@ class RoomActions:
                 Command.refresh_output_url(RefreshOutputUrlConfig(output_urls=urls, stream_keys=stream_keys)),
             )
             await self._redis.hset(
-                keys.room_state(room.room_id), f"refreshed:{action.output_url}", int(self._clock() * 1000)
+                keys.room_state(room.room_id), f"refreshed:{action.output_url}", int(clock.time() * 1000)
             )
             return current.job_id
         return None
@@ -181,7 +178,7 @@ class RoomActions:
         return job.job_id
 
     async def _count_attempt(self, room: ManagedRoom) -> None:
-        now = self._clock()
+        now = clock.time()
         await self._redis.zadd(keys.room_restarts(room.room_id), {str(now): now})
 
     async def _failed(self, room: ManagedRoom, action: Action, exc: Exception) -> None:
@@ -219,7 +216,7 @@ class RoomActions:
                 "action": action.kind,
                 "reason": action.reason,
                 "outcome": outcome,
-                "event_ms": int(self._clock() * 1000),
+                "event_ms": int(clock.time() * 1000),
                 "message": json.dumps({"fence": action.fence}),
             },
             maxlen=self._settings.callbacks.events_maxlen,

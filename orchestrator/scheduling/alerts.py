@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from orchestrator import clock
 from orchestrator.scheduling.rooms import ManagedRoom
 from orchestrator.settings import AlertTarget
 from orchestrator.store import keys
@@ -156,12 +157,12 @@ class Alerter:
         if not room.alerts:
             return
         gate = keys.room_alert_gate(room.room_id, kind)
-        if not await self._redis.set(gate, "1", nx=True, ex=max(1, int(self._min_interval_s))):
+        if not await self._redis.set(gate, "1", nx=True, px=clock.real_ms(self._min_interval_s)):
             await self._record(room.room_id, kind, message, "suppressed (rate limit)")
             return
         results = await self._send_all(room.alerts, kind, room.room_id, room.name, message)
         if kind not in ("resolved", "restarted"):  # open until the room is live again
-            await self._redis.hsetnx(keys.room_state(room.room_id), f"alert_open:{kind}", int(time.time()))
+            await self._redis.hsetnx(keys.room_state(room.room_id), f"alert_open:{kind}", int(clock.time()))
         await self._record(room.room_id, kind, message, ", ".join(results))
 
     async def daemon_alert(self, kind: str, message: str, *, room: ManagedRoom | None = None) -> None:
@@ -170,7 +171,7 @@ class Alerter:
         if not self._daemon_targets:
             return
         gate = f"{kind}:{room.room_id if room else ''}"
-        now = time.monotonic()
+        now = clock.monotonic()
         if now - self._daemon_sent.get(gate, -1e9) < self._min_interval_s:
             return
         self._daemon_sent[gate] = now
@@ -196,7 +197,7 @@ class Alerter:
     async def _send_all(
         self, targets: list[AlertTarget], kind: str, room_id: str, room_name: str | None, message: str
     ) -> list[str]:
-        now = time.time()
+        now = clock.time()
         return list(
             await asyncio.gather(*(self._deliver(t, kind, room_id, room_name, message, now) for t in targets))
         )
@@ -207,7 +208,7 @@ class Alerter:
         body = payload(target.format, kind, room_id, message, at, room_name=room_name)
         error = "not sent"
         for attempt in range(self._attempts):
-            url, signed_body = signed(target, body, time.time())
+            url, signed_body = signed(target, body, time.time())  # the robot checks it against real time
             try:
                 async with self._session.post(url, json=signed_body, timeout=self._timeout) as resp:
                     error = delivery_error(target.format, resp.status, await resp.text()) or ""
@@ -234,7 +235,7 @@ class Alerter:
                 "alert": kind,
                 "severity": SEVERITY.get(kind, "warning"),
                 "outcome": outcome,
-                "event_ms": int(time.time() * 1000),
+                "event_ms": clock.time_ms(),
                 "message": json.dumps({"text": message}, ensure_ascii=False),
             },
             maxlen=self._maxlen,

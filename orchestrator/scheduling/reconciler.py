@@ -26,7 +26,6 @@ releases its fence, and a failed start counts as an attempt (backoff, circuit br
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 
+from orchestrator import clock
 from orchestrator.providers.errors import ProviderError, ProviderNotFound
 from orchestrator.providers.metastudio.models import JobState, SmartLiveJob
 from orchestrator.scheduling.actions import Action, AlertFn, ClientFor, Current, RoomActions
@@ -163,7 +163,6 @@ class Reconciler:
         alert: AlertFn,
         settings: Settings,
         *,
-        clock: Callable[[], float] = time.time,
         resolve: ResolveFn | None = None,
     ) -> None:
         self._redis = redis
@@ -173,7 +172,6 @@ class Reconciler:
         self._client_for = client_for
         self._alert = alert
         self._settings = settings
-        self._clock = clock
         self._polls = 0
         self.actions = RoomActions(
             redis,
@@ -182,7 +180,6 @@ class Reconciler:
             client_for,
             alert,
             settings,
-            clock=clock,
         )
         self._room_locks: dict[str, asyncio.Lock] = {}
 
@@ -217,7 +214,7 @@ class Reconciler:
     async def _reconcile(
         self, room: ManagedRoom, vendor_active: dict[str, list[SmartLiveJob]] | None
     ) -> Action | None:
-        now = self._clock()
+        now = clock.time()
         desired = evaluate(room.schedule, datetime.fromtimestamp(now, UTC))
         actual = await self._observe(room, vendor_active)
         action = decide(room, desired, actual, now)
@@ -250,7 +247,7 @@ class Reconciler:
                 state = await self._state.state(room.room_id) or {}
                 job_id, job_state = adopted.job_id, adopted.state.value
         restarts: list[Any] = await self._redis.zrangebyscore(
-            keys.room_restarts(room.room_id), self._clock() - 3600, "+inf"
+            keys.room_restarts(room.room_id), clock.time() - 3600, "+inf"
         )
         refreshed = {k[len("refreshed:") :]: int(v) for k, v in state.items() if k.startswith("refreshed:")}
         started = state.get("job_started_at")

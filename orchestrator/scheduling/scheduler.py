@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from datetime import UTC, datetime
 
@@ -24,6 +23,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from redis.exceptions import RedisError
 
+from orchestrator import clock
 from orchestrator.scheduling.reconciler import Reconciler
 from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs
 from orchestrator.scheduling.schedules import evaluate
@@ -58,9 +58,9 @@ class BoundaryScheduler:
         if periodic:
             self._scheduler.add_job(
                 self._periodic_pass,
-                IntervalTrigger(seconds=self._interval_s, timezone=UTC),
+                IntervalTrigger(seconds=clock.real_s(self._interval_s), timezone=UTC),
                 id="reconcile-pass",
-                next_run_time=datetime.now(UTC),
+                next_run_time=datetime.now(UTC),  # APScheduler's timers run on the real clock
             )
         try:
             await self.rebuild()
@@ -100,14 +100,14 @@ class BoundaryScheduler:
     def arm(self, room: ManagedRoom) -> None:
         """Schedule ``room``'s next boundary (or nothing, if none is within the horizon)."""
         job_id = f"boundary:{room.room_id}"
-        boundary = evaluate(room.schedule, datetime.now(UTC)).next_boundary
+        boundary = evaluate(room.schedule, clock.now()).next_boundary
         if boundary is None:
             with contextlib.suppress(Exception):
                 self._scheduler.remove_job(job_id)
             return
         self._scheduler.add_job(
             self._boundary,
-            DateTrigger(run_date=boundary),
+            DateTrigger(run_date=clock.to_real(boundary)),
             id=job_id,
             replace_existing=True,
             args=[room.room_id, boundary.timestamp()],
@@ -115,10 +115,12 @@ class BoundaryScheduler:
 
     def next_boundary(self, room_id: str) -> datetime | None:
         job = self._scheduler.get_job(f"boundary:{room_id}")
-        return job.next_run_time if job is not None else None
+        if job is None or len(job.args) < 2:
+            return None
+        return datetime.fromtimestamp(job.args[1], UTC)  # the simulated instant (next_run_time is real)
 
     async def _boundary(self, room_id: str, due: float) -> None:
-        self.lateness_ms.append((time.time() - due) * 1000)
+        self.lateness_ms.append((clock.time() - due) * 1000)
         try:
             await self._reconciler.reconcile_room(room_id)
         finally:

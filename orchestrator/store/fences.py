@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from orchestrator import clock
 from orchestrator.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -69,7 +70,7 @@ class FenceHold:
     async def _renew(self) -> None:
         interval_s = self._fences.ttl_s / 3
         while True:
-            await asyncio.sleep(interval_s)
+            await clock.sleep(interval_s)
             try:
                 if not await self._fences.renew(self.key, self.token):
                     log.warning("fence lost while its action ran", fence=self.key)
@@ -104,7 +105,7 @@ class Fences:
     def __init__(self, redis: aioredis.Redis, *, ttl_s: float, intent_ttl_s: float = 3600.0) -> None:
         self._redis = redis
         self.ttl_s = ttl_s
-        self._intent_ttl_ms = int(intent_ttl_s * 1000)
+        self._intent_ttl_s = intent_ttl_s
         self._acquire = redis.register_script(ACQUIRE_LUA)
         self._renew_script = redis.register_script(RENEW_LUA)
         self._release_script = redis.register_script(RELEASE_LUA)
@@ -114,7 +115,8 @@ class Fences:
         """The fence ``key``, held and renewed, or None if another holder has it. Raises RedisError."""
         token = secrets.token_hex(8)
         taken, previous = await self._acquire(
-            keys=[key, intent_key(key)], args=[token, int(self.ttl_s * 1000), self._intent_ttl_ms]
+            keys=[key, intent_key(key)],
+            args=[token, clock.real_ms(self.ttl_s), clock.real_ms(self._intent_ttl_s)],
         )
         if not taken:
             return None
@@ -123,7 +125,7 @@ class Fences:
         return hold
 
     async def renew(self, key: str, token: str) -> bool:
-        return bool(await self._renew_script(keys=[key], args=[token, int(self.ttl_s * 1000)]))
+        return bool(await self._renew_script(keys=[key], args=[token, clock.real_ms(self.ttl_s)]))
 
     async def release(self, key: str, token: str) -> bool:
         return bool(await self._release_script(keys=[key, intent_key(key)], args=[token]))

@@ -26,7 +26,6 @@ split by slot and sent to each slot's node.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -35,6 +34,7 @@ from typing import Any, NamedTuple
 import orjson
 import redis.asyncio as aioredis
 
+from orchestrator import clock
 from orchestrator.store import keys
 from orchestrator.store.redis import text as _text
 
@@ -411,4 +411,4 @@ def _entry(entry_id: Any, fields: Mapping[Any, Any] | None) -> dict[str, Any]:
 
 
 def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return clock.time_ms()

@@ -15,13 +15,13 @@ paused because an active reconciler would undo them at its next pass.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from orchestrator import clock
 from orchestrator.appkeys import RECONCILER, REDACTOR, ROOM_CONFIGS, ROOM_STORE, SETTINGS
 from orchestrator.callbacks.profiles import UnknownProfile
 from orchestrator.providers.errors import ProviderError
@@ -129,7 +129,7 @@ async def delete_room(request: web.Request) -> web.Response:
 async def get_schedule(request: web.Request) -> web.Response:
     require_admin(request)
     room = await _room(request)
-    desired = evaluate(room.schedule, datetime.now(UTC))
+    desired = evaluate(room.schedule, clock.now())
     return web.json_response(
         {
             "schedule": room.schedule.model_dump(mode="json"),

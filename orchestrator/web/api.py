@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hmac
 import re
-from datetime import UTC, datetime
 
 from aiohttp import web
 
+from orchestrator import clock
 from orchestrator.appkeys import METRICS, ROOM_CONFIGS, ROOM_STORE, SETTINGS
 from orchestrator.scheduling.schedules import evaluate, local_iso
 from orchestrator.store.keys import InvalidKeyPart, check_room_id
@@ -63,7 +63,7 @@ async def list_rooms(request: web.Request) -> web.Response:
     """Every managed room: desired state (schedule, pause) and next boundary beside the actual state."""
     require_admin(request)
     store, configs = request.app[ROOM_STORE], request.app[ROOM_CONFIGS]
-    now = datetime.now(UTC)
+    now = clock.now()
     rooms = []
     for room_id in await store.rooms():
         state = await store.state(room_id) or {}

@@ -9,7 +9,6 @@ accepted (``{"accepted", "rejected": [{"index", "error_code", "error_msg"}]}``),
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from orchestrator import clock
 from orchestrator.appkeys import AUDIENCE, ROOM_STORE, SETTINGS
 from orchestrator.interaction.ingest import MAX_BATCH, Rejected, normalise_batch
 from orchestrator.web.api import require_admin, room_id_param
@@ -49,7 +49,7 @@ async def normalise_in_slices(
 
 @routes.post("/api/rooms/{room_id}/events")
 async def ingest(request: web.Request) -> web.Response:
-    received_s = time.time()
+    received_s = clock.time()
     require_admin(request)
     room_id = room_id_param(request)
     store = request.app[ROOM_STORE]

@@ -14,7 +14,6 @@ goes back as ``{"id", "created", "choices": [{"message": {"content"}, "index": 0
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +23,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 from pydantic import BaseModel, Field, ValidationError
 
+from orchestrator import clock
 from orchestrator.appkeys import AUDIENCE, REDIS, SETTINGS
 from orchestrator.interaction.policy import Event, History, PolicyConfig, decide
 from orchestrator.providers.metastudio.callbacks import CallbackRejected, VerifyPolicy, verify_signature
@@ -56,7 +56,7 @@ def _sentences(text: str) -> list[str]:
 def _chunk(answer_id: str, content: str) -> dict[str, Any]:
     return {
         "id": answer_id,
-        "created": int(time.time()),
+        "created": int(clock.time()),
         "choices": [{"message": {"content": content}, "index": 0}],
     }
 
@@ -80,13 +80,13 @@ async def llm(app: web.Application, request: BaseRequest, params: Mapping[str, s
             keys=[key],
             secret=request.query.get("secret"),
             time_text=request.query.get("time_stamp"),
-            now_ms=int(time.time() * 1000),
+            now_ms=clock.time_ms(),
             policy=VerifyPolicy(max_skew_s=settings.callbacks.max_skew_s),
         )
     except CallbackRejected as exc:
         raise ApiError(401, exc.error_code.replace("CALLBACK_", "LLM_"), str(exc)) from None
     seen = keys.llm_seen(verified.signature)
-    if not await app[REDIS].set(seen, "1", nx=True, ex=int(2 * settings.callbacks.max_skew_s) + 60):
+    if not await app[REDIS].set(seen, "1", nx=True, px=clock.real_ms(2 * settings.callbacks.max_skew_s + 60)):
         raise ApiError(401, "LLM_REPLAY", "signature already used")
     try:
         body = LlmRequest.model_validate_json(await bounded_body(app, request))
@@ -96,7 +96,7 @@ async def llm(app: web.Application, request: BaseRequest, params: Mapping[str, s
             400, "LLM_BAD_REQUEST", f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
         ) from None
     question = body.messages[-1].content
-    event = Event(type=1, user_id=body.user, user_name="", text=question, at=time.time())
+    event = Event(type=1, user_id=body.user, user_name="", text=question, at=clock.time())
     decision = decide(app[AUDIENCE].policy, History(), event)  # the current policy (SIGHUP swaps it)
     answer = decision.reply or settings.interaction.llm_fallback
     answer_id = uuid.uuid4().hex

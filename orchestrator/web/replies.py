@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -30,6 +29,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from orchestrator import clock
 from orchestrator.appkeys import AUDIENCE, ROOM_STORE, SETTINGS
 from orchestrator.interaction.chat import ChatUnavailable
 from orchestrator.interaction.ingest import count_of
@@ -90,7 +90,7 @@ def _event(body: InteractionCallback) -> Event:
         text=str(content.get("content") or ""),
         gift_name=str(gift.get("giftName", "")),
         gift_num=count_of(gift.get("giftNum")),
-        at=(body.event.timestamp / 1000) if body.event.timestamp else time.time(),
+        at=(body.event.timestamp / 1000) if body.event.timestamp else clock.time(),
     )
 
 

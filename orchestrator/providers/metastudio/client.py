@@ -38,7 +38,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, quote
@@ -48,6 +48,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 from yarl import URL
 
+from orchestrator import clock
 from orchestrator.providers.errors import (
     ProviderConfigError,
     ProviderConflict,
@@ -198,13 +199,16 @@ class MetaStudioClient:
         connect_timeout_s: float = 3.0,
         retry: RetryPolicy = RetryPolicy(),
         max_concurrency: int = 8,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        now: Callable[[], datetime] = clock.now,
+        sleep: Callable[[float], Awaitable[None]] = clock.sleep,
     ) -> None:
         self._session = session
         self._base = URL(str(base_url))
         self._credentials = credentials
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        # A call's whole timeout is a policy (simulated seconds under a compressed clock); connecting is
+        # about the network (real seconds).
+        self._timeout_s = timeout_s
+        self._timeout = aiohttp.ClientTimeout(total=clock.real_s(timeout_s), sock_connect=connect_timeout_s)
         self._retry = retry
         self._slots = asyncio.Semaphore(max_concurrency)
         self._now = now
@@ -406,9 +410,7 @@ class MetaStudioClient:
                 ) as resp:
                     response = _Response(resp.status, resp.headers, await resp.read())
             except TimeoutError as exc:
-                raise ProviderTimeout(
-                    f"{method} {url.path}: no response within {self._timeout.total}s"
-                ) from exc
+                raise ProviderTimeout(f"{method} {url.path}: no response within {self._timeout_s}s") from exc
             except aiohttp.ClientConnectorError as exc:
                 raise ProviderConnectError(f"{method} {url.path}: cannot connect: {exc.os_error}") from exc
             except aiohttp.ClientError as exc:

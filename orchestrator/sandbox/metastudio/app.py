@@ -43,11 +43,9 @@ reset), drives RTMP state, blocks or fails jobs, and shapes callbacks (delay, du
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -60,6 +58,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
 
+from orchestrator import clock
 from orchestrator.providers.metastudio import auth, codes
 from orchestrator.providers.metastudio.models import (
     DEFAULT_AUDIO_PLAY_TYPE,
@@ -139,7 +138,7 @@ class Call:
     method: str
     path: str
     status: int | None
-    at: float = field(default_factory=time.time)
+    at: float = field(default_factory=clock.time)
 
 
 @dataclass
@@ -243,9 +242,9 @@ class MetaStudioSandbox:
         if fault.kind == "slow":  # latency: the call takes effect before (after=True) or after the wait
             if fault.after:
                 answered = await handler(request)
-                await asyncio.sleep(fault.hang_s)
+                await clock.sleep(fault.hang_s)
                 return answered
-            await asyncio.sleep(fault.hang_s)
+            await clock.sleep(fault.hang_s)
             return await handler(request)
         if fault.kind == "error":
             if fault.after:  # the call took effect, then the vendor failed to say so
@@ -253,7 +252,7 @@ class MetaStudioSandbox:
             raise SandboxError(fault.status, fault.code, fault.message)
         response = await handler(request) if fault.after else None
         if fault.kind == "hang":
-            await asyncio.sleep(fault.hang_s)
+            await clock.sleep(fault.hang_s)
         if request.transport is not None:
             request.transport.close()  # reset: the client sees the connection die without a response
         return response or web.Response(status=504)
@@ -289,7 +288,7 @@ class MetaStudioSandbox:
             sdk_date = auth.parse_sdk_date(request.headers.get(auth.HEADER_DATE, ""))
         except ValueError as exc:
             return f"malformed: {exc}"
-        if abs((datetime.now(UTC) - sdk_date).total_seconds()) > MAX_CLOCK_SKEW_S:
+        if abs((self.world.clock.wall() - sdk_date).total_seconds()) > MAX_CLOCK_SKEW_S:
             return "X-Sdk-Date is more than 15 minutes off"
         if not hmac.compare_digest(parsed.access_key, self.config.ak):
             return "unknown access key"

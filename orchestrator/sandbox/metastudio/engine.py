@@ -32,6 +32,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from orchestrator import clock
 from orchestrator.providers.metastudio.callbacks import mss_a_head_headers, mss_a_url
 from orchestrator.providers.metastudio.models import (
     CallbackEventType,
@@ -194,7 +195,7 @@ class CallbackSender:
             self.log.append(Delivery("", event_type, message, error="dropped by fault control"))
             return
         if self.faults.delay_s:
-            await asyncio.sleep(self.faults.delay_s)
+            await clock.sleep(self.faults.delay_s)
         for _ in range(2 if self.faults.duplicate else 1):
             await self._post(job, event_type, message)
 
@@ -216,14 +217,14 @@ class CallbackSender:
         for attempt in range(3):
             try:
                 async with self._session.post(
-                    url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=5)
+                    url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=clock.real_s(5))
                 ) as resp:
                     delivery.status = resp.status
                     if resp.status < 500:
                         return
             except (aiohttp.ClientError, TimeoutError) as exc:
                 delivery.error = f"{type(exc).__name__}: {exc}"
-            await asyncio.sleep(0.1 * 2**attempt)
+            await clock.sleep(0.1 * 2**attempt)
 
 
 class World:
@@ -485,7 +486,9 @@ class World:
         self.interaction_posts.append(record)
         try:
             async with self._session.post(
-                job.request.interaction_callback_url or "", json=body, timeout=aiohttp.ClientTimeout(total=5)
+                job.request.interaction_callback_url or "",
+                json=body,
+                timeout=aiohttp.ClientTimeout(total=clock.real_s(5)),
             ) as resp:
                 record["status"] = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
