@@ -21,6 +21,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from orchestrator import clock
 from orchestrator.appkeys import (
     AUDIENCE,
     CALLBACK_PROFILES,
@@ -228,7 +229,7 @@ async def _watch_redis(app: web.Application, alerter: Alerter, interval_s: float
         elif ok and not was_ok:
             await alerter.daemon_alert("resolved", "Redis answers again")
         was_ok = ok
-        await asyncio.sleep(interval_s)
+        await clock.sleep(interval_s)
 
 
 async def audience_ctx(app: web.Application) -> AsyncIterator[None]:

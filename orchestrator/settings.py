@@ -160,6 +160,12 @@ class LoggingSettings(Section):
         (), description="Extra field or query-parameter names whose values are always masked."
     )
 
+    @field_validator("level", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        # "info" is how most tools spell it (and how the soak's first configuration did): not an error.
+        return value.upper() if isinstance(value, str) else value
+
 
 class MetaStudioAuthMode(StrEnum):
     AKSK = "aksk"
@@ -292,6 +298,11 @@ class SchedulingSettings(Section):
     )
     alert_min_interval_s: PositiveSeconds = Field(
         300.0, description="Per room and alert kind, at most one alert this often."
+    )
+    down_alert_after_s: PositiveSeconds = Field(
+        300.0,
+        description="A room that should be live and has not been for this long raises room_down (its own "
+        "repairs -- restarts with backoff, output refreshes -- get this long first).",
     )
 
 

@@ -158,3 +158,9 @@ def test_readme_lists_every_setting_with_its_env_var() -> None:
 
 def test_env_var_name() -> None:
     assert env_var_name(["server", "port"]) == "ORCH_SERVER__PORT"
+
+
+def test_log_level_in_any_case() -> None:
+    assert load_settings(None, logging={"level": "info"}).logging.level == "INFO"
+    with pytest.raises(ConfigError, match=r"logging\.level"):
+        load_settings(None, logging={"level": "verbose"})

@@ -2,8 +2,10 @@
 something needs a human -- and a "resolved" one when the room is live again.
 
 Kinds and severities (:data:`SEVERITY`): ``circuit_open`` and ``room_blocked`` critical, ``start_failed``
-error, ``action_failed``, ``rtmp_end`` and ``restarted`` warning; daemon-level ``redis_lost`` and
-``vendor_auth`` critical. Every alert names the room (its name and id), its severity and kind. Formats: a
+and ``room_down`` (a room that should be live has not been for ``scheduling.down_alert_after_s``) error,
+``action_failed`` warning; daemon-level ``redis_lost`` and ``vendor_auth`` critical. ``restarted`` and
+``rtmp_end`` are *notices* (info): the daemon repairs those itself -- the soak showed every self-healed
+fault paging someone -- and a repair that does not bring the room back becomes ``room_down``. Every alert names the room (its name and id), its severity and kind. Formats: a
 generic JSON document, or the incoming-webhook shapes of DingTalk, Feishu and Slack, signed when the target
 has a secret (DingTalk: ``timestamp`` and ``sign`` = base64(HMAC-SHA256(secret, "timestamp\\nsecret")) in the
 query; Feishu: ``timestamp`` and ``sign`` = base64(HMAC-SHA256("timestamp\\nsecret", "")) in the body).
@@ -21,6 +23,7 @@ one replica. Webhook URLs and secrets are secrets, never logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import hashlib
 import hmac
@@ -47,9 +50,10 @@ SEVERITY = {
     "redis_lost": "critical",
     "vendor_auth": "critical",
     "start_failed": "error",
+    "room_down": "error",
     "action_failed": "warning",
-    "rtmp_end": "warning",
-    "restarted": "warning",
+    "rtmp_end": "info",
+    "restarted": "info",
     "resolved": "info",
 }
 #: Kinds that also go to the daemon's own targets (settings ``alerts.targets``).
@@ -161,7 +165,7 @@ class Alerter:
             await self._record(room.room_id, kind, message, "suppressed (rate limit)")
             return
         results = await self._send_all(room.alerts, kind, room.room_id, room.name, message)
-        if kind not in ("resolved", "restarted"):  # open until the room is live again
+        if SEVERITY.get(kind, "warning") != "info":  # open until the room is live again
             await self._redis.hsetnx(keys.room_state(room.room_id), f"alert_open:{kind}", int(clock.time()))
         await self._record(room.room_id, kind, message, ", ".join(results))
 
@@ -189,6 +193,10 @@ class Alerter:
             return False
         if not removed or not room.alerts:
             return False
+        # The trouble is over: the next one of the same kind is a new incident and must not be swallowed
+        # by the rate limit of the last (the soak saw a second block, minutes after the first, go unsent).
+        with contextlib.suppress(RedisError):
+            await self._redis.delete(*(keys.room_alert_gate(room.room_id, kind) for kind in open_kinds))
         text = f"{message} (was: {', '.join(sorted(open_kinds))})"
         results = await self._send_all(room.alerts, "resolved", room.room_id, room.name, text)
         await self._record(room.room_id, "resolved", text, ", ".join(results))

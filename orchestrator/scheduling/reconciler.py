@@ -67,6 +67,7 @@ class Actual:
     refreshed_at_ms: dict[str, int]  # url → when we asked for REFRESH_OUTPUT_URL during this outage
     job_started_ms: int | None = None  # when we recorded the current job
     open_alerts: tuple[str, ...] = ()  # alerts sent for the room and not yet resolved
+    down_since_ms: int | None = None  # since when it should have been live and was not (none: it is)
 
 
 def healthy(desired: Desired, actual: Actual) -> bool:
@@ -220,6 +221,7 @@ class Reconciler:
         action = decide(room, desired, actual, now)
         if action is not None and action.alert:
             await self._alert(room, action.alert, action.reason)
+        await self._watch_down(room, desired, actual, now)
         if action is None and actual.open_alerts and self._resolve is not None and healthy(desired, actual):
             await self._resolve(room, list(actual.open_alerts), "the room is live again")
         if action is None or action.kind == "wait":
@@ -251,6 +253,7 @@ class Reconciler:
         )
         refreshed = {k[len("refreshed:") :]: int(v) for k, v in state.items() if k.startswith("refreshed:")}
         started = state.get("job_started_at")
+        down_since = state.get("down_since")
         return Actual(
             job_id,
             job_state,
@@ -259,7 +262,28 @@ class Reconciler:
             refreshed,
             int(started) if started else None,
             tuple(state.get("open_alerts", ())),
+            int(down_since) if down_since else None,
         )
+
+    async def _watch_down(self, room: ManagedRoom, desired: Desired, actual: Actual, now: float) -> None:
+        """``room_down``, once per outage: the room should be live and has not been for
+        ``down_alert_after_s`` -- whatever the reason, and whatever the daemon is doing about it (its own
+        repairs get that long first). The outage's start is kept in the room's state, shared by replicas."""
+        state_key = keys.room_state(room.room_id)
+        if room.paused or not desired.live or healthy(desired, actual):
+            if actual.down_since_ms is not None:
+                await self._redis.hdel(state_key, "down_since")
+            return
+        if actual.down_since_ms is None:
+            await self._redis.hsetnx(state_key, "down_since", int(now * 1000))
+            return
+        down_s = now - actual.down_since_ms / 1000
+        if down_s > self._settings.scheduling.down_alert_after_s and "room_down" not in actual.open_alerts:
+            links = ", ".join(f"{url} {link['state']}" for url, link in actual.rtmp.items()) or "no output"
+            what = f"job {actual.job_id} {actual.job_state}" if actual.job_id else "no job"
+            await self._alert(
+                room, "room_down", f"should be live and has not been for {down_s:.0f}s ({what}; {links})"
+            )
 
     async def _vendor_active_jobs(self, rooms: list[ManagedRoom]) -> dict[str, list[SmartLiveJob]] | None:
         """Active jobs per room, from one tenant-wide listing (paged); None if the vendor cannot say."""

@@ -59,7 +59,7 @@ async def test_rate_limited_retried_and_recorded(
         await alerter.alert(room, "rtmp_end", "output ended again")  # within a minute: suppressed
         await alerter.alert(room, "room_blocked", "blocked")  # another kind: sent
     assert [h["text"] for h in webhooks.got] == [
-        "[orchestrator] WARNING rtmp_end in room demo-room: output ended",
+        "[orchestrator] INFO rtmp_end in room demo-room: output ended",
         "[orchestrator] CRITICAL room_blocked in room demo-room: blocked",
     ]
     events = [e for e in await store.events(ROOM) if e["kind"] == "alert"]
@@ -68,6 +68,36 @@ async def test_rate_limited_retried_and_recorded(
         ("rtmp_end", "suppressed (rate limit)"),
         ("room_blocked", "slack: sent, dingtalk: failed (ClientConnectorError)"),
     ]
+
+
+async def test_a_resolved_alert_lifts_its_rate_limit(
+    redis_client: aioredis.Redis, webhooks: Webhooks
+) -> None:
+    """Soak finding: a room blocked twice within alert_min_interval_s, the first resolved in between, paged
+    once -- the second incident was swallowed by the first's rate limit."""
+    store = RoomStore(redis_client)
+    room = managed_room([{"kind": "always"}], alerts=[{"url": f"{webhooks.url}/generic"}])
+    await store.register_room(ROOM)
+    async with aiohttp.ClientSession() as http:
+        alerter = Alerter(http, redis_client, min_interval_s=300, events_maxlen=100, attempts=1, timeout_s=1)
+        await alerter.alert(room, "room_blocked", "blocked")
+        assert (await store.state(ROOM) or {})["open_alerts"] == ["room_blocked"]
+        assert await alerter.resolved(room, ["room_blocked"], "the room is live again")
+        await alerter.alert(room, "room_blocked", "blocked again")  # a new incident: sent
+        await alerter.alert(room, "room_blocked", "still blocked")  # the same one: rate-limited
+    assert [(h["kind"], h["message"]) for h in webhooks.got] == [
+        ("room_blocked", "blocked"),
+        ("resolved", "the room is live again (was: room_blocked)"),
+        ("room_blocked", "blocked again"),
+    ]
+
+
+def test_repairs_are_notices_and_an_outage_is_an_error() -> None:
+    """Soak finding: every self-healed restart and ended output paged as a warning. They are notices now;
+    what needs a human is a room still down after its repairs had their time (room_down)."""
+    assert payload("generic", "restarted", "r", "m", 0)["severity"] == "info"
+    assert payload("generic", "rtmp_end", "r", "m", 0)["severity"] == "info"
+    assert payload("generic", "room_down", "r", "m", 0)["severity"] == "error"
 
 
 @pytest.mark.parametrize(

@@ -200,3 +200,31 @@ async def test_a_pass_with_an_older_listing_does_not_adopt_the_job_another_pass_
         actions = [e["action"] for e in await daemon.events()]
         assert actions == ["start", "stop"], actions
         assert box.world.jobs[job_id].state is JobState.SUCCEED
+
+
+async def test_room_down_pages_only_an_outage_its_repairs_did_not_end(
+    make_settings: Any, tmp_path: Path, sandbox: Any, webhooks: Webhooks
+) -> None:
+    """Soak finding: every self-healed fault paged. A restart is a notice; room_down (error) is for a room
+    still not live after ``down_alert_after_s``, and "resolved" follows when it is live again."""
+    box, url = sandbox
+    room = managed_room([{"kind": "always"}], alerts=[{"url": f"{webhooks.url}/generic"}])
+    async with daemon_for(make_settings, tmp_path, url, down_alert_after_s=1.5) as daemon:
+        await daemon.configs.put(room)
+        await until(lambda: _async(len(_active(box)) == 1))
+        # A failure the restart heals at once: a notice, no page.
+        box.world.fail(_active(box)[0], "MSS.45000010", "RTMP stream push failed.")
+        await until(lambda: _async(len(_active(box)) == 1 and _active(box)[0].state is JobState.PROCESSING))
+        await until(lambda: _async(any(h["kind"] == "restarted" for h in webhooks.got)))
+        await asyncio.sleep(2.0)  # longer than down_alert_after_s: the room was back well before
+        assert [(h["kind"], h["severity"]) for h in webhooks.got] == [("restarted", "info")]
+        # A failure the vendor will not let it repair (every start refused): room_down, then resolved.
+        box.faults.append(Fault(kind="error", count=1000, method="POST", path_contains="smart-live-jobs"))
+        box.world.fail(_active(box)[0], "MSS.45000010", "RTMP stream push failed.")
+        await until(lambda: _async(any(h["kind"] == "room_down" for h in webhooks.got)), 10)
+        down = next(h for h in webhooks.got if h["kind"] == "room_down")
+        assert down["severity"] == "error" and "has not been for" in down["message"]
+        box.faults.clear()
+        await until(lambda: _async(any(h["kind"] == "resolved" for h in webhooks.got)), 10)
+        assert "room_down" in next(h for h in webhooks.got if h["kind"] == "resolved")["message"]
+        assert sum(h["kind"] == "room_down" for h in webhooks.got) == 1  # once per outage

@@ -107,6 +107,14 @@ class RedisServer:
             self._proc.wait()
         self._proc = None
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no save; what it keeps is what its AOF (if on) had written."""
+        if self._proc is None:
+            return
+        self._proc.kill()
+        self._proc.wait()
+        self._proc = None
+
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
@@ -126,6 +134,14 @@ class ExternalRedis:
 
     def stop(self) -> None:
         raise RuntimeError("REDIS_URL is set: this Redis belongs to someone else and is not stopped")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no save; what it keeps is what its AOF (if on) had written."""
+        if self._proc is None:
+            return
+        self._proc.kill()
+        self._proc.wait()
+        self._proc = None
 
     def close(self) -> None:
         pass

@@ -130,6 +130,7 @@ class CallbackFaults:
     duplicate: bool = False
     reorder: bool = False
     drop: int = 0  # drop the next N callbacks entirely
+    drop_types: list[str] | None = None  # ... of these event types only (none: of any type)
 
 
 @dataclass
@@ -190,8 +191,9 @@ class CallbackSender:
                     self._queue.task_done()
 
     async def _deliver(self, job: Job, event_type: str, message: dict[str, Any]) -> None:
-        if self.faults.drop > 0:
-            self.faults.drop -= 1
+        faults = self.faults
+        if faults.drop > 0 and (faults.drop_types is None or event_type in faults.drop_types):
+            faults.drop -= 1
             self.log.append(Delivery("", event_type, message, error="dropped by fault control"))
             return
         if self.faults.delay_s:
@@ -217,7 +219,7 @@ class CallbackSender:
         for attempt in range(3):
             try:
                 async with self._session.post(
-                    url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=clock.real_s(5))
+                    url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=5)
                 ) as resp:
                     delivery.status = resp.status
                     if resp.status < 500:
@@ -236,7 +238,12 @@ class World:
         self._session = session
         self.rooms: dict[str, SmartLiveRoom] = {}
         self.jobs: dict[str, Job] = {}
+        self.gone: dict[str, Job] = {}  # vanished jobs
         self.interaction_posts: list[dict[str, Any]] = []
+        #: Every job-state and link-state change, when a harness asks for them (set it to a list): (epoch
+        #: seconds on the process's clock, room id, job id, "job" or the output URL, the new state; a
+        #: vanished job's state is "GONE"). The soak measures availability from it.
+        self.history: list[tuple[float, str, str, str, str]] | None = None
 
     # --- rooms and jobs ---
 
@@ -262,6 +269,7 @@ class World:
         job.updated = job.created
         job.report_url = report_url(job)
         self.jobs[job.job_id] = job
+        self._note(job, "job", job.state.value)
         job.task = asyncio.create_task(self._run(job), name=f"sandbox-job-{job.job_id}")
         return job
 
@@ -272,6 +280,8 @@ class World:
     def vanish(self, job: Job) -> None:
         """The cloud no longer knows the job (expired, cleaned up): it stops and is gone from every API."""
         self.jobs.pop(job.job_id, None)
+        self.gone[job.job_id] = job  # still on record for the harness (what was reported to it, played)
+        self._note(job, "job", "GONE")
         if job.task is not None and job.task is not asyncio.current_task():
             job.task.cancel()
 
@@ -283,8 +293,13 @@ class World:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def _note(self, job: Job, what: str, state: str) -> None:
+        if self.history is not None:
+            self.history.append((clock.time(), job.room_id, job.job_id, what, state))
+
     def _finish(self, job: Job, state: JobState, **fields: Any) -> None:
         job.state = state
+        self._note(job, "job", state.value)
         job.end_time = _rfc3339(self.clock)
         job.updated = _precise(self.clock)
         for name, value in fields.items():
@@ -299,6 +314,7 @@ class World:
     async def _run(self, job: Job) -> None:
         await self.clock.sleep(WAITING_S)
         job.state = JobState.PROCESSING
+        self._note(job, "job", "PROCESSING")
         job.start_time = _rfc3339(self.clock)
         job.updated = _precise(self.clock)
         job.started_sim_s = self.clock.elapsed_s()
@@ -393,6 +409,7 @@ class World:
 
     def set_rtmp(self, job: Job, url: str, state: str) -> None:
         job.rtmp[url] = state
+        self._note(job, url, state)
         keys = job.request.stream_keys or []
         index = job.output_urls.index(url) if url in job.output_urls else -1
         self.sender.emit(
@@ -488,7 +505,7 @@ class World:
             async with self._session.post(
                 job.request.interaction_callback_url or "",
                 json=body,
-                timeout=aiohttp.ClientTimeout(total=clock.real_s(5)),
+                timeout=aiohttp.ClientTimeout(total=5),
             ) as resp:
                 record["status"] = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
