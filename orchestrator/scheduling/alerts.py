@@ -5,26 +5,27 @@ Kinds and severities (:data:`SEVERITY`): ``circuit_open`` and ``room_blocked`` c
 and ``room_down`` (a room that should be live has not been for ``scheduling.down_alert_after_s``) error,
 ``action_failed`` warning; daemon-level ``redis_lost`` and ``vendor_auth`` critical. ``restarted`` and
 ``rtmp_end`` are *notices* (info): the daemon repairs those itself -- the soak showed every self-healed
-fault paging someone -- and a repair that does not bring the room back becomes ``room_down``. Every alert names the room (its name and id), its severity and kind. Formats: a
-generic JSON document, or the incoming-webhook shapes of DingTalk, Feishu and Slack, signed when the target
-has a secret (DingTalk: ``timestamp`` and ``sign`` = base64(HMAC-SHA256(secret, "timestamp\\nsecret")) in the
-query; Feishu: ``timestamp`` and ``sign`` = base64(HMAC-SHA256("timestamp\\nsecret", "")) in the body).
+fault paging someone -- and a repair that does not bring the room back becomes ``room_down``. Every alert
+names the room (its name and id), its severity and kind. Formats: a generic JSON document, or the
+incoming-webhook shapes of DingTalk, Feishu and Slack, signed when the target has a secret (DingTalk:
+``timestamp`` and ``sign`` = base64(HMAC-SHA256(secret, "timestamp\\nsecret")) in the query; Feishu:
+``timestamp`` and ``sign`` = base64(HMAC-SHA256("timestamp\\nsecret", "")) in the body).
 
 Delivery is *verified*: those robots answer HTTP 200 with an error body (DingTalk ``{"errcode": 310000}``,
 Feishu ``{"code": 19021}``, Slack ``ok: false`` or a text other than ``ok``), which counts as a failure:
 retried with backoff, then counted (``orch_alerts_total{outcome="failed"}``) and logged. Per room (or the
 daemon) and kind at most one alert per ``scheduling.alert_min_interval_s`` (a Redis gate for rooms, so
-replicas do not each send one; in memory for the daemon's, which must work without Redis); every room
-alert -- sent, failed or suppressed -- is recorded in the room's event stream. A room's open alerts are
-kept (``orch:{room}:alerts:open``) until the reconciler sees it live again: then one "resolved" alert, by
-one replica. Webhook URLs and secrets are secrets, never logged.
+replicas do not each send one; in memory for the daemon's, which must work without Redis); every room alert
+-- sent, failed or suppressed -- is recorded in the room's event stream. A room's open alerts are kept
+(``orch:{room}:alerts:open``) until the reconciler sees it live again: then one "resolved" alert, by one
+replica. Webhook URLs and secrets are secrets, never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
