@@ -359,6 +359,7 @@ async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:
         on_batch=lambda size: _count_batch(app[METRICS], size),
     )
     journal = Journal(settings.journal_path)
+    journal.claim()  # raises JournalInUse: a replica sharing another's journal must not start
     receiver = CallbackReceiver(
         store,
         batcher,
@@ -378,6 +379,7 @@ async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     for task in tasks:
         await cancel_and_wait(task)
+    journal.release()
     await reactions.aclose()
     await batcher.aclose()
 

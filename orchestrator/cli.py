@@ -25,6 +25,7 @@ from orchestrator.admin_cli import add_commands as add_admin_commands
 from orchestrator.app import create_app, load_policy
 from orchestrator.logging import Redactor, configure_logging
 from orchestrator.settings import ConfigError, LogFormat, Settings, load_settings, masked_dump, secret_values
+from orchestrator.store.journal import Journal, JournalInUse
 from orchestrator.web.server import serve
 
 EXIT_OK = 0
@@ -299,6 +300,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     redactor = Redactor(settings.logging.redact_fields, secret_values(settings))
     configure_logging(settings.logging, redactor)
     log = structlog.get_logger("orchestrator")
+    try:  # before anything starts: a replica sharing another's journal must not run at all
+        Journal(settings.callbacks.journal_path).claim()
+    except JournalInUse as exc:
+        log.error("cannot start", error=str(exc))
+        return EXIT_CONFIG
     log.info(
         "starting", version=__version__, python=sys.version.split()[0], event_loop=settings.server.event_loop
     )

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -79,14 +80,38 @@ async def test_daemon_survives_redis_outage(controllable_redis: RedisServer, red
         assert daemon.wait() == 0
 
 
-def test_port_in_use_exits_1(redis_url: str) -> None:
+def test_port_in_use_exits_1(redis_url: str, tmp_path: Path) -> None:
     with Daemon({"ORCH_REDIS__URL": redis_url}) as first:
         result = subprocess.run(
             [sys.executable, "-m", "orchestrator", "run", "--port", str(first.port), "--log-format", "json"],
-            env={**os.environ, "ORCH_REDIS__URL": redis_url},
+            env={
+                **os.environ,
+                "ORCH_REDIS__URL": redis_url,
+                "ORCH_CALLBACKS__JOURNAL_PATH": str(tmp_path / "j"),
+            },
             capture_output=True,
             text=True,
             timeout=30,
         )
         assert result.returncode == 1, result.stderr
         assert "cannot serve" in result.stderr
+
+
+def test_a_second_replica_on_the_same_journal_is_refused(redis_url: str, tmp_path: Path) -> None:
+    """Soak finding: three replicas started from one directory shared the default journal path; one's replay
+    rewrote the file while another appended, and an acknowledged callback was lost. Now the second is
+    refused at start, saying why."""
+    journal = f"{tmp_path}/journal.jsonl"
+    env = {"ORCH_REDIS__URL": redis_url, "ORCH_CALLBACKS__JOURNAL_PATH": journal}
+    with Daemon(env):
+        second = subprocess.run(
+            [sys.executable, "-m", "orchestrator", "run", "--port", "0", "--log-format", "json"],
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}, **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert second.returncode == 2, second.stdout + second.stderr
+    line = json.loads((second.stdout + second.stderr).strip().splitlines()[-1])
+    assert line["event"] == "cannot start" and "in use by another process" in line["error"]
+    assert "Traceback" not in second.stdout + second.stderr

@@ -57,7 +57,7 @@ AK, SK, PROJECT = "soak-ak", "soak-sk-" + "s" * 24, "soak-project"
 class SoakConfig:
     rooms: int = 100
     hours: float = 24.0
-    speed: float = 144.0
+    speed: float = 150.0
     replicas: int = 3
     seed: int = 1
     faults_per_hour: float = 14.0
@@ -152,6 +152,8 @@ class Recording:
     uncertain: set[str] = field(default_factory=set)  # sent, no answer: accepted or not, we cannot say
     stream_callbacks: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     resources: dict[str, list[tuple[float, int, int]]] = field(default_factory=lambda: defaultdict(list))
+    #: Per room, the daemon's actions as its event stream recorded them: (time, action, outcome, reason).
+    actions: dict[str, list[tuple[float, str, str, str]]] = field(default_factory=lambda: defaultdict(list))
 
 
 class Replica:
@@ -174,6 +176,7 @@ class Replica:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
         env.update(self._env)
         env["ORCH_SERVER__PUBLIC_PORT"] = str(self.public_port)
+        env["ORCH_CALLBACKS__JOURNAL_PATH"] = str(self._log_path.with_suffix(".journal.jsonl"))
         self.incarnation += 1
         with self._log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -596,7 +599,9 @@ class Soak:
         jobs = [j for j in sandbox.world.jobs.values() if j.state.value == "PROCESSING"]
         return rng.choice(sorted(jobs, key=lambda j: j.job_id)) if jobs else None
 
-    def _record(self, kind: str, room_id: str | None, budget_s: float, **extra: Any) -> None:
+    def _record(
+        self, kind: str, room_id: str | None, budget_s: float, at: float | None = None, **extra: Any
+    ) -> None:
         if room_id is not None and extra.get("restarts"):
             now = clock.time()
             recent = [t for t in self._restarts[room_id] if now - t < 3600]
@@ -605,7 +610,9 @@ class Soak:
                     RESTART["backoff_max_s"], RESTART["backoff_initial_s"] * 2 ** (len(recent) - 1)
                 )
             self._restarts[room_id] = [*recent, now]
-        self.recording.faults.append(Fault(clock.time(), kind, room_id, budget_s, **extra))
+        self.recording.faults.append(
+            Fault(clock.time() if at is None else at, kind, room_id, budget_s, **extra)
+        )
 
     async def _inject(self, sandbox: MetaStudioSandbox, kind: str, rng: random.Random) -> None:
         world, budget = sandbox.world, self.budget[kind]
@@ -664,13 +671,22 @@ class Soak:
             self._record(kind, None, budget, detail=f"{count} callback(s)")
         elif kind in ("redis_stop", "redis_kill"):
             down_s = rng.uniform(5, 90)
-            self._record(kind, None, budget + down_s, detail=f"{down_s:.0f}s", needs_human=down_s > 30)
+            at = clock.time()
             if kind == "redis_kill":
                 self.redis_server.kill()
             else:
                 self.redis_server.stop(save=True)
             await clock.sleep(down_s)
-            self.redis_server.start()
+            await asyncio.to_thread(self.redis_server.start)  # returns once it has loaded its AOF
+            back_s = clock.time() - at  # the outage as the daemon saw it: the pause, then the loading
+            self._record(
+                kind,
+                None,
+                budget + back_s,
+                at=at,
+                needs_human=down_s > 30,
+                detail=f"stopped {down_s:.0f}s, answering again after {back_s:.0f}s",
+            )
         elif kind == "replica_kill":
             replica = rng.choice(self.replicas)
             down_s = rng.uniform(10, 300)
@@ -729,6 +745,15 @@ class Soak:
                 room_id = stream.decode().split("{", 1)[1].split("}", 1)[0]
                 for entry_id, fields in entries:
                     streams[keys.room_events(room_id)] = last[room_id] = entry_id.decode()
+                    if fields.get(b"kind") == b"action":
+                        self.recording.actions[room_id].append(
+                            (
+                                int(fields.get(b"event_ms", b"0")) / 1000,
+                                fields.get(b"action", b"").decode(),
+                                fields.get(b"outcome", b"").decode()[:80],
+                                fields.get(b"reason", b"").decode()[:120],
+                            )
+                        )
                     if fields.get(b"kind") == b"callback":
                         message = _message(fields.get(b"message", b"{}"))
                         self.recording.stream_callbacks[
@@ -822,6 +847,11 @@ class Soak:
             )[:5],
             "timeline": timeline,
             "fault_times": [{"kind": f.kind, "h": round((f.at - span[0]) / 3600, 3)} for f in rec.faults],
+            "fault_list": [{**asdict(f), "at": round(f.at - self.start.timestamp(), 1)} for f in rec.faults],
+            "actions": {
+                room: [(round(t - self.start.timestamp(), 1), *rest) for t, *rest in acts]
+                for room, acts in rec.actions.items()
+            },
             "jobs": sum(len(v) for v in jobs.values()),
             "audience": {"accepted": len(rec.accepted), "uncertain": len(rec.uncertain)},
             "alerts": rec.alerts,
@@ -947,8 +977,8 @@ class Soak:
         detail, ok = [], True
         summary = {}
         for name, samples in self.recording.resources.items():
-            if len(samples) < 40:
-                continue
+            if len(samples) < 40 or samples[-1][0] - samples[0][0] < self.config.span_s / 4:
+                continue  # a short-lived incarnation (killed and restarted): too little to see a drift in
             q = len(samples) // 4
             second, last = samples[q : 2 * q], samples[3 * q :]
             rss2, rss4 = max(s[1] for s in second), max(s[1] for s in last)

@@ -1,6 +1,6 @@
 """Run the chaos soak and write its result: ``results/<name>.json``, ``.md`` and ``.png``.
 
-    python benchmarks/soak/run.py                      # 100 rooms, 24 simulated hours at 144x (~11 min)
+    python benchmarks/soak/run.py                      # 100 rooms, 24 simulated hours at 150x (~10 min)
     python benchmarks/soak/run.py --seed 7 --rooms 10 --hours 2 --speed 90
 
 Exit status 0 when every invariant held, 1 otherwise. The seed is printed first: the same seed, rooms,
@@ -31,7 +31,7 @@ def main() -> int:
     )
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--hours", type=float, default=24.0)
-    parser.add_argument("--speed", type=float, default=144.0)
+    parser.add_argument("--speed", type=float, default=150.0)
     parser.add_argument("--seed", type=int, default=None, help="default: a random one (printed)")
     parser.add_argument("--faults-per-hour", type=float, default=14.0)
     parser.add_argument("--name", default=None, help="result file name (default: soak-<seed>)")

@@ -29,7 +29,12 @@ from redis.exceptions import RedisError
 
 from orchestrator import clock
 from orchestrator.callbacks.profiles import UnknownProfile, live_event_callback_config, resolve_profile
-from orchestrator.providers.errors import ProviderAuthError, ProviderError
+from orchestrator.providers.errors import (
+    ProviderAuthError,
+    ProviderError,
+    ProviderJobNotRunning,
+    ProviderNotFound,
+)
 from orchestrator.providers.metastudio.client import MetaStudioClient
 from orchestrator.providers.metastudio.models import Command, JobState, RefreshOutputUrlConfig
 from orchestrator.scheduling.rooms import ManagedRoom
@@ -104,6 +109,15 @@ class RoomActions:
         except asyncio.CancelledError:
             await fence.release()
             raise
+        except (ProviderJobNotRunning, ProviderNotFound) as exc:
+            await fence.release()
+            if action.kind != "refresh":
+                await self._failed(room, action, exc)
+                return Outcome("failed", error=exc)
+            # A repair of a job that has ended meanwhile (its link ENDed because it FAILED or was BLOCKED):
+            # nothing a human must hear of -- the caller learns the job's state and restarts it.
+            await self.record(room, action, f"skipped: the job is not running ({exc})")
+            return Outcome("failed", error=exc)
         except Exception as exc:  # any failure: released, recorded, alerted -- the pass goes on
             await fence.release()
             await self._failed(room, action, exc)

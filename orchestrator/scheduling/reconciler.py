@@ -33,11 +33,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import RedisError
 
 from orchestrator import clock
-from orchestrator.providers.errors import ProviderError, ProviderNotFound
+from orchestrator.providers.errors import ProviderError, ProviderJobNotRunning, ProviderNotFound
 from orchestrator.providers.metastudio.models import JobState, SmartLiveJob
-from orchestrator.scheduling.actions import Action, AlertFn, ClientFor, Current, RoomActions
+from orchestrator.scheduling.actions import Action, AlertFn, ClientFor, Current, Outcome, RoomActions
 from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs
 from orchestrator.scheduling.schedules import Desired, describe_instant, evaluate
 from orchestrator.settings import Settings
@@ -195,6 +196,8 @@ class Reconciler:
         for room in rooms:
             try:
                 await self.reconcile(room, vendor_active)
+            except RedisError:
+                raise  # Redis is gone for every room: the pass ends with one line (not a traceback per room)
             except Exception:  # one room's failure must not stop the others
                 log.exception("reconcile failed", room_id=room.room_id)
 
@@ -213,7 +216,7 @@ class Reconciler:
             return await self._reconcile(room, vendor_active)
 
     async def _reconcile(
-        self, room: ManagedRoom, vendor_active: dict[str, list[SmartLiveJob]] | None
+        self, room: ManagedRoom, vendor_active: dict[str, list[SmartLiveJob]] | None, *, again: bool = True
     ) -> Action | None:
         now = clock.time()
         desired = evaluate(room.schedule, datetime.fromtimestamp(now, UTC))
@@ -227,7 +230,19 @@ class Reconciler:
         if action is None or action.kind == "wait":
             return action
         with structlog.contextvars.bound_contextvars(room_id=room.room_id):
-            await self._act(room, action, actual, desired)
+            outcome = await self._act(room, action, actual, desired)
+        if (
+            again
+            and action.kind == "refresh"
+            and outcome is not None
+            and isinstance(outcome.error, ProviderJobNotRunning | ProviderNotFound)
+            and actual.job_id
+        ):
+            # Soak finding: a link ENDs because its job FAILED or was BLOCKED; a pass working from a listing
+            # taken before that refreshed the dead job's output (refused), alerted, and restarted only a pass
+            # later. Now: learn the job's state from the vendor and decide again, at once.
+            await self._poll(room, actual.job_id, actual.job_state or "PROCESSING")
+            return await self._reconcile(room, None, again=False)
         return action
 
     async def _observe(
@@ -356,9 +371,11 @@ class Reconciler:
             await self._state.set_job_state(room.room_id, job_id, job.state.value)
         return job.state.value
 
-    async def _act(self, room: ManagedRoom, action: Action, actual: Actual, desired: Desired) -> None:
+    async def _act(
+        self, room: ManagedRoom, action: Action, actual: Actual, desired: Desired
+    ) -> Outcome | None:
         if action.kind == "circuit_open":
             await self.actions.record(room, action, "circuit open")
             await self._alert(room, "circuit_open", action.reason)
-            return
-        await self.actions.take(room, action, Current(actual.job_id, actual.job_state))
+            return None
+        return await self.actions.take(room, action, Current(actual.job_id, actual.job_state))

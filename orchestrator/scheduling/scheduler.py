@@ -123,10 +123,18 @@ class BoundaryScheduler:
         self.lateness_ms.append((clock.time() - due) * 1000)
         try:
             await self._reconciler.reconcile_room(room_id)
-        finally:
             room = await self._configs.get(room_id)
-            if room is not None:
-                self.arm(room)
+        except RedisError as exc:  # the periodic pass re-arms the boundary once Redis answers
+            log.warning("boundary pass skipped: Redis unreachable", room_id=room_id, error=str(exc))
+            return
+        if room is not None:
+            self.arm(room)
+
+    async def _changed(self, room_id: str) -> None:
+        try:
+            await self._reconciler.reconcile_room(room_id)
+        except RedisError as exc:
+            log.warning("room pass skipped: Redis unreachable", room_id=room_id, error=str(exc))
 
     async def _listen(self) -> None:
         assert self._reactions is not None
@@ -144,7 +152,7 @@ class BoundaryScheduler:
                 self.arm(room)
                 # Reconcile now, as a scheduler job: this listener only listens.
                 self._scheduler.add_job(
-                    self._reconciler.reconcile_room,
+                    self._changed,
                     args=[room_id],
                     id=f"changed:{room_id}",
                     replace_existing=True,

@@ -6,12 +6,16 @@ entries, oldest first, to the same apply path; applying is idempotent (the callb
 Redis), so an entry written both to Redis and here is applied once. Entries that still fail stay for the
 next replay, in order.
 
-One JSON document per line. The file belongs to one process: give each replica its own path.
+One JSON document per line. The file belongs to one process: give each replica its own path. That is
+enforced (:meth:`Journal.claim`): a second process naming the same path is refused at start -- the soak
+found three replicas sharing the default relative path, one's replay rewriting the file while another
+appended, and an acknowledged callback lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -23,10 +27,47 @@ import structlog
 log = structlog.get_logger(__name__)
 
 
+class JournalInUse(RuntimeError):
+    """Another process holds this journal: two replicas must never share one (each rewrites it on replay)."""
+
+
+#: Journals this process holds (resolved path → the locked file's descriptor): a claim is the process's,
+#: not one object's (a second flock from the same process on another descriptor would refuse itself).
+_CLAIMS: dict[Path, int] = {}
+
+
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = asyncio.Lock()
+
+    def claim(self) -> None:
+        """Hold the journal for this process (an exclusive lock on ``<path>.lock``, released when the process
+        ends, however it ends). Raises JournalInUse when another process holds it, OSError when the
+        directory cannot be written."""
+        key = self.path.resolve()
+        if key in _CLAIMS:
+            return
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise JournalInUse(
+                f"callbacks.journal_path {self.path} is in use by another process (pid {holder}): "
+                "give each replica its own journal path"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        _CLAIMS[key] = fd
+
+    def release(self) -> None:
+        fd = _CLAIMS.pop(self.path.resolve(), None)
+        if fd is not None:
+            os.close(fd)
 
     async def append(self, entry: dict[str, Any]) -> None:
         """Write one entry and fsync it before returning. Raises OSError if the disk refuses."""

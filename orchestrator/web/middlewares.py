@@ -32,6 +32,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_request import BaseRequest
+from redis.exceptions import RedisError
 
 from orchestrator.web.errors import ApiError, code_for_status, default_message, error_response
 
@@ -202,6 +203,22 @@ def _error_response_for(request: BaseRequest, exc: Exception) -> web.StreamRespo
             message or default_message(exc.status),
             request_id,
             headers=headers,
+        )
+    if isinstance(exc, RedisError):
+        # Redis restarting, loading its data, or gone for a moment (the soak found each): nothing was
+        # accepted; the caller may retry. One line, not a traceback per request.
+        log.warning(
+            "redis unavailable for a request",
+            method=request.method,
+            path=request.path,
+            error=str(exc) or type(exc).__name__,
+        )
+        return error_response(
+            503,
+            "REDIS_UNAVAILABLE",
+            "the state store is unavailable; nothing was accepted, retry shortly",
+            request_id,
+            headers={"Retry-After": "1"},
         )
     log.error("unhandled error", method=request.method, path=request.path, exc_info=exc)
     return error_response(500, code_for_status(500), "internal error", request_id)

@@ -228,3 +228,33 @@ async def test_room_down_pages_only_an_outage_its_repairs_did_not_end(
         await until(lambda: _async(any(h["kind"] == "resolved" for h in webhooks.got)), 10)
         assert "room_down" in next(h for h in webhooks.got if h["kind"] == "resolved")["message"]
         assert sum(h["kind"] == "room_down" for h in webhooks.got) == 1  # once per outage
+
+
+async def test_an_ended_link_of_a_job_that_failed_restarts_it_in_the_same_pass(
+    make_settings: Any, tmp_path: Path, sandbox: Any, webhooks: Webhooks
+) -> None:
+    """Soak finding: a job FAILS, its link ENDs; a pass working from a listing taken before the failure
+    refreshed the dead job's output (refused: MSS.20010099), paged ``action_failed``, and restarted only a
+    pass later. Now the refusal makes it ask the vendor, and the same pass restarts the job, silently."""
+    box, url = sandbox
+    room = managed_room([{"kind": "always"}], alerts=[{"url": f"{webhooks.url}/generic"}])
+    async with daemon_for(make_settings, tmp_path, url, enabled=False) as daemon:  # passes driven here
+        await daemon.configs.put(room)
+        await daemon.reconciler.reconcile(room)
+        await until(lambda: _async(len(_active(box)) == 1))
+        job = _active(box)[0]
+        await until(lambda: _async(job.rtmp.get("rtmp://push.example/live") == "CONNECTED"))
+        await until(lambda: _link_state(daemon, "CONNECTED"))
+        stale = await daemon.reconciler._vendor_active_jobs([room])  # the job listed as PROCESSING
+        box.world.fail(job, "MSS.45000010", "RTMP stream push failed.")
+        await until(lambda: _link_state(daemon, "END"))  # the callback is in; the job state is not
+        await daemon.reconciler.reconcile(room, stale)
+        assert len(box.world.jobs) == 2 and len(_active(box)) == 1  # restarted within this pass
+        actions = [(e["action"], e["outcome"][:7]) for e in await daemon.events()]
+        assert actions == [("start", "done"), ("refresh", "skipped"), ("restart", "done")]
+        assert not [h for h in webhooks.got if h["severity"] != "info"]
+
+
+async def _link_state(daemon: Any, state: str) -> bool:
+    links = (await daemon.store.state(ROOM) or {}).get("rtmp", {})
+    return any(link["state"] == state for link in links.values())

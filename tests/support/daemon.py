@@ -26,6 +26,11 @@ class Daemon:
         self.base_url = f"http://127.0.0.1:{self.port}"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
         self._env = {**clean, **(env or {})}
+        # Each daemon its own callback journal, as each replica of a deployment has (one process per journal
+        # is enforced).
+        self._env.setdefault(
+            "ORCH_CALLBACKS__JOURNAL_PATH", tempfile.mkdtemp(prefix="orch-journal-") + "/j.jsonl"
+        )
         self._args = args or []
         self._nofile = nofile  # the file descriptor limit the process runs under (as a container's ulimit)
         self._log = Path(tempfile.mkstemp(prefix="orch-daemon-", suffix=".log")[1])

@@ -143,52 +143,70 @@ class Delivery:
 
 
 class CallbackSender:
-    """Delivers callbacks one at a time, in order, with the configured faults; keeps a delivery log."""
+    """Delivers each job's callbacks one at a time, in order, with the configured faults; jobs do not wait
+    for each other (a hundred live rooms are a hundred independent senders at the cloud, and one slow
+    receiver answer must not hold every room's notices back). Keeps a delivery log."""
 
     def __init__(self, session: aiohttp.ClientSession, clock: SimClock) -> None:
         self._session = session
         self._clock = clock
-        self._queue: asyncio.Queue[tuple[Job, str, dict[str, Any]]] = asyncio.Queue()
+        self._queues: dict[str, asyncio.Queue[tuple[Job, str, dict[str, Any]]]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self.faults = CallbackFaults()
         self.log: list[Delivery] = []
-        self._task: asyncio.Task[None] | None = None
         self._last_ms = 0
+        self._running = False
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="sandbox-callbacks")
+        self._running = True
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self._running = False
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks.clear()
 
     def emit(self, job: Job, event_type: str, message: dict[str, Any]) -> None:
         config = job.request.live_event_callback_config
-        if config is None or not config.live_event_type_callback_url:
+        if config is None or not config.live_event_type_callback_url or not self._running:
             return
         subscribed = config.callback_event_type or list(ALL_CALLBACK_EVENTS)
-        if event_type in subscribed:
-            self._queue.put_nowait((job, event_type, message))
+        if event_type not in subscribed:
+            return
+        queue = self._queues.get(job.job_id)
+        if queue is None:
+            queue = self._queues[job.job_id] = asyncio.Queue()
+            self._tasks[job.job_id] = asyncio.create_task(
+                self._run(queue), name=f"sandbox-callbacks-{job.job_id}"
+            )
+        queue.put_nowait((job, event_type, message))
 
     async def drain(self) -> None:
         """Wait until every queued callback has been attempted."""
-        await self._queue.join()
+        for queue in list(self._queues.values()):
+            await queue.join()
 
-    async def _run(self) -> None:
+    async def _run(self, queue: asyncio.Queue[tuple[Job, str, dict[str, Any]]]) -> None:
         while True:
-            batch = [await self._queue.get()]
+            batch = [await queue.get()]
             if self.faults.reorder:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.2):
-                        batch.append(await self._queue.get())
+                        batch.append(await queue.get())
                 batch.reverse()
             for job, event_type, message in batch:
                 try:
                     await self._deliver(job, event_type, message)
                 finally:
-                    self._queue.task_done()
+                    queue.task_done()
+            if queue.empty() and not job.state.active:  # an ended job's sender ends (a later notice: anew)
+                self._queues.pop(job.job_id, None)
+                self._tasks.pop(job.job_id, None)
+                return
 
     async def _deliver(self, job: Job, event_type: str, message: dict[str, Any]) -> None:
         faults = self.faults
