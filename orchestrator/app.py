@@ -211,25 +211,49 @@ async def scheduling_ctx(app: web.Application) -> AsyncIterator[None]:
         app[REDACTOR].add_values(room.secrets())
     if settings.scheduling.enabled:
         await scheduler.start()
-    watching = asyncio.create_task(_watch_redis(app, alerter), name="redis-alerts")
+    watching = asyncio.create_task(_watch_redis(app, alerter, scheduler), name="redis-alerts")
     yield
     await cancel_and_wait(watching)
     await cancel_and_wait(applying)
     await scheduler.aclose()
 
 
-async def _watch_redis(app: web.Application, alerter: Alerter, interval_s: float = 5.0) -> None:
-    """Redis lost, and back: daemon-level alerts (``alerts.targets``), on the transitions only."""
+async def _watch_redis(
+    app: web.Application,
+    alerter: Alerter,
+    scheduler: BoundaryScheduler,
+    interval_s: float = 5.0,
+    lost_after: int = 2,
+) -> None:
+    """Redis lost -- ``lost_after`` checks ``interval_s`` apart unanswered: a blip is not a page -- and back:
+    daemon-level alerts (``alerts.targets``), on the transitions only. Back also wakes the reconciler at
+    once: boundaries that came while Redis was away were skipped.
+
+    It PINGs on a client of its own without retries: the shared client's retries (real seconds, with
+    backoff) hid outages shorter than themselves -- the soak saw 70-second outages go unreported."""
     settings = app[SETTINGS].redis
-    was_ok = True
-    while True:
-        ok, detail = await redis_ready(app[REDIS], settings.readiness_timeout_s)
-        if was_ok and not ok:
-            await alerter.daemon_alert("redis_lost", f"Redis does not answer ({detail})")
-        elif ok and not was_ok:
-            await alerter.daemon_alert("resolved", "Redis answers again")
-        was_ok = ok
-        await clock.sleep(interval_s)
+    probe = create_redis(
+        settings.model_copy(update={"retry_attempts": 0, "max_connections": 2}),
+        client_name="orchestrator-watch",
+    )
+    failures, alerted = 0, False
+    try:
+        while True:
+            ok, detail = await redis_ready(probe, settings.readiness_timeout_s)
+            if ok:
+                if failures:
+                    scheduler.pass_now()
+                if alerted:
+                    await alerter.daemon_alert("resolved", "Redis answers again", resolves="redis_lost")
+                failures, alerted = 0, False
+            else:
+                failures += 1
+                if failures == lost_after:
+                    await alerter.daemon_alert("redis_lost", f"Redis does not answer ({detail})")
+                    alerted = True
+            await clock.sleep(interval_s)
+    finally:
+        await probe.aclose()
 
 
 async def audience_ctx(app: web.Application) -> AsyncIterator[None]:

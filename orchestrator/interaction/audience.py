@@ -151,6 +151,26 @@ class RoomWorker:
             if start == "0-0" or not entries:
                 return
 
+    async def adopt_strays(self) -> int:
+        """Claim the entries another consumer was delivered and never acknowledged, idle for a lease: their
+        reader lost the room (stalled past its lease, or read once more before it noticed) and dropped them
+        unreported with its worker. Soak finding: a handover left every event its loser had read but not
+        reported in the group's pending list, never reported -- only a worker's start claimed them."""
+        service = self.service
+        me, min_idle = service.leases.replica_id, clock.real_ms(service.settings.lease_ttl_s)
+        pending = await service.redis.xpending_range(
+            self.stream, GROUP, min="-", max="+", count=1000, idle=min_idle
+        )
+        ids: list[bytes | str | int | memoryview[int]] = [
+            p["message_id"] for p in pending if _text(p["consumer"]) != me
+        ]
+        if not ids:
+            return 0
+        entries = await service.redis.xclaim(self.stream, GROUP, me, min_idle_time=min_idle, message_ids=ids)
+        await self.take(entries, fresh=False)
+        self._log.info("claimed events another replica left unreported", events=len(entries))
+        return len(entries)
+
     # --- ingest side ---
 
     async def take(self, entries: list[Any], *, fresh: bool) -> None:
@@ -337,6 +357,7 @@ class AudienceService:
         self.workers: dict[str, RoomWorker] = {}
         self._changed = asyncio.Event()
         self._stopping = False
+        self._passes = 0  # supervise passes: every third also claims strays
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- used by workers and by the web routes ---
@@ -458,11 +479,15 @@ class AudienceService:
                 if room_id not in live:
                     await self.leases.release(room_id)
                 log.info("room worker stopped", room_id=room_id, job_id=worker.job_id)
+        self._passes += 1
+        sweep = self._passes % 3 == 0  # once a lease: strays are at least a lease old
         for room_id in sorted(held):
             if room_id not in self.workers:
                 worker = RoomWorker(self, room_id, live[room_id])
                 await worker.start()
                 self.workers[room_id] = worker
+            elif sweep and self.workers[room_id].started:
+                await self.workers[room_id].adopt_strays()
         self.metrics.rooms_owned.set(len(self.workers))
 
     async def _read_forever(self) -> None:

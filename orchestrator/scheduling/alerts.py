@@ -170,16 +170,23 @@ class Alerter:
             await self._redis.hsetnx(keys.room_state(room.room_id), f"alert_open:{kind}", int(clock.time()))
         await self._record(room.room_id, kind, message, ", ".join(results))
 
-    async def daemon_alert(self, kind: str, message: str, *, room: ManagedRoom | None = None) -> None:
+    async def daemon_alert(
+        self, kind: str, message: str, *, room: ManagedRoom | None = None, resolves: str | None = None
+    ) -> None:
         """Daemon-level trouble to ``alerts.targets``: rate-limited in memory (it must work while Redis is
-        the trouble)."""
+        the trouble). A "resolved" one (``resolves``: the kind it ends) is never held back, and lifts that
+        kind's rate limit: the same trouble again is a new incident."""
         if not self._daemon_targets:
             return
-        gate = f"{kind}:{room.room_id if room else ''}"
-        now = clock.monotonic()
-        if now - self._daemon_sent.get(gate, -1e9) < self._min_interval_s:
-            return
-        self._daemon_sent[gate] = now
+        where = room.room_id if room else ""
+        if resolves is not None:
+            self._daemon_sent.pop(f"{resolves}:{where}", None)
+        else:
+            gate = f"{kind}:{where}"
+            now = clock.monotonic()
+            if now - self._daemon_sent.get(gate, -1e9) < self._min_interval_s:
+                return
+            self._daemon_sent[gate] = now
         await self._send_all(
             self._daemon_targets, kind, room.room_id if room else "", room.name if room else None, message
         )

@@ -113,6 +113,11 @@ class BoundaryScheduler:
             args=[room.room_id, boundary.timestamp()],
         )
 
+    def pass_now(self) -> None:
+        """Run the periodic pass at once (Redis is back: boundaries that came meanwhile were skipped)."""
+        if self._scheduler.running and self._scheduler.get_job("reconcile-pass") is not None:
+            self._scheduler.modify_job("reconcile-pass", next_run_time=datetime.now(UTC))
+
     def next_boundary(self, room_id: str) -> datetime | None:
         job = self._scheduler.get_job(f"boundary:{room_id}")
         if job is None or len(job.args) < 2:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from pydantic import SecretStr
 
 from orchestrator.app import create_app
 from orchestrator.appkeys import REACTIONS, REDIS, ROOM_STORE
@@ -114,3 +115,40 @@ async def test_group_commit_survives_a_script_flush_and_a_redis_restart(
         assert (status, body["outcome"]) == (200, "applied")
         assert (await daemon.room(ROOM))["paragraph_seq"] == "40"
         assert not (tmp_path / "journal.jsonl").exists() or not (tmp_path / "journal.jsonl").read_text()
+
+
+async def test_the_api_answers_503_without_a_traceback_while_redis_is_away(
+    controllable_redis: RedisServer, make_settings: Any, tmp_path: Path
+) -> None:
+    """Soak finding: audience events posted while Redis restarted (or loaded its AOF) got a bare 500, and
+    each left a traceback in the log. Now: 503 REDIS_UNAVAILABLE with Retry-After, one warning line."""
+    from structlog.testing import capture_logs
+
+    port = free_port()
+    settings = settings_for(make_settings, port, tmp_path / "journal.jsonl")
+    settings = settings.model_copy(
+        update={
+            "admin": settings.admin.model_copy(update={"token": SecretStr("t" * 24)}),
+            "redis": settings.redis.model_copy(
+                update={"retry_attempts": 0, "socket_timeout_s": 0.3, "connect_timeout_s": 0.3}
+            ),
+        }
+    )
+    app = create_app(settings)
+    async with serving(app, settings, port=port) as url, aiohttp.ClientSession() as http:
+        await app[ROOM_STORE].register_room(ROOM)
+        controllable_redis.stop()
+        try:
+            with capture_logs() as logs:
+                async with http.post(
+                    f"{url}/api/rooms/{ROOM}/events",
+                    json={"type": "comment", "user": {"userId": "u1"}, "text": "hi"},
+                    headers={"Authorization": f"Bearer {'t' * 24}"},
+                ) as resp:
+                    body = await resp.json()
+                    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+        finally:
+            controllable_redis.start()
+    assert body["error_code"] == "REDIS_UNAVAILABLE" and body["error_msg"]
+    assert not [e for e in logs if e["log_level"] == "error"]
+    assert any(e["event"] == "redis unavailable for a request" for e in logs)

@@ -351,3 +351,37 @@ async def test_an_expired_report_url_is_replaced_by_the_jobs_current_one(
         await until(lambda: _async(all(c.status for c in _report_calls(box))), 5)  # answers recorded
         assert [c.status for c in _report_calls(box)] == [401, 200]
         assert (await redis.hget(keys.room_state(ROOM), "report_url")).decode() == job.report_url
+
+
+async def test_events_another_replica_read_and_dropped_are_claimed_by_the_owner(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """Soak finding: a replica that lost a room's lease (stalled past it) had read entries it then dropped
+    with its worker; they stayed in the group's pending list, delivered to it, and were never reported --
+    the new owner only claims pending entries when its worker starts. Now the owner claims, once a lease,
+    what another consumer has left idle that long."""
+    async with running_sandbox(SandboxConfig(AK, SK, PROJECT, speed=20)) as (box, url):
+        box.world.add_room(demo_room())
+        async with live_room(make_settings, tmp_path, sandbox=(box, url), report_window_ms=50) as (
+            daemon,
+            _,
+            job_id,
+        ):
+            job = box.world.jobs[job_id]
+            redis = redis_of(daemon)
+            await ingest(daemon, [comment("before")])
+            await until(lambda: _async(len(job.reported) == 1), 10)
+            stream = keys.room_ingest(ROOM)
+            now_ms = int(time.time() * 1000)
+            # Written and, at once (one transaction: the owner's reader cannot come between), read by the
+            # replica that was losing the room, which drops them unreported.
+            async with redis.pipeline(transaction=True) as pipe:
+                for i in range(20):
+                    wire = {"timestamp": now_ms, "type": 1, "content": json.dumps({"content": f"stray{i}"})}
+                    pipe.xadd(stream, {"event": orjson.dumps(wire)})
+                pipe.xreadgroup(GROUP, "the-previous-owner", {stream: ">"}, count=100)
+                *_, read = await pipe.execute()
+            assert len(read[0][1]) == 20
+            await until(lambda: _async(len(_texts(job.reported)) == 21), 10)
+            assert sorted(_texts(job.reported)) == sorted(["before", *(f"stray{i}" for i in range(20))])
+            await until(lambda: _pending_zero(redis), 5)

@@ -240,3 +240,57 @@ async def test_daemon_level_alerts_reach_the_daemons_targets(
         await until(
             lambda: _true(any(h["kind"] == "resolved" and "Redis" in h["message"] for h in webhooks.got)), 15
         )
+
+
+async def test_every_redis_outage_is_paged_once_and_wakes_the_reconciler(
+    make_settings: Any, webhooks: Webhooks, controllable_redis: Any
+) -> None:
+    """Soak findings: the watcher PINGed through the shared client, whose retries (real seconds, backoff)
+    outlasted short outages, which then went unreported; and a second outage within
+    ``alert_min_interval_s`` of the first -- resolved in between -- was swallowed by the first's rate limit.
+    Now: its own client without retries, two failed checks in a row page once, "resolved" lifts the limit,
+    and Redis back runs the reconcile pass at once (boundaries in the outage were skipped)."""
+    import aiohttp
+    from aiohttp import web
+
+    from orchestrator.app import _watch_redis
+    from orchestrator.appkeys import SETTINGS
+    from orchestrator.scheduling.alerts import Alerter
+    from orchestrator.settings import AlertTarget
+
+    settings = make_settings(redis={"readiness_timeout_s": 0.3, "connect_timeout_s": 0.2})
+    app = web.Application()
+    app[SETTINGS] = settings
+
+    class Passes:
+        woken = 0
+
+        def pass_now(self) -> None:
+            self.woken += 1
+
+    passes = Passes()
+    async with aiohttp.ClientSession() as http:
+        alerter = Alerter(
+            http,
+            None,  # type: ignore[arg-type]  -- daemon alerts never touch Redis
+            min_interval_s=300,
+            events_maxlen=100,
+            attempts=1,
+            timeout_s=1,
+            daemon_targets=[AlertTarget(url=f"{webhooks.url}/ops")],
+        )
+        watcher = asyncio.create_task(_watch_redis(app, alerter, passes, interval_s=0.1))  # type: ignore[arg-type]
+        try:
+            for outage in (1, 2):
+                controllable_redis.stop(save=True)
+                await until(lambda n=outage: _true(_kinds(webhooks).count("redis_lost") == n), 5)
+                controllable_redis.start()
+                await until(lambda n=outage: _true(_kinds(webhooks).count("resolved") == n), 5)
+                assert passes.woken == outage
+        finally:
+            watcher.cancel()
+    assert _kinds(webhooks) == ["redis_lost", "resolved", "redis_lost", "resolved"]
+
+
+def _kinds(webhooks: Webhooks) -> list[str]:
+    return [h["kind"] for h in webhooks.got]
