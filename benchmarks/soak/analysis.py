@@ -209,6 +209,10 @@ def analyse(
             if f.room_id == room_id and f.restarts:
                 index = next((i for i, (s, e) in enumerate(windows) if s <= f.at < e), None)
                 justified[index] += 1
+            elif f.room_id is None and f.restarts:  # every room's fault: a restart in each window it meets
+                for index, (s, e) in enumerate(windows):
+                    if f.at < e and s < f.at + f.budget_s:
+                        justified[index] += 1
         for index, count in starts.items():
             if index is None:
                 extra_starts.append(f"{room_id}: {count} job(s) started outside every window")

@@ -76,12 +76,13 @@ class SoakConfig:
 
 
 #: The soak's daemon settings, in simulated seconds. Where they differ from the defaults, it is because
-#: at ~144x a default becomes a real-time margin no process on a shared 2-core machine can keep: the lease
-#: (10 s → 69 ms real, renewed every 23 ms) and the vendor call timeout (10 s → 69 ms). The report window
-#: is widened so that batches still form (200 ms → 1.4 ms real).
+#: at 150x a default becomes a real-time margin no process on a shared 2-core machine can keep: the lease
+#: (10 s → 67 ms real, renewed every 22 ms; its holder's safety margin, a fifth of it, 13 ms -- one stalled
+#: event loop and two replicas report the same room) and the vendor call timeout (10 s → 67 ms). The
+#: report window is widened so that batches still form (200 ms → 1.3 ms real).
 SOAK_SETTINGS: dict[str, dict[str, Any]] = {
     "scheduling": {"reconcile_interval_s": 15.0, "fence_ttl_s": 30.0},
-    "interaction": {"lease_ttl_s": 60.0, "report_window_ms": 2000},
+    "interaction": {"lease_ttl_s": 120.0, "report_window_ms": 2000},
     "metastudio": {"timeout_s": 60.0, "max_retries": 3},
 }
 RESTART = {
@@ -657,8 +658,14 @@ class Soak:
         elif kind == "callbacks_slow":
             delay_s, lasting_s = rng.uniform(5, 60), rng.uniform(120, 600)
             world.sender.faults = CallbackFaults(delay_s=delay_s)
+            # A link notice later than refresh_wait_s makes a repaired output look still down: the daemon
+            # restarts the job, as it should without news of the link -- a restart this fault justifies.
             self._record(
-                kind, None, lasting_s + 4 * delay_s + budget, detail=f"{delay_s:.0f}s for {lasting_s:.0f}s"
+                kind,
+                None,
+                lasting_s + 4 * delay_s + budget,
+                detail=f"{delay_s:.0f}s for {lasting_s:.0f}s",
+                restarts=delay_s > RESTART["refresh_wait_s"],
             )
             asyncio.get_running_loop().call_later(clock.real_s(lasting_s), self._callbacks_normal, world)
         elif kind == "callbacks_lost":
@@ -917,7 +924,7 @@ class Soak:
                 len(lost),
                 f"0 of {len(rec.accepted)}",
                 not lost,
-                lost[:20],
+                lost[:500],
             ),
             analysis.Verdict("audience events reported twice", len(twice), "0", not twice, twice[:20]),
             analysis.Verdict(
@@ -972,24 +979,25 @@ class Soak:
         ]
 
     def _resource_verdicts(self) -> list[analysis.Verdict]:
-        """Memory and fds per replica process: after warm-up, the last quarter's peak within 1.5x (RSS) and
-        +32 (fds) of the second quarter's."""
+        """Memory and fds per replica process that lived a quarter of the run or more: the last quarter's
+        peak within 1.25x (RSS) and +16 (fds) of the third quarter's -- a leak grows through the second
+        half; connection pools fill up (to their configured sizes) in the first."""
         detail, ok = [], True
         summary = {}
         for name, samples in self.recording.resources.items():
             if len(samples) < 40 or samples[-1][0] - samples[0][0] < self.config.span_s / 4:
                 continue  # a short-lived incarnation (killed and restarted): too little to see a drift in
             q = len(samples) // 4
-            second, last = samples[q : 2 * q], samples[3 * q :]
+            second, last = samples[2 * q : 3 * q], samples[3 * q :]
             rss2, rss4 = max(s[1] for s in second), max(s[1] for s in last)
             fd2, fd4 = max(s[2] for s in second), max(s[2] for s in last)
             summary[name] = {"rss_kib": [rss2, rss4], "fds": [fd2, fd4]}
-            if rss4 > 1.5 * rss2 or fd4 > fd2 + 32:
+            if rss4 > 1.25 * rss2 or fd4 > fd2 + 16:
                 ok = False
                 detail.append(f"replica {name}: RSS {rss2}→{rss4} KiB, fds {fd2}→{fd4}")
         return [
             analysis.Verdict(
-                "replica memory and fds bounded (2nd vs 4th quarter peak)", summary, "no drift", ok, detail
+                "replica memory and fds bounded (3rd vs 4th quarter peak)", summary, "no drift", ok, detail
             )
         ]
 
