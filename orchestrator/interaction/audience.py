@@ -358,6 +358,7 @@ class AudienceService:
         self._changed = asyncio.Event()
         self._stopping = False
         self._passes = 0  # supervise passes: every third also claims strays
+        self._retiring: dict[str, asyncio.Task[None]] = {}  # workers being stopped, by room
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- used by workers and by the web routes ---
@@ -443,6 +444,8 @@ class AudienceService:
             with contextlib.suppress(RedisError, OSError):
                 await self.leases.release(room_id)
         self.workers.clear()
+        for retiring in list(self._retiring.values()):
+            await cancel_and_wait(retiring)
 
     async def _supervise_forever(self) -> None:
         while True:
@@ -474,14 +477,20 @@ class AudienceService:
             if failed is not None:  # a bug, not an outage (those are retried inside): start it afresh
                 log.error("room worker failed; restarting it", room_id=room_id, error=failed)
             if failed is not None or room_id not in held or live.get(room_id) != worker.job_id:
-                await worker.aclose()
+                # Stopped in the background: a worker slow to stop (a task in a vendor call) must not hold
+                # up the leases of every other room -- the soak saw one stuck stop lose a replica all its
+                # rooms, and the events it had read with them.
                 del self.workers[room_id]
-                if room_id not in live:
-                    await self.leases.release(room_id)
-                log.info("room worker stopped", room_id=room_id, job_id=worker.job_id)
+                worker.started = False
+                self._retiring[room_id] = asyncio.create_task(
+                    self._retire(worker, release=room_id not in live), name=f"retire:{room_id}"
+                )
         self._passes += 1
         sweep = self._passes % 3 == 0  # once a lease: strays are at least a lease old
         for room_id in sorted(held):
+            retiring = self._retiring.get(room_id)
+            if retiring is not None and not retiring.done():
+                continue  # the room's previous worker is still stopping: start anew once it has
             if room_id not in self.workers:
                 worker = RoomWorker(self, room_id, live[room_id])
                 await worker.start()
@@ -490,10 +499,26 @@ class AudienceService:
                 await self.workers[room_id].adopt_strays()
         self.metrics.rooms_owned.set(len(self.workers))
 
+    async def _retire(self, worker: RoomWorker, *, release: bool) -> None:
+        try:
+            await worker.aclose()
+            if release:
+                await self.leases.release(worker.room_id)
+        except (RedisError, OSError) as exc:  # the lease then expires by itself
+            log.warning("cannot release a room's lease", room_id=worker.room_id, error=str(exc))
+        log.info("room worker stopped", room_id=worker.room_id, job_id=worker.job_id)
+        self._retiring.pop(worker.room_id, None)
+        self._changed.set()  # a room waiting for this stop starts its new worker now
+
     async def _read_forever(self) -> None:
         """The one reader: every owned room's ingest stream in one XREADGROUP, entries to their rooms."""
         while not self._stopping:
-            streams = {w.stream: ">" for w in self.workers.values() if w.wants_more()}
+            # Only rooms whose lease this replica may still act on: what it reads it must report.
+            streams = {
+                w.stream: ">"
+                for w in self.workers.values()
+                if w.wants_more() and self.leases.valid(w.room_id)
+            }
             if not streams:
                 await pause(0.05)
                 continue

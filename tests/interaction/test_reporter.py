@@ -385,3 +385,33 @@ async def test_events_another_replica_read_and_dropped_are_claimed_by_the_owner(
             await until(lambda: _async(len(_texts(job.reported)) == 21), 10)
             assert sorted(_texts(job.reported)) == sorted(["before", *(f"stray{i}" for i in range(20))])
             await until(lambda: _pending_zero(redis), 5)
+
+
+async def test_a_worker_slow_to_stop_does_not_hold_up_the_supervisor(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """Soak finding: stopping room workers one after another, inside the pass that renews the leases, let
+    one worker slow to stop (a task not yet out of a call) hold every other room's renewal until their
+    leases ran out -- the replica lost all its rooms, with the events it had read. Workers now stop in the
+    background; the supervisor's pass returns at once."""
+    async with running_sandbox(SandboxConfig(AK, SK, PROJECT, speed=20)) as (box, url):
+        box.world.add_room(demo_room())
+        async with live_room(make_settings, tmp_path, sandbox=(box, url)) as (daemon, _, _job):
+            service = audience(daemon)
+            worker = service.workers[ROOM]
+
+            async def stuck() -> None:  # a task that needs two seconds to notice its cancellation
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    await asyncio.shield(asyncio.sleep(2.0))
+                    raise
+
+            worker._tasks.append(asyncio.create_task(stuck()))
+            await asyncio.sleep(0)
+            await redis_of(daemon).set(keys.room_lease(ROOM), b"another-replica", px=60_000)  # lease lost
+            started = time.monotonic()
+            await service.supervise()
+            assert time.monotonic() - started < 0.5
+            assert ROOM not in service.workers and not worker.started
+            await until(lambda: _async(all(t.done() for t in worker._tasks)), 5)
