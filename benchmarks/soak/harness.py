@@ -698,7 +698,7 @@ class Soak:
                 None,
                 budget + back_s,
                 at=at,
-                needs_human=down_s > 30 and not continues,
+                needs_human=back_s > 30 and not continues,
                 detail=f"stopped {down_s:.0f}s, answering again after {back_s:.0f}s"
                 + (" (continues the previous outage)" if continues else ""),
             )
