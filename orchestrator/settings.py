@@ -362,8 +362,10 @@ class InteractionSettings(Section):
     ingest_maxlen: int = Field(
         100_000, ge=1000, description="Backlog cap per room's ingest stream (oldest trimmed beyond it)."
     )
-    lease_ttl_s: PositiveSeconds = Field(
-        10.0, description="A replica owns a live room's reporting and replies for this long per renewal."
+    lease_ttl_s: float = Field(
+        10.0,
+        ge=1.0,  # its holder trusts it 0.5 s (real) less than this: shorter, and it would trust it never
+        description="A replica owns a live room's reporting and replies for this long per renewal.",
     )
     reply_max_pending: int = Field(
         15, ge=1, le=100, description="Replies waiting per room; beyond it the lowest priority is dropped."

@@ -66,3 +66,23 @@ def test_simulation_settings_are_validated_and_installed() -> None:
         assert abs(clock.now() - START) < timedelta(minutes=1)
     finally:
         clock.install(previous)
+
+
+async def test_a_lease_is_trusted_half_a_real_second_less_than_its_ttl_under_any_clock(
+    redis_client: object,
+) -> None:
+    """Soak finding: a holder trusted its lease for 0.8 of the TTL -- at 150x a few real milliseconds short of
+    its expiry, less than a stalled event loop, and two replicas reported the same room. The margin is now
+    at least half a real second (a stall is the machine's, not the policy's)."""
+    from orchestrator.interaction.leases import RoomLeases
+
+    with clock.using(clock.Clock(speed=150)):
+        leases = RoomLeases(redis_client, ttl_s=180.0, replica_id="me")  # type: ignore[arg-type]
+        assert await leases.acquire(["room-a"]) == {"room-a"}
+        started = time.monotonic()
+        while leases.valid("room-a"):
+            await asyncio.sleep(0.01)
+        trusted = time.monotonic() - started  # TTL 1.2 s real; a fifth of it would be 0.24 s
+        assert 0.6 < trusted < 0.75
+    with pytest.raises(ConfigError, match=r"interaction\.lease_ttl_s"):
+        load_settings(None, interaction={"lease_ttl_s": 0.5})

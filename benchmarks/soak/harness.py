@@ -77,12 +77,12 @@ class SoakConfig:
 
 #: The soak's daemon settings, in simulated seconds. Where they differ from the defaults, it is because
 #: at 150x a default becomes a real-time margin no process on a shared 2-core machine can keep: the lease
-#: (10 s → 67 ms real, renewed every 22 ms; its holder's safety margin, a fifth of it, 13 ms -- one stalled
-#: event loop and two replicas report the same room) and the vendor call timeout (10 s → 67 ms). The
-#: report window is widened so that batches still form (200 ms → 1.3 ms real).
+#: (10 s → 67 ms real, renewed every 22 ms; 180 s → 1.2 s real, renewed every 0.4 s, trusted 0.5 s real
+#: less than its TTL by its holder: leases.STALL_MARGIN_REAL_S) and the vendor call timeout (10 s → 67 ms
+#: real). The report window is widened so that batches still form (200 ms → 1.3 ms real).
 SOAK_SETTINGS: dict[str, dict[str, Any]] = {
     "scheduling": {"reconcile_interval_s": 15.0, "fence_ttl_s": 30.0},
-    "interaction": {"lease_ttl_s": 120.0, "report_window_ms": 2000},
+    "interaction": {"lease_ttl_s": 180.0, "report_window_ms": 2000},
     "metastudio": {"timeout_s": 60.0, "max_retries": 3},
 }
 RESTART = {
@@ -784,7 +784,9 @@ class Soak:
         should = {r: should_be_live(self.schedules[r], self.start, self.end) for r in self.room_ids}
         r = SOAK_SETTINGS["scheduling"]["reconcile_interval_s"]
         start_budget = WAITING_S + CONNECT_S + r
-        stop_budget = r + abs(self.skew_s) + 5
+        # A boundary (or the pass after it) plus a pass's own length: at 150x a pass over 100 rooms takes up
+        # to a simulated interval to reach a given room.
+        stop_budget = 2 * r + abs(self.skew_s)
         span = (self.measured_from, end_s)
         outcome = analysis.analyse(
             should=should,

@@ -34,8 +34,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-#: The share of the TTL a holder trusts its lease for without a renewal (clock drift, Redis latency).
+#: The share of the TTL a holder trusts its lease for without a renewal (clock drift, Redis latency) ...
 SAFETY = 0.8
+#: ... and, whatever the TTL, it stops trusting it this many real seconds before it runs out: a process can
+#: stall (CPU, GC, a long callback) for a machine's time, not a policy's -- under the soak's compressed
+#: clock a fifth of the TTL was a few real milliseconds, and two replicas reported the same room.
+STALL_MARGIN_REAL_S = 0.5
 
 
 class RoomLeases:
@@ -60,7 +64,8 @@ class RoomLeases:
                 )
             results = await pipe.execute()
         held = {room_id for room_id, ok in zip(room_ids, results, strict=True) if ok == 1}
-        deadline = started + self.ttl_s * SAFETY
+        margin_s = max(self.ttl_s * (1 - SAFETY), STALL_MARGIN_REAL_S * clock.installed().speed)
+        deadline = started + self.ttl_s - margin_s
         for room_id in room_ids:
             if room_id in held:
                 self._valid_until[room_id] = deadline
