@@ -23,6 +23,7 @@ import os
 import random
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -693,10 +694,14 @@ class Soak:
             # to anyone watching: one page covers both.
             continues = at - self._redis_back_at < 5.0
             self._redis_back_at = at + back_s
+            # The daemon's Redis client retries a failed command with backoff in real seconds (a machine
+            # duration, not compressed): a pass caught in them when Redis went away resumes that long after it
+            # is back -- at 150x, minutes of simulated time. Excused as the compression's, not the daemon's.
+            retries_s = 3 * 1.0 * self.config.speed  # redis.retry_attempts x redis.retry_backoff_cap_s
             self._record(
                 kind,
                 None,
-                budget + back_s,
+                budget + back_s + retries_s,
                 at=at,
                 needs_human=back_s > 30 and not continues,
                 detail=f"stopped {down_s:.0f}s, answering again after {back_s:.0f}s"
@@ -990,8 +995,9 @@ class Soak:
 
     def _resource_verdicts(self) -> list[analysis.Verdict]:
         """Memory and fds per replica process that lived a quarter of the run or more: the last quarter's
-        peak within 1.25x (RSS) and +16 (fds) of the third quarter's -- a leak grows through the second
-        half; connection pools fill up (to their configured sizes) in the first."""
+        median within 1.25x (RSS) and +16 (fds) of the third quarter's -- a leak grows through the second
+        half and moves the median; a burst of connections (an outage's reconnects) moves only the peak,
+        which is reported beside it."""
         detail, ok = [], True
         summary = {}
         for name, samples in self.recording.resources.items():
@@ -999,15 +1005,20 @@ class Soak:
                 continue  # a short-lived incarnation (killed and restarted): too little to see a drift in
             q = len(samples) // 4
             second, last = samples[2 * q : 3 * q], samples[3 * q :]
-            rss2, rss4 = max(s[1] for s in second), max(s[1] for s in last)
-            fd2, fd4 = max(s[2] for s in second), max(s[2] for s in last)
-            summary[name] = {"rss_kib": [rss2, rss4], "fds": [fd2, fd4]}
+            rss2, rss4 = statistics.median(s[1] for s in second), statistics.median(s[1] for s in last)
+            fd2, fd4 = statistics.median(s[2] for s in second), statistics.median(s[2] for s in last)
+            summary[name] = {
+                "rss_kib_median": [rss2, rss4],
+                "fds_median": [fd2, fd4],
+                "rss_kib_peak": max(s[1] for s in samples),
+                "fds_peak": max(s[2] for s in samples),
+            }
             if rss4 > 1.25 * rss2 or fd4 > fd2 + 16:
                 ok = False
                 detail.append(f"replica {name}: RSS {rss2}→{rss4} KiB, fds {fd2}→{fd4}")
         return [
             analysis.Verdict(
-                "replica memory and fds bounded (3rd vs 4th quarter peak)", summary, "no drift", ok, detail
+                "replica memory and fds bounded (3rd vs 4th quarter median)", summary, "no drift", ok, detail
             )
         ]
 
