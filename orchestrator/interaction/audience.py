@@ -50,7 +50,7 @@ from orchestrator.interaction.policy import (
     speak,
 )
 from orchestrator.interaction.queue import Reply, ReplyQueue
-from orchestrator.interaction.reporter import GROUP, Buffered, RoomReporter, entry_ms
+from orchestrator.interaction.reporter import GROUP, Buffered, RoomReporter, entry_ms, entry_order
 from orchestrator.metrics import Metrics
 from orchestrator.providers.metastudio.client import MetaStudioClient
 from orchestrator.settings import InteractionSettings
@@ -195,6 +195,10 @@ class RoomWorker:
             self.reporter.add(entry_id, event["type"], event["timestamp"], raw)
             if fresh and event["type"] in (1, 4) and fields.get(b"d") != b"1":  # d: decided at ingest
                 self._consider_reply(entry_id, event)
+        if not fresh:
+            # Claimed entries (a predecessor's, or strays) may be older than what is buffered: keep the buffer
+            # in stream order, so a batch is one contiguous range and its marker (first, last) names it.
+            self.reporter.buffer.sort(key=lambda b: entry_order(b.entry_id))
         if stale:
             await self.service.redis.xack(self.stream, GROUP, *stale)
         self.reporter.added()

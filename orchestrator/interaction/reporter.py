@@ -128,8 +128,8 @@ class RoomReporter:
     def _next_batch(self) -> tuple[str, list[Buffered]]:
         if self._resend is not None:
             batch_id, first, last = self._resend
-            first_key, last_key = _id_key(first), _id_key(last)
-            batch = [b for b in self.buffer if first_key <= _id_key(b.entry_id) <= last_key]
+            first_key, last_key = entry_order(first), entry_order(last)
+            batch = [b for b in self.buffer if first_key <= entry_order(b.entry_id) <= last_key]
             if batch:
                 return batch_id, batch
             self._resend = None  # its entries are gone (trimmed or acknowledged): nothing to resend
@@ -268,13 +268,13 @@ class _NoReportUrl(Exception):
     """The job's live_event_report_url is not known (yet)."""
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
+def entry_order(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
 
 
 def _after(entry_id: str) -> str:
-    ms, seq = _id_key(entry_id)
+    ms, seq = entry_order(entry_id)
     return f"{ms}-{seq + 1}"
 
 

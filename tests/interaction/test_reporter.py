@@ -415,3 +415,29 @@ async def test_a_worker_slow_to_stop_does_not_hold_up_the_supervisor(
             assert time.monotonic() - started < 0.5
             assert ROOM not in service.workers and not worker.started
             await until(lambda: _async(all(t.done() for t in worker._tasks)), 5)
+
+
+async def test_claimed_older_entries_keep_the_buffer_in_stream_order(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """Entries claimed from another consumer are older than what the owner has buffered: appended, they made
+    a batch whose marker ran backwards (first > last), which a successor's resend could not find -- and the
+    batch went again under another id. The buffer stays in stream order."""
+    async with running_sandbox(SandboxConfig(AK, SK, PROJECT, speed=20)) as (box, url):
+        box.world.add_room(demo_room())
+        async with live_room(make_settings, tmp_path, sandbox=(box, url), report_window_ms=10_000) as (
+            daemon,
+            _,
+            _job,
+        ):
+            worker = audience(daemon).workers[ROOM]
+            now_ms = int(time.time() * 1000)
+
+            def entry(ms: int, text: str) -> tuple[bytes, dict[bytes, bytes]]:
+                wire = {"timestamp": ms, "type": 1, "content": json.dumps({"content": text})}
+                return f"{ms}-0".encode(), {b"event": orjson.dumps(wire), b"d": b"1"}
+
+            await worker.take([entry(now_ms, "new")], fresh=True)
+            await worker.take([entry(now_ms - 500, "older"), entry(now_ms - 900, "oldest")], fresh=False)
+            ids = [b.entry_id for b in worker.buffer]
+            assert ids == sorted(ids, key=lambda i: tuple(int(x) for x in i.split("-")))
