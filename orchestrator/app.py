@@ -192,7 +192,11 @@ async def scheduling_ctx(app: web.Application) -> AsyncIterator[None]:
         redis, configs, store, lambda _room: metastudio(), alerter.alert, settings, resolve=alerter.resolved
     )
     scheduler = BoundaryScheduler(
-        reconciler, configs, app[REACTIONS], interval_s=settings.scheduling.reconcile_interval_s
+        reconciler,
+        configs,
+        app[REACTIONS],
+        interval_s=settings.scheduling.reconcile_interval_s,
+        tolerance_s=settings.scheduling.boundary_tolerance_s,
     )
     app[ROOM_CONFIGS], app[RECONCILER], app[SCHEDULER] = configs, reconciler, scheduler
     applying: asyncio.Task[None] | None = None

@@ -299,6 +299,14 @@ class SchedulingSettings(Section):
     alert_min_interval_s: PositiveSeconds = Field(
         300.0, description="Per room and alert kind, at most one alert this often."
     )
+    boundary_tolerance_s: float = Field(
+        2.0,
+        ge=0,
+        le=300,
+        description="Starts and stops wait until this long past a schedule boundary, so replicas whose "
+        "clocks differ by less never disagree about it (one stopping a job another restarts). Larger than "
+        "the largest clock skew between replicas.",
+    )
     down_alert_after_s: PositiveSeconds = Field(
         300.0,
         description="A room that should be live and has not been for this long raises room_down (its own "

@@ -99,6 +99,7 @@ def test_apscheduler_job_lines_are_debug(redis_url: str, tmp_path: Path) -> None
         env={
             "ORCH_REDIS__URL": redis_url,
             "ORCH_SCHEDULING__RECONCILE_INTERVAL_S": "0.2",
+            "ORCH_SCHEDULING__BOUNDARY_TOLERANCE_S": "0",  # one clock here: boundaries at once
             "ORCH_CALLBACKS__JOURNAL_PATH": str(tmp_path / "journal.jsonl"),
         }
     )

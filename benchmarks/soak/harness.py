@@ -82,7 +82,8 @@ class SoakConfig:
 #: less than its TTL by its holder: leases.STALL_MARGIN_REAL_S) and the vendor call timeout (10 s → 67 ms
 #: real). The report window is widened so that batches still form (200 ms → 1.3 ms real).
 SOAK_SETTINGS: dict[str, dict[str, Any]] = {
-    "scheduling": {"reconcile_interval_s": 15.0, "fence_ttl_s": 30.0},
+    # The tolerance exceeds the skew one replica is given (up to 5 s)
+    "scheduling": {"reconcile_interval_s": 15.0, "fence_ttl_s": 30.0, "boundary_tolerance_s": 10.0},
     "interaction": {"lease_ttl_s": 180.0, "report_window_ms": 2000},
     "metastudio": {"timeout_s": 60.0, "max_retries": 3},
 }
@@ -788,10 +789,11 @@ class Soak:
         live, jobs = analysis.lives(history, end_s)
         should = {r: should_be_live(self.schedules[r], self.start, self.end) for r in self.room_ids}
         r = SOAK_SETTINGS["scheduling"]["reconcile_interval_s"]
-        start_budget = WAITING_S + CONNECT_S + r
+        tolerance = SOAK_SETTINGS["scheduling"]["boundary_tolerance_s"]
+        start_budget = WAITING_S + CONNECT_S + r + tolerance
         # A boundary (or the pass after it) plus a pass's own length: at 150x a pass over 100 rooms takes up
         # to a simulated interval to reach a given room.
-        stop_budget = 2 * r + abs(self.skew_s)
+        stop_budget = 2 * r + abs(self.skew_s) + tolerance
         span = (self.measured_from, end_s)
         outcome = analysis.analyse(
             should=should,

@@ -121,6 +121,21 @@ def decide(room: ManagedRoom, desired: Desired, actual: Actual, now: float) -> A
     return None
 
 
+def settled(room: ManagedRoom, desired: Desired, now: float, tolerance_s: float) -> bool:
+    """Whether the schedule says the same ``tolerance_s`` either side of ``now`` (pure).
+
+    Soak finding: replicas' clocks differ (by the skew NTP leaves); at a window's end the replica ahead
+    stopped the job while one behind still saw the window and restarted it -- a job started after its
+    window, a flap at every boundary. Starts, restarts and stops wait until no replica within the tolerance
+    can disagree (it must exceed the largest skew between replicas); the boundary wake-up is armed that much
+    after the boundary."""
+    if tolerance_s <= 0:
+        return True
+    if desired.next_boundary is not None and desired.next_boundary.timestamp() - now <= tolerance_s:
+        return False
+    return evaluate(room.schedule, datetime.fromtimestamp(now - tolerance_s, UTC)).live == desired.live
+
+
 def _restart_or_wait(
     room: ManagedRoom,
     actual: Actual,
@@ -222,6 +237,10 @@ class Reconciler:
         desired = evaluate(room.schedule, datetime.fromtimestamp(now, UTC))
         actual = await self._observe(room, vendor_active)
         action = decide(room, desired, actual, now)
+        tolerance_s = self._settings.scheduling.boundary_tolerance_s
+        if action is not None and action.kind in ("start", "restart", "stop"):
+            # Within the tolerance of a boundary: every replica's clock agrees after it.
+            action = action if settled(room, desired, now, tolerance_s) else None
         if action is not None and action.alert:
             await self._alert(room, action.alert, action.reason)
         await self._watch_down(room, desired, actual, now)

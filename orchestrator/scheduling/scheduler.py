@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -41,11 +41,13 @@ class BoundaryScheduler:
         reactions: Reactions | None,
         *,
         interval_s: float,
+        tolerance_s: float = 0.0,
     ) -> None:
         self._reconciler = reconciler
         self._configs = configs
         self._reactions = reactions
         self._interval_s = interval_s
+        self._tolerance = timedelta(seconds=tolerance_s)  # woken this long after a boundary: all agree then
         self._scheduler = AsyncIOScheduler(
             timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
@@ -107,10 +109,10 @@ class BoundaryScheduler:
             return
         self._scheduler.add_job(
             self._boundary,
-            DateTrigger(run_date=clock.to_real(boundary)),
+            DateTrigger(run_date=clock.to_real(boundary + self._tolerance)),
             id=job_id,
             replace_existing=True,
-            args=[room.room_id, boundary.timestamp()],
+            args=[room.room_id, (boundary + self._tolerance).timestamp()],
         )
 
     def pass_now(self) -> None:

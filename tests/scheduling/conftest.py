@@ -124,7 +124,13 @@ async def daemon_for(
                 }
             },
         },
-        scheduling={"reconcile_interval_s": 0.2, "alert_min_interval_s": 60, **scheduling},
+        # Boundaries acted on at once (one process, one clock): the tolerance has its own test.
+        scheduling={
+            "reconcile_interval_s": 0.2,
+            "alert_min_interval_s": 60,
+            "boundary_tolerance_s": 0,
+            **scheduling,
+        },
         interaction=interaction or {},
     )
     app = create_app(settings)

@@ -32,6 +32,7 @@ def _daemon(redis_url: str, sandbox_url: str, rooms_file: Path, tmp_path: Path) 
             "ORCH_CALLBACKS__JOURNAL_PATH": str(tmp_path / f"journal-{daemon.port}.jsonl"),
             "ORCH_SCHEDULING__ROOMS_FILE": str(rooms_file),
             "ORCH_SCHEDULING__RECONCILE_INTERVAL_S": "0.2",
+            "ORCH_SCHEDULING__BOUNDARY_TOLERANCE_S": "0",  # one clock here: boundaries at once
         }
     )
     return daemon

@@ -191,3 +191,40 @@ def test_operator_text_names_the_rooms_time_zone_and_never_none() -> None:
     stop = decide(room, evaluate(room.schedule, NOW), actual("PROCESSING"), T)
     assert stop is not None and stop.kind == "stop"
     assert "None" not in stop.reason and "none scheduled" in stop.reason
+
+
+def test_replicas_with_skewed_clocks_never_flap_a_boundary() -> None:
+    """Soak finding: at a window's end the replica whose clock was ahead stopped the job while one behind
+    still saw the window and restarted it (a job started after its window). With a boundary tolerance
+    larger than the skew, every stop comes after every restart, and every start after every stop."""
+    from orchestrator.scheduling.reconciler import settled
+
+    start, end = datetime(2026, 3, 29, 0, 0, tzinfo=UTC), datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+    room = ManagedRoom.model_validate(
+        {
+            "room_id": "r",
+            "template": {"output_urls": ["rtmp://x/y"]},
+            "schedule": {
+                "timezone": "UTC",
+                "windows": [{"kind": "once", "start": start.isoformat(), "end": end.isoformat()}],
+            },
+        }
+    )
+    skews, tolerance = (-1.5, 0.0, 1.5), 4.0
+    for boundary in (start, end):
+        wants_live, wants_off = [], []  # true instants at which some replica would start / stop
+        t = boundary.timestamp() - 20
+        while t < boundary.timestamp() + 20:
+            for skew in skews:
+                now = t + skew
+                desired = evaluate(room.schedule, datetime.fromtimestamp(now, UTC))
+                if settled(room, desired, now, tolerance):
+                    (wants_live if desired.live else wants_off).append(t)
+            t += 0.25
+        assert all(a < b for a in wants_live for b in wants_off) or all(
+            b < a for a in wants_live for b in wants_off
+        )
+        # without the tolerance they overlap: one replica stops while another starts
+    now = end.timestamp() - 1
+    assert not settled(room, evaluate(room.schedule, datetime.fromtimestamp(now, UTC)), now, tolerance)
+    assert settled(room, evaluate(room.schedule, datetime.fromtimestamp(now, UTC)), now, 0.0)
