@@ -136,12 +136,7 @@ class ExternalRedis:
         raise RuntimeError("REDIS_URL is set: this Redis belongs to someone else and is not stopped")
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown, no save; what it keeps is what its AOF (if on) had written."""
-        if self._proc is None:
-            return
-        self._proc.kill()
-        self._proc.wait()
-        self._proc = None
+        raise RuntimeError("REDIS_URL is set: this Redis belongs to someone else and is not killed")
 
     def close(self) -> None:
         pass
