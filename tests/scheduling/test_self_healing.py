@@ -46,8 +46,12 @@ async def test_a_job_that_vanished_at_the_vendor_is_restarted_within_one_pass(
         # one pass (0.2 s) + the first restart's backoff (none: the room has not restarted this hour)
         await until(lambda: _true(len(_active(box)) == 1), 3)
         assert time.monotonic() - vanished_at < 2.0
-        state = await daemon.store.state(ROOM)
-        assert state is not None and state["job_id"] == _active(box)[0].job_id
+
+        async def recorded() -> bool:  # the new job is recorded once its start call has returned
+            state = await daemon.store.state(ROOM)
+            return state is not None and state["job_id"] == _active(box)[0].job_id
+
+        await until(recorded, 3)
 
         async def restarted() -> bool:  # recorded right after the new job (the pass may still be writing it)
             return any(e["action"] == "restart" for e in await daemon.events())
