@@ -183,7 +183,7 @@ def demo_settings(redis_url: str, sandbox_url: str, port: int, workdir: Path, lo
                 }
             },
         },
-        scheduling={"reconcile_interval_s": 2.0},
+        scheduling={"reconcile_interval_s": 2.0, "boundary_tolerance_s": 0},  # one process, one clock
         interaction={
             "policy_file": str(policy_file),
             "callback_token": secrets.token_urlsafe(24),

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import secrets
 import signal
 import statistics
@@ -51,6 +52,7 @@ from orchestrator.store import keys
 from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
+_MARKER = re.compile(r"v\d{7}")  # an audience comment's unique user, followed to reports and replies
 AK, SK, PROJECT = "soak-ak", "soak-sk-" + "s" * 24, "soak-project"
 
 
@@ -870,7 +872,6 @@ class Soak:
                 ({"room_id": k, **v} for k, v in outcome["per_room"].items()), key=lambda x: x["availability"]
             )[:5],
             "timeline": timeline,
-            "fault_times": [{"kind": f.kind, "h": round((f.at - span[0]) / 3600, 3)} for f in rec.faults],
             "fault_list": [{**asdict(f), "at": round(f.at - self.start.timestamp(), 1)} for f in rec.faults],
             "actions": {
                 room: [(round(t - self.start.timestamp(), 1), *rest) for t, *rest in acts]
@@ -1067,9 +1068,7 @@ def _identity(message: dict[str, Any]) -> str:
 
 
 def _markers(text: str) -> list[str]:
-    import re
-
-    return re.findall(r"v\d{7}", text)
+    return _MARKER.findall(text)
 
 
 def _toml(settings: dict[str, dict[str, Any]]) -> str:

@@ -64,12 +64,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.step(hours, live, where="post", linewidth=1.0, label="live (sandbox)")
     span = result["config"]["hours"]
     start = result["config"]["start"]
-    marks = {}
-    for alert_or_fault in result.get("fault_times", []):
-        marks.setdefault(alert_or_fault["kind"], []).append(alert_or_fault["h"])
-    for kind, times in sorted(marks.items()):
-        ax.plot(times, [-0.5] * len(times), "|", markersize=8, label=None)
-        del kind
+    faults = [f["at"] / 3600 for f in result.get("fault_list", [])]
+    ax.plot(faults, [-0.5] * len(faults), "|", markersize=8)
     ax.set_xlim(0, span)
     ax.set_ylim(-1, max(wanted + [1]) * 1.1)
     ax.set_xlabel(f"simulated hours from {start}")
