@@ -50,7 +50,14 @@ from orchestrator.interaction.policy import (
     speak,
 )
 from orchestrator.interaction.queue import Reply, ReplyQueue
-from orchestrator.interaction.reporter import GROUP, Buffered, RoomReporter, entry_ms, entry_order
+from orchestrator.interaction.reporter import (
+    ACK_AND_TRIM_LUA,
+    GROUP,
+    Buffered,
+    RoomReporter,
+    entry_ms,
+    entry_order,
+)
 from orchestrator.metrics import Metrics
 from orchestrator.providers.metastudio.client import MetaStudioClient
 from orchestrator.settings import InteractionSettings
@@ -356,6 +363,7 @@ class AudienceService:
         self.metrics = metrics
         self.chat = chat
         self.events_maxlen = events_maxlen
+        self.ack_and_trim = redis.register_script(ACK_AND_TRIM_LUA)
         self.leases = RoomLeases(redis, ttl_s=settings.lease_ttl_s, replica_id=replica_id)
         self.queue = ReplyQueue(redis, max_pending=settings.reply_max_pending, events_maxlen=events_maxlen)
         self.workers: dict[str, RoomWorker] = {}

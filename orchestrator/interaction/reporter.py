@@ -49,6 +49,26 @@ if TYPE_CHECKING:
 
 GROUP = "reporter"
 
+#: Acknowledge a reported batch and trim the stream behind it -- but never past the group's oldest entry
+#: still pending (another consumer's, read before it lost the room: the owner claims those a lease later).
+#: Soak finding: trimming to the first entry the owner itself still needed deleted them, unreported.
+#: KEYS[1] stream; ARGV[1] group, ARGV[2] the owner's trim point, ARGV[3..] the batch's entry ids.
+ACK_AND_TRIM_LUA = """
+local function before(a, b)
+  local am, as = string.match(a, '^(%d+)-?(%d*)$')
+  local bm, bs = string.match(b, '^(%d+)-?(%d*)$')
+  am, bm = tonumber(am), tonumber(bm)
+  if am ~= bm then return am < bm end
+  return (tonumber(as) or 0) < (tonumber(bs) or 0)
+end
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3))
+local keep = ARGV[2]
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
+if pending[1] > 0 and before(pending[2], keep) then keep = pending[2] end
+redis.call('XTRIM', KEYS[1], 'MINID', '~', keep)
+return acked
+"""
+
 
 def entry_ms(entry_id: str) -> int:
     """When Redis added the stream entry (its id's milliseconds, on the process's clock): the event's
@@ -243,8 +263,7 @@ class RoomReporter:
         refreshed: str | None,
     ) -> None:
         async with self.service.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.stream, GROUP, *done)
-            pipe.xtrim(self.stream, minid=keep_from, approximate=True)
+            await self.service.ack_and_trim(keys=[self.stream], args=[GROUP, keep_from, *done], client=pipe)
             pipe.delete(keys.room_report(self.room_id))
             pipe.hincrby(keys.room_state(self.room_id), "reported", len(events))
             if refreshed:

@@ -107,6 +107,7 @@ class Job:
     inserts: list[Insert] = field(default_factory=list)
     reported: list[dict[str, Any]] = field(default_factory=list)
     report_batches: dict[str, int] = field(default_factory=dict)  # X-Batch-Id → times received
+    reported_batch: list[str | None] = field(default_factory=list)  # the X-Batch-Id each event came under
     fired: dict[str, float] = field(default_factory=dict)
     reply_cursor: dict[str, int] = field(default_factory=dict)
     layers: list[dict[str, Any]] = field(default_factory=list)
@@ -463,8 +464,11 @@ class World:
         message = f"{job.room_id}/{job.job_id}/{expires_ms}".encode()
         return hmac.new(job.report_secret, message, hashlib.sha256).hexdigest()
 
-    async def receive_events(self, job: Job, events: list[dict[str, Any]]) -> None:
+    async def receive_events(
+        self, job: Job, events: list[dict[str, Any]], batch_id: str | None = None
+    ) -> None:
         job.reported.extend(events)
+        job.reported_batch.extend([batch_id] * len(events))
         if not job.rules:
             return
         contents = [(event.get("type"), parse_content(event.get("content"))) for event in events]
