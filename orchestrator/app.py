@@ -73,7 +73,7 @@ from orchestrator.store.rooms import (
     CALLBACK_ROOM_KEYS,
     RoomStore,
 )
-from orchestrator.tasks import being_cancelled, cancel_and_wait, pause
+from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, pause
 from orchestrator.web import admin, api, callbacks, health, ingest, llm, replies
 from orchestrator.web.middlewares import BODY_BUDGET, BodyBudget, request_middleware
 
@@ -210,7 +210,8 @@ async def scheduling_ctx(app: web.Application) -> AsyncIterator[None]:
             _apply_rooms_file(app, configs, settings.scheduling.rooms_file), name="apply-rooms-file"
         )
         with contextlib.suppress(TimeoutError):  # applied before the first pass when Redis is there
-            await asyncio.wait_for(asyncio.shield(applying), settings.redis.readiness_timeout_s + 1)
+            async with asyncio.timeout(settings.redis.readiness_timeout_s + 1):
+                await asyncio.shield(applying)
     for room in await _rooms_or_none(configs):
         app[REDACTOR].add_values(room.secrets())
     if settings.scheduling.enabled:
@@ -243,6 +244,7 @@ async def _watch_redis(
     failures, alerted = 0, False
     try:
         while True:
+            checkpoint()
             ok, detail = await redis_ready(probe, settings.readiness_timeout_s)
             if ok:
                 if failures:
@@ -257,7 +259,7 @@ async def _watch_redis(
                     alerted = True
             await clock.sleep(interval_s)
     finally:
-        await probe.aclose()
+        await asyncio.shield(probe.aclose())  # not interrupted by a cancellation delivered again
 
 
 async def audience_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -298,6 +300,7 @@ async def _apply_rooms_file(app: web.Application, configs: RoomConfigs, path: Pa
         app[REDACTOR].add_values(room.secrets())
     delay_s = 0.5
     while True:
+        checkpoint()
         try:
             kept = await _apply_rooms(configs, rooms)
             break
@@ -420,6 +423,7 @@ def _count_batch(metrics: Metrics, size: int) -> None:
 async def _replay_journal_forever(receiver: CallbackReceiver, journal: Journal, metrics: Metrics) -> None:
     """Replays the journal whenever it has entries and Redis takes them; checks every second."""
     while True:
+        checkpoint()
         pending = await asyncio.to_thread(journal.pending)
         metrics.journal_pending.set(pending)
         if pending:

@@ -53,6 +53,7 @@ from orchestrator.interaction.queue import Reply, ReplyQueue
 from orchestrator.interaction.reporter import (
     ACK_AND_TRIM_LUA,
     GROUP,
+    MARK_BATCH_LUA,
     Buffered,
     RoomReporter,
     entry_ms,
@@ -64,7 +65,7 @@ from orchestrator.settings import InteractionSettings
 from orchestrator.store import keys
 from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import text as _text
-from orchestrator.tasks import being_cancelled, cancel_and_wait, pause
+from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, pause, wait_event
 
 log = structlog.get_logger(__name__)
 
@@ -316,8 +317,9 @@ class RoomWorker:
         """Decided replies into the room's queue in Redis, in the order they were decided, all that are
         waiting in one round trip."""
         while True:
-            await self._decided_ready.wait()
+            await wait_event(self._decided_ready, None)
             while self._decided:
+                checkpoint()
                 taken = list(self._decided)
                 replies = [
                     (
@@ -364,6 +366,7 @@ class AudienceService:
         self.chat = chat
         self.events_maxlen = events_maxlen
         self.ack_and_trim = redis.register_script(ACK_AND_TRIM_LUA)
+        self._mark_batch = redis.register_script(MARK_BATCH_LUA)
         self.leases = RoomLeases(redis, ttl_s=settings.lease_ttl_s, replica_id=replica_id)
         self.queue = ReplyQueue(redis, max_pending=settings.reply_max_pending, events_maxlen=events_maxlen)
         self.workers: dict[str, RoomWorker] = {}
@@ -407,21 +410,22 @@ class AudienceService:
         entry: dict[Any, Any] = {**fields, "event_ms": clock.time_ms()}
         await self.redis.xadd(keys.room_events(room_id), entry, maxlen=self.events_maxlen, approximate=True)
 
-    async def report_target(
-        self, room_id: str, *, mark: tuple[str, str, str] | None = None
-    ) -> tuple[str | None, str]:
-        """The room's report URL and current product; with ``mark``, first record the batch about to be
-        sent (id, first and last entry) in ``orch:{room}:report`` -- the same round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if mark is not None:
-                pipe.hset(
-                    keys.room_report(room_id),
-                    mapping={"batch_id": mark[0], "first": mark[1], "last": mark[2]},
-                )
-            pipe.hmget(keys.room_state(room_id), ["report_url", "product_title"])
-            answers = await pipe.execute()
-        url, product = answers[-1]
+    async def report_target(self, room_id: str) -> tuple[str | None, str]:
+        """The room's report URL and current product."""
+        url, product = await self.redis.hmget(keys.room_state(room_id), ["report_url", "product_title"])
         return (_text(url) if url else None), (_text(product) if product else "")
+
+    async def mark_batch(self, room_id: str, batch: tuple[str, str, str]) -> tuple[bool, str | None, str]:
+        """Record the batch about to be sent (id, first and last entry) in ``orch:{room}:report`` -- only
+        while this replica holds the room's lease in Redis -- and read the report URL and current product in
+        the same script: (marked, url, product). Not marked: another replica owns the room now, and the
+        marker is its own (soak finding: a worker that had lost the room overwrote its successor's marker)."""
+        answer = await self._mark_batch(
+            keys=[keys.room_lease(room_id), keys.room_report(room_id), keys.room_state(room_id)],
+            args=[self.leases.replica_id, *batch],
+        )
+        marked, url, product = answer
+        return bool(marked), (_text(url) if url else None), (_text(product) if product else "")
 
     async def prepare_replies(self, room_id: str, job_id: str) -> None:
         """A new job starts with an empty reply queue: the previous job's inserts died with it. With no
@@ -461,14 +465,14 @@ class AudienceService:
 
     async def _supervise_forever(self) -> None:
         while True:
+            checkpoint()
             try:
                 await self.supervise()
             except (RedisError, OSError) as exc:
                 if being_cancelled():
                     raise
                 log.warning("audience supervisor cannot reach Redis", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), clock.real_s(self.settings.lease_ttl_s / 3))
+            await wait_event(self._changed, clock.real_s(self.settings.lease_ttl_s / 3))
             self._changed.clear()
 
     async def supervise(self) -> None:
@@ -525,6 +529,7 @@ class AudienceService:
     async def _read_forever(self) -> None:
         """The one reader: every owned room's ingest stream in one XREADGROUP, entries to their rooms."""
         while not self._stopping:
+            checkpoint()
             # Only rooms whose lease this replica may still act on: what it reads it must report.
             streams = {
                 w.stream: ">"
@@ -565,6 +570,7 @@ class AudienceService:
     async def _react_forever(self) -> None:
         async with self.reactions.subscribe() as queue:
             while True:
+                checkpoint()
                 reaction = await queue.get()
                 kind, room_id = reaction.get("kind"), reaction.get("room_id")
                 if kind == "job_state":

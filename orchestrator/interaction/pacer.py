@@ -16,7 +16,6 @@ refused (400, or the job is gone or no longer running) → counted ``failed``, n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import RedisError
@@ -32,7 +31,7 @@ from orchestrator.providers.errors import (
 )
 from orchestrator.providers.metastudio.models import CleanUpInsertCommand, Command, PlayTextInfo, TextConfig
 from orchestrator.settings import PlayTypeName
-from orchestrator.tasks import being_cancelled, pause
+from orchestrator.tasks import being_cancelled, pause, wait_event
 
 if TYPE_CHECKING:
     from orchestrator.interaction.audience import AudienceService
@@ -62,11 +61,8 @@ class ReplyPacer:
                 tick = min(1.0, settings.reply_timeout_s / 4)
             elif settings.idle_after_s > 0 and settings.idle_lines:
                 tick = min(1.0, settings.idle_after_s)
-            with contextlib.suppress(TimeoutError):
-                # At most 20 timer wake-ups a second per room, however compressed the clock.
-                await asyncio.wait_for(
-                    self.kick.wait(), None if tick is None else max(0.05, clock.real_s(tick))
-                )
+            # At most 20 timer wake-ups a second per room, however compressed the clock.
+            await wait_event(self.kick, None if tick is None else max(0.05, clock.real_s(tick)))
             self.kick.clear()
             if not self.service.leases.valid(self.room_id):
                 continue

@@ -25,7 +25,6 @@ the batch dropped if that does not help either.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +41,7 @@ from orchestrator.providers.errors import (
 )
 from orchestrator.store import keys
 from orchestrator.store.redis import text as _text
-from orchestrator.tasks import being_cancelled, pause
+from orchestrator.tasks import being_cancelled, checkpoint, pause, wait_event
 
 if TYPE_CHECKING:
     from orchestrator.interaction.audience import AudienceService
@@ -52,7 +51,10 @@ GROUP = "reporter"
 #: Acknowledge a reported batch and trim the stream behind it -- but never past the group's oldest entry
 #: still pending (another consumer's, read before it lost the room: the owner claims those a lease later).
 #: Soak finding: trimming to the first entry the owner itself still needed deleted them, unreported.
-#: KEYS[1] stream; ARGV[1] group, ARGV[2] the owner's trim point, ARGV[3..] the batch's entry ids.
+#: The marker goes only if it still names this batch: a worker that lost the room while its batch was out
+#: must not delete the successor's marker.
+#: KEYS[1] stream, KEYS[2] marker; ARGV[1] group, ARGV[2] the owner's trim point, ARGV[3] the batch id,
+#: ARGV[4..] the batch's entry ids.
 ACK_AND_TRIM_LUA = """
 local function before(a, b)
   local am, as = string.match(a, '^(%d+)-?(%d*)$')
@@ -61,12 +63,26 @@ local function before(a, b)
   if am ~= bm then return am < bm end
   return (tonumber(as) or 0) < (tonumber(bs) or 0)
 end
-local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3))
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 4))
+if redis.call('HGET', KEYS[2], 'batch_id') == ARGV[3] then redis.call('DEL', KEYS[2]) end
 local keep = ARGV[2]
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
 if pending[1] > 0 and before(pending[2], keep) then keep = pending[2] end
 redis.call('XTRIM', KEYS[1], 'MINID', '~', keep)
 return acked
+"""
+
+#: Mark the batch about to be sent, if the room's lease is still this replica's; then the report URL and
+#: the current product. KEYS[1] lease, KEYS[2] marker, KEYS[3] room state; ARGV[1] replica id, ARGV[2..4]
+#: batch id, first and last entry id. Returns {1 or 0, url, product}.
+MARK_BATCH_LUA = """
+local marked = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('HSET', KEYS[2], 'batch_id', ARGV[2], 'first', ARGV[3], 'last', ARGV[4])
+  marked = 1
+end
+local target = redis.call('HMGET', KEYS[3], 'report_url', 'product_title')
+return {marked, target[1], target[2]}
 """
 
 
@@ -125,13 +141,12 @@ class RoomReporter:
         """Send batches as they fill or their window ends, until cancelled."""
         settings = self.service.settings
         while True:
-            await self.ready.wait()
+            await wait_event(self.ready, None)
             if self._resend is None:
                 first_at = entry_ms(self.buffer[0].entry_id) / 1000 if self.buffer else clock.time()
                 wait_s = first_at + settings.report_window_ms / 1000 - clock.time()
                 if wait_s > 0 and len(self.buffer) < settings.report_max_events:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.full.wait(), clock.real_s(wait_s))
+                    await wait_event(self.full, clock.real_s(wait_s))
             try:
                 await self._flush_one()
             except (RedisError, OSError) as exc:
@@ -163,13 +178,20 @@ class RoomReporter:
         events = _coalesce_viewers(batch)
         self.service.metrics.audience_events.labels("coalesced").inc(len(batch) - len(events))
         metrics = self.service.metrics
-        # The marker and the report URL in one round trip (the URL is read again before each retry).
-        url, self.product = await self.service.report_target(
-            self.room_id, mark=(batch_id, batch[0].entry_id, batch[-1].entry_id)
-        )
+        # The marker and the report URL in one round trip (the URL is read again before each retry). A
+        # worker that lost the room marks and sends nothing: the marker is its successor's.
+        while True:
+            if self.service.leases.valid(self.room_id):
+                marked, url, self.product = await self.service.mark_batch(
+                    self.room_id, (batch_id, batch[0].entry_id, batch[-1].entry_id)
+                )
+                if marked:
+                    break
+            await pause(0.5)
         attempt = 0
         reauthorised = False
         while True:
+            checkpoint()
             if not self.service.leases.valid(self.room_id):
                 await pause(0.5)
                 continue
@@ -263,8 +285,11 @@ class RoomReporter:
         refreshed: str | None,
     ) -> None:
         async with self.service.redis.pipeline(transaction=True) as pipe:
-            await self.service.ack_and_trim(keys=[self.stream], args=[GROUP, keep_from, *done], client=pipe)
-            pipe.delete(keys.room_report(self.room_id))
+            await self.service.ack_and_trim(
+                keys=[self.stream, keys.room_report(self.room_id)],
+                args=[GROUP, keep_from, batch_id, *done],
+                client=pipe,
+            )
             pipe.hincrby(keys.room_state(self.room_id), "reported", len(events))
             if refreshed:
                 pipe.hset(keys.room_state(self.room_id), "report_url", refreshed)

@@ -91,13 +91,17 @@ def decide(room: ManagedRoom, desired: Desired, actual: Actual, now: float) -> A
             next_live = describe_instant(desired.next_boundary, room.schedule.timezone)
             return Action("stop", f"outside its schedule (next live: {next_live})", window)
         return None
-    previous_window = (
-        desired.window_start is not None
+    # Soak finding: overlapping windows merge into one live period; a job started in the first window and
+    # BLOCKED in the second was taken for a finished job of an earlier window -- restarted as a "start",
+    # and the block that needs a human never paged. Earlier means before the live period began.
+    period_start = desired.period[0] if desired.period is not None else None
+    previous_period = (
+        period_start is not None
         and actual.job_started_ms is not None
-        and actual.job_started_ms < desired.window_start.timestamp() * 1000
+        and actual.job_started_ms < period_start.timestamp() * 1000
     )
-    if actual.job_id is None or (not active and previous_window):
-        # No job, or only a finished one from an earlier window: this window's start, not a repair.
+    if actual.job_id is None or (not active and previous_period):
+        # No job, or only a finished one from an earlier live period: this window's start, not a repair.
         return _restart_or_wait(room, actual, now, "start", "scheduled window began", window)
     if not active:
         reason = f"job {actual.job_id} is {actual.job_state} while the room should be live"

@@ -28,7 +28,7 @@ from orchestrator.scheduling.reconciler import Reconciler
 from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs
 from orchestrator.scheduling.schedules import evaluate
 from orchestrator.store.reactions import Reactions
-from orchestrator.tasks import cancel_and_wait
+from orchestrator.tasks import cancel_and_wait, checkpoint
 
 log = structlog.get_logger(__name__)
 
@@ -147,6 +147,7 @@ class BoundaryScheduler:
         assert self._reactions is not None
         async with self._reactions.subscribe() as queue:
             while True:
+                checkpoint()
                 reaction = await queue.get()
                 if reaction.get("kind") != "rooms_changed":
                     continue

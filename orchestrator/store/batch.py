@@ -32,7 +32,7 @@ import structlog
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from orchestrator.tasks import being_cancelled, cancel_and_wait
+from orchestrator.tasks import cancel_and_wait, checkpoint
 
 log = structlog.get_logger(__name__)
 
@@ -97,8 +97,7 @@ class ScriptBatcher:
 
     async def _run(self) -> None:
         while True:
-            if being_cancelled():
-                raise asyncio.CancelledError
+            checkpoint()
             await self._wakeup.wait()
             # One loop iteration's grace: requests whose bytes have already arrived get parsed and join
             # this batch, instead of each leaving alone the moment it is ready.

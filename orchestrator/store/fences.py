@@ -23,7 +23,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from orchestrator import clock
-from orchestrator.tasks import cancel_and_wait
+from orchestrator.tasks import cancel_and_wait, checkpoint
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +70,7 @@ class FenceHold:
     async def _renew(self) -> None:
         interval_s = self._fences.ttl_s / 3
         while True:
+            checkpoint()
             await clock.sleep(interval_s)
             try:
                 if not await self._fences.renew(self.key, self.token):

@@ -22,7 +22,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from orchestrator.store import keys
-from orchestrator.tasks import being_cancelled, cancel_and_wait, pause
+from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, pause
 
 log = structlog.get_logger(__name__)
 
@@ -75,8 +75,7 @@ class Reactions:
             await pubsub.subscribe(keys.reactions_channel())
             self.connected.set()
             while True:
-                if being_cancelled():
-                    raise asyncio.CancelledError
+                checkpoint()
                 message = await pubsub.get_message(timeout=1.0)
                 if message is None or message.get("type") != "message":
                     continue

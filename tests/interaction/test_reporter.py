@@ -50,8 +50,9 @@ async def test_batches_by_size_and_window(make_settings: Any, tmp_path: Path) ->
         sizes = [n for n in job.report_batches.values()]
         assert set(sizes) == {1}  # no batch twice
         assert len(job.report_batches) <= 6  # batched: not one call per event
+        # The vendor took the last batch a moment before the daemon acknowledges it in Redis.
         redis = redis_of(daemon)
-        assert (await redis.xpending(keys.room_ingest(ROOM), GROUP))["pending"] == 0
+        await until(lambda: _pending_zero(redis), 5)
         state = await daemon.store.state(ROOM)
         assert state is not None and state["reported"] == "2501"
         reported = [e for e in await daemon.store.events(ROOM, limit=1000) if e["kind"] == "reported"]
@@ -488,3 +489,31 @@ async def test_claimed_older_entries_keep_the_buffer_in_stream_order(
             await worker.take([entry(now_ms - 500, "older"), entry(now_ms - 900, "oldest")], fresh=False)
             ids = [b.entry_id for b in worker.buffer]
             assert ids == sorted(ids, key=lambda i: tuple(int(x) for x in i.split("-")))
+
+
+async def test_a_replica_that_lost_the_room_leaves_its_successors_marker_alone(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """Soak finding: a worker that had lost the room (its successor already resending) marked its next batch
+    over the successor's marker, and its late acknowledgement deleted the successor's: a crash then left
+    the successor's batch unmarked, and its events went out again in another batch. A batch is marked only
+    while Redis says the lease is this replica's, and an acknowledgement removes only its own marker."""
+    async with live_room(make_settings, tmp_path) as (daemon, _box, _job_id):
+        service, redis = audience(daemon), redis_of(daemon)
+        marker = keys.room_report(ROOM)
+        stream = keys.room_ingest(ROOM)
+        await until(lambda: _async(service.leases.valid(ROOM)), 5)
+        marked, url, _ = await service.mark_batch(ROOM, ("mine", "1-0", "1-0"))
+        assert marked and url is not None
+        assert (await redis.hgetall(marker))[b"batch_id"] == b"mine"
+        await redis.set(keys.room_lease(ROOM), "the-successor", px=60_000)  # the room moved on
+        await redis.hset(marker, mapping={"batch_id": "successors", "first": "2-0", "last": "2-0"})
+        marked, _, _ = await service.mark_batch(ROOM, ("late", "3-0", "3-0"))
+        assert not marked
+        # The loser's acknowledgement of its own batch leaves the successor's marker in place ...
+        entry = await redis.xadd(stream, {"event": b"{}"})
+        await service.ack_and_trim(keys=[stream, marker], args=[GROUP, "0-0", "mine", entry])
+        assert (await redis.hgetall(marker))[b"batch_id"] == b"successors"
+        # ... and the successor's own acknowledgement removes it.
+        await service.ack_and_trim(keys=[stream, marker], args=[GROUP, "0-0", "successors", entry])
+        assert await redis.exists(marker) == 0

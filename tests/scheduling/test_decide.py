@@ -113,6 +113,30 @@ def test_finished_job_of_an_earlier_window_means_start_not_restart() -> None:
     assert decide(LIVE, d, today, T).kind == "restart"  # type: ignore[union-attr]
 
 
+def test_a_job_ended_in_overlapping_windows_is_a_repair_of_the_live_period() -> None:
+    """Soak finding (soak-095): windows 00:00 for 23 h and 20:13 for 5 h 41 min overlap into one live
+    period. The job started in the first was BLOCKED in the second: a restart that pages, not "the window
+    began"."""
+    overlapping = room(
+        schedule={
+            "timezone": "Europe/Berlin",
+            "windows": [
+                {"kind": "cron", "start": "13 20 * * *", "duration": "PT5H41M"},
+                {"kind": "cron", "start": "0 0 * * *", "duration": "PT23H"},
+            ],
+        }
+    )
+    at = datetime(2026, 3, 28, 19, 21, tzinfo=UTC)  # 20:21 in Berlin: both windows
+    d = evaluate(overlapping.schedule, at)
+    started = int(datetime(2026, 3, 28, 8, 0, tzinfo=UTC).timestamp() * 1000)  # in the 00:00 window
+    blocked = Actual("job-1", "BLOCKED", {}, [], {}, started)
+    action = decide(overlapping, d, blocked, at.timestamp())
+    assert action is not None and (action.kind, action.alert) == ("restart", "room_blocked")
+    # These windows chain day after day: the room has not been off since, and any job of it is a repair.
+    yesterday = Actual("job-0", "FAILED", {}, [], {}, started - 86_400_000)
+    assert decide(overlapping, d, yesterday, at.timestamp()).kind == "restart"  # type: ignore[union-attr]
+
+
 def test_backoff_doubles_then_circuit_opens() -> None:
     failed = actual("FAILED")
     d = evaluate(LIVE.schedule, NOW)
