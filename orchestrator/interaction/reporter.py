@@ -115,7 +115,9 @@ class RoomReporter:
         self.product = ""  # the current paragraph's product, read with the report URL
         self.ready = asyncio.Event()
         self.full = asyncio.Event()
-        self._resend: tuple[str, str, str] | None = None  # (batch id, first, last) of a predecessor
+        #: (batch id, first, last): the batch that goes next, as it was -- a predecessor's (from its marker),
+        #: or this reporter's own once it began marking it, until the vendor took it and it is acknowledged.
+        self._resend: tuple[str, str, str] | None = None
         self._log = log
 
     async def recover(self) -> None:
@@ -175,6 +177,11 @@ class RoomReporter:
         if not self.buffer:
             return
         batch_id, batch = self._next_batch()
+        # From here the batch is fixed until acknowledged: whatever interrupts it (Redis away, the lease
+        # lapsing while the vendor answered), the next attempt sends these entries under this id again.
+        # Soak finding: a retry after a failed acknowledgement formed a new batch from the grown buffer,
+        # and the events the vendor already had went out again in a second batch.
+        self._resend = (batch_id, batch[0].entry_id, batch[-1].entry_id)
         events = _coalesce_viewers(batch)
         self.service.metrics.audience_events.labels("coalesced").inc(len(batch) - len(events))
         metrics = self.service.metrics

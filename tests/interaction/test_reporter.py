@@ -517,3 +517,33 @@ async def test_a_replica_that_lost_the_room_leaves_its_successors_marker_alone(
         # ... and the successor's own acknowledgement removes it.
         await service.ack_and_trim(keys=[stream, marker], args=[GROUP, "0-0", "successors", entry])
         assert await redis.exists(marker) == 0
+
+
+async def test_a_batch_interrupted_after_the_vendor_took_it_goes_again_as_it_was(
+    make_settings: Any, tmp_path: Path, controllable_redis: Any
+) -> None:
+    """Soak finding: the vendor took a batch; Redis went away before its acknowledgement and the lease
+    lapsed, so the reporter gave up on it -- and its next attempt formed a new batch from the grown buffer:
+    the events the vendor already had went out again in a second batch. The batch is fixed from its
+    marking until acknowledged: the next attempt resends it whole, under its id."""
+    async with live_room(make_settings, tmp_path, report_window_ms=50, lease_ttl_s=1.0) as (
+        daemon,
+        box,
+        job_id,
+    ):
+        job = box.world.jobs[job_id]
+        box.faults.append(Fault("slow", hang_s=1.5, after=True, path_contains="live-event-report"))
+        await ingest(daemon, [comment("taken")])
+        await until(lambda: _async("taken" in _texts(job.reported)), 5)  # its answer is 1.5 s late
+        await ingest(daemon, [comment("next")])
+        worker = audience(daemon).workers[ROOM]
+        await until(lambda: _async(len(worker.buffer) == 2), 2)
+        controllable_redis.stop(save=True)  # before the answer: the acknowledgement cannot be written
+        await asyncio.sleep(3.0)  # the lease lapses; the reporter gives the batch up and tries again
+        controllable_redis.start()
+        await until(lambda: _async(set(_texts(job.reported)) == {"taken", "next"}), 20)
+        await until(lambda: _pending_zero(redis_of(daemon)), 10)
+        batches: dict[str, set[str | None]] = {}
+        for text, batch_id in zip(_all_texts(job), job.reported_batch, strict=True):
+            batches.setdefault(text, set()).add(batch_id)
+        assert all(len(ids) == 1 for ids in batches.values()), batches
