@@ -312,6 +312,13 @@ class SchedulingSettings(Section):
         description="A room that should be live and has not been for this long raises room_down (its own "
         "repairs -- restarts with backoff, output refreshes -- get this long first).",
     )
+    pass_concurrency: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Rooms a reconcile pass works on at once: rooms sharing a boundary start together, and "
+        "one room's slow vendor call does not hold up the others' repairs.",
+    )
 
 
 ReplyPriority = Literal["operator", "gift", "question", "idle"]

@@ -114,6 +114,14 @@ POLICY = {
 }
 
 
+#: Outgoing connections a replica may hold: its Redis pool (redis.max_connections, 64), the Redis watcher's
+#: (2) and the reactions subscriber's (1), and the vendor/alerts HTTP pool (aiohttp's default, 100).
+OUTGOING_CAP = 64 + 2 + 1 + 100
+#: Inbound connections: the two listeners' caps (server.max_connections, lowered at start to fit the fd
+#: limit; 1,024 each by default); the soak's load balancers hold far fewer.
+INBOUND_CAP = 2 * 1024
+
+
 def budgets(config: SoakConfig) -> dict[str, float]:
     """Each fault kind's documented recovery budget (simulated seconds): how long the daemon may take to
     bring a room back, by its own settings -- detection (a reconcile pass, or a grace), the backoff before
@@ -158,9 +166,24 @@ class Recording:
     accepted: dict[str, tuple[str, float]] = field(default_factory=dict)  # marker → (room, sim time)
     uncertain: set[str] = field(default_factory=set)  # sent, no answer: accepted or not, we cannot say
     stream_callbacks: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    resources: dict[str, list[tuple[float, int, int]]] = field(default_factory=lambda: defaultdict(list))
+    #: Per replica process: (time, RSS KiB, open fds, of which outgoing TCP connections, inbound ones).
+    resources: dict[str, list[tuple[float, int, int, int, int]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
     #: Per room, the daemon's actions as its event stream recorded them: (time, action, outcome, reason).
     actions: dict[str, list[tuple[float, str, str, str]]] = field(default_factory=lambda: defaultdict(list))
+
+
+def _tcp_sockets(pid: int) -> dict[str, tuple[int, bool]]:
+    """The TCP sockets of the process's network namespace: inode → (local port, listening)."""
+    sockets = {}
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                sockets[fields[9]] = (local_port, fields[3] == "0A")  # 0A: LISTEN
+    return sockets
 
 
 class Replica:
@@ -232,17 +255,35 @@ class Replica:
                 self.proc.kill()
                 self.proc.wait()
 
-    def resources(self) -> tuple[int, int] | None:
-        """(RSS in KiB, open file descriptors) of the running process."""
+    def resources(self) -> tuple[int, int, int, int] | None:
+        """(RSS in KiB, open file descriptors, of which outgoing TCP connections -- the Redis and vendor
+        pools, bounded by their settings -- and inbound ones, bounded by the listeners' caps) of the
+        running process."""
         if not self.alive or self.proc is None:
             return None
+        pid = self.proc.pid
         try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+            status = Path(f"/proc/{pid}/status").read_text()
             rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-            fds = len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+            links = []
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):  # closed since listed
+                    links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            sockets = _tcp_sockets(pid)
         except (OSError, StopIteration):
             return None
-        return rss, fds
+        outgoing = inbound = 0
+        for link in links:
+            if not link.startswith("socket:["):
+                continue
+            local_port, listening = sockets.get(link[8:-1], (None, True))
+            if local_port is None or listening:
+                continue
+            if local_port in (self.port, self.public_port):
+                inbound += 1
+            else:
+                outgoing += 1
+        return rss, len(links), outgoing, inbound
 
     def log_lines(self) -> list[dict[str, Any]]:
         lines = []
@@ -1027,10 +1068,15 @@ class Soak:
         ]
 
     def _resource_verdicts(self) -> list[analysis.Verdict]:
-        """Memory and fds per replica process that lived a quarter of the run or more: the last quarter's
-        median within 1.25x (RSS) and +16 (fds) of the third quarter's -- a leak grows through the second
-        half and moves the median; a burst of connections (an outage's reconnects) moves only the peak,
-        which is reported beside it."""
+        """Memory and fds per replica process that lived a quarter of the run or more.
+
+        Connections are pooled, and pools fill as a replica takes more rooms (those of a killed replica)
+        and more vendor calls at once: they are judged against their caps -- outgoing connections (the
+        Redis pool, its watcher and subscriber, the vendor and alert HTTP pool) at most
+        ``OUTGOING_CAP``, inbound ones at most the listeners' caps -- and every other descriptor (files,
+        the journal, listeners, the event loop's own) and the RSS must not drift: the last quarter's median
+        within +8 fds and 1.25x RSS of the third quarter's. A leak grows through the second half and moves
+        the median; a burst (an outage's reconnects) moves only the peak, which is reported beside it."""
         detail, ok = [], True
         summary = {}
         for name, samples in self.recording.resources.items():
@@ -1039,16 +1085,28 @@ class Soak:
             q = len(samples) // 4
             second, last = samples[2 * q : 3 * q], samples[3 * q :]
             rss2, rss4 = statistics.median(s[1] for s in second), statistics.median(s[1] for s in last)
-            fd2, fd4 = statistics.median(s[2] for s in second), statistics.median(s[2] for s in last)
+            own2 = statistics.median(s[2] - s[3] - s[4] for s in second)
+            own4 = statistics.median(s[2] - s[3] - s[4] for s in last)
+            outgoing_peak = max(s[3] for s in samples)
+            inbound_peak = max(s[4] for s in samples)
             summary[name] = {
                 "rss_kib_median": [rss2, rss4],
-                "fds_median": [fd2, fd4],
+                "own_fds_median": [own2, own4],
+                "fds_median": [
+                    statistics.median(s[2] for s in second),
+                    statistics.median(s[2] for s in last),
+                ],
                 "rss_kib_peak": max(s[1] for s in samples),
                 "fds_peak": max(s[2] for s in samples),
+                "outgoing_peak": outgoing_peak,
+                "inbound_peak": inbound_peak,
             }
-            if rss4 > 1.25 * rss2 or fd4 > fd2 + 16:
+            if rss4 > 1.25 * rss2 or own4 > own2 + 8:
                 ok = False
-                detail.append(f"replica {name}: RSS {rss2}→{rss4} KiB, fds {fd2}→{fd4}")
+                detail.append(f"replica {name}: RSS {rss2}→{rss4} KiB, own fds {own2}→{own4}")
+            if outgoing_peak > OUTGOING_CAP or inbound_peak > INBOUND_CAP:
+                ok = False
+                detail.append(f"replica {name}: connections out {outgoing_peak}, in {inbound_peak}")
         return [
             analysis.Verdict(
                 "replica memory and fds bounded (3rd vs 4th quarter median)", summary, "no drift", ok, detail

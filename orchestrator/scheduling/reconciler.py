@@ -210,15 +210,32 @@ class Reconciler:
         return self._polls + self.actions.vendor_calls
 
     async def reconcile_all(self) -> None:
+        """One pass over every room, ``scheduling.pass_concurrency`` rooms at a time.
+
+        Soak finding: rooms were reconciled one after another, so the 26 rooms whose windows opened
+        together started a vendor round trip apart -- the last over half a minute late -- and one room's
+        hanging vendor call held up every other room's repair for the vendor timeout.
+
+        Raises RedisError: Redis is gone for every room, so the pass ends (one line, not one per room)."""
         rooms = await self._configs.all()
         vendor_active = await self._vendor_active_jobs(rooms)
-        for room in rooms:
-            try:
-                await self.reconcile(room, vendor_active)
-            except RedisError:
-                raise  # Redis is gone for every room: the pass ends with one line (not a traceback per room)
-            except Exception:  # one room's failure must not stop the others
-                log.exception("reconcile failed", room_id=room.room_id)
+        limit = asyncio.Semaphore(self._settings.scheduling.pass_concurrency)
+        lost: list[RedisError] = []
+
+        async def one(room: ManagedRoom) -> None:
+            async with limit:
+                if lost:
+                    return
+                try:
+                    await self.reconcile(room, vendor_active)
+                except RedisError as exc:
+                    lost.append(exc)
+                except Exception:  # one room's failure must not stop the others
+                    log.exception("reconcile failed", room_id=room.room_id)
+
+        await asyncio.gather(*(one(room) for room in rooms))
+        if lost:
+            raise lost[0]
 
     async def reconcile_room(self, room_id: str) -> Action | None:
         room = await self._configs.get(room_id)
