@@ -5,9 +5,14 @@ stores must not be shared between schedulers, and its Redis store blocks the loo
 from the room definitions in Redis: rebuilt at start and whenever a room changes (``rooms_changed``
 reactions reach every replica). One ``date`` job per room at its next boundary (computed by
 :func:`orchestrator.scheduling.schedules.evaluate`, not by APScheduler's cron, which repeats a fall-back
-hour), re-armed after each run; plus one interval job for the periodic pass, which also re-derives the
-boundary jobs (a missed ``rooms_changed`` costs at most one interval). A missed or late fire is harmless:
-the periodic pass recomputes what should be true.
+hour), re-armed after each run; plus the periodic pass, which also re-derives the boundary jobs (a missed
+``rooms_changed`` costs at most one interval). A missed or late fire is harmless: the periodic pass
+recomputes what should be true.
+
+The periodic pass runs ``interval_s`` after the previous one *ended* (a fixed delay, not a fixed rate): a
+pass longer than the interval is followed by a pause as long, not by the next pass at once. Soak finding:
+at a fixed rate, passes that outgrew their interval ran back to back, the reconciler took the whole event
+loop, and the room leases it shares the loop with lapsed (and APScheduler warned at every missed tick).
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 from redis.exceptions import RedisError
 
 from orchestrator import clock
@@ -28,7 +32,7 @@ from orchestrator.scheduling.reconciler import Reconciler
 from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs
 from orchestrator.scheduling.schedules import evaluate
 from orchestrator.store.reactions import Reactions
-from orchestrator.tasks import cancel_and_wait, checkpoint
+from orchestrator.tasks import cancel_and_wait, checkpoint, wait_event
 
 log = structlog.get_logger(__name__)
 
@@ -52,18 +56,15 @@ class BoundaryScheduler:
             timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
         self._listener: asyncio.Task[None] | None = None
+        self._passes: asyncio.Task[None] | None = None
+        self._pass_wanted = asyncio.Event()  # pass_now(): the next pass goes at once
         #: How late boundary wake-ups ran (ms), most recent last: for /metrics and the benchmark.
         self.lateness_ms: deque[float] = deque(maxlen=100_000)
 
     async def start(self, *, periodic: bool = True) -> None:
         self._scheduler.start()
         if periodic:
-            self._scheduler.add_job(
-                self._periodic_pass,
-                IntervalTrigger(seconds=clock.real_s(self._interval_s), timezone=UTC),
-                id="reconcile-pass",
-                next_run_time=datetime.now(UTC),  # APScheduler's timers run on the real clock
-            )
+            self._passes = asyncio.create_task(self._pass_forever(), name="reconcile-passes")
         try:
             await self.rebuild()
         except RedisError as exc:  # not fatal: the periodic pass rebuilds once Redis answers
@@ -73,6 +74,7 @@ class BoundaryScheduler:
 
     async def aclose(self) -> None:
         await cancel_and_wait(self._listener)
+        await cancel_and_wait(self._passes)
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 
@@ -89,6 +91,13 @@ class BoundaryScheduler:
             if not missing_only or self._scheduler.get_job(f"boundary:{room.room_id}") is None:
                 self.arm(room)
         return len(rooms)
+
+    async def _pass_forever(self) -> None:
+        """The periodic pass, then a pause of the interval (cut short by :meth:`pass_now`), for ever."""
+        while True:
+            self._pass_wanted.clear()
+            await self._periodic_pass()
+            await wait_event(self._pass_wanted, clock.real_s(self._interval_s))
 
     async def _periodic_pass(self) -> None:
         # Re-derive the boundary jobs too: rooms_changed arrives by pub/sub, which is at-most-once, so a
@@ -117,8 +126,7 @@ class BoundaryScheduler:
 
     def pass_now(self) -> None:
         """Run the periodic pass at once (Redis is back: boundaries that came meanwhile were skipped)."""
-        if self._scheduler.running and self._scheduler.get_job("reconcile-pass") is not None:
-            self._scheduler.modify_job("reconcile-pass", next_run_time=datetime.now(UTC))
+        self._pass_wanted.set()
 
     def next_boundary(self, room_id: str) -> datetime | None:
         job = self._scheduler.get_job(f"boundary:{room_id}")
