@@ -24,12 +24,12 @@ from redis.exceptions import RedisError
 from orchestrator import clock
 from orchestrator.appkeys import (
     AUDIENCE,
-    CALLBACK_PROFILES,
     CALLBACK_RECEIVER,
     HTTP,
     LIFECYCLE,
-    METASTUDIO,
     METRICS,
+    POLICY,
+    PROVIDERS,
     REACTIONS,
     READINESS_CHECKS,
     RECONCILER,
@@ -41,7 +41,6 @@ from orchestrator.appkeys import (
     SETTINGS,
     Lifecycle,
 )
-from orchestrator.callbacks.profiles import ResolvedProfile, UnknownProfile, resolve_profile
 from orchestrator.callbacks.receiver import CallbackReceiver
 from orchestrator.callbacks.watcher import RtmpStallWatcher
 from orchestrator.interaction.audience import AudienceService
@@ -49,8 +48,8 @@ from orchestrator.interaction.chat import ChatBackend
 from orchestrator.interaction.policy import PolicyConfig
 from orchestrator.logging import Redactor
 from orchestrator.metrics import Metrics
-from orchestrator.providers.metastudio.callbacks import VerifyPolicy
-from orchestrator.providers.metastudio.client import MetaStudioClient
+from orchestrator.providers.metastudio import web as metastudio_web
+from orchestrator.providers.registry import ProviderDeps, Providers
 from orchestrator.scheduling.alerts import Alerter
 from orchestrator.scheduling.reconciler import Reconciler
 from orchestrator.scheduling.rooms import (
@@ -62,20 +61,14 @@ from orchestrator.scheduling.rooms import (
 )
 from orchestrator.scheduling.scheduler import BoundaryScheduler
 from orchestrator.settings import Settings, redacted_url
-from orchestrator.store.batch import ScriptBatcher
 from orchestrator.store.journal import Journal
 from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import create_redis, redis_ready
-from orchestrator.store.rooms import (
-    APPLY_CALLBACKS_LUA,
-    CALLBACK_ARGS,
-    CALLBACK_KEYS,
-    CALLBACK_ROOM_KEYS,
-    RoomStore,
-)
+from orchestrator.store.rooms import RoomStore, callback_batcher
 from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, pause
-from orchestrator.web import admin, api, callbacks, health, ingest, llm, replies
+from orchestrator.web import admin, api, health, ingest, replies
 from orchestrator.web.middlewares import BODY_BUDGET, BodyBudget, request_middleware
+from orchestrator.web.public import PUBLIC_ROUTES
 
 log = structlog.get_logger(__name__)
 
@@ -99,7 +92,7 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app[LIFECYCLE] = Lifecycle()
     app[READINESS_CHECKS] = {}
     app[METRICS] = Metrics()
-    app[CALLBACK_PROFILES] = callback_profiles(settings)
+    app[POLICY] = load_policy(settings.interaction.policy_file)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(callbacks_ctx)
@@ -109,13 +102,13 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app.on_shutdown.append(_start_draining)
     app.on_cleanup.append(_stop_watching_gc)
     app.add_routes(health.routes)
-    app.add_routes(callbacks.routes)
     app.add_routes(api.routes)
     app.add_routes(admin.routes)
-    app[llm.POLICY] = load_policy(settings.interaction.policy_file)
-    app.add_routes(llm.routes)
     app.add_routes(ingest.routes)
     app.add_routes(replies.routes)
+    # The providers' own routes: what each vendor calls on the daemon (also on the public listener).
+    metastudio_web.setup(app)
+    app[PUBLIC_ROUTES] = list(metastudio_web.PUBLIC_ROUTES)
     return app
 
 
@@ -124,17 +117,6 @@ def load_policy(path: Path | None) -> PolicyConfig:
     if path is None:
         return PolicyConfig()
     return PolicyConfig.model_validate(yaml.safe_load(path.read_text()) or {})
-
-
-def callback_profiles(settings: Settings) -> dict[str, ResolvedProfile]:
-    """Every usable profile; one without a URL is left out (and said so) rather than failing start-up."""
-    profiles = {}
-    for name in settings.callbacks.profiles:
-        try:
-            profiles[name] = resolve_profile(settings, name)
-        except UnknownProfile as exc:
-            log.warning("callback profile unusable", profile=name, reason=str(exc))
-    return profiles
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -159,9 +141,11 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def http_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The outgoing HTTP session (vendor API, alert webhooks): one per process, closed last but Redis."""
+    """The outgoing HTTP session (vendor API, alert webhooks): one per process, closed last but Redis; and
+    the providers, which call their vendors through it."""
     session = aiohttp.ClientSession()
     app[HTTP] = session
+    app[PROVIDERS] = Providers(ProviderDeps(session, app[SETTINGS], app[REDIS]))
     yield
     await session.close()
 
@@ -180,16 +164,15 @@ async def scheduling_ctx(app: web.Application) -> AsyncIterator[None]:
         daemon_targets=list(settings.alerts.targets),
         on_outcome=lambda outcome: metrics.alerts.labels(outcome).inc(),
     )
-    clients: dict[str, MetaStudioClient] = {}
-
-    def metastudio() -> MetaStudioClient:
-        if "metastudio" not in clients:  # raises ProviderConfigError (a ProviderError) until configured
-            clients["metastudio"] = MetaStudioClient.from_settings(app[HTTP], settings.metastudio)
-        return clients["metastudio"]
-
-    app[METASTUDIO] = metastudio
+    providers = app[PROVIDERS]
     reconciler = Reconciler(
-        redis, configs, store, lambda _room: metastudio(), alerter.alert, settings, resolve=alerter.resolved
+        redis,
+        configs,
+        store,
+        lambda room: providers.for_room(room).jobs,
+        alerter.alert,
+        settings,
+        resolve=alerter.resolved,
     )
     scheduler = BoundaryScheduler(
         reconciler,
@@ -279,8 +262,8 @@ async def audience_ctx(app: web.Application) -> AsyncIterator[None]:
     audience = AudienceService(
         app[REDIS],
         interaction,
-        client=app[METASTUDIO],
-        policy=app[llm.POLICY],
+        channel_for=lambda name: app[PROVIDERS].get(name).audience,
+        policy=app[POLICY],
         reactions=app[REACTIONS],
         metrics=app[METRICS],
         chat=chat,
@@ -380,12 +363,8 @@ async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS].callbacks
     redis = app[REDIS]
     store = RoomStore(redis, events_maxlen=settings.events_maxlen)
-    batcher = ScriptBatcher(
+    batcher = callback_batcher(
         redis,
-        APPLY_CALLBACKS_LUA,
-        keys_per_call=CALLBACK_KEYS,
-        args_per_call=CALLBACK_ARGS,
-        repeated_keys=CALLBACK_ROOM_KEYS,
         timeout_s=settings.write_timeout_s,
         on_batch=lambda size: _count_batch(app[METRICS], size),
     )
@@ -395,7 +374,8 @@ async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:
         store,
         batcher,
         journal,
-        policy=VerifyPolicy(max_skew_s=settings.max_skew_s, strict=settings.strict),
+        codecs=lambda name: app[PROVIDERS].get(name).codec,
+        max_skew_s=settings.max_skew_s,
         events_maxlen=settings.events_maxlen,
     )
     reactions = Reactions(redis)

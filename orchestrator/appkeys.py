@@ -9,12 +9,12 @@ import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from orchestrator.callbacks.profiles import ResolvedProfile
 from orchestrator.callbacks.receiver import CallbackReceiver
 from orchestrator.interaction.audience import AudienceService
+from orchestrator.interaction.policy import PolicyConfig
 from orchestrator.logging import Redactor
 from orchestrator.metrics import Metrics
-from orchestrator.providers.metastudio.client import MetaStudioClient
+from orchestrator.providers.registry import Providers
 from orchestrator.scheduling.reconciler import Reconciler
 from orchestrator.scheduling.rooms import RoomConfigs
 from orchestrator.scheduling.scheduler import BoundaryScheduler
@@ -32,16 +32,17 @@ READINESS_CHECKS = web.AppKey("readiness_checks", dict[str, ReadinessCheck])
 METRICS = web.AppKey("metrics", Metrics)
 ROOM_STORE = web.AppKey("room_store", RoomStore)
 REACTIONS = web.AppKey("reactions", Reactions)
-CALLBACK_PROFILES = web.AppKey("callback_profiles", dict[str, ResolvedProfile])
 CALLBACK_RECEIVER = web.AppKey("callback_receiver", CallbackReceiver)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 ROOM_CONFIGS = web.AppKey("room_configs", RoomConfigs)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 SCHEDULER = web.AppKey("scheduler", BoundaryScheduler)
-#: The process's one MetaStudio client (raises ProviderConfigError until credentials are configured), so
-#: every caller shares its per-project concurrency limit.
 AUDIENCE = web.AppKey("audience", AudienceService)
-METASTUDIO: web.AppKey[Callable[[], MetaStudioClient]] = web.AppKey("metastudio")
+#: The reply policy loaded at start (the audience service holds the one in force: a reload swaps it).
+POLICY = web.AppKey("reply_policy", PolicyConfig)
+#: The process's providers, each built once (a provider's client is shared by every caller, so its
+#: concurrency limit holds for the process).
+PROVIDERS = web.AppKey("providers", Providers)
 
 
 @dataclass

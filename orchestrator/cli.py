@@ -266,7 +266,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_callback_config(args: argparse.Namespace) -> int:
-    from orchestrator.callbacks.profiles import UnknownProfile, live_event_callback_config, resolve_profile
+    from orchestrator.providers.metastudio.profiles import (
+        UnknownProfile,
+        live_event_callback_config,
+        resolve_profile,
+    )
     from orchestrator.store.keys import InvalidKeyPart, check_room_id
 
     try:

@@ -7,8 +7,6 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from orchestrator.providers.metastudio.callbacks import KNOWN_EVENT_TYPES
-
 
 class Metrics:
     def __init__(self) -> None:
@@ -105,12 +103,12 @@ class Metrics:
         )
         self._gc_started = 0.0
 
-    def callback_received(self, event_type: str, outcome: str) -> None:
-        """Count one accepted callback (the labelled child is looked up once per pair, not per callback;
-        unknown types are counted as ``other``)."""
-        # Any other event type is one "other" series: a signed callback's event_type is the sender's
-        # string, and one series per distinct string would let it grow /metrics without bound.
-        label = event_type if event_type in KNOWN_EVENT_TYPES else "other"
+    def callback_received(self, counter: str, outcome: str) -> None:
+        """Count one accepted callback under the counter its provider's codec named -- the vendor's type for
+        the types it knows, one ``other`` for every type it does not (a signed callback's type is the
+        sender's string: one series per distinct string would grow /metrics without bound). The labelled
+        child is looked up once per pair, not per callback."""
+        label = counter
         child = self._received.get((label, outcome))
         if child is None:
             child = self._received[(label, outcome)] = self.callbacks_received.labels(label, outcome)

@@ -286,7 +286,9 @@ class SchedulingSettings(Section):
 
     enabled: bool = Field(True, description="Run the reconciler and scheduler in this process.")
     reconcile_interval_s: PositiveSeconds = Field(
-        15.0, description="Periodic reconcile pass, besides boundaries."
+        15.0,
+        description="Pause between periodic reconcile passes (from the end of one to the start of the next), "
+        "besides boundaries.",
     )
     rooms_file: Path | None = Field(
         None, description="YAML rooms file applied (created or updated) at start; rooms may also come by API."
@@ -313,7 +315,7 @@ class SchedulingSettings(Section):
         "repairs -- restarts with backoff, output refreshes -- get this long first).",
     )
     pass_concurrency: int = Field(
-        16,
+        4,
         ge=1,
         le=256,
         description="Rooms a reconcile pass works on at once: rooms sharing a boundary start together, and "

@@ -74,7 +74,7 @@ async def test_a_lease_is_trusted_half_a_real_second_less_than_its_ttl_under_any
     """Soak finding: a holder trusted its lease for 0.8 of the TTL -- at 150x a few real milliseconds short of
     its expiry, less than a stalled event loop, and two replicas reported the same room. The margin is now
     at least half a real second (a stall is the machine's, not the policy's)."""
-    from orchestrator.interaction.leases import RoomLeases
+    from orchestrator.store.leases import RoomLeases
 
     with clock.using(clock.Clock(speed=150)):
         leases = RoomLeases(redis_client, ttl_s=180.0, replica_id="me")  # type: ignore[arg-type]

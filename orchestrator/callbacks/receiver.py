@@ -1,25 +1,26 @@
-"""The callback receiver: authentic → parsed → durable, then acknowledged.
+"""The callback receiver: authentic → decoded → durable, then acknowledged -- for every vendor.
 
-:meth:`CallbackReceiver.receive` runs the checks in order -- signature and time (401), body (400), room id
-shape (404) -- then writes the callback with the room store's apply script through the group-commit
-batcher. It returns only when the callback is durable: applied in Redis, or, when Redis cannot take it
-within ``callbacks.write_timeout_s``, appended to the local journal (fsync'd). If neither is possible it
-raises, and the client gets a 5xx, never a 2xx for something we could lose.
+A vendor's route authenticates a callback its own way (MetaStudio: an MSS_A signature over the callback URL
+and time), then hands :meth:`CallbackReceiver.receive` what it learned -- the callback's id (its signature,
+for replay detection) and time, the room its URL is bound to -- with the body and the provider's codec.
+The receiver decodes the body into a domain event (400 if it cannot), checks the room id's shape (404),
+and writes the callback with the room store's apply script through the group-commit batcher. It returns
+only when the callback is durable: applied in Redis, or, when Redis cannot take it within
+``callbacks.write_timeout_s``, appended to the local journal (fsync'd). If neither is possible it raises,
+and the client gets a 5xx, never a 2xx for something we could lose.
 
 Outcomes the caller turns into HTTP: ``applied``, ``recorded`` (unknown event type), ``stale_job``,
 ``out_of_order``, ``duplicate`` and ``journaled`` are 200; ``replay`` is 401; ``unknown_room`` and
 ``unknown_job`` are 404 (and go to the audit stream).
 
-A callback URL that names its room (``?room_id=R``: every job the daemon starts is given one, see
-``callbacks/profiles.py``) is verified as that URL -- the signature covers it -- and a body naming another
-room is refused (401 ``CALLBACK_ROOM_MISMATCH``). Used signatures are remembered per signed URL (the
-callback id is a digest of the URL with the signature), so one room's signature is never taken for
-another's, and two rooms' callbacks in the same millisecond do not collide. Jobs started with the bare
-profile URL keep working, with the weaker guarantee MSS_A gives there.
+A callback URL bound to a room (every job the daemon starts is given one) is verified as that URL by the
+vendor's route; a body naming another room is refused here (401 ``CALLBACK_ROOM_MISMATCH``). Used
+callback ids are remembered per signed URL (the route's id includes a digest of the URL), so one room's
+signature is never taken for another's.
 
-Unsigned (NONE) callbacks have no signature to recognise them by: their id is the body digest plus the
-receipt time, so a journal replay is applied once, but two identical unsigned deliveries are two callbacks.
-Their time, for ordering, is the receipt time.
+Callbacks without an id (a vendor, or a profile, that signs nothing) have none to recognise them by: their
+id is the body digest plus the receipt time, so a journal replay is applied once, but two identical
+deliveries are two callbacks. Their time, for ordering, is the receipt time.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
 import orjson
@@ -35,20 +36,9 @@ import structlog
 from redis.exceptions import RedisError
 
 from orchestrator import clock
-from orchestrator.callbacks.profiles import ResolvedProfile, room_callback_url
-from orchestrator.providers.metastudio.callbacks import (
-    CallbackMalformed,
-    CallbackRejected,
-    ParsedCallback,
-    RejectReason,
-    ReplyCommandFinish,
-    RtmpStreamStateChange,
-    ShootScriptSwitch,
-    SignatureVerifier,
-    VerifyPolicy,
-    parse_callback,
-)
-from orchestrator.settings import CallbackAuthType
+from orchestrator.callbacks.errors import CallbackMalformed, CallbackRejected, NotManaged, RejectReason
+from orchestrator.domain import JobStateChanged, LinkChanged, ParagraphChanged, ReplyFinished
+from orchestrator.providers.base import CallbackCodec, Decoded
 from orchestrator.store import keys
 from orchestrator.store.batch import ScriptBatcher
 from orchestrator.store.journal import Journal
@@ -59,23 +49,19 @@ log = structlog.get_logger(__name__)
 
 ACCEPTED = frozenset({"applied", "recorded", "stale_job", "out_of_order", "duplicate", "journaled"})
 NOT_OURS = frozenset({"unknown_room", "unknown_job"})
+#: The provider of callbacks journaled before journals named one (MetaStudio was then the only one).
+LEGACY_JOURNAL_PROVIDER = "metastudio"
 
 
-class NotManaged(LookupError):
-    """The callback names a room or job this daemon does not manage: 404, audited, not applied."""
+class Authenticated(NamedTuple):
+    """What a vendor's route learned before the body was read: the callback's id and time (None: the
+    route verifies nothing -- an id is made from the body), the room the URL is bound to (None: a bare
+    URL), and the name the audit stream gives the route's credentials (a profile)."""
 
-
-class Credentials(NamedTuple):
-    """What the request carried for authentication (query for MSS_A, headers for MSS_A_HEAD), and the room
-    its URL names (``room_id`` in the query; None for a bare profile URL)."""
-
-    secret: str | None
-    time_text: str | None
-    room_id: str | None = None
-
-
-#: Verifiers kept per (profile, room) before the cache starts again (one HMAC state per key each).
-MAX_VERIFIERS = 20_000
+    callback_id: str | None
+    event_ms: int | None
+    room_id: str | None
+    source: str
 
 
 class CallbackReceiver:
@@ -85,86 +71,61 @@ class CallbackReceiver:
         batcher: ScriptBatcher,
         journal: Journal,
         *,
-        policy: VerifyPolicy,
+        codecs: Callable[[str], CallbackCodec],
+        max_skew_s: float,
         events_maxlen: int,
     ) -> None:
         self._store = store
         self._batcher = batcher
         self._journal = journal
-        self._policy = policy
+        self._codecs = codecs
         self._maxlen = events_maxlen
-        # A signature is refused as a replay for as long as it could pass the skew check (whole seconds).
-        self._seen_ttl_s = math.ceil(clock.real_s(2 * policy.max_skew_s + 60))
-        self._verifiers: dict[tuple[str, str], tuple[ResolvedProfile, SignatureVerifier, str]] = {}
+        # A callback id is refused as a replay for as long as it could pass the skew check (whole seconds).
+        self.seen_ttl_s = math.ceil(clock.real_s(2 * max_skew_s + 60))
 
     async def receive(
         self,
-        profile: ResolvedProfile,
-        credentials: Credentials,
+        provider: str,
+        auth: Authenticated,
         body: bytes | Callable[[], Awaitable[bytes]],
-    ) -> tuple[str, ParsedCallback]:
-        """Verify, parse and durably record one callback; return its outcome and the parsed callback.
-        ``body`` may be a function reading it: it is called only once the credentials verified (an
-        unauthenticated sender gets no body read at all).
+    ) -> tuple[str, Decoded]:
+        """Decode and durably record one authenticated callback of ``provider``; its outcome and the
+        decoded callback. ``body`` may be a function reading it (called now: the route authenticated
+        before calling).
 
         Raises CallbackRejected (401), CallbackMalformed (400), NotManaged (404), OSError when neither Redis
         nor the journal could take it (5xx), and whatever reading the body raises.
         """
         now_ms = clock.time_ms()
-        url_room = credentials.room_id
+        url_room = auth.room_id
         if url_room is not None:
             try:
                 keys.check_room_id(url_room)
             except keys.InvalidKeyPart:
                 raise NotManaged(f"room {url_room!r} is not managed here") from None
-        verified = self._verify(profile, credentials, now_ms)
         raw = body if isinstance(body, bytes) else await body()
         digest = hashlib.sha256(raw).hexdigest()
-        callback_id, event_ms = verified or (f"none:{digest[:32]}:{now_ms}", now_ms)
-        parsed = parse_callback(raw)
-        if url_room is not None and parsed.room_id != url_room:
+        decoded = self._codecs(provider).decode(raw)
+        if url_room is not None and decoded.room_id != url_room:
             raise CallbackRejected(RejectReason.ROOM_MISMATCH)
         try:
-            keys.check_room_id(parsed.room_id)
+            keys.check_room_id(decoded.room_id)
         except keys.InvalidKeyPart:
-            raise NotManaged(f"room {parsed.room_id!r} is not managed here") from None
-        write = _write_for(parsed, callback_id, event_ms, now_ms, digest)
-        outcome = await self._durable(write, profile)
+            raise NotManaged(f"room {decoded.room_id!r} is not managed here") from None
+        if auth.callback_id is None or auth.event_ms is None:
+            callback_id, event_ms = f"none:{digest[:32]}:{now_ms}", now_ms
+        else:
+            callback_id, event_ms = auth.callback_id, auth.event_ms
+        write = write_for(decoded, callback_id, event_ms, now_ms, digest)
+        outcome = await self._durable(write, provider, auth.source)
         if outcome == "replay":
             raise CallbackRejected(RejectReason.REPLAY)
         if outcome in NOT_OURS:
-            await self._audit(write, outcome, profile)
+            await self._audit(write, outcome, auth.source)
             raise NotManaged(f"{'room' if outcome == 'unknown_room' else 'job'} is not managed here")
-        return outcome, parsed
+        return outcome, decoded
 
-    def _verify(
-        self, profile: ResolvedProfile, credentials: Credentials, now_ms: int
-    ) -> tuple[str, int] | None:
-        """The callback id and time of a signed callback (None: the profile signs nothing)."""
-        if profile.auth_type is CallbackAuthType.NONE:
-            return None
-        verifier, url_tag = self._verifier(profile, credentials.room_id)
-        verified = verifier.verify(credentials.secret, credentials.time_text, now_ms)
-        return f"{url_tag}:{verified.signature}", verified.event_ms
-
-    def _verifier(self, profile: ResolvedProfile, room_id: str | None) -> tuple[SignatureVerifier, str]:
-        """The verifier of the signed URL -- the profile's, bound to the room when the URL names one -- and
-        a short digest of that URL (used signatures are kept per signed URL)."""
-        cache_key = (profile.name, room_id or "")
-        known = self._verifiers.get(cache_key)
-        if known is None or known[0] is not profile:
-            if len(self._verifiers) >= MAX_VERIFIERS:
-                self._verifiers.clear()
-            url = profile.public_url if room_id is None else room_callback_url(profile.public_url, room_id)
-            tag = hashlib.sha256(url.encode()).hexdigest()[:16]
-            known = self._verifiers[cache_key] = (
-                profile,
-                SignatureVerifier(url, profile.keys, self._policy),
-                tag,
-            )
-        return known[1], known[2]
-
-    async def _durable(self, write: CallbackWrite, profile: ResolvedProfile) -> str:
+    async def _durable(self, write: CallbackWrite, provider: str, source: str) -> str:
         try:
             return await self.apply(write)  # the batcher enforces callbacks.write_timeout_s
         except (RedisError, OSError) as exc:
@@ -174,21 +135,21 @@ class CallbackReceiver:
                 room_id=write.room_id,
                 event_type=write.event_type,
             )
-        await self._journal.append({"profile": profile.name, "write": _write_to_json(write)})
+        await self._journal.append({"provider": provider, "profile": source, "write": _write_to_json(write)})
         return "journaled"
 
     async def apply(self, write: CallbackWrite) -> str:
         """Write one callback to Redis (no journal fallback); its outcome. Raises RedisError."""
-        return _text(await self._batcher.call(write.keys(), write.args(self._maxlen, self._seen_ttl_s)))
+        return _text(await self._batcher.call(write.keys(), write.args(self._maxlen, self.seen_ttl_s)))
 
     async def replay_journal(self) -> int:
         """Apply journaled callbacks, oldest first; returns how many. Raises RedisError if Redis fails."""
 
         async def apply_entry(entry: dict[str, Any]) -> None:
-            write = _write_from_json(entry["write"])
+            write = self._write_from_json(entry["write"], entry.get("provider", LEGACY_JOURNAL_PROVIDER))
             outcome = await self.apply(write)
             if outcome in NOT_OURS:
-                await self._audit(write, outcome, None)
+                await self._audit(write, outcome, str(entry.get("profile", "")))
             log.info(
                 "journaled callback applied",
                 room_id=write.room_id,
@@ -198,7 +159,15 @@ class CallbackReceiver:
 
         return await self._journal.replay(apply_entry)
 
-    async def _audit(self, write: CallbackWrite, outcome: str, profile: ResolvedProfile | None) -> None:
+    def _write_from_json(self, data: Mapping[str, Any], provider: str) -> CallbackWrite:
+        fields = {**data, "fields": tuple(data["fields"])}
+        if "kind" not in fields:  # journaled before writes carried their kind: the provider names it
+            codec = self._codecs(provider)
+            fields["kind"] = codec.kind_of(fields["event_type"])
+            fields["counter"] = fields["event_type"] if fields["kind"] != "other" else "other"
+        return CallbackWrite(**fields)
+
+    async def _audit(self, write: CallbackWrite, outcome: str, source: str) -> None:
         try:
             await self._store.audit(
                 {
@@ -206,7 +175,7 @@ class CallbackReceiver:
                     "room_id": write.room_id,
                     "job_id": write.job_id,
                     "event_type": write.event_type,
-                    "profile": profile.name if profile else "",
+                    "profile": source,
                     "received_ms": write.received_ms,
                     "message": write.message_json,
                 }
@@ -215,33 +184,30 @@ class CallbackReceiver:
             log.warning("audit entry lost", error=str(exc), room_id=write.room_id)
 
 
-def _write_for(
-    parsed: ParsedCallback, callback_id: str, event_ms: int, now_ms: int, digest: str
-) -> CallbackWrite:
-    message = parsed.message
+def write_for(decoded: Decoded, callback_id: str, event_ms: int, now_ms: int, digest: str) -> CallbackWrite:
+    """The apply script's input for one decoded callback (pure)."""
+    event = decoded.event
     fields: tuple[str, ...] = ()
-    if isinstance(message, ShootScriptSwitch):
-        fields = (
-            message.scene_script_name or "",
-            "" if message.shoot_script_sequence_no is None else str(message.shoot_script_sequence_no),
-            message.shoot_script_title or "",
-            message.product_id or "",
-            message.product_title or "",
-        )
-    elif isinstance(message, RtmpStreamStateChange):
-        fields = (message.output_url, message.state)
-    elif isinstance(message, ReplyCommandFinish):
-        fields = (message.reply_id,)
+    if isinstance(event, ParagraphChanged):
+        fields = (event.scene, event.sequence, event.title, event.product_id, event.product_title)
+    elif isinstance(event, LinkChanged):
+        fields = (event.output, event.state.value)
+    elif isinstance(event, ReplyFinished):
+        fields = (event.reply_id,)
+    elif isinstance(event, JobStateChanged):
+        fields = (event.status.value,)
     return CallbackWrite(
-        room_id=parsed.room_id,
+        room_id=decoded.room_id,
         callback_id=callback_id,
-        event_type=parsed.event_type,
-        job_id=parsed.job_id,
+        event_type=decoded.vendor_type,
+        job_id=decoded.job_id,
         event_ms=event_ms,
         received_ms=now_ms,
-        message_json=_json(parsed.stored_message()),
+        message_json=_json(decoded.message),
         digest=digest,
         fields=fields,
+        kind=event.kind,
+        counter=decoded.counter,
     )
 
 
@@ -259,15 +225,11 @@ def _write_to_json(write: CallbackWrite) -> dict[str, Any]:
     return {**write._asdict(), "fields": list(write.fields)}
 
 
-def _write_from_json(data: dict[str, Any]) -> CallbackWrite:
-    return CallbackWrite(**{**data, "fields": tuple(data["fields"])})
-
-
 __all__ = [
     "ACCEPTED",
+    "Authenticated",
     "CallbackMalformed",
     "CallbackReceiver",
     "CallbackRejected",
-    "Credentials",
     "NotManaged",
 ]

@@ -1,14 +1,15 @@
 """A live room's reply pacer: the room's reply queue, inserted with INSERT_PLAY_SCRIPT at the vendor's pace.
 
-The pacer inserts the most important waiting reply (:mod:`orchestrator.interaction.queue`) with
-INSERT_PLAY_SCRIPT whenever fewer than ``reply_in_flight`` are in flight; a REPLY_COMMAND_FINISH (a
-reaction from the callback receiver, on any replica) wakes it for the next. An insert without a finish
-after ``reply_timeout_s`` is given up. An operator reply that finds the slots taken by less important ones
-first clears those at the vendor with CLEAN_UP_INSERT_COMMAND (an insert already playing cannot be cleared
-and finishes). After ``idle_after_s`` without a reply, an idle line. It wakes on a kick (a reply queued, a
-finish) and on a timer only while something can come due.
+The pacer says the most important waiting reply (:mod:`orchestrator.store.replies`) through the room
+provider's audience channel (MetaStudio: INSERT_PLAY_SCRIPT) whenever fewer than ``reply_in_flight`` are in
+flight; a reply's finish (MetaStudio's REPLY_COMMAND_FINISH, a reaction from the callback receiver on any
+replica) wakes it for the next. A reply without a finish after ``reply_timeout_s`` is given up; one the
+vendor does not track is done once said. An operator reply that finds the slots taken by less important
+ones first withdraws those at the vendor (one already playing cannot be withdrawn and finishes). After
+``idle_after_s`` without a reply, an idle line. It wakes on a kick (a reply queued, a finish) and on a timer
+only while something can come due.
 
-Failures of INSERT_PLAY_SCRIPT: certainly unsent (connection refused, 429) → back in the queue, retried;
+Failures of saying a reply: certainly unsent (connection refused, 429) → back in the queue, retried;
 ambiguous (timeout, 5xx) → given up and counted ``lost``: saying it twice is worse than not at all;
 refused (400, or the job is gone or no longer running) → counted ``failed``, never repeated.
 """
@@ -16,12 +17,14 @@ refused (400, or the job is gone or no longer running) → counted ``failed``, n
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
 from orchestrator import clock
-from orchestrator.interaction.queue import Reply
+from orchestrator.domain import PlayMode
+from orchestrator.interaction.context import RoomContext
+from orchestrator.providers.base import ReplyOrder
 from orchestrator.providers.errors import (
     ProviderConnectError,
     ProviderError,
@@ -29,30 +32,28 @@ from orchestrator.providers.errors import (
     ProviderServerError,
     ProviderStatusError,
 )
-from orchestrator.providers.metastudio.models import CleanUpInsertCommand, Command, PlayTextInfo, TextConfig
-from orchestrator.settings import PlayTypeName
+from orchestrator.store.replies import Reply
 from orchestrator.tasks import being_cancelled, pause, wait_event
 
-if TYPE_CHECKING:
-    from orchestrator.interaction.audience import AudienceService
+#: Queue a reply for the room, with where it came from (the worker's, which also wakes this pacer).
+Enqueue = Callable[[Reply, str], Awaitable[object]]
 
 
 class ReplyPacer:
-    """Inserts one room's queued replies, at most ``reply_in_flight`` unfinished at once."""
+    """Says one room's queued replies, at most ``reply_in_flight`` unfinished at once."""
 
-    def __init__(self, service: AudienceService, room_id: str, job_id: str, log: Any) -> None:
-        self.service = service
-        self.room_id = room_id
-        self.job_id = job_id
+    def __init__(self, ctx: RoomContext, enqueue: Enqueue, play_type: Callable[[str], str | None]) -> None:
+        self.ctx = ctx
         self.kick = asyncio.Event()  # a reply was queued, or one finished
         self.busy = 1  # replies in flight at the last pass (unknown at start: look once)
         self.last_activity = clock.monotonic()
+        self._enqueue = enqueue
+        self._play_type = play_type
         self._idle_cursor = 0
-        self._log = log
 
     async def run(self) -> None:
         """Pace the room's replies until cancelled."""
-        settings = self.service.settings
+        settings = self.ctx.settings
         while True:
             # Wake on a kick (a reply queued, a finish); on a timer only when something can come due: a
             # reply in flight (its timeout), or the idle filler. A thousand idle rooms cost nothing.
@@ -64,96 +65,93 @@ class ReplyPacer:
             # At most 20 timer wake-ups a second per room, however compressed the clock.
             await wait_event(self.kick, None if tick is None else max(0.05, clock.real_s(tick)))
             self.kick.clear()
-            if not self.service.leases.valid(self.room_id):
+            if not self.ctx.owned():
                 continue
             try:
                 await self._pace_once()
             except (RedisError, ProviderError) as exc:
                 if being_cancelled():
                     raise
-                self._log.warning("reply pacing failed; retrying", error=str(exc))
+                self.ctx.log.warning("reply pacing failed; retrying", error=str(exc))
                 await pause(1.0)
 
     async def _pace_once(self) -> None:
-        service, settings = self.service, self.service.settings
-        queue, metrics = service.queue, service.metrics
-        flights = await queue.in_flight(self.room_id)
+        ctx = self.ctx
+        settings, queue, metrics, room_id = ctx.settings, ctx.replies, ctx.metrics, ctx.room_id
+        flights = await queue.in_flight(room_id)
         now_ms = clock.time_ms()
         overdue = [f.reply_id for f in flights if now_ms - f.sent_ms > settings.reply_timeout_s * 1000]
         if overdue:
-            await queue.forget(self.room_id, overdue)
+            await queue.forget(room_id, overdue)
             metrics.replies.labels("timed_out").inc(len(overdue))
-            self._log.warning("replies given up: no REPLY_COMMAND_FINISH in time", reply_ids=overdue)
+            ctx.log.warning("replies given up: no finish reported in time", reply_ids=overdue)
             flights = [f for f in flights if f.reply_id not in overdue]
         if len(flights) >= settings.reply_in_flight:
-            pending = await queue.pending(self.room_id)
+            pending = await queue.pending(room_id)
             victims = [f.reply_id for f in flights if f.priority != "operator"]
             if pending and pending[0].priority == "operator" and victims:
-                cleaned = await self._clean_up(victims)
+                cleaned = await self._withdraw(victims)
                 flights = [f for f in flights if f.reply_id not in cleaned]
         busy = len(flights)
         while busy < settings.reply_in_flight:
-            reply = await queue.pop(self.room_id)
+            reply = await queue.pop(room_id)
             if reply is None:
                 break
-            busy += await self._insert(reply)
+            busy += await self._say(reply)
         self.busy = busy
         if (
             not busy
             and settings.idle_after_s > 0
             and settings.idle_lines
             and clock.monotonic() - self.last_activity >= settings.idle_after_s
-            and not await queue.pending(self.room_id)
+            and not await queue.pending(room_id)
         ):
             line = settings.idle_lines[self._idle_cursor % len(settings.idle_lines)]
             self._idle_cursor += 1
             self.last_activity = clock.monotonic()
-            await service.enqueue(self.room_id, Reply(line, "idle", service.play_type("idle")), source="idle")
+            await self._enqueue(Reply(line, "idle", self._play_type("idle")), "idle")
             self.kick.set()
 
-    async def _insert(self, reply: Reply) -> bool:
-        """INSERT_PLAY_SCRIPT for ``reply``; True when it is now in flight."""
-        service, metrics = self.service, self.service.metrics
-        info = PlayTextInfo(
-            text_config=TextConfig(text=reply.text),
-            play_type=cast(PlayTypeName | None, reply.play_type),
-            rule_index=reply.rule_index,
+    async def _say(self, reply: Reply) -> bool:
+        """Say ``reply`` at the vendor; True when it is now in flight (its finish will be reported)."""
+        ctx, metrics = self.ctx, self.ctx.metrics
+        order = ReplyOrder(
+            reply.text,
+            PlayMode(reply.play_type) if reply.play_type else None,
+            reply.rule_index,
+            operator=reply.priority == "operator",
         )
         try:
-            answer = await service.client().command(
-                self.room_id, self.job_id, Command.insert_play_script(info)
-            )
+            said = await ctx.channel.say(ctx.room_id, ctx.job_id, order)
         except (ProviderConnectError, ProviderRateLimited) as exc:
-            await service.queue.push_back(self.room_id, reply)
-            self._log.warning("insert not sent; the reply waits", error=str(exc))
+            await ctx.replies.push_back(ctx.room_id, reply)
+            ctx.log.warning("reply not sent; it waits", error=str(exc))
             await pause(1.0)
             return False
         except ProviderStatusError as exc:
-            # A 5xx is ambiguous -- but not MetaStudio's documented "job not running / gone" answers,
-            # which arrive as 500 too and are read as refusals (ProviderJobNotRunning, ProviderNotFound).
+            # A 5xx is ambiguous -- but not a vendor's documented "job not running / gone" answers (which
+            # MetaStudio gives as 500 too): those are refusals (ProviderJobNotRunning, ProviderNotFound).
             if isinstance(exc, ProviderServerError):
                 metrics.replies.labels("lost").inc()
-                self._log.error("insert outcome unknown; not repeated", reply=reply.text[:40], error=str(exc))
+                ctx.log.error("reply outcome unknown; not repeated", reply=reply.text[:40], error=str(exc))
             else:
                 metrics.replies.labels("failed").inc()
-                self._log.error("insert refused", reply=reply.text[:40], error=str(exc))
+                ctx.log.error("reply refused", reply=reply.text[:40], error=str(exc))
             return False
         except ProviderError as exc:
             metrics.replies.labels("lost").inc()
-            self._log.error("insert outcome unknown; not repeated", reply=reply.text[:40], error=str(exc))
+            ctx.log.error("reply outcome unknown; not repeated", reply=reply.text[:40], error=str(exc))
             return False
-        command_id = answer.command_id or ""
-        now_ms = clock.time_ms()
-        in_flight = bool(command_id) and await service.queue.record_sent(
-            self.room_id, command_id, reply, now_ms
+        in_flight = said.tracked and bool(
+            await ctx.replies.record_sent(ctx.room_id, said.reply_id, reply, clock.time_ms())
         )
         self.last_activity = clock.monotonic()
         metrics.replies.labels("inserted").inc()
-        await service.record(
-            self.room_id,
-            kind="reply_inserted",
-            job_id=self.job_id,
-            reply_id=command_id,
+        await ctx.events.add(
+            ctx.room_id,
+            "reply_inserted",
+            job_id=ctx.job_id,
+            reply_id=said.reply_id,
             priority=reply.priority,
             play_type=reply.play_type or "",
             rule_index=reply.rule_index or "",
@@ -161,21 +159,11 @@ class ReplyPacer:
         )
         return in_flight
 
-    async def _clean_up(self, victims: list[str]) -> set[str]:
-        answer = await self.service.client().command(
-            self.room_id,
-            self.job_id,
-            Command.clean_up_insert_command(CleanUpInsertCommand(command_ids=victims[:100])),
-        )
-        try:
-            result = answer.result_json()
-            cleaned = (
-                set(result.get("cleaned_command_ids", victims)) if isinstance(result, dict) else set(victims)
-            )
-        except ValueError:
-            cleaned = set(victims)
+    async def _withdraw(self, victims: list[str]) -> set[str]:
+        ctx = self.ctx
+        cleaned = await ctx.channel.withdraw(ctx.room_id, ctx.job_id, victims)
         cleaned &= set(victims)
-        await self.service.queue.forget(self.room_id, sorted(cleaned))
-        self.service.metrics.replies.labels("cleaned_up").inc(len(cleaned))
-        self._log.info("cleared unplayed inserts for an operator reply", cleaned=sorted(cleaned))
+        await ctx.replies.forget(ctx.room_id, sorted(cleaned))
+        ctx.metrics.replies.labels("cleaned_up").inc(len(cleaned))
+        ctx.log.info("withdrew unplayed replies for an operator reply", cleaned=sorted(cleaned))
         return cleaned

@@ -30,8 +30,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Priority = Literal["operator", "gift", "question", "idle"]
-PRIORITY_ORDER: dict[str, int] = {"operator": 0, "gift": 1, "question": 2, "idle": 3}
+from orchestrator.domain import PRIORITIES, Priority
+
+PRIORITY_ORDER: dict[str, int] = {p: i for i, p in enumerate(PRIORITIES)}
 
 
 class _Model(BaseModel):

@@ -1,37 +1,44 @@
 """A live room's reporter: its audience events, from the ingest stream to the job's live-event report URL.
 
-Events wait in the room's ingest stream ``orch:{room}:ingest`` (the HTTP ingest
-writes them there normalised as field ``event``; a bridge writing to Redis puts its own event format,
-the one ``POST /api/rooms/{room}/events`` takes, in field ``raw``). One reader per replica reads the streams
-of all its rooms in one ``XREADGROUP`` (consumer group ``reporter``, consumer = replica id) and hands the
-entries to their rooms. A room reads no more while it holds a full batch, so while the vendor is down
-the backlog stays in Redis, not in memory. A batch goes out when it holds ``report_max_events`` (≤ 1000)
-or ``report_window_ms`` after its first event; within it, viewer counts coalesce to the latest. Before it
-is sent, the batch's id and entry range are written to ``orch:{room}:report``; a failed send is retried
-with backoff, the same batch with the same ``X-Batch-Id``, for as long as the lease is held. Only after
-the vendor accepted it are its entries acknowledged (``XACK``) and trimmed, and the marker removed, in
-one transaction. A successor (after a crash or a lost lease) claims the group's pending entries with
-``XAUTOCLAIM`` and first resends the marked batch exactly as it was: at least once, and no event in two
-different batches. A refreshed ``live_event_report_url`` in the answer is stored and used from then on.
-Events older than ``report_max_age_s`` when a batch forms are dropped and counted, not reported.
+Events wait in the room's ingest stream (:mod:`orchestrator.store.ingest`). One reader per replica
+(:mod:`orchestrator.interaction.reader`) reads the streams of all its rooms in one ``XREADGROUP`` and hands
+the entries to their rooms. A room reads no more while it holds a full batch, so while the vendor is down the
+backlog stays in Redis, not in memory. A batch goes out when it holds ``report_max_events`` (≤ 1000) or
+``report_window_ms`` after its first event; within it, viewer counts coalesce to the latest. Before it is
+sent, the batch's id and entry range are written to ``orch:{room}:report``; a failed send is retried with
+backoff, the same batch with the same ``X-Batch-Id``, for as long as the lease is held. Only after the vendor
+accepted it are its entries acknowledged (``XACK``) and trimmed, and the marker removed, in one transaction. A
+successor (after a crash or a lost lease) claims the group's pending entries with ``XAUTOCLAIM`` and first
+resends the marked batch exactly as it was: at least once, and no event in two different batches. A refreshed
+``live_event_report_url`` in the answer is stored and used from then on. Events older than
+``report_max_age_s`` when a batch forms are dropped and counted, not reported.
 
-A batch the vendor cannot take is not retried for ever: refused as invalid (400), or for a job that ended
-or is gone (MetaStudio's MSS.20010099 "not running", MSS.20010046/51/59 "does not exist or has expired",
-each an HTTP 500), it is dropped and counted. A report URL whose own authentication fails or expired (401
-MSS.20010039/MSS.20010054) is replaced once by the job's current ``live_event_report_url`` (show job), and
-the batch dropped if that does not help either.
+A batch the vendor refuses as invalid (``ProviderBadRequest``) is dropped and counted. One refused because
+its job ended or is gone (``ProviderJobNotRunning``, ``ProviderNotFound`` -- MetaStudio answers those with
+HTTP 500 and a documented code) is the room's, not the job's: it is sent again, with backoff, to the room's
+report URL as it is then -- the next job's, once the room has one -- until its events are older than
+``report_max_age_s`` (then dropped, counted ``expired``). Soak finding: dropping it at once lost the comments
+viewers made around a job's failure, which the room's next job would have taken. A report URL whose own
+authentication fails or expired (``ProviderAuthError``) is replaced once by the job's current one (the
+provider's ``current_report_url``), and the batch dropped if that does not help either.
+
+A worker being stopped lets its reporter finish the batch it has in flight (at most :data:`STOP_GRACE_S`),
+so that a successor does not resend what the vendor took.
+
+The vendor is reached through the room provider's audience channel; a provider that takes no reports
+(``takes_reports`` false) has its rooms' events acknowledged as they are read, never sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
 from orchestrator import clock
-from orchestrator.interaction.ingest import NAMES
+from orchestrator.domain import AudienceKind
+from orchestrator.interaction.context import RoomContext
 from orchestrator.providers.errors import (
     ProviderAuthError,
     ProviderBadRequest,
@@ -39,51 +46,12 @@ from orchestrator.providers.errors import (
     ProviderJobNotRunning,
     ProviderNotFound,
 )
-from orchestrator.store import keys
-from orchestrator.store.redis import text as _text
+from orchestrator.store.ingest import Marker
 from orchestrator.tasks import being_cancelled, checkpoint, pause, wait_event
 
-if TYPE_CHECKING:
-    from orchestrator.interaction.audience import AudienceService
-
-GROUP = "reporter"
-
-#: Acknowledge a reported batch and trim the stream behind it -- but never past the group's oldest entry
-#: still pending (another consumer's, read before it lost the room: the owner claims those a lease later).
-#: Soak finding: trimming to the first entry the owner itself still needed deleted them, unreported.
-#: The marker goes only if it still names this batch: a worker that lost the room while its batch was out
-#: must not delete the successor's marker.
-#: KEYS[1] stream, KEYS[2] marker; ARGV[1] group, ARGV[2] the owner's trim point, ARGV[3] the batch id,
-#: ARGV[4..] the batch's entry ids.
-ACK_AND_TRIM_LUA = """
-local function before(a, b)
-  local am, as = string.match(a, '^(%d+)-?(%d*)$')
-  local bm, bs = string.match(b, '^(%d+)-?(%d*)$')
-  am, bm = tonumber(am), tonumber(bm)
-  if am ~= bm then return am < bm end
-  return (tonumber(as) or 0) < (tonumber(bs) or 0)
-end
-local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 4))
-if redis.call('HGET', KEYS[2], 'batch_id') == ARGV[3] then redis.call('DEL', KEYS[2]) end
-local keep = ARGV[2]
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
-if pending[1] > 0 and before(pending[2], keep) then keep = pending[2] end
-redis.call('XTRIM', KEYS[1], 'MINID', '~', keep)
-return acked
-"""
-
-#: Mark the batch about to be sent, if the room's lease is still this replica's; then the report URL and
-#: the current product. KEYS[1] lease, KEYS[2] marker, KEYS[3] room state; ARGV[1] replica id, ARGV[2..4]
-#: batch id, first and last entry id. Returns {1 or 0, url, product}.
-MARK_BATCH_LUA = """
-local marked = 0
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('HSET', KEYS[2], 'batch_id', ARGV[2], 'first', ARGV[3], 'last', ARGV[4])
-  marked = 1
-end
-local target = redis.call('HMGET', KEYS[3], 'report_url', 'product_title')
-return {marked, target[1], target[2]}
-"""
+#: How long a stopping worker's reporter may take to finish the batch it has in flight (real seconds: a
+#: report on a healthy link answers within it; one that does not is resent by the successor, same id).
+STOP_GRACE_S = 1.0
 
 
 def entry_ms(entry_id: str) -> int:
@@ -106,28 +74,23 @@ class Buffered:
 class RoomReporter:
     """Batches of one room's events to its job's report URL; at most one batch (plus one read) in memory."""
 
-    def __init__(self, service: AudienceService, room_id: str, job_id: str, log: Any) -> None:
-        self.service = service
-        self.room_id = room_id
-        self.job_id = job_id
-        self.stream = keys.room_ingest(room_id)
+    def __init__(self, ctx: RoomContext) -> None:
+        self.ctx = ctx
         self.buffer: list[Buffered] = []
-        self.product = ""  # the current paragraph's product, read with the report URL
         self.ready = asyncio.Event()
         self.full = asyncio.Event()
-        #: (batch id, first, last): the batch that goes next, as it was -- a predecessor's (from its marker),
-        #: or this reporter's own once it began marking it, until the vendor took it and it is acknowledged.
-        self._resend: tuple[str, str, str] | None = None
-        self._log = log
+        #: The batch that goes next, as it was -- a predecessor's (from its marker), or this reporter's own
+        #: once it began marking it, until the vendor took it and it is acknowledged.
+        self._resend: Marker | None = None
+        #: Set when the worker stops: no new batch is begun; the one in flight is finished.
+        self.stopping = False
 
     async def recover(self) -> None:
         """Pick up the batch a predecessor marked as being sent: it goes first, as it was."""
-        marker = await self.service.redis.hgetall(keys.room_report(self.room_id))
-        if marker:
-            self._resend = (_text(marker[b"batch_id"]), _text(marker[b"first"]), _text(marker[b"last"]))
+        self._resend = await self.ctx.streams.marker(self.ctx.room_id)
 
     def wants_more(self) -> bool:
-        return len(self.buffer) < self.service.settings.report_max_events
+        return len(self.buffer) < self.ctx.settings.report_max_events
 
     def add(self, entry_id: str, event_type: int, timestamp: int, raw: bytes) -> None:
         self.buffer.append(Buffered(entry_id, event_type, timestamp, raw))
@@ -136,14 +99,16 @@ class RoomReporter:
         """Wake the sender after a read: a batch may have filled."""
         if self.buffer:
             self.ready.set()
-            if len(self.buffer) >= self.service.settings.report_max_events:
+            if len(self.buffer) >= self.ctx.settings.report_max_events:
                 self.full.set()
 
     async def run(self) -> None:
         """Send batches as they fill or their window ends, until cancelled."""
-        settings = self.service.settings
+        settings = self.ctx.settings
         while True:
             await wait_event(self.ready, None)
+            if self.stopping:
+                return
             if self._resend is None:
                 first_at = entry_ms(self.buffer[0].entry_id) / 1000 if self.buffer else clock.time()
                 wait_s = first_at + settings.report_window_ms / 1000 - clock.time()
@@ -154,13 +119,20 @@ class RoomReporter:
             except (RedisError, OSError) as exc:
                 if being_cancelled():
                     raise
-                self._log.warning("reporter cannot reach Redis; retrying", error=str(exc))
+                self.ctx.log.warning("reporter cannot reach Redis; retrying", error=str(exc))
                 await pause(1.0)
                 continue
-            if not self.buffer:
+            if not self.buffer or self.stopping:
                 self.ready.clear()
             if len(self.buffer) < settings.report_max_events:
                 self.full.clear()
+            if self.stopping:
+                return
+
+    def stop(self) -> None:
+        """Begin no new batch; wake the sender so that an idle one returns at once."""
+        self.stopping = True
+        self.ready.set()
 
     def _next_batch(self) -> tuple[str, list[Buffered]]:
         if self._resend is not None:
@@ -170,72 +142,99 @@ class RoomReporter:
             if batch:
                 return batch_id, batch
             self._resend = None  # its entries are gone (trimmed or acknowledged): nothing to resend
-        batch = self.buffer[: self.service.settings.report_max_events]
-        return f"{self.room_id}/{batch[0].entry_id}/{batch[-1].entry_id}", batch
+        batch = self.buffer[: self.ctx.settings.report_max_events]
+        return f"{self.ctx.room_id}/{batch[0].entry_id}/{batch[-1].entry_id}", batch
 
     async def _flush_one(self) -> None:
         if not self.buffer:
             return
+        ctx = self.ctx
         batch_id, batch = self._next_batch()
         # From here the batch is fixed until acknowledged: whatever interrupts it (Redis away, the lease
         # lapsing while the vendor answered), the next attempt sends these entries under this id again.
         # Soak finding: a retry after a failed acknowledgement formed a new batch from the grown buffer,
         # and the events the vendor already had went out again in a second batch.
-        self._resend = (batch_id, batch[0].entry_id, batch[-1].entry_id)
+        self._resend = marker = Marker(batch_id, batch[0].entry_id, batch[-1].entry_id)
+        if not ctx.channel.takes_reports:  # this vendor takes no reports: the events are done with
+            await self._acknowledge(batch_id, batch, [], None, sent=False)
+            return
         events = _coalesce_viewers(batch)
-        self.service.metrics.audience_events.labels("coalesced").inc(len(batch) - len(events))
-        metrics = self.service.metrics
+        ctx.metrics.audience_events.labels("coalesced").inc(len(batch) - len(events))
         # The marker and the report URL in one round trip (the URL is read again before each retry). A
         # worker that lost the room marks and sends nothing: the marker is its successor's.
         while True:
-            if self.service.leases.valid(self.room_id):
-                marked, url, self.product = await self.service.mark_batch(
-                    self.room_id, (batch_id, batch[0].entry_id, batch[-1].entry_id)
-                )
+            if ctx.owned():
+                marked, url = await ctx.streams.mark(ctx.room_id, ctx.replica_id, marker)
                 if marked:
                     break
             await pause(0.5)
+        refreshed, events = await self._send(batch_id, batch, events, url)
+        await self._acknowledge(batch_id, batch, events, refreshed)
+
+    async def _send(
+        self, batch_id: str, batch: list[Buffered], events: list[Buffered], url: str | None
+    ) -> tuple[str | None, list[Buffered]]:
+        """Send until the vendor takes the batch (its refreshed report URL, if any, and the events sent), or
+        refuses it for good (nothing sent)."""
+        ctx = self.ctx
         attempt = 0
         reauthorised = False
         while True:
             checkpoint()
-            if not self.service.leases.valid(self.room_id):
+            if not ctx.owned():
                 await pause(0.5)
                 continue
             if attempt:
-                url, self.product = await self.service.report_target(self.room_id)
+                url = await ctx.streams.report_url(ctx.room_id)
             try:
                 if url is None:
                     raise _NoReportUrl
-                refreshed = await self.service.client().report_batch(url, [e.raw for e in events], batch_id)
+                refreshed = await ctx.channel.report(url, [e.raw for e in events], batch_id)
                 accepted_at = clock.time()  # reported: the vendor has it (our acknowledgement follows)
                 for entry in batch:
-                    metrics.report_latency.observe(max(0.0, accepted_at - entry_ms(entry.entry_id) / 1000))
-                break
+                    ctx.metrics.report_latency.observe(
+                        max(0.0, accepted_at - entry_ms(entry.entry_id) / 1000)
+                    )
+                return refreshed, events
             except ProviderAuthError as exc:
                 fresh = None if reauthorised else await self._current_report_url(url)
-                if fresh is not None:
-                    reauthorised = True
-                    self._log.warning("report URL refused; using the job's current one", error=str(exc))
-                    await self.service.redis.hset(keys.room_state(self.room_id), "report_url", fresh)
-                    attempt += 1
-                    continue
-                self._drop(batch_id, events, "report URL refused", exc)
-                refreshed, events = None, []
-                break
-            except (ProviderBadRequest, ProviderNotFound, ProviderJobNotRunning) as exc:
-                # The vendor refuses this batch as such, or its job ended or is gone: resending it would
-                # block the room for ever (a 5xx with one of these codes is not a passing failure).
+                if fresh is None:
+                    self._drop(batch_id, events, "report URL refused", exc)
+                    return None, []
+                reauthorised = True
+                ctx.log.warning("report URL refused; using the job's current one", error=str(exc))
+                await ctx.streams.set_report_url(ctx.room_id, fresh)
+                attempt += 1
+            except ProviderBadRequest as exc:
+                # The vendor refuses this batch as such: resending it would block the room for ever.
                 self._drop(batch_id, events, "report batch refused", exc)
-                refreshed, events = None, []  # nothing of it was reported
-                break
+                return None, []  # nothing of it was reported
+            except (ProviderNotFound, ProviderJobNotRunning) as exc:
+                # The job ended or is gone: the events are the room's, and its next job takes them -- unless
+                # they are too old by then.
+                newest_s = max(entry_ms(e.entry_id) for e in batch) / 1000
+                if clock.time() - newest_s > ctx.settings.report_max_age_s:
+                    self._drop(
+                        batch_id, events, "report batch too old for the room's next job", exc, "expired"
+                    )
+                    return None, []
+                delay = min(30.0, 0.5 * 2**attempt)
+                attempt += 1
+                ctx.metrics.report_batches.labels("retry").inc()
+                ctx.log.info(
+                    "report refused: the job is not running; the batch waits for the room's next job",
+                    batch_id=batch_id,
+                    retry_in_s=delay,
+                    error=str(exc),
+                )
+                await pause(clock.real_s(delay))
             except (ProviderError, _NoReportUrl) as exc:
                 if being_cancelled():
                     raise
                 delay = min(30.0, 0.5 * 2**attempt)
                 attempt += 1
-                metrics.report_batches.labels("retry").inc()
-                self._log.warning(
+                ctx.metrics.report_batches.labels("retry").inc()
+                ctx.log.warning(
                     "report failed; the same batch goes again",
                     batch_id=batch_id,
                     events=len(events),
@@ -244,75 +243,60 @@ class RoomReporter:
                     error=str(exc) or type(exc).__name__,
                 )
                 await pause(clock.real_s(delay))
-        await self._acknowledge(batch_id, batch, events, refreshed)
 
-    def _drop(self, batch_id: str, events: list[Buffered], why: str, exc: ProviderError) -> None:
-        self._log.error(f"{why}; dropped", batch_id=batch_id, events=len(events), error=str(exc))
-        self.service.metrics.report_batches.labels("dropped").inc()
-        self.service.metrics.audience_events.labels("dropped").inc(len(events))
+    def _drop(
+        self, batch_id: str, events: list[Buffered], why: str, exc: ProviderError, outcome: str = "dropped"
+    ) -> None:
+        self.ctx.log.error(f"{why}; dropped", batch_id=batch_id, events=len(events), error=str(exc))
+        self.ctx.metrics.report_batches.labels("dropped").inc()
+        self.ctx.metrics.audience_events.labels(outcome).inc(len(events))
 
     async def _current_report_url(self, refused: str | None) -> str | None:
         """The job's report URL as the vendor shows it now, if it differs from the one refused."""
         try:
-            job = await self.service.client().show_job(self.room_id, self.job_id)
+            fresh = await self.ctx.channel.current_report_url(self.ctx.room_id, self.ctx.job_id)
         except ProviderError as exc:
-            self._log.warning("cannot read the job's current report URL", error=str(exc))
+            self.ctx.log.warning("cannot read the job's current report URL", error=str(exc))
             return None
-        fresh = job.live_event_report_url
         return fresh if fresh and fresh != refused else None
 
     async def _acknowledge(
-        self, batch_id: str, batch: list[Buffered], events: list[Buffered], refreshed: str | None
+        self,
+        batch_id: str,
+        batch: list[Buffered],
+        events: list[Buffered],
+        refreshed: str | None,
+        *,
+        sent: bool = True,
     ) -> None:
+        ctx = self.ctx
         done = {b.entry_id for b in batch}
         while True:  # the vendor has the batch: acknowledge it, however long Redis takes to come back
             remaining = [b for b in self.buffer if b.entry_id not in done]
             keep_from = remaining[0].entry_id if remaining else _after(batch[-1].entry_id)
             try:
-                await self._ack(batch_id, done, keep_from, events, refreshed)
+                await ctx.streams.acknowledge(
+                    ctx.room_id,
+                    job_id=ctx.job_id,
+                    batch_id=batch_id,
+                    entry_ids=done,
+                    keep_from=keep_from,
+                    reported=len(events),
+                    types=_type_counts(events),
+                    refreshed_url=refreshed,
+                )
                 break
             except (RedisError, OSError) as exc:
-                if being_cancelled() or not self.service.leases.valid(self.room_id):
+                if being_cancelled() or not ctx.owned():
                     raise  # a successor resends the marked batch (same id)
-                self._log.warning("cannot acknowledge a reported batch; retrying", error=str(exc))
+                ctx.log.warning("cannot acknowledge a reported batch; retrying", error=str(exc))
                 await pause(0.5)
         self.buffer = [b for b in self.buffer if b.entry_id not in done]
         self._resend = None
-        metrics = self.service.metrics
-        metrics.report_batches.labels("ok").inc()
-        metrics.audience_events.labels("reported").inc(len(events))
-        self._log.debug("reported", batch_id=batch_id, events=len(events), refreshed=bool(refreshed))
-
-    async def _ack(
-        self,
-        batch_id: str,
-        done: set[str],
-        keep_from: str,
-        events: list[Buffered],
-        refreshed: str | None,
-    ) -> None:
-        async with self.service.redis.pipeline(transaction=True) as pipe:
-            await self.service.ack_and_trim(
-                keys=[self.stream, keys.room_report(self.room_id)],
-                args=[GROUP, keep_from, batch_id, *done],
-                client=pipe,
-            )
-            pipe.hincrby(keys.room_state(self.room_id), "reported", len(events))
-            if refreshed:
-                pipe.hset(keys.room_state(self.room_id), "report_url", refreshed)
-            pipe.xadd(
-                keys.room_events(self.room_id),
-                {
-                    "kind": "reported",
-                    "job_id": self.job_id,
-                    "batch_id": batch_id,
-                    "events": len(events),
-                    "types": _type_counts(events),
-                },
-                maxlen=self.service.events_maxlen,
-                approximate=True,
-            )
-            await pipe.execute()
+        if sent:
+            ctx.metrics.report_batches.labels("ok").inc()
+            ctx.metrics.audience_events.labels("reported").inc(len(events))
+        ctx.log.debug("reported", batch_id=batch_id, events=len(events), refreshed=bool(refreshed))
 
 
 class _NoReportUrl(Exception):
@@ -333,7 +317,7 @@ def _type_counts(events: list[Buffered]) -> str:
     """``comment:3,viewers:1`` -- what a report carried, for the room's event record."""
     counts: dict[str, int] = {}
     for event in events:
-        name = NAMES.get(event.type, str(event.type))
+        name = _label(event.type)
         counts[name] = counts.get(name, 0) + 1
     return ",".join(f"{name}:{n}" for name, n in counts.items())
 
@@ -348,3 +332,10 @@ def _coalesce_viewers(batch: list[Buffered]) -> list[Buffered]:
         if event.timestamp >= latest.timestamp:
             latest = event
     return [b for b in batch if b.type != 6 or b is latest]
+
+
+def _label(event_type: int) -> str:
+    try:
+        return AudienceKind(event_type).label
+    except ValueError:
+        return str(event_type)

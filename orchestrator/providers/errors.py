@@ -34,7 +34,10 @@ class ProviderError(Exception):
 
 
 class ProviderConfigError(ProviderError):
-    """The client cannot sign or address a request (missing AK/SK, token or project id)."""
+    """The client cannot sign or address a request (missing AK/SK, token or project id), or a room names
+    something its provider's settings do not have (``field``: the room's field that names it)."""
+
+    field: str | None = None
 
 
 class ProviderTransportError(ProviderError):

@@ -1,24 +1,24 @@
 """Room actions -- start, stop, restart, refresh the output -- fenced, performed and recorded in one place.
 
 The reconciler and the admin API's forced start/stop both come here, so a start records the same things
-whoever asked for it: the new job as the room's current one, with its ``live_event_report_url`` (reports
-go to the job that is live, never to the previous one), and an ``action`` entry in the room's event
-stream.
+whoever asked for it: the new job as the room's current one, with its report URL (audience reports go to
+the job that is live, never to the previous one), and an ``action`` entry in the room's event stream.
+The vendor is reached through the room's provider (:class:`~orchestrator.providers.base.LiveJobs`).
 
 Each action takes a fence (:mod:`orchestrator.store.fences`): one replica acts, and the fence is renewed
 while the vendor call runs and gone one short TTL after its holder died. When the fence's previous holder
 died in the middle of a start or restart (its intent is still there), the vendor is asked first: a job it
 runs for the room that is not the one being replaced is adopted instead of starting another.
 
-An action that fails, for *any* reason -- the vendor, a room naming a callback profile that no longer
-exists, Redis -- releases its fence at once (a later pass may try again, after the backoff), is written to
-the room's event stream with its reason, and raises an alert. It never raises into the caller's pass.
+An action that fails, for *any* reason -- the vendor, a room naming something its provider's settings no
+longer have (a callback profile), Redis -- releases its fence at once (a later pass may try again, after the
+backoff), is written to the room's event stream with its reason, and raises an alert. It never raises into the
+caller's pass.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -28,26 +28,26 @@ import structlog
 from redis.exceptions import RedisError
 
 from orchestrator import clock
-from orchestrator.callbacks.profiles import UnknownProfile, live_event_callback_config, resolve_profile
+from orchestrator.domain import ACTIVE_STATUSES, JobStatus
+from orchestrator.providers.base import LiveJobs
 from orchestrator.providers.errors import (
     ProviderAuthError,
+    ProviderConfigError,
     ProviderError,
     ProviderJobNotRunning,
     ProviderNotFound,
 )
-from orchestrator.providers.metastudio.client import MetaStudioClient
-from orchestrator.providers.metastudio.models import Command, JobState, RefreshOutputUrlConfig
 from orchestrator.scheduling.rooms import ManagedRoom
 from orchestrator.settings import Settings
 from orchestrator.store import keys
+from orchestrator.store.events import RoomEvents
 from orchestrator.store.fences import Fences
 from orchestrator.store.rooms import RoomStore
 
 log = structlog.get_logger(__name__)
 
-ACTIVE = frozenset({"WAITING", "PROCESSING"})
-
-ClientFor = Callable[[ManagedRoom], MetaStudioClient]
+#: The live jobs of the room's provider (raises UnknownProvider, a ProviderConfigError).
+JobsFor = Callable[[ManagedRoom], LiveJobs]
 AlertFn = Callable[[ManagedRoom, str, str], Awaitable[None]]
 
 
@@ -81,14 +81,15 @@ class RoomActions:
         redis: aioredis.Redis,
         state: RoomStore,
         fences: Fences,
-        client_for: ClientFor,
+        jobs_for: JobsFor,
         alert: AlertFn,
         settings: Settings,
     ) -> None:
         self._redis = redis
         self._state = state
         self._fences = fences
-        self._client_for = client_for
+        self._jobs_for = jobs_for
+        self._events = RoomEvents(redis, maxlen=settings.callbacks.events_maxlen)
         self._alert = alert
         self._settings = settings
         self.vendor_calls = 0
@@ -129,65 +130,53 @@ class RoomActions:
         return Outcome("done", job_id)
 
     async def _perform(self, room: ManagedRoom, action: Action, current: Current) -> str | None:
-        client = self._client_for(room)
+        jobs = self._jobs_for(room)
         if action.kind == "stop":
             if not current.job_id:
                 return None
             self.vendor_calls += 1
-            await client.stop_job(room.room_id, current.job_id)
-            await self._state.set_job_state(room.room_id, current.job_id, JobState.SUCCEED.value)
+            await jobs.stop(room.room_id, current.job_id)
+            await self._state.set_job_state(room.room_id, current.job_id, JobStatus.SUCCEED.value)
             return current.job_id
         if action.kind in ("start", "restart"):
             if action.kind == "restart":
                 await self._count_attempt(room)
-                if current.job_id and current.job_state in ACTIVE:
+                if current.job_id and current.job_state in ACTIVE_STATUSES:
                     self.vendor_calls += 1
-                    await client.stop_job(room.room_id, current.job_id)
-            return await self._start(room, client)
+                    await jobs.stop(room.room_id, current.job_id)
+            return await self._start(room, jobs)
         if action.kind == "refresh" and current.job_id and action.output_url:
-            urls = room.template.output_urls
-            stream_keys = [k.get_secret_value() for k in room.template.stream_keys] or None
             self.vendor_calls += 1
-            await client.command(
-                room.room_id,
-                current.job_id,
-                Command.refresh_output_url(RefreshOutputUrlConfig(output_urls=urls, stream_keys=stream_keys)),
-            )
+            await jobs.repair(room, current.job_id, action.output_url)
             await self._redis.hset(
                 keys.room_state(room.room_id), f"refreshed:{action.output_url}", int(clock.time() * 1000)
             )
             return current.job_id
         return None
 
-    async def _start(self, room: ManagedRoom, client: MetaStudioClient) -> str:
-        """Start a job (the client adopts one the vendor already runs) and record it with its report URL.
+    async def _start(self, room: ManagedRoom, jobs: LiveJobs) -> str:
+        """Start a job (the provider adopts one the vendor already runs) and record it with its report URL.
 
-        Raises UnknownProfile, ProviderError, RedisError.
+        Raises ProviderError (a ProviderConfigError for a room naming what its provider lacks), RedisError.
         """
-        profile = resolve_profile(self._settings, room.callback_profile)
-        request = room.template.to_request(live_event_callback_config(profile, room.room_id))
         self.vendor_calls += 1
-        started = await client.start_job(room.room_id, request)
-        await self._state.set_current_job(
-            room.room_id, started.job_id, report_url=started.live_event_report_url
-        )
+        started = await jobs.start(room)
+        await self._state.set_current_job(room.room_id, started.job_id, report_url=started.report_url)
         return started.job_id
 
     async def _adopt_orphaned(self, room: ManagedRoom, current: Current) -> str | None:
         """A replica died holding this start's fence: whatever it sent may have reached the vendor. A job
         the vendor runs for the room, other than the one being replaced, is made the room's job."""
         self.vendor_calls += 1
-        listing = await self._client_for(room).list_room_jobs(
-            room.room_id, states=[JobState.WAITING, JobState.PROCESSING], limit=100
-        )
-        jobs = [j for j in listing.smart_live_jobs if j.state.active and j.job_id != current.job_id]
+        listing = await self._jobs_for(room).list_active([room.room_id])
+        jobs = [j for j in listing.get(room.room_id, []) if j.status.active and j.job_id != current.job_id]
         if not jobs:
             return None
-        job = max(jobs, key=lambda j: j.create_time or "")
+        job = max(jobs, key=lambda j: j.created)
         await self._state.set_current_job(
-            room.room_id, job.job_id, job.state.value, report_url=job.live_event_report_url
+            room.room_id, job.job_id, job.status.value, report_url=job.report_url
         )
-        reason = f"the replica starting it died; the vendor runs job {job.job_id} ({job.state.value})"
+        reason = f"the replica starting it died; the vendor runs job {job.job_id} ({job.status.value})"
         await self.record(room, Action("adopt", reason), "done")
         return job.job_id
 
@@ -197,9 +186,9 @@ class RoomActions:
 
     async def _failed(self, room: ManagedRoom, action: Action, exc: Exception) -> None:
         error = str(exc) or type(exc).__name__
-        if isinstance(exc, UnknownProfile):
-            error = f"callback_profile: {error}"
-        expected = isinstance(exc, ProviderError | UnknownProfile | RedisError)
+        if isinstance(exc, ProviderConfigError) and exc.field:
+            error = f"{exc.field}: {error}"
+        expected = isinstance(exc, ProviderError | RedisError)
         (log.warning if expected else log.exception)(
             "room action failed", room_id=room.room_id, action=action.kind, error=error
         )
@@ -223,16 +212,4 @@ class RoomActions:
             reason=action.reason,
             outcome=outcome,
         )
-        await self._redis.xadd(
-            keys.room_events(room.room_id),
-            {
-                "kind": "action",
-                "action": action.kind,
-                "reason": action.reason,
-                "outcome": outcome,
-                "event_ms": int(clock.time() * 1000),
-                "message": json.dumps({"fence": action.fence}),
-            },
-            maxlen=self._settings.callbacks.events_maxlen,
-            approximate=True,
-        )
+        await self._events.action(room.room_id, action.kind, action.reason, outcome, action.fence)

@@ -42,6 +42,7 @@ from orchestrator import clock
 from orchestrator.scheduling.rooms import ManagedRoom
 from orchestrator.settings import AlertTarget
 from orchestrator.store import keys
+from orchestrator.store.events import RoomEvents
 
 log = structlog.get_logger(__name__)
 
@@ -148,7 +149,7 @@ class Alerter:
         self._session = session
         self._redis = redis
         self._min_interval_s = min_interval_s
-        self._maxlen = events_maxlen
+        self._events = RoomEvents(redis, maxlen=events_maxlen)
         self._attempts = attempts
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._daemon_targets = daemon_targets or []
@@ -244,16 +245,4 @@ class Alerter:
             self._on_outcome(outcome)
 
     async def _record(self, room_id: str, kind: str, message: str, outcome: str) -> None:
-        await self._redis.xadd(
-            keys.room_events(room_id),
-            {
-                "kind": "alert",
-                "alert": kind,
-                "severity": SEVERITY.get(kind, "warning"),
-                "outcome": outcome,
-                "event_ms": clock.time_ms(),
-                "message": json.dumps({"text": message}, ensure_ascii=False),
-            },
-            maxlen=self._maxlen,
-            approximate=True,
-        )
+        await self._events.alert(room_id, kind, SEVERITY.get(kind, "warning"), outcome, message)

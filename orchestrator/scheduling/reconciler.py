@@ -36,9 +36,10 @@ import structlog
 from redis.exceptions import RedisError
 
 from orchestrator import clock
+from orchestrator.domain import ACTIVE_STATUSES, DOWN_LINK_STATES, TERMINAL_STATUSES, JobStatus
+from orchestrator.providers.base import JobRef
 from orchestrator.providers.errors import ProviderError, ProviderJobNotRunning, ProviderNotFound
-from orchestrator.providers.metastudio.models import JobState, SmartLiveJob
-from orchestrator.scheduling.actions import Action, AlertFn, ClientFor, Current, Outcome, RoomActions
+from orchestrator.scheduling.actions import Action, AlertFn, Current, JobsFor, Outcome, RoomActions
 from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs
 from orchestrator.scheduling.schedules import Desired, describe_instant, evaluate
 from orchestrator.settings import Settings
@@ -48,13 +49,12 @@ from orchestrator.store.rooms import RoomStore
 
 log = structlog.get_logger(__name__)
 
-ACTIVE = frozenset({"WAITING", "PROCESSING"})
-TERMINAL = frozenset({"SUCCEED", "FAILED", "BLOCKED", "CANCELED"})
-DOWN = frozenset({"DISCONNECTED", "RECONNECTING"})
-MAX_LIST_PAGES = 50
-ResolveFn = Callable[
-    [ManagedRoom, list[str], str], Awaitable[bool]
-]  # 5,000 active jobs per tenant-wide listing
+ACTIVE = ACTIVE_STATUSES
+TERMINAL = TERMINAL_STATUSES
+DOWN = DOWN_LINK_STATES
+ResolveFn = Callable[[ManagedRoom, list[str], str], Awaitable[bool]]
+#: Active jobs per room, from each provider's listing of them (None: a provider could not say).
+Listing = dict[str, list[JobRef]]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,11 @@ def decide(room: ManagedRoom, desired: Desired, actual: Actual, now: float) -> A
         if active:
             next_live = describe_instant(desired.next_boundary, room.schedule.timezone)
             return Action("stop", f"outside its schedule (next live: {next_live})", window)
+        if actual.job_state == "BLOCKED" and "room_blocked" not in actual.open_alerts:
+            # Soak finding: a job blocked by the vendor's content review just before its window ended was
+            # seen after the end -- no restart, so no page; the next window would start into the same block.
+            reason = f"job {actual.job_id} was BLOCKED by the vendor's content review"
+            return Action("wait", reason, alert="room_blocked")
         return None
     # Soak finding: overlapping windows merge into one live period; a job started in the first window and
     # BLOCKED in the second was taken for a finished job of an earlier window -- restarted as a "start",
@@ -164,13 +169,11 @@ def _restart_or_wait(
     return Action(kind, reason, f"{fence}:attempt{len(recent)}", alert=alert)
 
 
-def _listed_state(
-    vendor_active: dict[str, list[SmartLiveJob]] | None, room_id: str, job_id: str
-) -> str | None:
+def _listed_state(vendor_active: Listing | None, room_id: str, job_id: str) -> str | None:
     """The job's state in the tenant-wide listing of active jobs, if it is there."""
     for job in (vendor_active or {}).get(room_id, []):
         if job.job_id == job_id:
-            return job.state.value
+            return job.status.value
     return None
 
 
@@ -180,7 +183,7 @@ class Reconciler:
         redis: aioredis.Redis,
         configs: RoomConfigs,
         state: RoomStore,
-        client_for: ClientFor,
+        jobs_for: JobsFor,
         alert: AlertFn,
         settings: Settings,
         *,
@@ -190,7 +193,7 @@ class Reconciler:
         self._resolve = resolve
         self._configs = configs
         self._state = state
-        self._client_for = client_for
+        self._jobs_for = jobs_for
         self._alert = alert
         self._settings = settings
         self._polls = 0
@@ -198,7 +201,7 @@ class Reconciler:
             redis,
             state,
             Fences(redis, ttl_s=settings.scheduling.fence_ttl_s),
-            client_for,
+            jobs_for,
             alert,
             settings,
         )
@@ -241,9 +244,7 @@ class Reconciler:
         room = await self._configs.get(room_id)
         return await self.reconcile(room) if room is not None else None
 
-    async def reconcile(
-        self, room: ManagedRoom, vendor_active: dict[str, list[SmartLiveJob]] | None = None
-    ) -> Action | None:
+    async def reconcile(self, room: ManagedRoom, vendor_active: Listing | None = None) -> Action | None:
         # One pass per room at a time in this process: a boundary wake-up and the periodic pass must not
         # interleave -- the periodic pass would see the job the other is starting in the vendor's listing
         # before it is recorded, and adopt it a second time. (Across replicas the fences decide.)
@@ -252,7 +253,7 @@ class Reconciler:
             return await self._reconcile(room, vendor_active)
 
     async def _reconcile(
-        self, room: ManagedRoom, vendor_active: dict[str, list[SmartLiveJob]] | None, *, again: bool = True
+        self, room: ManagedRoom, vendor_active: Listing | None, *, again: bool = True
     ) -> Action | None:
         now = clock.time()
         desired = evaluate(room.schedule, datetime.fromtimestamp(now, UTC))
@@ -285,9 +286,7 @@ class Reconciler:
             return await self._reconcile(room, None, again=False)
         return action
 
-    async def _observe(
-        self, room: ManagedRoom, vendor_active: dict[str, list[SmartLiveJob]] | None
-    ) -> Actual:
+    async def _observe(self, room: ManagedRoom, vendor_active: Listing | None) -> Actual:
         state = await self._state.state(room.room_id) or {}
         job_id, job_state = state.get("job_id"), state.get("job_state")
         if job_id and job_state in ACTIVE:
@@ -302,7 +301,7 @@ class Reconciler:
             adopted = await self._adopt(room, vendor_active)
             if adopted is not None:
                 state = await self._state.state(room.room_id) or {}
-                job_id, job_state = adopted.job_id, adopted.state.value
+                job_id, job_state = adopted.job_id, adopted.status.value
         restarts: list[Any] = await self._redis.zrangebyscore(
             keys.room_restarts(room.room_id), clock.time() - 3600, "+inf"
         )
@@ -340,44 +339,34 @@ class Reconciler:
                 room, "room_down", f"should be live and has not been for {down_s:.0f}s ({what}; {links})"
             )
 
-    async def _vendor_active_jobs(self, rooms: list[ManagedRoom]) -> dict[str, list[SmartLiveJob]] | None:
-        """Active jobs per room, from one tenant-wide listing (paged); None if the vendor cannot say."""
+    async def _vendor_active_jobs(self, rooms: list[ManagedRoom]) -> Listing | None:
+        """Active jobs per room, one listing per provider (MetaStudio's is tenant-wide and paged); None if
+        a provider cannot say -- its rooms are then asked about one by one."""
         if not rooms:
             return {}
-        found: dict[str, list[SmartLiveJob]] = {}
-        try:
-            client = self._client_for(rooms[0])
-            for page in range(MAX_LIST_PAGES):
+        found: Listing = {}
+        by_provider: dict[str, list[ManagedRoom]] = {}
+        for room in rooms:
+            by_provider.setdefault(room.provider, []).append(room)
+        for members in by_provider.values():
+            try:
                 self._polls += 1
-                listing = await client.list_jobs(
-                    states=[JobState.WAITING, JobState.PROCESSING], offset=page * 100, limit=100
-                )
-                for job in listing.smart_live_jobs:
-                    if job.room_id:
-                        found.setdefault(job.room_id, []).append(job)
-                if len(listing.smart_live_jobs) < 100:
-                    break
-        except ProviderError as exc:
-            log.warning("cannot list the vendor's active jobs", error=str(exc))
-            return None
+                found.update(await self._jobs_for(members[0]).list_active([r.room_id for r in members]))
+            except ProviderError as exc:
+                log.warning("cannot list the vendor's active jobs", error=str(exc))
+                return None
         return found
 
-    async def _adopt(
-        self, room: ManagedRoom, vendor_active: dict[str, list[SmartLiveJob]] | None
-    ) -> SmartLiveJob | None:
+    async def _adopt(self, room: ManagedRoom, vendor_active: Listing | None) -> JobRef | None:
         """A job the vendor runs for the room that Redis has never recorded (a crash between the vendor's
         start and our record of it, or a start by hand): make it the room's current job."""
         if vendor_active is None:
             try:
                 self._polls += 1
-                listing = await self._client_for(room).list_room_jobs(
-                    room.room_id, states=[JobState.WAITING, JobState.PROCESSING], limit=100
-                )
+                vendor_active = await self._jobs_for(room).list_active([room.room_id])
             except ProviderError:
                 return None
-            jobs = [j for j in listing.smart_live_jobs if j.state.active]
-        else:
-            jobs = [j for j in vendor_active.get(room.room_id, []) if j.state.active]
+        jobs = [j for j in vendor_active.get(room.room_id, []) if j.status.active]
         if jobs:
             # A job Redis already knows is ours and recorded: a listing that shows it active while Redis
             # says it ended is older than our record (the pass listed before another pass stopped it).
@@ -385,31 +374,31 @@ class Reconciler:
             jobs = [j for j, is_known in zip(jobs, known, strict=True) if not is_known]
         if not jobs:
             return None
-        job = max(jobs, key=lambda j: j.create_time or "")
+        job = max(jobs, key=lambda j: j.created)
         await self._state.set_current_job(
-            room.room_id, job.job_id, job.state.value, report_url=job.live_event_report_url
+            room.room_id, job.job_id, job.status.value, report_url=job.report_url
         )
         await self.actions.record(
-            room, Action("adopt", f"the vendor runs job {job.job_id} ({job.state.value})"), "done"
+            room, Action("adopt", f"the vendor runs job {job.job_id} ({job.status.value})"), "done"
         )
         return job
 
     async def _poll(self, room: ManagedRoom, job_id: str, known: str) -> str:
-        """The vendor's view of the job, written to Redis when it changed (callbacks carry no job state)."""
+        """The vendor's view of the job, written to Redis when it changed (callbacks are only hints)."""
         try:
             self._polls += 1
-            job = await self._client_for(room).show_job(room.room_id, job_id)
+            job = await self._jobs_for(room).status(room.room_id, job_id)
         except ProviderNotFound:
-            await self._state.set_job_state(room.room_id, job_id, "FAILED")
-            return "FAILED"
+            await self._state.set_job_state(room.room_id, job_id, JobStatus.FAILED.value)
+            return JobStatus.FAILED.value
         except ProviderError as exc:
             log.warning(
                 "cannot poll the job; using the last known state", room_id=room.room_id, error=str(exc)
             )
             return known
-        if job.state.value != known:
-            await self._state.set_job_state(room.room_id, job_id, job.state.value)
-        return job.state.value
+        if job.status.value != known:
+            await self._state.set_job_state(room.room_id, job_id, job.status.value)
+        return job.status.value
 
     async def _act(
         self, room: ManagedRoom, action: Action, actual: Actual, desired: Desired

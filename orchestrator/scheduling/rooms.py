@@ -1,9 +1,11 @@
 """Managed rooms: what the daemon runs, declared in a YAML file or through the admin API, kept in Redis.
 
-A room's ``room_id`` is MetaStudio's room id (callbacks name rooms by it). Its start-job template holds
-everything a start request needs except the callback config, which comes from the room's callback
-profile; stream keys, the interaction callback URL and alert webhook URLs are secrets (``SecretStr``):
-stored in Redis, never shown by the API or logged.
+A room names its ``provider`` (the vendor that renders it: ``metastudio``), and its ``room_id`` is the
+vendor's room id (callbacks name rooms by it). Its ``template`` is the provider's (validated as that
+provider's room template model, :func:`orchestrator.providers.registry.template_model`): everything a
+start needs but the callback target, which comes from the room's callback profile. Secrets -- stream keys,
+the interaction callback URL, alert webhook URLs -- are ``SecretStr``: stored in Redis, never shown by the
+API or logged.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import redis.asyncio as aioredis
 import yaml
@@ -19,21 +21,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
+    SerializeAsAny,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
-from orchestrator.callbacks.profiles import UnknownProfile, resolve_profile
-from orchestrator.providers.metastudio.models import (
-    CoStreamerConfig,
-    LiveEventCallbackConfig,
-    LiveJobRunConfig,
-    PlayPolicy,
-    StartJobRequest,
-    VideoConfig,
-)
+from orchestrator.providers import registry
+from orchestrator.providers.base import RoomTemplate
 from orchestrator.scheduling.schedules import Schedule
 from orchestrator.settings import AlertTarget, Settings
 from orchestrator.store import keys
@@ -52,47 +47,12 @@ class RestartPolicy(_Model):
     refresh_wait_s: float = Field(20.0, gt=0, description="Still down this long after the refresh → restart")
 
 
-class StartTemplate(_Model):
-    video_config: VideoConfig | None = None
-    play_policy: PlayPolicy = PlayPolicy(repeat_count=-1)
-    # MetaStudio takes one RTMP output per job ("Currently, only one RTMP stream output address is
-    # supported", 004 Table 6-262): refused here, where it is written, not by the vendor at start.
-    output_urls: list[str] = Field(..., min_length=1, max_length=1)
-    stream_keys: list[SecretStr] = Field(default_factory=list)
-    interaction_callback_url: SecretStr | None = None
-    view_mode: Literal["LANDSCAPE", "VERTICAL"] | None = None
-    co_streamer_config: CoStreamerConfig | None = None
-
-    @model_validator(mode="after")
-    def _keys_match_urls(self) -> StartTemplate:
-        if self.stream_keys and len(self.stream_keys) != len(self.output_urls):
-            raise ValueError("stream_keys must have one key per output URL")
-        return self
-
-    def to_request(self, callback_config: LiveEventCallbackConfig | None) -> StartJobRequest:
-        return StartJobRequest(
-            video_config=self.video_config,
-            play_policy=self.play_policy,
-            output_urls=self.output_urls,
-            stream_keys=[k.get_secret_value() for k in self.stream_keys] or None,
-            interaction_callback_url=(
-                self.interaction_callback_url.get_secret_value() if self.interaction_callback_url else None
-            ),
-            live_event_callback_config=callback_config,
-            view_mode=self.view_mode,
-            co_streamer_config=self.co_streamer_config,
-            # One running job per room, always: a second start is refused by the vendor (MSS.20010036)
-            # and the client adopts the running job instead of paying for two.
-            job_run_config=LiveJobRunConfig(single_job_in_room=True),
-        )
-
-
 class ManagedRoom(_Model):
-    room_id: str = Field(..., description="MetaStudio's room id")
+    room_id: str = Field(..., description="The vendor's room id")
     name: str | None = None
-    provider: Literal["metastudio"] = "metastudio"
+    provider: str = Field(registry.DEFAULT_PROVIDER, description="The vendor: " + ", ".join(registry.names()))
     callback_profile: str = "default"
-    template: StartTemplate
+    template: SerializeAsAny[RoomTemplate]
     schedule: Schedule
     restart: RestartPolicy = RestartPolicy()
     alerts: list[AlertTarget] = Field(default_factory=list)
@@ -103,22 +63,32 @@ class ManagedRoom(_Model):
     def _room_id(cls, value: str) -> str:
         return keys.check_room_id(value)
 
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, value: str) -> str:
+        if value not in registry.KNOWN:
+            raise ValueError(f"no provider named {value!r}; known: {', '.join(registry.names())}")
+        return value
+
+    @field_validator("template", mode="plain")
+    @classmethod
+    def _template(cls, value: Any, info: ValidationInfo) -> RoomTemplate:
+        """Validated as the room's provider's template model."""
+        provider = info.data.get("provider")
+        if provider is None:  # the provider itself was refused: that error says it
+            raise ValueError("cannot be read without a valid provider")
+        return registry.template_model(provider).model_validate(value)
+
     def secrets(self) -> set[str]:
-        found = {k.get_secret_value() for k in self.template.stream_keys}
+        found = self.template.secrets()
         found |= {a.url.get_secret_value() for a in self.alerts}
         found |= {a.secret.get_secret_value() for a in self.alerts if a.secret}
-        if self.template.interaction_callback_url:
-            found.add(self.template.interaction_callback_url.get_secret_value())
         return {s for s in found if s}
 
     def stored(self) -> str:
         """JSON with the secrets in clear: for Redis only."""
         data = self.model_dump(mode="json")
-        data["template"]["stream_keys"] = [k.get_secret_value() for k in self.template.stream_keys]
-        if self.template.interaction_callback_url:
-            data["template"]["interaction_callback_url"] = (
-                self.template.interaction_callback_url.get_secret_value()
-            )
+        data["template"] = self.template.stored()
         data["alerts"] = [
             {
                 **a.model_dump(mode="json"),
@@ -151,18 +121,10 @@ def field_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, st
 
 def reference_problems(room: ManagedRoom, settings: Settings) -> list[tuple[str, str]]:
     """What ``room`` names that this configuration does not have, as ``(field, message)`` pairs (none: all
-    there). Checked wherever a room is given -- the rooms file at start, ``check-config``, the admin API --
-    so a typo is refused where it is written, not found by the reconciler at the first start."""
-    try:
-        resolve_profile(settings, room.callback_profile)
-    except UnknownProfile as exc:
-        defined = ", ".join(sorted(settings.callbacks.profiles)) or "none"
-        hint = (
-            f"{exc} (profiles defined: {defined}; define [callbacks.profiles.{room.callback_profile}] "
-            "with public_url, auth_type and keys, or name a defined one)"
-        )
-        return [("callback_profile", hint)]
-    return []
+    there) -- its provider says what (MetaStudio: the callback profile). Checked wherever a room is given --
+    the rooms file at start, ``check-config``, the admin API -- so a typo is refused where it is written,
+    not found by the reconciler at the first start."""
+    return registry.reference_problems(room.provider, room, settings)
 
 
 def load_rooms_file(path: Path, settings: Settings | None = None) -> list[ManagedRoom]:
@@ -228,7 +190,7 @@ class RoomConfigs:
             pipe.set(keys.room_config(room.room_id), room.stored())
             pipe.hset(keys.room_config_source(room.room_id), mapping=source)
             await pipe.execute()
-        await self._state.register_room(room.room_id)
+        await self._state.register_room(room.room_id, room.provider)
         await self._announce(room.room_id)
 
     async def get(self, room_id: str) -> ManagedRoom | None:

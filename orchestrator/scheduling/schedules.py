@@ -110,7 +110,7 @@ def _value(text: str, index: int) -> int:
 
 
 def _number(text: str, name: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "²".isdigit() is true, and int("²") raises
         raise CronError(f"{name}: {text!r} is not a number")
     return int(text)
 

@@ -23,34 +23,19 @@ import structlog
 from redis.exceptions import RedisError
 
 from orchestrator import clock
+from orchestrator.store import scripts
 from orchestrator.tasks import cancel_and_wait, checkpoint
 
 log = structlog.get_logger(__name__)
 
-RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
+RENEW_LUA = scripts.source("fence_renew")
 
-RELEASE_LUA = """
-local released = 0
-if redis.call('GET', KEYS[1]) == ARGV[1] then released = redis.call('DEL', KEYS[1]) end
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-return released
-"""
+RELEASE_LUA = scripts.source("fence_release")
 
-CLEAR_INTENT_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+CLEAR_INTENT_LUA = scripts.source("fence_clear_intent")
 
 #: Take the fence and write the intent in one step; the answer is [taken, previous intent or false].
-ACQUIRE_LUA = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, false} end
-local previous = redis.call('GET', KEYS[2])
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
-return {1, previous}
-"""
+ACQUIRE_LUA = scripts.source("fence_acquire")
 
 
 class FenceHold:

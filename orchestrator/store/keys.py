@@ -98,6 +98,11 @@ def room_ingest(room_id: str) -> str:
     return _room(room_id, "ingest")
 
 
+def room_of_ingest(stream: str) -> str:
+    """The room of an ingest stream's key (the inverse of :func:`room_ingest`)."""
+    return stream[len(PREFIX) + 2 : -len("}:ingest")]
+
+
 def room_replies_meta(room_id: str) -> str:
     """Hash: reply id in flight → JSON {priority, text, sent_ms} (for timeouts and clean-ups)."""
     return _room(room_id, "replies:meta")

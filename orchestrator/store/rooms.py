@@ -26,7 +26,7 @@ split by slot and sent to each slot's node.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -35,11 +35,13 @@ import orjson
 import redis.asyncio as aioredis
 
 from orchestrator import clock
-from orchestrator.store import keys
+from orchestrator.providers.registry import DEFAULT_PROVIDER
+from orchestrator.store import keys, scripts
+from orchestrator.store.batch import ScriptBatcher
 from orchestrator.store.redis import text as _text
 
 #: Keys and arguments one callback takes in APPLY_CALLBACKS_LUA (the script applies a batch of them). The
-#: callback's fifteen values travel as one JSON array: packing one argument instead of fifteen is most of
+#: callback's seventeen values travel as one JSON array: packing one argument instead of seventeen is most of
 #: what a batch costs on the client side.
 CALLBACK_KEYS = 7
 #: The first six keys of a call are the room's own, the same for all its callbacks (the batcher encodes
@@ -50,152 +52,17 @@ CALLBACK_ARGS = 1
 #: Finishes kept for inserts not yet recorded (the finish won the race): a few per room are normal.
 MAX_REPLIES_DONE = 1000
 
-APPLY_CALLBACKS_LUA = """
-local MAX_DONE = $MAX_DONE
-local KNOWN = {SHOOT_SCRIPT_SWITCH = true, RTMP_STREAM_STATE_CHANGE = true, REPLY_COMMAND_FINISH = true}
-local function apply(k, a)
-  local state, events, jobs, replies, meta, done, seen = k[1], k[2], k[3], k[4], k[5], k[6], k[7]
-  local etype, job_id, event_ms = a[1], a[2], tonumber(a[3])
-  if redis.call('HGET', state, 'managed') ~= '1' then return 'unknown_room' end
-  if redis.call('SISMEMBER', jobs, job_id) == 0 then return 'unknown_job' end
-  local prev = redis.call('GET', seen)
-  if prev then
-    if prev == a[8] then return 'duplicate' end
-    return 'replay'
-  end
-  redis.call('SET', seen, a[8], 'EX', tonumber(a[7]))
-  local function publish(kind, fields)
-    fields['kind'] = kind
-    fields['room_id'] = a[10]
-    fields['job_id'] = job_id
-    fields['at'] = a[3]
-    redis.call('PUBLISH', a[9], cjson.encode(fields))
-  end
-  local outcome = 'applied'
-  if redis.call('HGET', state, 'job_id') ~= job_id then
-    outcome = 'stale_job'
-  elseif etype == 'SHOOT_SCRIPT_SWITCH' then
-    if event_ms < tonumber(redis.call('HGET', state, 'paragraph_at') or '0') then
-      outcome = 'out_of_order'
-    else
-      redis.call('HSET', state, 'scene', a[11], 'paragraph_seq', a[12], 'paragraph_title', a[13],
-        'product_id', a[14], 'product_title', a[15], 'paragraph_at', a[3])
-    end
-  elseif etype == 'RTMP_STREAM_STATE_CHANGE' then
-    local field = 'rtmp:' .. a[11]
-    local since = a[3]
-    local old = redis.call('HGET', state, field)
-    if old then
-      local old_state, old_since, old_at = string.match(old, '^([^|]*)|([^|]*)|([^|]*)$')
-      if event_ms < tonumber(old_at) then
-        outcome = 'out_of_order'
-      elseif old_state == a[12] then
-        since = old_since
-      end
-    end
-    if outcome == 'applied' then
-      redis.call('HSET', state, field, a[12] .. '|' .. since .. '|' .. a[3])
-      if a[12] == 'END' then publish('rtmp_end', {output_url = a[11]}) end
-    end
-  elseif etype == 'REPLY_COMMAND_FINISH' then
-    if redis.call('SREM', replies, a[11]) == 0 then
-      redis.call('SADD', done, a[11])
-      redis.call('EXPIRE', done, 3600)
-      -- bounded: a flood of unknown reply ids evicts at random rather than growing the set
-      if redis.call('SCARD', done) > MAX_DONE then redis.call('SPOP', done) end
-    end
-    redis.call('HDEL', meta, a[11])
-    publish('reply_finished', {reply_id = a[11]})
-  else
-    outcome = 'recorded'
-  end
-  -- one counter for every type we do not know: the sender's string must not add fields without bound
-  redis.call('HINCRBY', state, 'count:' .. (KNOWN[etype] and etype or 'other'), 1)
-  if event_ms > tonumber(redis.call('HGET', state, 'last_event_at') or '0') then
-    redis.call('HSET', state, 'last_event_at', a[3])
-  end
-  redis.call('XADD', events, 'MAXLEN', '~', a[6], '*', 'kind', 'callback', 'event_type', etype,
-    'job_id', job_id, 'outcome', outcome, 'event_ms', a[3], 'received_ms', a[4], 'message', a[5])
-  return outcome
-end
+APPLY_CALLBACKS_LUA = scripts.source("apply_callbacks", MAX_DONE=MAX_REPLIES_DONE)
 
-local results = {}
-for i = 0, tonumber(ARGV[1]) - 1 do
-  local k = {}
-  for j = 1, 7 do k[j] = KEYS[i * 7 + j] end
-  results[i + 1] = apply(k, cjson.decode(ARGV[2 + i]))
-end
-return results
-""".replace("$MAX_DONE", str(MAX_REPLIES_DONE))
-
-SET_JOB_STATE_LUA = """
-local state, events = KEYS[1], KEYS[2]
-local job_id, job_state, at = ARGV[1], ARGV[2], ARGV[3]
-if redis.call('HGET', state, 'job_id') ~= job_id then return 0 end
-if redis.call('HGET', state, 'job_state') == job_state then return 0 end
-redis.call('HSET', state, 'job_state', job_state, 'job_state_at', at)
-redis.call('XADD', events, 'MAXLEN', '~', ARGV[4], '*', 'kind', 'job_state', 'job_id', job_id,
-  'job_state', job_state, 'event_ms', at)
-redis.call('PUBLISH', ARGV[5], cjson.encode({kind = 'job_state', room_id = ARGV[6], job_id = job_id,
-  job_state = job_state, at = at}))
-return 1
-"""
+SET_JOB_STATE_LUA = scripts.source("set_job_state")
 
 
-INGEST_LUA = """
-local stream, state = KEYS[1], KEYS[2]
-if redis.call('HGET', state, 'managed') ~= '1' then return -1 end
-local ntypes = tonumber(ARGV[5])
-for i = 0, ntypes - 1 do
-  redis.call('HINCRBY', state, 'audience:' .. ARGV[6 + 2 * i], ARGV[7 + 2 * i])
-end
-if ARGV[2] ~= '' then redis.call('HSET', state, 'viewers', ARGV[2], 'viewers_at', ARGV[3]) end
-local first = 6 + 2 * ntypes
-for i = first, #ARGV do
-  if ARGV[4] == '1' then
-    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i], 'd', '1')
-  else
-    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
-  end
-end
-return #ARGV - first + 1
-"""
+INGEST_LUA = scripts.source("ingest")
 
 
-NEW_JOB_LUA = """
-local state, events, jobs = KEYS[1], KEYS[2], KEYS[3]
-for _, field in ipairs(redis.call('HKEYS', state)) do
-  if string.sub(field, 1, 5) == 'rtmp:' or string.sub(field, 1, 6) == 'stall:'
-      or string.sub(field, 1, 10) == 'refreshed:' then
-    redis.call('HDEL', state, field)
-  end
-end
-redis.call('SADD', jobs, ARGV[1])
-redis.call('HSET', state, 'job_id', ARGV[1], 'job_state', ARGV[2], 'job_state_at', ARGV[3],
-  'job_started_at', ARGV[3])
-if ARGV[5] ~= '' then redis.call('HSET', state, 'report_url', ARGV[5])
-else redis.call('HDEL', state, 'report_url') end
-redis.call('XADD', events, 'MAXLEN', '~', ARGV[4], '*', 'kind', 'job_started', 'job_id', ARGV[1],
-  'event_ms', ARGV[3])
-return 1
-"""
+NEW_JOB_LUA = scripts.source("new_job")
 
-MARK_RTMP_STALL_LUA = """
-local state = KEYS[1]
-local url, since = ARGV[1], ARGV[2]
-local current = redis.call('HGET', state, 'rtmp:' .. url)
-if not current then return 0 end
-local link_state, link_since = string.match(current, '^([^|]*)|([^|]*)|')
-if link_since ~= since or (link_state ~= 'DISCONNECTED' and link_state ~= 'RECONNECTING') then return 0 end
-if redis.call('HGET', state, 'stall:' .. url) == since then return 0 end
-redis.call('HSET', state, 'stall:' .. url, since)
-local job_id = redis.call('HGET', state, 'job_id') or ''
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'reaction', 'reaction', 'rtmp_stalled',
-  'job_id', job_id, 'output_url', url, 'state', link_state, 'event_ms', since)
-redis.call('PUBLISH', ARGV[4], cjson.encode({kind = 'rtmp_stalled', room_id = ARGV[5], job_id = job_id,
-  output_url = url, state = link_state, since_ms = since}))
-return 1
-"""
+MARK_RTMP_STALL_LUA = scripts.source("mark_rtmp_stall")
 
 
 class CallbackWrite(NamedTuple):
@@ -207,13 +74,15 @@ class CallbackWrite(NamedTuple):
 
     room_id: str
     callback_id: str  # the signature, or a digest for unsigned callbacks
-    event_type: str
+    event_type: str  # the vendor's name of it, as recorded
     job_id: str
     event_ms: int
     received_ms: int
     message_json: str
     digest: str
-    fields: tuple[str, ...]  # type-specific: scene..product_title | output_url, state | reply_id (≤ 5)
+    fields: tuple[str, ...]  # by kind: scene..product_title | output, state | reply_id | status (≤ 5)
+    kind: str = "other"  # what the script does: a RoomEvent kind (paragraph, link, reply_finished, ...)
+    counter: str = "other"  # the room counter it adds to (the provider bounds the names)
 
     def keys(self) -> list[str]:
         """The room's six keys (the same for every callback of the room: see ``CALLBACK_ROOM_KEYS``), then
@@ -222,7 +91,7 @@ class CallbackWrite(NamedTuple):
         return [*room_keys, seen_prefix + self.callback_id]
 
     def args(self, maxlen: int, seen_ttl_s: int) -> list[str]:
-        """One argument: the script's fifteen values as a JSON array of strings."""
+        """One argument: the script's seventeen values as a JSON array of strings."""
         values = [
             self.event_type,
             self.job_id,
@@ -236,6 +105,8 @@ class CallbackWrite(NamedTuple):
             self.room_id,
             *self.fields,
             *_PADDING[len(self.fields) :],
+            self.kind,
+            self.counter,
         ]
         return [orjson.dumps(values).decode()]
 
@@ -294,6 +165,21 @@ def decode_state(raw: Mapping[Any, Any]) -> dict[str, Any]:
     return {**plain, "rtmp": rtmp, "counters": counters}
 
 
+def callback_batcher(
+    redis: aioredis.Redis, *, timeout_s: float, on_batch: Callable[[int], None] | None = None
+) -> ScriptBatcher:
+    """The group-commit writer of callbacks: :class:`CallbackWrite` values, many per script run."""
+    return ScriptBatcher(
+        redis,
+        APPLY_CALLBACKS_LUA,
+        keys_per_call=CALLBACK_KEYS,
+        args_per_call=CALLBACK_ARGS,
+        repeated_keys=CALLBACK_ROOM_KEYS,
+        timeout_s=timeout_s,
+        on_batch=on_batch,
+    )
+
+
 class RoomStore:
     """Reads and writes of room state; takes a Redis client, never a URL."""
 
@@ -309,9 +195,9 @@ class RoomStore:
         """Whether the room is managed here (one field read, not the whole state)."""
         return bool(await self._redis.hget(keys.room_state(room_id), "managed") == b"1")
 
-    async def register_room(self, room_id: str) -> None:
-        """Mark ``room_id`` as managed: callbacks naming it are applied from now on."""
-        await self._redis.hset(keys.room_state(room_id), "managed", "1")
+    async def register_room(self, room_id: str, provider: str = DEFAULT_PROVIDER) -> None:
+        """Mark ``room_id`` as managed (callbacks naming it are applied from now on) by ``provider``."""
+        await self._redis.hset(keys.room_state(room_id), mapping={"managed": "1", "provider": provider})
         await self._redis.sadd(keys.rooms_index(), room_id)
 
     async def unregister_room(self, room_id: str) -> None:

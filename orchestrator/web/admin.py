@@ -23,8 +23,7 @@ from pydantic import ValidationError
 
 from orchestrator import clock
 from orchestrator.appkeys import RECONCILER, REDACTOR, ROOM_CONFIGS, ROOM_STORE, SETTINGS
-from orchestrator.callbacks.profiles import UnknownProfile
-from orchestrator.providers.errors import ProviderError
+from orchestrator.providers.errors import ProviderConfigError, ProviderError
 from orchestrator.scheduling.actions import Action, Current
 from orchestrator.scheduling.rooms import ManagedRoom, field_problems, reference_problems
 from orchestrator.scheduling.schedules import Schedule, describe_instant, evaluate, local_iso
@@ -195,13 +194,13 @@ async def _force(request: web.Request, room: ManagedRoom, action: str) -> str | 
 
 
 def _action_error(action: str, error: BaseException | None) -> ApiError:
-    if isinstance(error, UnknownProfile):
+    if isinstance(error, ProviderConfigError) and error.field:
         return ApiError(
             422,
             "ROOM_INVALID",
-            f"callback_profile: {error}",
-            errors=[{"field": "callback_profile", "message": str(error)}],
+            f"{error.field}: {error}",
+            errors=[{"field": error.field, "message": str(error)}],
         )
     if isinstance(error, ProviderError):
-        return ApiError(502, "VENDOR_ERROR", f"MetaStudio refused the {action}: {error}")
+        return ApiError(502, "VENDOR_ERROR", f"the vendor refused the {action}: {error}")
     return ApiError(503, "ACTION_FAILED", f"the {action} failed: {error}; it is in the room's events")

@@ -103,7 +103,8 @@ async def room_events(request: web.Request) -> web.Response:
     if since != "-" and not _STREAM_ID.fullmatch(since):
         raise ApiError(400, "BAD_QUERY", "since must be an event id (1700000000000-0) or milliseconds")
     raw_limit = request.query.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_EVENTS:
+    # isascii: "²".isdigit() is true, and int("²") raises (the fuzz test found it).
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_EVENTS:
         raise ApiError(400, "BAD_QUERY", f"limit must be an integer from 1 to {MAX_EVENTS}")
     await managed_room_id(request)
     events = await request.app[ROOM_STORE].events(room_id, since=since, limit=int(raw_limit))

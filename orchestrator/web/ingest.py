@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import orjson
@@ -67,13 +66,14 @@ async def ingest(request: web.Request) -> web.Response:
     # are validated (before the write: a retried request is caught by the policy's per-user interval and
     # deduplication); the entries are marked so the owner's reader does not decide them again. Elsewhere
     # the owner decides when it reads them from the stream.
-    worker = request.app[AUDIENCE].workers.get(room_id)
-    owner = worker if worker is not None and worker.started else None
-    on_slice = None if owner is None else partial(owner.decide_arrivals, since_s=received_s)
+    on_slice = request.app[AUDIENCE].arrivals(room_id, since_s=received_s)
     accepted, rejected = await normalise_in_slices(items, on_slice)
     # The room must be managed; the script checks it where it writes (one round trip per request).
     written = await store.ingest(
-        room_id, accepted, maxlen=request.app[SETTINGS].interaction.ingest_maxlen, decided=owner is not None
+        room_id,
+        accepted,
+        maxlen=request.app[SETTINGS].interaction.ingest_maxlen,
+        decided=on_slice is not None,
     )
     if not written:
         raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")

@@ -1,8 +1,10 @@
 """The public listener: the vendor-facing routes alone, on their own port (``server.public_port``).
 
-MetaStudio must reach three routes from the internet: the live-event callbacks, the interaction CALLBACK
-endpoint and the LLM endpoint. With ``server.public_port`` set, a second listener serves just those (plus
-``/healthz`` for a load balancer), so the admin API, metrics and readiness can stay on a private address.
+Vendors must reach their routes from the internet (MetaStudio: the live-event callbacks, the interaction
+CALLBACK endpoint and the LLM endpoint). With ``server.public_port`` set, a second listener serves just
+those -- each provider's :class:`PublicRoute` list, which the composition root installs under
+:data:`PUBLIC_ROUTES` -- plus ``/healthz`` for a load balancer, so the admin API, metrics and readiness
+can stay on a private address.
 The main port keeps serving them too: a single-port setup, and a vendor still configured with the old URL,
 keep working.
 
@@ -21,13 +23,12 @@ paths get a JSON 404 and known ones with another method a JSON 405 with ``Allow`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from orchestrator.callbacks.profiles import CALLBACK_PATH
-from orchestrator.web import callbacks, llm, replies
 from orchestrator.web.errors import ApiError
 from orchestrator.web.middlewares import (
     REQUEST_ID,
@@ -38,7 +39,18 @@ from orchestrator.web.middlewares import (
 
 PublicHandler = Callable[[web.Application, BaseRequest, Mapping[str, str]], Awaitable[web.StreamResponse]]
 
-_INTERACTION_PREFIX = "/callbacks/metastudio/interaction/"
+
+@dataclass(frozen=True)
+class PublicRoute:
+    """A vendor-facing POST route: ``path`` exactly, or -- with ``param`` -- ``path`` followed by one
+    non-empty path segment, handed to the handler as that parameter (what aiohttp's ``{name}`` matches)."""
+
+    path: str
+    handler: PublicHandler
+    param: str | None = None
+
+
+PUBLIC_ROUTES = web.AppKey("public_routes", list[PublicRoute])
 
 
 async def _healthz(app: web.Application, request: BaseRequest, params: Mapping[str, str]) -> web.Response:
@@ -52,10 +64,11 @@ class PublicRoutes:
 
     def __init__(self, app: web.Application) -> None:
         self._app = app
+        self._routes = app.get(PUBLIC_ROUTES, [])
 
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
         try:
-            handler, params = route(request.method, request.path)
+            handler, params = route(request.method, request.path, self._routes)
             # Every handler here authenticates from the URL or headers, then reads the body itself
             # (middlewares.bounded_body: size limit, read timeout, the shared body budget).
             return await handler(self._app, request, params)
@@ -68,22 +81,15 @@ class PublicRoutes:
             return response
 
 
-def route(method: str, path: str) -> tuple[PublicHandler, dict[str, str]]:
+def route(method: str, path: str, routes: Sequence[PublicRoute]) -> tuple[PublicHandler, dict[str, str]]:
     """The handler and path parameters for a request to the public listener.
 
     Raises ApiError: 404 for a path it does not serve, 405 (with ``Allow``) for another method.
     """
     allowed = "POST"
-    handler: PublicHandler
-    params: dict[str, str]
-    if path == CALLBACK_PATH:
-        handler, params = callbacks.live_events, {}
-    elif path.startswith(CALLBACK_PATH + "/") and _segment(path, len(CALLBACK_PATH) + 1):
-        handler, params = callbacks.live_events, {"profile": path[len(CALLBACK_PATH) + 1 :]}
-    elif path.startswith(_INTERACTION_PREFIX) and _segment(path, len(_INTERACTION_PREFIX)):
-        handler, params = replies.interaction_callback, {"token": path[len(_INTERACTION_PREFIX) :]}
-    elif path == "/llm/metastudio":
-        handler, params = llm.llm, {}
+    found = _match(path, routes)
+    if found is not None:
+        handler, params = found
     elif path == "/healthz":
         handler, params, allowed = _healthz, {}, "GET"
     else:
@@ -96,6 +102,16 @@ def route(method: str, path: str) -> tuple[PublicHandler, dict[str, str]]:
             headers={"Allow": allowed},
         )
     return handler, params
+
+
+def _match(path: str, routes: Sequence[PublicRoute]) -> tuple[PublicHandler, dict[str, str]] | None:
+    for candidate in routes:
+        if candidate.param is None:
+            if path == candidate.path:
+                return candidate.handler, {}
+        elif path.startswith(candidate.path) and _segment(path, len(candidate.path)):
+            return candidate.handler, {candidate.param: path[len(candidate.path) :]}
+    return None
 
 
 def _segment(path: str, start: int) -> bool:

@@ -13,7 +13,6 @@ import pytest
 
 from orchestrator.app import create_app
 from orchestrator.appkeys import REACTIONS, ROOM_STORE, SETTINGS
-from orchestrator.callbacks.profiles import live_event_callback_config, resolve_profile
 from orchestrator.providers.metastudio.client import AkSkCredentials, MetaStudioClient
 from orchestrator.providers.metastudio.models import (
     Command,
@@ -22,6 +21,7 @@ from orchestrator.providers.metastudio.models import (
     StartJobRequest,
     TextConfig,
 )
+from orchestrator.providers.metastudio.profiles import live_event_callback_config, resolve_profile
 from orchestrator.sandbox.metastudio.app import SandboxConfig, demo_room, running_sandbox
 from tests.callbacks.conftest import Daemon, settings_for
 from tests.support.redis_server import free_port

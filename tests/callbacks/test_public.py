@@ -12,9 +12,9 @@ import pytest
 
 from orchestrator.app import create_app
 from orchestrator.appkeys import REACTIONS, ROOM_STORE
-from orchestrator.web import callbacks, llm, replies
+from orchestrator.providers.metastudio import web as metastudio
 from orchestrator.web.errors import ApiError
-from orchestrator.web.public import route
+from orchestrator.web.public import route as public_route
 from orchestrator.web.server import serve
 from tests.callbacks.conftest import Daemon, settings_for, switch, with_public_port
 from tests.support.redis_server import free_port
@@ -22,18 +22,23 @@ from tests.support.redis_server import free_port
 ROOM, JOB = "room-public", "job-public"
 
 
+def route(method: str, path: str) -> Any:
+    """The public listener's routing, with the routes the daemon installs (MetaStudio's)."""
+    return public_route(method, path, metastudio.PUBLIC_ROUTES)
+
+
 @pytest.mark.parametrize(
     ("method", "path", "handler", "params"),
     [
-        ("POST", "/callbacks/metastudio/live-events", callbacks.live_events, {}),
+        ("POST", "/callbacks/metastudio/live-events", metastudio.live_events, {}),
         (
             "POST",
             "/callbacks/metastudio/live-events/tenant-b",
-            callbacks.live_events,
+            metastudio.live_events,
             {"profile": "tenant-b"},
         ),
-        ("POST", "/callbacks/metastudio/interaction/tok", replies.interaction_callback, {"token": "tok"}),
-        ("POST", "/llm/metastudio", llm.llm, {}),
+        ("POST", "/callbacks/metastudio/interaction/tok", metastudio.interaction_callback, {"token": "tok"}),
+        ("POST", "/llm/metastudio", metastudio.llm, {}),
     ],
 )
 def test_route_table(method: str, path: str, handler: Any, params: dict[str, str]) -> None:

@@ -12,8 +12,8 @@ import json
 import time
 from typing import Any
 
-from orchestrator.callbacks.profiles import room_callback_url
 from orchestrator.providers.metastudio.callbacks import mss_a_head_headers, mss_a_url
+from orchestrator.providers.metastudio.profiles import room_callback_url
 from tests.callbacks.conftest import KEY, PATH, Daemon, rtmp, switch
 
 A, B, JOB_A, JOB_B = "room-a", "room-b", "job-a", "job-b"

@@ -10,9 +10,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from orchestrator.interaction.queue import Reply, ReplyQueue
 from orchestrator.sandbox.metastudio.engine import CallbackFaults
 from orchestrator.store import keys
+from orchestrator.store.replies import Reply, ReplyQueue
 from tests.interaction.conftest import (
     CALLBACK_TOKEN,
     POLICY,

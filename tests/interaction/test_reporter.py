@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 
 from orchestrator.appkeys import AUDIENCE as AUDIENCE_KEY
-from orchestrator.interaction.audience import GROUP
 from orchestrator.sandbox.metastudio.app import Fault, SandboxConfig, demo_room, running_sandbox
 from orchestrator.store import keys
+from orchestrator.store.ingest import GROUP, Marker
 from tests.interaction.conftest import ROOM, audience, comment, ingest, live_room, redis_of, until
 from tests.scheduling.conftest import AK, PROJECT, SK
 
@@ -328,24 +328,55 @@ async def test_state_api_hides_the_report_urls_credential(make_settings: Any, tm
         assert state["report_url"].endswith("/live-event-report?***")
 
 
-async def test_a_batch_for_a_job_that_is_not_running_is_dropped_not_retried(
+async def test_a_batch_refused_because_its_job_failed_goes_to_the_rooms_next_job(
     make_settings: Any, tmp_path: Path
 ) -> None:
-    """004: MSS.20010099 "not in the running status" is an HTTP 500; before, the batch was retried for ever."""
+    """Soak finding: a batch refused because its job had failed (MetaStudio's 500 MSS.20010099 "not in the
+    running status") was dropped, and the comments viewers made around the failure were lost -- the room's
+    next job would have taken them. The batch goes again, under its id, to the room's report URL as it is
+    then: the new job's."""
     async with live_room(make_settings, tmp_path, report_window_ms=50) as (daemon, box, job_id):
-        job = box.world.jobs[job_id]
+        old = box.world.jobs[job_id]
+        box.world.fail(old, "MSS.00000000", "the render node died")
+        await ingest(daemon, [comment("during the failure")])
+
+        async def restarted() -> bool:
+            state = await daemon.store.state(ROOM) or {}
+            return state.get("job_id") not in (None, job_id) and state.get("job_state") == "PROCESSING"
+
+        await until(restarted, 20)
+        new = box.world.jobs[(await daemon.store.state(ROOM) or {})["job_id"]]
+        await until(lambda: _async(_texts(new.reported) == ["during the failure"]), 20)
+        assert _texts(old.reported) == []
+        assert _report_calls(box)[0].status == 500  # refused by the failed job first
+        await until(lambda: _pending_zero(redis_of(daemon)), 5)
+
+
+async def test_a_refused_batch_is_dropped_once_too_old_for_a_next_job(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """Not for ever, though: once its events are older than report_max_age_s, the batch is dropped and its
+    events counted expired (before: retried for ever)."""
+    async with live_room(make_settings, tmp_path, report_window_ms=50, report_max_age_s=1.0) as (
+        daemon,
+        box,
+        job_id,
+    ):
         box.faults.append(
-            Fault("error", count=1, status=500, code="MSS.20010099", path_contains="live-event-report")
+            Fault("error", count=100, status=500, code="MSS.20010099", path_contains="live-event-report")
         )
         await ingest(daemon, [comment("for an ended job")])
-        await until(lambda: _async(not box.faults[0].count), 10)
+
+        async def dropped() -> bool:
+            text = await (await daemon.http.get(f"{daemon.url}/metrics")).text()
+            return 'orch_audience_events_total{outcome="expired"} 1.0' in text
+
+        await until(dropped, 15)
+        box.faults.clear()
         await ingest(daemon, [comment("next")])
-        await until(lambda: _async(len(job.reported) == 1), 10)
-        assert _texts(job.reported) == ["next"]
-        await until(lambda: _async(all(c.status for c in _report_calls(box))), 5)  # answers recorded
-        assert [c.status for c in _report_calls(box)] == [500, 200]  # the refused batch went once
-        text = await (await daemon.http.get(f"{daemon.url}/metrics")).text()
-        assert 'orch_report_batches_total{outcome="dropped"} 1.0' in text
+        job = box.world.jobs[job_id]
+        await until(lambda: _async(_texts(job.reported) == ["next"]), 10)
+        await until(lambda: _pending_zero(redis_of(daemon)), 5)
 
 
 async def test_an_expired_report_url_is_replaced_by_the_jobs_current_one(
@@ -503,19 +534,20 @@ async def test_a_replica_that_lost_the_room_leaves_its_successors_marker_alone(
         marker = keys.room_report(ROOM)
         stream = keys.room_ingest(ROOM)
         await until(lambda: _async(service.leases.valid(ROOM)), 5)
-        marked, url, _ = await service.mark_batch(ROOM, ("mine", "1-0", "1-0"))
+        me = service.leases.replica_id
+        marked, url = await service.streams.mark(ROOM, me, Marker("mine", "1-0", "1-0"))
         assert marked and url is not None
         assert (await redis.hgetall(marker))[b"batch_id"] == b"mine"
         await redis.set(keys.room_lease(ROOM), "the-successor", px=60_000)  # the room moved on
         await redis.hset(marker, mapping={"batch_id": "successors", "first": "2-0", "last": "2-0"})
-        marked, _, _ = await service.mark_batch(ROOM, ("late", "3-0", "3-0"))
+        marked, _ = await service.streams.mark(ROOM, me, Marker("late", "3-0", "3-0"))
         assert not marked
         # The loser's acknowledgement of its own batch leaves the successor's marker in place ...
         entry = await redis.xadd(stream, {"event": b"{}"})
-        await service.ack_and_trim(keys=[stream, marker], args=[GROUP, "0-0", "mine", entry])
+        await _acknowledge(service, "mine", entry)
         assert (await redis.hgetall(marker))[b"batch_id"] == b"successors"
         # ... and the successor's own acknowledgement removes it.
-        await service.ack_and_trim(keys=[stream, marker], args=[GROUP, "0-0", "successors", entry])
+        await _acknowledge(service, "successors", entry)
         assert await redis.exists(marker) == 0
 
 
@@ -547,3 +579,16 @@ async def test_a_batch_interrupted_after_the_vendor_took_it_goes_again_as_it_was
         for text, batch_id in zip(_all_texts(job), job.reported_batch, strict=True):
             batches.setdefault(text, set()).add(batch_id)
         assert all(len(ids) == 1 for ids in batches.values()), batches
+
+
+async def _acknowledge(service: Any, batch_id: str, entry: Any) -> None:
+    await service.streams.acknowledge(
+        ROOM,
+        job_id="job",
+        batch_id=batch_id,
+        entry_ids=[entry.decode() if isinstance(entry, bytes) else entry],
+        keep_from="0-0",
+        reported=0,
+        types="",
+        refreshed_url=None,
+    )

@@ -137,6 +137,18 @@ def test_a_job_ended_in_overlapping_windows_is_a_repair_of_the_live_period() -> 
     assert decide(overlapping, d, yesterday, at.timestamp()).kind == "restart"  # type: ignore[union-attr]
 
 
+def test_a_job_blocked_as_its_window_ends_pages_once() -> None:
+    """Soak finding (soak-075): blocked 37 s before its window ended, the job was seen BLOCKED after the end:
+    no restart, so no page -- and the next window would start into the same content review."""
+    d = evaluate(OFF.schedule, NOW)  # the room is off now
+    blocked = actual("BLOCKED")
+    action = decide(OFF, d, blocked, T)
+    assert action is not None and (action.kind, action.alert) == ("wait", "room_blocked")
+    paged = Actual("job-1", "BLOCKED", {}, [], {}, None, ("room_blocked",))
+    assert decide(OFF, d, paged, T) is None  # once: the page is open until the room is live again
+    assert decide(OFF, d, actual("FAILED"), T) is None  # a failure outside the window needs nobody
+
+
 def test_backoff_doubles_then_circuit_opens() -> None:
     failed = actual("FAILED")
     d = evaluate(LIVE.schedule, NOW)

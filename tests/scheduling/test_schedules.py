@@ -47,7 +47,7 @@ def test_cron_parsing(expr: str, minutes: set[int], hours: set[int], weekdays: s
 
 
 @pytest.mark.parametrize(
-    "expr", ["* * * *", "60 * * * *", "* 24 * * *", "a * * * *", "5-1 * * * *", "*/0 * * * *"]
+    "expr", ["* * * *", "60 * * * *", "* 24 * * *", "a * * * *", "5-1 * * * *", "*/0 * * * *", "² * * * *"]
 )
 def test_bad_cron(expr: str) -> None:
     with pytest.raises(CronError):

@@ -18,12 +18,13 @@ import hmac
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlencode
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestrator.callbacks.errors import CallbackMalformed, CallbackRejected, RejectReason
 
 QUERY_SECRET = "hwSecret"  # noqa: S105 -- a parameter name
 QUERY_TIME = "hwTime"
@@ -60,38 +61,6 @@ def mss_a_head_headers(callback_url: str, key: str, timestamp_ms: int) -> dict[s
 #: Below this a timestamp is read as seconds, above as milliseconds (1e11 ms is 1973; 1e11 s is year 5138).
 SECONDS_MAGNITUDE_LIMIT = 100_000_000_000
 _HEX_TIME_RE = re.compile(r"[0-9a-fA-F]{1,16}")
-
-
-class RejectReason(StrEnum):
-    MISSING = "missing"
-    MALFORMED_TIME = "malformed_time"
-    TOO_OLD = "too_old"
-    IN_FUTURE = "in_future"
-    BAD_SIGNATURE = "bad_signature"
-    REPLAY = "replay"
-    ROOM_MISMATCH = "room_mismatch"
-
-
-_REASON_TEXT = {
-    RejectReason.MISSING: "signature or time missing",
-    RejectReason.MALFORMED_TIME: "time is not a hexadecimal timestamp",
-    RejectReason.TOO_OLD: "time is too far in the past",
-    RejectReason.IN_FUTURE: "time is too far in the future",
-    RejectReason.BAD_SIGNATURE: "signature does not match",
-    RejectReason.REPLAY: "signature already used for another callback",
-    RejectReason.ROOM_MISMATCH: "the body names another room than the callback URL",
-}
-
-
-class CallbackRejected(Exception):
-    """A callback that failed authentication: 401, naming the failed check and never the expected value."""
-
-    status = 401
-
-    def __init__(self, reason: RejectReason) -> None:
-        super().__init__(_REASON_TEXT[reason])
-        self.reason = reason
-        self.error_code = f"CALLBACK_{reason.value.upper()}"
 
 
 @dataclass(frozen=True)
@@ -187,10 +156,6 @@ def _ascii_lower(secret: str) -> bytes:
 
 KNOWN_EVENT_TYPES = ("SHOOT_SCRIPT_SWITCH", "RTMP_STREAM_STATE_CHANGE", "REPLY_COMMAND_FINISH")
 RtmpState = Literal["CONNECTING", "CONNECTED", "DISCONNECTED", "RECONNECTING", "END"]
-
-
-class CallbackMalformed(ValueError):
-    """A callback body we cannot read: 400."""
 
 
 class _Message(BaseModel):

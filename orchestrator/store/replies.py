@@ -6,10 +6,10 @@ Priorities, most important first: ``operator`` (typed by a person), ``gift`` (th
 ``idle`` (filler). At most ``max_pending`` wait: a new reply beyond that evicts the least important
 waiting one (the newest of its band) if it is more important than that, and is dropped otherwise.
 
-Replies in flight are the set ``orch:{room}:replies`` (the callback script removes a reply when its
-REPLY_COMMAND_FINISH arrives) with ``orch:{room}:replies:meta`` (priority, text, send time) beside it. A
-finish can arrive before the insert's response has been recorded; the callback script then notes the id in
-``orch:{room}:replies:done`` and :meth:`ReplyQueue.record_sent` does not count it as in flight.
+Replies in flight are the set ``orch:{room}:replies`` (the callback script removes a reply when its finish --
+MetaStudio's REPLY_COMMAND_FINISH -- arrives) with ``orch:{room}:replies:meta`` (priority, text, send time)
+beside it. A finish can arrive before the insert's response has been recorded; the callback script then notes
+the id in ``orch:{room}:replies:done`` and :meth:`ReplyQueue.record_sent` does not count it as in flight.
 
 Every operation is one script on the room's keys (one hash tag), so it is atomic on a Redis Cluster too.
 """
@@ -23,69 +23,22 @@ import orjson
 import redis.asyncio as aioredis
 
 from orchestrator import clock
-from orchestrator.interaction.policy import PRIORITY_ORDER, Priority
-from orchestrator.store import keys
+from orchestrator.domain import PRIORITIES, Priority
+from orchestrator.store import keys, scripts
 from orchestrator.store.redis import text as _text
 
 BAND = 10**13
+PRIORITY_ORDER = {p: i for i, p in enumerate(PRIORITIES)}
 
-ENQUEUE_LUA = """
-local queue, items, events = KEYS[1], KEYS[2], KEYS[3]
-local id, score, body, max = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local band = math.floor(score / 1e13)
-local outcome, evicted = 'queued', ''
-if redis.call('ZCARD', queue) >= max then
-  local last = redis.call('ZRANGE', queue, -1, -1, 'WITHSCORES')
-  if band >= math.floor(tonumber(last[2]) / 1e13) then
-    outcome = 'dropped'
-  else
-    redis.call('ZREM', queue, last[1])
-    redis.call('HDEL', items, last[1])
-    evicted = last[1]
-  end
-end
-if outcome == 'queued' then
-  redis.call('ZADD', queue, score, id)
-  redis.call('HSET', items, id, body)
-end
--- the room's event record, in the same step: kind, reply id, then the caller's fields
-local fields = {'kind', 'reply_' .. outcome, 'reply_id', id, 'evicted', evicted}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('XADD', events, 'MAXLEN', '~', ARGV[5], '*', unpack(fields))
-return {outcome, evicted}
-"""
+ENQUEUE_LUA = scripts.source("reply_enqueue")
 
-POP_LUA = """
-local queue, items = KEYS[1], KEYS[2]
-local top = redis.call('ZPOPMIN', queue)
-if #top == 0 then return false end
-local body = redis.call('HGET', items, top[1])
-redis.call('HDEL', items, top[1])
-return {top[1], top[2], body}
-"""
+POP_LUA = scripts.source("reply_pop")
 
-PUSH_BACK_LUA = """
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-return 1
-"""
+PUSH_BACK_LUA = scripts.source("reply_push_back")
 
-RECORD_SENT_LUA = """
-local replies, meta, done = KEYS[1], KEYS[2], KEYS[3]
-if redis.call('SREM', done, ARGV[1]) == 1 then return 0 end
-redis.call('SADD', replies, ARGV[1])
-redis.call('HSET', meta, ARGV[1], ARGV[2])
-return 1
-"""
+RECORD_SENT_LUA = scripts.source("reply_record_sent")
 
-FORGET_LUA = """
-local removed = 0
-for i = 1, #ARGV do
-  removed = removed + redis.call('SREM', KEYS[1], ARGV[i])
-  redis.call('HDEL', KEYS[2], ARGV[i])
-end
-return removed
-"""
+FORGET_LUA = scripts.source("reply_forget")
 
 
 @dataclass(frozen=True)
@@ -184,6 +137,25 @@ class ReplyQueue:
             (_text(outcome), reply_id, (_text(evicted) or None))
             for reply_id, (outcome, evicted) in zip(ids, results, strict=True)
         ]
+
+    async def enqueue_sourced(
+        self, room_id: str, replies: list[tuple[Reply, str]]
+    ) -> list[tuple[str, str, str | None]]:
+        """:meth:`enqueue_many` with where each reply came from (``source``) in its record."""
+        return await self.enqueue_many(
+            room_id,
+            [(reply, {"source": source, "rule_index": reply.rule_index or ""}) for reply, source in replies],
+        )
+
+    async def prepare_for_job(self, room_id: str, job_id: str) -> None:
+        """A new job starts with an empty reply queue: the previous job's replies died with it. With no
+        previous job on record there is nothing to drop -- replies queued or in flight for this job before
+        its worker started (an operator's, a finish on its way) are this job's and stay."""
+        previous = await self._redis.hget(keys.room_state(room_id), "replies_job")
+        if previous is not None and _text(previous) != job_id:
+            await self.clear(room_id)
+        if previous is None or _text(previous) != job_id:
+            await self._redis.hset(keys.room_state(room_id), "replies_job", job_id)
 
     async def pop(self, room_id: str) -> Reply | None:
         """The most important waiting reply, removed from the queue; None when none waits."""

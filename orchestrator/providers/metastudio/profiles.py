@@ -20,8 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import structlog
+
+from orchestrator.providers.errors import ProviderConfigError
 from orchestrator.providers.metastudio.models import CallbackEventType, LiveEventCallbackConfig
 from orchestrator.settings import CallbackAuthType, Settings
+
+log = structlog.get_logger(__name__)
 
 CALLBACK_PATH = "/callbacks/metastudio/live-events"
 ROOM_QUERY = "room_id"
@@ -33,8 +38,10 @@ ALL_EVENT_TYPES: list[CallbackEventType] = [
 ]
 
 
-class UnknownProfile(LookupError):
+class UnknownProfile(ProviderConfigError, LookupError):
     """No callback profile of that name, or it has no usable public URL."""
+
+    field = "callback_profile"
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,17 @@ def resolve_profile(settings: Settings, name: str = DEFAULT_PROFILE) -> Resolved
             f"callback profile {name!r} has no public_url and server.public_base_url is not set"
         )
     return ResolvedProfile(name, url, profile.auth_type, tuple(k.get_secret_value() for k in profile.keys))
+
+
+def callback_profiles(settings: Settings) -> dict[str, ResolvedProfile]:
+    """Every usable profile; one without a URL is left out (and said so) rather than failing start-up."""
+    profiles = {}
+    for name in settings.callbacks.profiles:
+        try:
+            profiles[name] = resolve_profile(settings, name)
+        except UnknownProfile as exc:
+            log.warning("callback profile unusable", profile=name, reason=str(exc))
+    return profiles
 
 
 def room_callback_url(public_url: str, room_id: str) -> str:

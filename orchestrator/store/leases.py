@@ -17,22 +17,12 @@ import uuid
 import redis.asyncio as aioredis
 
 from orchestrator import clock
-from orchestrator.store import keys
+from orchestrator.store import keys, scripts
 from orchestrator.store.redis import text
 
-ACQUIRE_LUA = """
-local owner = redis.call('GET', KEYS[1])
-if owner == false or owner == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
+ACQUIRE_LUA = scripts.source("lease_acquire")
 
-RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+RELEASE_LUA = scripts.source("lease_release")
 
 #: The share of the TTL a holder trusts its lease for without a renewal (clock drift, Redis latency) ...
 SAFETY = 0.8

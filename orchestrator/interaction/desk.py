@@ -1,0 +1,144 @@
+"""The reply desk: where every reply is decided, whoever asks.
+
+A reply can be asked for by four sources; each comes here:
+
+* the room's owner, for comments and gifts as they reach its ingest endpoint (:meth:`RoomDesk.consider`,
+  before the write -- the policy's per-user interval and deduplication catch a retried request);
+* the room's worker, for comments and gifts it reads from the ingest stream that nobody decided yet
+  (written elsewhere, or by a bridge): :meth:`RoomDesk.consider` too -- never for entries reclaimed from
+  a predecessor, which may have answered them;
+* the vendor, when one of its rules hands a comment to the daemon (MetaStudio's CALLBACK-mode rules):
+  :meth:`ReplyDesk.answer_vendor_rule` -- the rule chose it, so when the policy has no answer, the chat
+  backend's or the fallback line is said;
+* the vendor, asking the daemon as its avatar's brain (MetaStudio's third-party LLM callback):
+  :meth:`ReplyDesk.answer_question`.
+
+The policy (:mod:`orchestrator.interaction.policy`) decides; a question no rule answers goes to the
+optional chat backend (at most :data:`CHAT_CONCURRENCY` at once per room; the FAQ on failure or when
+busy). Each room keeps its own history (rate limits, deduplication) and its current product -- the
+paragraph's product, as the room's state has it when the paragraph changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from orchestrator import clock
+from orchestrator.interaction.chat import ChatBackend, ChatUnavailable
+from orchestrator.interaction.ingest import count_of
+from orchestrator.interaction.policy import (
+    NOTHING_TO_ANSWER,
+    Decision,
+    Event,
+    History,
+    PolicyConfig,
+    decide,
+    looks_like_question,
+    speak,
+)
+from orchestrator.settings import InteractionSettings
+
+log = structlog.get_logger(__name__)
+
+CHAT_CONCURRENCY = 4
+
+#: Where a room's decided replies go: (when the comment arrived, s; the decision).
+HandOver = Callable[[float, Decision], None]
+
+
+class ReplyDesk:
+    """The replica's desk: the policy in force (swapped on reload), the chat backend, the settings."""
+
+    def __init__(
+        self, policy: PolicyConfig, settings: InteractionSettings, chat: ChatBackend | None = None
+    ) -> None:
+        self.policy = policy
+        self.settings = settings
+        self.chat = chat
+
+    async def answer_vendor_rule(self, history: History, event: Event, product: str) -> Decision:
+        """A comment a vendor's rule chose for an answer: the policy's, else the chat backend's, else the
+        fallback line (its rate limits and deduplication still apply: a comment answered from the audience
+        stream is not answered twice)."""
+        decision = decide(self.policy, history, event, product=product)
+        if decision.reason == NOTHING_TO_ANSWER:
+            text = self.settings.llm_fallback
+            if self.chat is not None:
+                with contextlib.suppress(ChatUnavailable):
+                    text = await self.chat.answer(event.text, product=product)
+            decision = speak(self.policy, history, event, text, rule="vendor_rule")
+        return decision
+
+    def answer_question(self, question: str, *, user: str) -> str:
+        """The vendor asks as its avatar's brain: the policy's answer, else the fallback line."""
+        event = Event(type=1, user_id=user, user_name="", text=question, at=clock.time())
+        decision = decide(self.policy, History(), event)
+        return decision.reply or self.settings.llm_fallback
+
+
+class RoomDesk:
+    """One room's replies being decided: its history, its product, its questions out to the chat backend."""
+
+    def __init__(self, desk: ReplyDesk, room_id: str, hand_over: HandOver, *, product: str = "") -> None:
+        self.desk = desk
+        self.room_id = room_id
+        self.history = History()
+        self.product = product
+        self._hand_over = hand_over
+        self._chats = asyncio.Semaphore(CHAT_CONCURRENCY)
+        self._chat_tasks: set[asyncio.Task[None]] = set()
+
+    def consider(
+        self, event_type: int, timestamp_ms: int, content: dict[str, Any], *, since_s: float
+    ) -> None:
+        """The policy on one comment or gift (pure CPU, nothing awaited: a room's replies never hold up the
+        reading of every room's stream); a reply is handed over, a question for the chat backend asked
+        in the background."""
+        desk = self.desk
+        at_s = timestamp_ms / 1000
+        if clock.time() - at_s > desk.settings.reply_max_age_s:
+            return
+        try:
+            user = content.get("user") or {}
+            gift = content.get("gift") or {}
+            event = Event(
+                type=event_type,
+                user_id=str(user.get("userId", "")),
+                user_name=str(user.get("name", "")),
+                text=str(content.get("content") or ""),
+                gift_name=str(gift.get("giftName", "")),
+                gift_num=count_of(gift.get("giftNum")),
+                at=at_s,
+            )
+        except (AttributeError, TypeError, ValueError):
+            return
+        chat = desk.chat
+        decision = decide(desk.policy, self.history, event, product=self.product, faq=chat is None)
+        if decision.reason == NOTHING_TO_ANSWER and chat is not None:
+            if looks_like_question(event.text) and not self._chats.locked():
+                task = asyncio.create_task(self._ask_chat(chat, since_s, event), name=f"chat:{self.room_id}")
+                self._chat_tasks.add(task)
+                task.add_done_callback(self._chat_tasks.discard)
+                return
+            decision = decide(desk.policy, self.history, event, product=self.product)
+        self._hand_over(since_s, decision)
+
+    async def _ask_chat(self, chat: ChatBackend, since_s: float, event: Event) -> None:
+        async with self._chats:
+            try:
+                answer = await chat.answer(event.text, product=self.product)
+                decision = speak(self.desk.policy, self.history, event, answer, rule="chat")
+            except ChatUnavailable as exc:
+                log.info(
+                    "chat backend unavailable; answering from the FAQ", room_id=self.room_id, error=str(exc)
+                )
+                decision = decide(self.desk.policy, self.history, event, product=self.product)
+        self._hand_over(since_s, decision)
+
+    def chat_tasks(self) -> list[asyncio.Task[None]]:
+        return list(self._chat_tasks)

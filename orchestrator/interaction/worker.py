@@ -1,0 +1,251 @@
+"""A live room's worker, on the replica holding its lease: its reporter, its reply pacer, its desk.
+
+The reader hands the worker the entries it read from the room's ingest stream (:meth:`RoomWorker.take`):
+each goes to the reporter's buffer, and the fresh comments and gifts nobody decided yet to the room's desk.
+Decided replies are queued in Redis in the order they were decided, all that wait in one round trip, and
+the pacer is woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from orchestrator import clock
+from orchestrator.interaction.context import RoomContext
+from orchestrator.interaction.desk import ReplyDesk, RoomDesk
+from orchestrator.interaction.ingest import normalise_batch
+from orchestrator.interaction.pacer import ReplyPacer
+from orchestrator.interaction.policy import Decision
+from orchestrator.interaction.reporter import STOP_GRACE_S, Buffered, RoomReporter, entry_ms, entry_order
+from orchestrator.store.ingest import Entry
+from orchestrator.store.redis import text as _text
+from orchestrator.store.replies import Reply
+from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, pause, wait_event
+
+#: Decided replies waiting for Redis, per room (beyond it they are dropped: the queue would drop them too).
+HAND_OVER_LIMIT = 100
+
+
+class RoomWorker:
+    """One live room on the replica holding its lease."""
+
+    def __init__(self, ctx: RoomContext, desk: ReplyDesk, play_types: Mapping[str, str | None]) -> None:
+        self.ctx = ctx
+        self.room_id = ctx.room_id
+        self.job_id = ctx.job_id
+        self.reporter = RoomReporter(ctx)
+        self.desk = RoomDesk(desk, ctx.room_id, self._hand_over)
+        self.pacer = ReplyPacer(ctx, self.enqueue_one, self.play_type)
+        self.started = False
+        self._play_types = play_types
+        self._decided: deque[tuple[float, Decision]] = deque()  # (the comment's arrival, s; decision)
+        self._decided_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def buffer(self) -> list[Buffered]:
+        return self.reporter.buffer
+
+    @property
+    def product(self) -> str:
+        return self.desk.product
+
+    def play_type(self, priority: str) -> str | None:
+        return self._play_types.get(priority)
+
+    # --- life cycle ---
+
+    async def start(self, product: str = "") -> None:
+        """Create the stream's group, clear a previous job's replies, pick up a predecessor's batch and
+        every entry the group has delivered unacknowledged, then run."""
+        ctx = self.ctx
+        self.desk.product = product
+        await ctx.streams.ensure_group(ctx.room_id)
+        await ctx.replies.prepare_for_job(ctx.room_id, ctx.job_id)
+        await self.reporter.recover()
+        await self.take(await ctx.streams.claim_all(ctx.room_id, ctx.replica_id), fresh=False)
+        self.started = True
+        self._tasks = [
+            asyncio.create_task(self.reporter.run(), name=f"report:{ctx.room_id}"),
+            asyncio.create_task(self.pacer.run(), name=f"replies:{ctx.room_id}"),
+            asyncio.create_task(self._queue_forever(), name=f"decided:{ctx.room_id}"),
+        ]
+        ctx.log.info("room worker started", replica=ctx.replica_id, recovered=len(self.buffer))
+
+    async def aclose(self) -> None:
+        """Stop: the reporter finishes the batch it has in flight (a successor would resend it, and the
+        vendor takes no idempotency key), at most ``STOP_GRACE_S``; everything else is cancelled."""
+        self.started = False
+        if self._tasks:
+            reporting = self._tasks[0]
+            self.reporter.stop()
+            await asyncio.wait({reporting}, timeout=STOP_GRACE_S)
+        for task in [*self._tasks, *self.desk.chat_tasks()]:
+            await cancel_and_wait(task)
+        self._tasks = []
+
+    def failure(self) -> str | None:
+        """How one of the worker's tasks ended, if one ended (they run until cancelled)."""
+        for task in self._tasks:
+            if task.done() and not task.cancelled():
+                exc = task.exception()
+                return f"{type(exc).__name__}: {exc}" if exc else "ended"
+        return None
+
+    def wants_more(self) -> bool:
+        return self.started and self.reporter.wants_more()
+
+    async def adopt_strays(self) -> int:
+        """Claim the entries another consumer was delivered and never acknowledged, idle for a lease: their
+        reader lost the room (stalled past its lease, or read once more before it noticed) and dropped them
+        unreported with its worker. Soak finding: a handover left every event its loser had read but not
+        reported in the group's pending list, never reported -- only a worker's start claimed them."""
+        ctx = self.ctx
+        entries = await ctx.streams.claim_strays(
+            ctx.room_id, ctx.replica_id, clock.real_ms(ctx.settings.lease_ttl_s)
+        )
+        if not entries:
+            return 0
+        await self.take(entries, fresh=False)
+        ctx.log.info("claimed events another replica left unreported", events=len(entries))
+        return len(entries)
+
+    # --- ingest side ---
+
+    async def take(self, entries: list[Entry], *, fresh: bool) -> None:
+        """Entries read from the stream: buffer them for the report, and decide replies for fresh ones."""
+        ctx = self.ctx
+        now_ms = clock.time_ms()
+        stale: list[str] = []
+        for entry_id_raw, fields in entries:
+            entry_id = _text(entry_id_raw)
+            if not fields:  # trimmed while pending: nothing left to report
+                stale.append(entry_id)
+                continue
+            parsed = self._event(entry_id, fields)
+            if parsed is None:
+                stale.append(entry_id)
+                continue
+            event, raw = parsed
+            if now_ms - entry_ms(entry_id) > ctx.settings.report_max_age_s * 1000:
+                ctx.metrics.audience_events.labels("expired").inc()
+                stale.append(entry_id)
+                continue
+            self.reporter.add(entry_id, event["type"], event["timestamp"], raw)
+            if fresh and event["type"] in (1, 4) and fields.get(b"d") != b"1":  # d: decided at ingest
+                self._consider(entry_id, event)
+        if not fresh:
+            # Claimed entries (a predecessor's, or strays) may be older than what is buffered: keep the buffer
+            # in stream order, so a batch is one contiguous range and its marker (first, last) names it.
+            self.reporter.buffer.sort(key=lambda b: entry_order(b.entry_id))
+        await ctx.streams.drop(ctx.room_id, stale)
+        self.reporter.added()
+
+    def _event(self, entry_id: str, fields: Mapping[Any, Any]) -> tuple[dict[str, Any], bytes] | None:
+        """The entry's event in wire form, parsed and as the bytes the report will carry; None if invalid."""
+        raw = fields.get(b"event")
+        if raw is not None:
+            try:
+                event = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                event = None
+            if (
+                isinstance(event, dict)
+                and isinstance(event.get("type"), int)
+                and isinstance(event.get("timestamp"), int)
+                and isinstance(event.get("content"), str)
+            ):
+                return event, bytes(raw)
+        bridge = fields.get(b"raw")
+        problem = "entry has neither an 'event' nor a 'raw' field holding JSON"
+        if bridge is not None:
+            try:
+                accepted, rejected = normalise_batch([orjson.loads(bridge)])
+            except orjson.JSONDecodeError:
+                accepted, rejected = [], []
+                problem = "'raw' is not JSON"
+            if accepted:
+                event = accepted[0]
+                event["content"] = orjson.dumps(event["content"]).decode()
+                return event, orjson.dumps(event)
+            if rejected:
+                problem = rejected[0].error_msg
+        self.ctx.metrics.audience_events.labels("rejected").inc()
+        self.ctx.log.warning("ingest entry rejected", entry_id=entry_id, error=problem)
+        return None
+
+    def _consider(self, entry_id: str, wire: dict[str, Any]) -> None:
+        try:
+            content = orjson.loads(wire["content"])
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(content, dict):
+            self.desk.consider(wire["type"], wire["timestamp"], content, since_s=entry_ms(entry_id) / 1000)
+
+    def decide_arrivals(self, events: list[dict[str, Any]], *, since_s: float) -> None:
+        """Decide for events as they arrive at this replica's ingest endpoint (normalised, ``content`` an
+        object), the owner deciding at once instead of when it reads them back from the stream."""
+        for event in events:
+            if event["type"] in (1, 4):
+                self.desk.consider(event["type"], event["timestamp"], event["content"], since_s=since_s)
+
+    # --- replies ---
+
+    def _hand_over(self, since_s: float, decision: Decision) -> None:
+        if not decision.speaks or decision.reply is None:
+            return
+        if len(self._decided) >= HAND_OVER_LIMIT:  # Redis is slow or away: the queue would drop it anyway
+            self.ctx.metrics.replies.labels("dropped").inc()
+            return
+        self.ctx.metrics.reply_decision.observe(max(0.0, clock.time() - since_s))
+        self._decided.append((since_s, decision))
+        self._decided_ready.set()
+
+    async def enqueue_one(self, reply: Reply, source: str) -> tuple[str, str, str | None]:
+        return (await self.enqueue([(reply, source)]))[0]
+
+    async def enqueue(self, replies: list[tuple[Reply, str]]) -> list[tuple[str, str, str | None]]:
+        """Queue replies (with where each came from) in one round trip, and wake the pacer."""
+        results = await self.ctx.replies.enqueue_sourced(self.room_id, replies)
+        count_outcomes(self.ctx, results)
+        self.pacer.kick.set()
+        return results
+
+    async def _queue_forever(self) -> None:
+        """Decided replies into the room's queue in Redis, in the order they were decided, all that are
+        waiting in one round trip."""
+        while True:
+            await wait_event(self._decided_ready, None)
+            while self._decided:
+                checkpoint()
+                taken = list(self._decided)
+                replies = [
+                    (Reply(d.reply or "", d.priority, self.play_type(d.priority)), d.rule or d.priority)
+                    for _, d in taken
+                ]
+                try:
+                    await self.enqueue(replies)
+                except RedisError as exc:
+                    if being_cancelled():
+                        raise
+                    self.ctx.log.warning("cannot queue replies; retrying", error=str(exc))
+                    await pause(0.5)
+                    continue
+                now = clock.time()
+                for since_s, _ in taken:
+                    self._decided.popleft()
+                    self.ctx.metrics.reply_queued.observe(max(0.0, now - since_s))
+            self._decided_ready.clear()
+
+
+def count_outcomes(ctx: RoomContext, results: list[tuple[str, str, str | None]]) -> None:
+    for outcome, _, evicted in results:
+        ctx.metrics.replies.labels(outcome).inc()
+        if evicted:
+            ctx.metrics.replies.labels("evicted").inc()

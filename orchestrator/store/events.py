@@ -1,0 +1,81 @@
+"""A room's event record: the capped stream ``orch:{room}:events`` the API, the CLI and the console read.
+
+Every entry has ``kind`` and ``event_ms`` (when it happened, on the daemon's clock), most a ``job_id``;
+structured details travel in ``message`` (JSON). The kinds, and who writes them:
+
+=================  ==========================================  ==============================================
+kind               fields                                      written by
+=================  ==========================================  ==============================================
+``callback``       event_type, job_id, outcome, received_ms,   the callback script (``apply_callbacks.lua``)
+                   message (the vendor's message)
+``job_started``    job_id                                      ``new_job.lua``
+``job_state``      job_id, job_state                           ``set_job_state.lua``
+``reaction``       reaction (``rtmp_stalled``), job_id,        ``mark_rtmp_stall.lua``
+                   output_url, state
+``reply_queued``,  reply_id, evicted, priority, text, source,  ``reply_enqueue.lua``
+``reply_dropped``  rule_index
+``action``         action, reason, outcome, message ({fence})  :meth:`RoomEvents.action`
+``alert``          alert, severity, outcome, message ({text})  :meth:`RoomEvents.alert`
+``reported``       job_id, batch_id, events, types             :meth:`RoomEvents.add` (in the reporter's
+                                                               acknowledgement transaction)
+``reply_inserted`` job_id, reply_id, priority, play_type,      :meth:`RoomEvents.add`
+                   rule_index, text
+=================  ==========================================  ==============================================
+
+Entries a script writes are written there, in the same atomic step as the change they record; every
+entry written from Python goes through :class:`RoomEvents` (alone, or added to a caller's pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+
+from orchestrator import clock
+from orchestrator.store import keys
+
+Field = str | int
+
+
+class RoomEvents:
+    """Appends entries to rooms' event records (capped at about ``maxlen`` each)."""
+
+    def __init__(self, redis: aioredis.Redis, *, maxlen: int = 10_000) -> None:
+        self._redis = redis
+        self.maxlen = maxlen
+
+    def entry(self, kind: str, fields: dict[str, Field]) -> dict[Any, Any]:
+        return {"kind": kind, **fields, "event_ms": fields.get("event_ms", clock.time_ms())}
+
+    async def add(self, room_id: str, kind: str, **fields: Field) -> None:
+        """Append one entry. Raises RedisError."""
+        await self._redis.xadd(
+            keys.room_events(room_id), self.entry(kind, fields), maxlen=self.maxlen, approximate=True
+        )
+
+    def add_to(self, pipe: Pipeline, room_id: str, kind: str, **fields: Field) -> None:
+        """Queue one entry on ``pipe`` (the caller's transaction)."""
+        pipe.xadd(keys.room_events(room_id), self.entry(kind, fields), maxlen=self.maxlen, approximate=True)
+
+    async def action(self, room_id: str, action: str, reason: str, outcome: str, fence: str) -> None:
+        await self.add(
+            room_id,
+            "action",
+            action=action,
+            reason=reason,
+            outcome=outcome,
+            message=json.dumps({"fence": fence}),
+        )
+
+    async def alert(self, room_id: str, alert: str, severity: str, outcome: str, text: str) -> None:
+        await self.add(
+            room_id,
+            "alert",
+            alert=alert,
+            severity=severity,
+            outcome=outcome,
+            message=json.dumps({"text": text}, ensure_ascii=False),
+        )

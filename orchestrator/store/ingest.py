@@ -1,0 +1,152 @@
+"""Rooms' ingest streams, as the audience pipeline reads and reports them.
+
+Each room's audience events wait in ``orch:{room}:ingest`` (written by the ingest script: ``RoomStore.ingest``
+for HTTP, or a bridge's own ``XADD``). The room's owner reads them through one consumer group
+(``reporter``; consumer = replica id), reports them in batches, and acknowledges each batch once the vendor
+took it. A batch about to be sent is *marked* in ``orch:{room}:report`` (id, first and last entry), so a
+successor can resend exactly that batch.
+
+Fields of an entry: ``event`` (the event in wire form -- ``{"timestamp", "type", "content": JSON
+string}``, as the daemon writes it), or ``raw`` (a bridge's event, in the form ``POST
+/api/rooms/{room}/events`` takes); ``d`` = ``1`` when the owner already decided replies for it at ingest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from orchestrator.store import keys, scripts
+from orchestrator.store.events import RoomEvents
+from orchestrator.store.redis import text
+
+GROUP = "reporter"
+
+Entry = tuple[Any, Mapping[Any, Any]]
+
+
+class Marker(NamedTuple):
+    batch_id: str
+    first: str
+    last: str
+
+
+class IngestStreams:
+    """Reads, claims, marks and acknowledges rooms' ingest streams (consumer group :data:`GROUP`)."""
+
+    def __init__(self, redis: aioredis.Redis, events: RoomEvents) -> None:
+        self._redis = redis
+        self._events = events
+        self._mark = redis.register_script(scripts.source("report_mark_batch"))
+        self._ack_and_trim = redis.register_script(scripts.source("report_ack_and_trim"))
+
+    async def ensure_group(self, room_id: str) -> None:
+        """The room's stream and its consumer group, created if missing (reading from the start)."""
+        try:
+            await self._redis.xgroup_create(keys.room_ingest(room_id), GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(
+        self, room_ids: Iterable[str], consumer: str, *, count: int, block_ms: int
+    ) -> dict[str, list[Entry]]:
+        """New entries of these rooms' streams, by room, in one ``XREADGROUP``."""
+        streams = {keys.room_ingest(room_id): ">" for room_id in room_ids}
+        if not streams:
+            return {}
+        answer = await self._redis.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)  # type: ignore[arg-type]
+        found: dict[str, list[Entry]] = {}
+        for stream, entries in cast(list[tuple[bytes, list[Entry]]], answer or []):
+            found[keys.room_of_ingest(text(stream))] = entries
+        return found
+
+    async def claim_all(self, room_id: str, consumer: str) -> list[Entry]:
+        """Every entry the group delivered and nobody acknowledged (a predecessor's), oldest first."""
+        stream, start, claimed = keys.room_ingest(room_id), "0-0", []
+        while True:
+            answer = await self._redis.xautoclaim(
+                stream, GROUP, consumer, min_idle_time=0, start_id=start, count=1000
+            )
+            start, entries = text(answer[0]), answer[1]
+            claimed += entries
+            if start == "0-0" or not entries:
+                return claimed
+
+    async def claim_strays(self, room_id: str, consumer: str, min_idle_ms: int) -> list[Entry]:
+        """Entries another consumer was delivered and has left unacknowledged for ``min_idle_ms``."""
+        stream = keys.room_ingest(room_id)
+        pending = await self._redis.xpending_range(
+            stream, GROUP, min="-", max="+", count=1000, idle=min_idle_ms
+        )
+        ids: list[bytes | str | int | memoryview[int]] = [
+            p["message_id"] for p in pending if text(p["consumer"]) != consumer
+        ]
+        if not ids:
+            return []
+        return cast(
+            list[Entry],
+            await self._redis.xclaim(stream, GROUP, consumer, min_idle_time=min_idle_ms, message_ids=ids),
+        )
+
+    async def drop(self, room_id: str, entry_ids: list[str]) -> None:
+        """Acknowledge entries that will never be reported (invalid, expired, trimmed)."""
+        if entry_ids:
+            await self._redis.xack(keys.room_ingest(room_id), GROUP, *entry_ids)
+
+    async def marker(self, room_id: str) -> Marker | None:
+        """The batch a predecessor was sending, if any."""
+        found = await self._redis.hgetall(keys.room_report(room_id))
+        if not found:
+            return None
+        return Marker(text(found[b"batch_id"]), text(found[b"first"]), text(found[b"last"]))
+
+    async def mark(self, room_id: str, consumer: str, batch: Marker) -> tuple[bool, str | None]:
+        """Mark the batch about to be sent -- only while Redis says the room's lease is ``consumer``'s -- and
+        read the report URL, in one script: (marked, report URL). Not marked: another replica owns the room
+        now, and the marker is its own (soak finding: a worker that had lost the room overwrote its
+        successor's marker)."""
+        marked, url = await self._mark(
+            keys=[keys.room_lease(room_id), keys.room_report(room_id), keys.room_state(room_id)],
+            args=[consumer, *batch],
+        )
+        return bool(marked), (text(url) if url else None)
+
+    async def report_url(self, room_id: str) -> str | None:
+        url = await self._redis.hget(keys.room_state(room_id), "report_url")
+        return text(url) if url else None
+
+    async def set_report_url(self, room_id: str, url: str) -> None:
+        await self._redis.hset(keys.room_state(room_id), "report_url", url)
+
+    async def acknowledge(
+        self,
+        room_id: str,
+        *,
+        job_id: str,
+        batch_id: str,
+        entry_ids: Iterable[str],
+        keep_from: str,
+        reported: int,
+        types: str,
+        refreshed_url: str | None,
+    ) -> None:
+        """The vendor took the batch: in one transaction, acknowledge its entries and trim the stream before
+        ``keep_from`` (never past another consumer's pending entry), remove the batch's own marker, count
+        ``reported`` events, store a refreshed report URL, and record a ``reported`` entry."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            await self._ack_and_trim(
+                keys=[keys.room_ingest(room_id), keys.room_report(room_id)],
+                args=[GROUP, keep_from, batch_id, *entry_ids],
+                client=pipe,
+            )
+            pipe.hincrby(keys.room_state(room_id), "reported", reported)
+            if refreshed_url:
+                pipe.hset(keys.room_state(room_id), "report_url", refreshed_url)
+            self._events.add_to(
+                pipe, room_id, "reported", job_id=job_id, batch_id=batch_id, events=reported, types=types
+            )
+            await pipe.execute()
