@@ -239,10 +239,10 @@ def config_warnings(settings: Settings) -> list[str]:
     warnings = []
     if not settings.admin.token.get_secret_value():
         warnings.append("admin.token is empty: the admin API refuses every request (ORCH_ADMIN__TOKEN)")
-    if not settings.callbacks.profiles:
+    if not settings.metastudio.callback_profiles:
         warnings.append(
-            "no callback profile (callbacks.profiles): MetaStudio's live-event callbacks cannot be received, "
-            "and no room can be started"
+            "no callback profile (metastudio.callback_profiles): MetaStudio's live-event callbacks cannot be "
+            "received, and no room can be started"
         )
     try:
         credentials_from_settings(settings.metastudio)

@@ -172,21 +172,24 @@ def demo_settings(redis_url: str, sandbox_url: str, port: int, workdir: Path, lo
         redis={"url": redis_url},
         logging={"level": log_level, "format": "console"},
         admin={"token": secrets.token_urlsafe(24)},
-        metastudio={"endpoint": sandbox_url, "ak": AK, "sk": SK, "project_id": PROJECT},
-        callbacks={
-            "journal_path": str(workdir / "journal.jsonl"),
-            "profiles": {
+        metastudio={
+            "endpoint": sandbox_url,
+            "ak": AK,
+            "sk": SK,
+            "project_id": PROJECT,
+            "callback_profiles": {
                 "default": {
                     "public_url": f"http://127.0.0.1:{port}/callbacks/metastudio/live-events",
                     "auth_type": "MSS_A",
                     "keys": [secrets.token_hex(16)],
                 }
             },
+            "interaction_token": secrets.token_urlsafe(24),
         },
+        callbacks={"journal_path": str(workdir / "journal.jsonl")},
         scheduling={"reconcile_interval_s": 2.0, "boundary_tolerance_s": 0},  # one process, one clock
         interaction={
             "policy_file": str(policy_file),
-            "callback_token": secrets.token_urlsafe(24),
             "lease_ttl_s": 3.0,
             "report_window_ms": 300,
             "idle_after_s": 25.0,
@@ -198,7 +201,7 @@ def demo_settings(redis_url: str, sandbox_url: str, port: int, workdir: Path, lo
 def demo_room_config(port: int, settings: Settings, live_in_s: float) -> dict[str, Any]:
     """The demo room as the admin API takes it: live once, ``live_in_s`` from now, for two hours."""
     start = datetime.now(UTC) + timedelta(seconds=live_in_s)
-    token = settings.interaction.callback_token.get_secret_value()
+    token = settings.metastudio.interaction_token.get_secret_value()
     room = {
         "room_id": ROOM,
         "template": {

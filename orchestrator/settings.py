@@ -11,6 +11,7 @@ Durations carry their unit in their name (``*_s``), sizes in bytes (``*_bytes``)
 from __future__ import annotations
 
 import tomllib
+import warnings
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -172,29 +173,6 @@ class MetaStudioAuthMode(StrEnum):
     TOKEN = "token"  # noqa: S105 -- a mode name, not a password
 
 
-class MetaStudioSettings(Section):
-    """Huawei Cloud MetaStudio (smart live) credentials and client behaviour."""
-
-    endpoint: AnyHttpUrl = Field(
-        AnyHttpUrl("https://metastudio.cn-north-4.myhuaweicloud.com"),
-        description="API base URL: the region endpoint, or a sandbox URL.",
-    )
-    project_id: str = Field("", description="Huawei Cloud project id (X-Project-Id).")
-    auth_mode: MetaStudioAuthMode = Field(
-        MetaStudioAuthMode.AKSK, description="aksk (SDK-HMAC-SHA256 signing) or token (X-Auth-Token)."
-    )
-    ak: SecretStr = Field(SecretStr(""), description="Access key id.")
-    sk: SecretStr = Field(SecretStr(""), description="Secret access key.")
-    security_token: SecretStr = Field(
-        SecretStr(""), description="X-Security-Token for temporary AK/SK credentials."
-    )
-    auth_token: SecretStr = Field(SecretStr(""), description="IAM token when auth_mode is token.")
-    timeout_s: PositiveSeconds = Field(10.0, description="Whole-call timeout of one API request.")
-    connect_timeout_s: PositiveSeconds = Field(3.0, description="TCP/TLS connect timeout.")
-    max_retries: int = Field(3, ge=0, le=10, description="Retries of calls that are safe to repeat.")
-    max_concurrency: int = Field(8, ge=1, description="Calls in flight at once for this project.")
-
-
 class CallbackAuthType(StrEnum):
     NONE = "NONE"
     MSS_A = "MSS_A"
@@ -227,16 +205,55 @@ class CallbackProfile(Section):
         return self
 
 
-class CallbackSettings(Section):
-    """How vendor callbacks are verified."""
+class MetaStudioSettings(Section):
+    """Huawei Cloud MetaStudio (smart live): credentials, client behaviour, and what it calls on the daemon
+    (live-event callback profiles, the CALLBACK-mode rules' token, the third-party LLM endpoint)."""
 
-    max_skew_s: PositiveSeconds = Field(300.0, description="Largest clock difference accepted, either way.")
-    strict: bool = Field(
+    endpoint: AnyHttpUrl = Field(
+        AnyHttpUrl("https://metastudio.cn-north-4.myhuaweicloud.com"),
+        description="API base URL: the region endpoint, or a sandbox URL.",
+    )
+    project_id: str = Field("", description="Huawei Cloud project id (X-Project-Id).")
+    auth_mode: MetaStudioAuthMode = Field(
+        MetaStudioAuthMode.AKSK, description="aksk (SDK-HMAC-SHA256 signing) or token (X-Auth-Token)."
+    )
+    ak: SecretStr = Field(SecretStr(""), description="Access key id.")
+    sk: SecretStr = Field(SecretStr(""), description="Secret access key.")
+    security_token: SecretStr = Field(
+        SecretStr(""), description="X-Security-Token for temporary AK/SK credentials."
+    )
+    auth_token: SecretStr = Field(SecretStr(""), description="IAM token when auth_mode is token.")
+    timeout_s: PositiveSeconds = Field(10.0, description="Whole-call timeout of one API request.")
+    connect_timeout_s: PositiveSeconds = Field(3.0, description="TCP/TLS connect timeout.")
+    max_retries: int = Field(3, ge=0, le=10, description="Retries of calls that are safe to repeat.")
+    max_concurrency: int = Field(8, ge=1, description="Calls in flight at once for this project.")
+    callback_profiles: dict[str, CallbackProfile] = Field(
+        default_factory=dict,
+        description="Named live-event callback profiles (URL, auth type, keys); 'default' serves the bare "
+        "URL.",
+    )
+    callback_strict: bool = Field(
         False, description="Accept only the hex-time reading of MSS_A (no decimal-milliseconds reading)."
     )
-    profiles: dict[str, CallbackProfile] = Field(
-        default_factory=dict, description="Named callback profiles; 'default' serves the bare URL."
+    interaction_token: SecretStr = Field(
+        SecretStr(""),
+        description="Token in the CALLBACK-mode rules' URL /callbacks/metastudio/interaction/{token}; the "
+        "endpoint is off while empty.",
     )
+    llm_public_url: AnyHttpUrl | None = Field(
+        None,
+        description="The URL of POST /llm/metastudio exactly as configured at MetaStudio (what it signs).",
+    )
+    llm_app_key: SecretStr = Field(
+        SecretStr(""),
+        description="The appKey MetaStudio signs LLM calls with; the endpoint is off while empty.",
+    )
+
+
+class CallbackSettings(Section):
+    """How vendor callbacks are received, whatever the vendor (its credentials are in its own section)."""
+
+    max_skew_s: PositiveSeconds = Field(300.0, description="Largest clock difference accepted, either way.")
     events_maxlen: int = Field(
         10_000, ge=100, description="Events kept per room (capped stream, approximate)."
     )
@@ -332,26 +349,15 @@ def _default_play_types() -> dict[ReplyPriority, PlayTypeName]:
 
 
 class InteractionSettings(Section):
-    """Answering the audience: the reply policy, and the third-party LLM endpoint MetaStudio can call."""
+    """Answering the audience: the reply policy, the chat backend, reporting and reply pacing."""
 
     policy_file: Path | None = Field(
         None, description="YAML reply policy (rules, faq, limits, forbidden words); none: answer nothing."
     )
-    llm_public_url: AnyHttpUrl | None = Field(
-        None,
-        description="The URL of POST /llm/metastudio exactly as configured at MetaStudio (what it signs).",
-    )
-    llm_app_key: SecretStr = Field(
-        SecretStr(""),
-        description="The appKey MetaStudio signs LLM calls with; the endpoint is off while empty.",
-    )
     llm_fallback: str = Field(
-        "这个问题我记下了，稍后为您详细解答。", description="The answer when the policy has none."
-    )
-    callback_token: SecretStr = Field(
-        SecretStr(""),
-        description="Token in the vendor CALLBACK-mode URL /callbacks/metastudio/interaction/{token}; "
-        "the endpoint is off while empty.",
+        "这个问题我记下了，稍后为您详细解答。",
+        description="The answer when the policy has none and the vendor asked for one (its rule chose the "
+        "comment, or it asked as the avatar's brain).",
     )
     chat_url: AnyHttpUrl | None = Field(
         None,
@@ -442,6 +448,16 @@ class SimulationSettings(Section):
         return self.speed != 1.0 or self.skew_s != 0.0 or self.start is not None
 
 
+#: Settings of one vendor that sat in shared sections: (old section, name) → (new section, name).
+MOVED_SETTINGS: dict[tuple[str, str], tuple[str, str]] = {
+    ("callbacks", "profiles"): ("metastudio", "callback_profiles"),
+    ("callbacks", "strict"): ("metastudio", "callback_strict"),
+    ("interaction", "callback_token"): ("metastudio", "interaction_token"),
+    ("interaction", "llm_public_url"): ("metastudio", "llm_public_url"),
+    ("interaction", "llm_app_key"): ("metastudio", "llm_app_key"),
+}
+
+
 class Settings(BaseSettings):
     """All of the daemon's configuration."""
 
@@ -463,6 +479,32 @@ class Settings(BaseSettings):
     interaction: InteractionSettings = InteractionSettings()
     admin: AdminSettings = AdminSettings()
     simulation: SimulationSettings = SimulationSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        """Settings that moved to the ``metastudio`` section are still read where they were, with a
+        warning naming the new place (one release of grace)."""
+        if not isinstance(data, dict):
+            return data
+        for (old_section, old_name), (new_section, new_name) in MOVED_SETTINGS.items():
+            section = data.get(old_section)
+            if not isinstance(section, dict) or old_name not in section:
+                continue
+            section = dict(section)
+            value = section.pop(old_name)
+            data = {**data, old_section: section}
+            target = dict(data.get(new_section) or {})
+            target.setdefault(new_name, value)
+            data[new_section] = target
+            warnings.warn(
+                f"setting {old_section}.{old_name} ({env_var_name([old_section, old_name])}) moved to "
+                f"{new_section}.{new_name} ({env_var_name([new_section, new_name])}); read from the old "
+                "place for now",
+                FutureWarning,
+                stacklevel=2,
+            )
+        return data
 
     @classmethod
     def settings_customise_sources(

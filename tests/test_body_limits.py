@@ -41,8 +41,8 @@ async def test_unauthenticated_bodies_are_not_read(redis_url: str, tmp_path: Pat
             "ORCH_ADMIN__TOKEN": "body-limit-admin-token",
             "ORCH_SERVER__MAX_BODY_BYTES": str(2 * MIB),
             "ORCH_CALLBACKS__JOURNAL_PATH": str(tmp_path / "journal.jsonl"),
-            "ORCH_CALLBACKS__PROFILES__DEFAULT__PUBLIC_URL": "https://x.example/callbacks/metastudio/live-events",
-            "ORCH_CALLBACKS__PROFILES__DEFAULT__KEYS": json.dumps(["k"]),
+            "ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__PUBLIC_URL": "https://x.example/callbacks/metastudio/live-events",
+            "ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__KEYS": json.dumps(["k"]),
         }
     )
     with daemon:

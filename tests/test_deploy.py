@@ -19,7 +19,7 @@ from orchestrator.settings import ENV_PREFIX, iter_fields, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTING_ENV_VARS = {env for _, env, _, _ in iter_fields()}
-PROFILE_ENV_RE = re.compile(r"^ORCH_CALLBACKS__PROFILES__\w+__(PUBLIC_URL|AUTH_TYPE|KEYS)$")
+PROFILE_ENV_RE = re.compile(r"^ORCH_METASTUDIO__CALLBACK_PROFILES__\w+__(PUBLIC_URL|AUTH_TYPE|KEYS)$")
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_compose_environment_is_settings(compose: dict[str, Any], monkeypatch: p
     for name, value in _resolved(env).items():
         monkeypatch.setenv(name, value)
     settings = load_settings(_config_file(compose["services"]["orchestrator"]["command"]))
-    assert settings.admin.token.get_secret_value() and settings.callbacks.profiles["default"].keys
+    assert settings.admin.token.get_secret_value() and settings.metastudio.callback_profiles["default"].keys
     from orchestrator.cli import config_warnings, deployment_problems
 
     assert settings.callbacks.journal_path == Path("/var/lib/orchestrator/callback-journal.jsonl")

@@ -65,10 +65,13 @@ def target(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 redis={"url": redis_server.url},
                 admin={"token": ADMIN},
                 server={"public_port": public_port},
-                metastudio={"endpoint": url, "ak": "FUZZAK", "sk": "fuzz-sk", "project_id": "fuzz-project"},
-                callbacks={
-                    "journal_path": str(tmp / "journal.jsonl"),
-                    "profiles": {
+                metastudio={
+                    "endpoint": url,
+                    "ak": "FUZZAK",
+                    "sk": "fuzz-sk",
+                    "project_id": "fuzz-project",
+                    "interaction_token": TOKEN,
+                    "callback_profiles": {
                         "default": {
                             "public_url": f"http://127.0.0.1:{public_port}/callbacks/metastudio/live-events",
                             "auth_type": "MSS_A",
@@ -80,7 +83,7 @@ def target(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
                         },
                     },
                 },
-                interaction={"callback_token": TOKEN},
+                callbacks={"journal_path": str(tmp / "journal.jsonl")},
                 scheduling={"reconcile_interval_s": 3600},
             )
             app = create_app(settings)

@@ -140,7 +140,7 @@ def test_the_image_entry_command_runs_as_shipped(scratch: Path, redis_url: str) 
         "ORCH_REDIS__URL": redis_url,
         "ORCH_ADMIN__TOKEN": REQUIRED["ORCH_ADMIN__TOKEN"],
         "ORCH_SERVER__PUBLIC_BASE_URL": REQUIRED["ORCH_SERVER__PUBLIC_BASE_URL"],
-        "ORCH_CALLBACKS__PROFILES__DEFAULT__KEYS": REQUIRED["ORCH_CALLBACK_KEYS"],
+        "ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__KEYS": REQUIRED["ORCH_CALLBACK_KEYS"],
     }
     assert IMAGE_PYTHON is not None
     argv = [IMAGE_PYTHON, "-m", "orchestrator", *cmd[1:]]

@@ -95,9 +95,12 @@ def log_stream() -> Iterator[io.StringIO]:
 
 async def test_no_secret_in_any_log_path(make_settings: Any, log_stream: io.StringIO) -> None:
     settings = make_settings(
-        metastudio={"sk": SK, "ak": "AK-PUBLICISH-1"},
+        metastudio={
+            "sk": SK,
+            "ak": "AK-PUBLICISH-1",
+            "callback_profiles": {"default": {"public_url": "https://x/cb", "keys": [CB_KEY]}},
+        },
         admin={"token": ADMIN},
-        callbacks={"profiles": {"default": {"public_url": "https://x/cb", "keys": [CB_KEY]}}},
     )
     assert set(SECRETS) <= secret_values(settings)
     app = create_app(settings, Redactor(values=secret_values(settings)))
@@ -138,8 +141,8 @@ def test_no_secret_in_daemon_process_logs(redis_url: str) -> None:
         "ORCH_REDIS__URL": redis_url,
         "ORCH_METASTUDIO__SK": SK,
         "ORCH_ADMIN__TOKEN": ADMIN,
-        "ORCH_CALLBACKS__PROFILES__DEFAULT__PUBLIC_URL": "https://example.test/cb",
-        "ORCH_CALLBACKS__PROFILES__DEFAULT__KEYS": json.dumps([CB_KEY]),
+        "ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__PUBLIC_URL": "https://example.test/cb",
+        "ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__KEYS": json.dumps([CB_KEY]),
         "ORCH_LOGGING__LEVEL": "DEBUG",
     }
     with Daemon(env) as daemon:
@@ -204,7 +207,9 @@ async def test_interaction_callback_token_in_the_path_is_masked(make_settings: A
     """The vendor CALLBACK-mode URL carries its token in the path: the access line never shows it (logging
     set up as `orchestrator run` does, with every secret of the settings)."""
     token = "interaction-token-secret-42"
-    settings = make_settings(interaction={"callback_token": token, "chat_api_key": "sk-chat-secret-43"})
+    settings = make_settings(
+        metastudio={"interaction_token": token}, interaction={"chat_api_key": "sk-chat-secret-43"}
+    )
     assert {token, "sk-chat-secret-43"} <= secret_values(settings)
     redactor = Redactor(values=secret_values(settings))
     stream = io.StringIO()

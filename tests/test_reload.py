@@ -72,8 +72,8 @@ def test_sighup_reloads_validated_and_a_restart_keeps_the_apis_change(redis_url:
         "ORCH_SCHEDULING__ROOMS_FILE": str(rooms),
         "ORCH_INTERACTION__POLICY_FILE": str(policy),
         "ORCH_CALLBACKS__JOURNAL_PATH": str(tmp_path / "journal.jsonl"),
-        "ORCH_CALLBACKS__PROFILES__DEFAULT__PUBLIC_URL": "https://live.example.com/callbacks/metastudio/live-events",
-        "ORCH_CALLBACKS__PROFILES__DEFAULT__KEYS": '["k1"]',
+        "ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__PUBLIC_URL": "https://live.example.com/callbacks/metastudio/live-events",
+        "ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__KEYS": '["k1"]',
     }
     with Daemon(env=env) as first:
         _until(lambda: _name(first) == "from the file")

@@ -37,12 +37,12 @@ def test_defaults_are_valid() -> None:
 def test_environment_nested_sections(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORCH_SERVER__PORT", "9001")
     monkeypatch.setenv("ORCH_METASTUDIO__SK", "the-sk")
-    monkeypatch.setenv("ORCH_CALLBACKS__PROFILES__TENANT_A__PUBLIC_URL", "https://a.example/cb")
-    monkeypatch.setenv("ORCH_CALLBACKS__PROFILES__TENANT_A__KEYS", '["k1", "k2"]')
+    monkeypatch.setenv("ORCH_METASTUDIO__CALLBACK_PROFILES__TENANT_A__PUBLIC_URL", "https://a.example/cb")
+    monkeypatch.setenv("ORCH_METASTUDIO__CALLBACK_PROFILES__TENANT_A__KEYS", '["k1", "k2"]')
     settings = load_settings()
     assert settings.server.port == 9001
     assert settings.metastudio.sk.get_secret_value() == "the-sk"
-    profile = settings.callbacks.profiles["tenant_a"]
+    profile = settings.metastudio.callback_profiles["tenant_a"]
     assert [k.get_secret_value() for k in profile.keys] == ["k1", "k2"]
     assert "the-sk" not in repr(settings) and "k1" not in repr(settings)
 
@@ -64,8 +64,16 @@ def test_toml_file_and_environment_wins(tmp_path: Path, monkeypatch: pytest.Monk
         ("[server]\nprot = 1\n", {}, "server.prot"),
         ("", {"ORCH_REDIS__URL": "http://nope"}, "redis.url (ORCH_REDIS__URL)"),
         ("", {"ORCH_SERVER__READ_TIMEOUT_S": "-1"}, "server.read_timeout_s"),
-        ('[callbacks.profiles.default]\npublic_url = "https://x/cb"\n', {}, "callbacks.profiles"),
-        ('[callbacks.profiles.default]\nkeys = ["' + "k" * 33 + '"]\n', {}, "callbacks.profiles"),
+        (
+            '[metastudio.callback_profiles.default]\npublic_url = "https://x/cb"\n',
+            {},
+            "metastudio.callback_profiles",
+        ),
+        (
+            '[metastudio.callback_profiles.default]\nkeys = ["' + "k" * 33 + '"]\n',
+            {},
+            "metastudio.callback_profiles",
+        ),
     ],
 )
 def test_invalid_configuration_names_the_field(
@@ -129,11 +137,37 @@ def test_check_config_invalid_exits_2_with_field_messages(tmp_path: Path) -> Non
 
 def test_secret_values_collects_every_secret() -> None:
     settings = load_settings(
-        metastudio={"ak": "ak-value", "sk": "sk-value"},
-        callbacks={"profiles": {"p": {"public_url": "https://x/cb", "keys": ["key-one", "key-two"]}}},
+        metastudio={
+            "ak": "ak-value",
+            "sk": "sk-value",
+            "callback_profiles": {"p": {"public_url": "https://x/cb", "keys": ["key-one", "key-two"]}},
+        },
         redis={"url": "redis://:pw-value@h:1/0"},
     )
     assert {"ak-value", "sk-value", "key-one", "key-two", "pw-value"} <= secret_values(settings)
+
+
+def test_settings_that_moved_are_still_read_where_they_were_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """MetaStudio's settings moved to its section (issue 14); a configuration written before still works for
+    a release, and says what to change -- in a file, in the environment, in code."""
+    path = _toml(
+        tmp_path,
+        '[callbacks.profiles.default]\npublic_url = "https://x.example/cb"\nkeys = ["k1"]\n'
+        '[callbacks]\nstrict = true\n[interaction]\nllm_app_key = "app-key"\n',
+    )
+    monkeypatch.setenv("ORCH_INTERACTION__CALLBACK_TOKEN", "tok")
+    with pytest.warns(FutureWarning) as caught:
+        settings = load_settings(path)
+    assert settings.metastudio.callback_profiles["default"].keys[0].get_secret_value() == "k1"
+    assert settings.metastudio.callback_strict is True
+    assert settings.metastudio.llm_app_key.get_secret_value() == "app-key"
+    assert settings.metastudio.interaction_token.get_secret_value() == "tok"
+    said = " ".join(str(w.message) for w in caught)
+    assert "callbacks.profiles (ORCH_CALLBACKS__PROFILES) moved to metastudio.callback_profiles" in said
+    assert "interaction.callback_token" in said and "ORCH_METASTUDIO__INTERACTION_TOKEN" in said
+    assert "callbacks.strict" in said and "interaction.llm_app_key" in said
 
 
 def test_example_config_documents_every_setting() -> None:

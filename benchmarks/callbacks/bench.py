@@ -317,9 +317,9 @@ def main() -> None:
             "ORCH_CALLBACKS__MAX_SKEW_S": str(SKEW_S),
             "ORCH_CALLBACKS__JOURNAL_PATH": str(work / "journal.jsonl"),
             "ORCH_SERVER__PUBLIC_PORT": str(ports["real"]),
-            "ORCH_CALLBACKS__PROFILES__DEFAULT__PUBLIC_URL": f"http://127.0.0.1:{ports['real']}{PATH}",
-            "ORCH_CALLBACKS__PROFILES__DEFAULT__AUTH_TYPE": "MSS_A",
-            "ORCH_CALLBACKS__PROFILES__DEFAULT__KEYS": json.dumps([KEY]),
+            "ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__PUBLIC_URL": f"http://127.0.0.1:{ports['real']}{PATH}",
+            "ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__AUTH_TYPE": "MSS_A",
+            "ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__KEYS": json.dumps([KEY]),
         }
         commands = {
             "bare": [sys.executable, str(HERE / "bare_server.py"), str(ports["bare"])],

@@ -315,8 +315,8 @@ def main() -> None:
             "ORCH_METASTUDIO__PROJECT_ID": PROJECT,
             "ORCH_METASTUDIO__MAX_CONCURRENCY": "8",
             "ORCH_CALLBACKS__JOURNAL_PATH": str(work / "journal.jsonl"),
-            "ORCH_CALLBACKS__PROFILES__DEFAULT__PUBLIC_URL": f"http://127.0.0.1:{ports['daemon']}/callbacks/metastudio/live-events",
-            "ORCH_CALLBACKS__PROFILES__DEFAULT__AUTH_TYPE": "NONE",
+            "ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__PUBLIC_URL": f"http://127.0.0.1:{ports['daemon']}/callbacks/metastudio/live-events",
+            "ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__AUTH_TYPE": "NONE",
             "ORCH_INTERACTION__POLICY_FILE": str(policy),
             "ORCH_SCHEDULING__RECONCILE_INTERVAL_S": "5",
         }

@@ -195,9 +195,14 @@ async def reconcile_cpu(redis_url: str, passes: int) -> dict[str, Any]:
     settings = load_settings(
         None,
         redis={"url": redis_url},
-        metastudio={"endpoint": f"http://127.0.0.1:{port}", "ak": "BAK", "sk": "bsk", "project_id": "bproj"},
-        callbacks={
-            "profiles": {"default": {"public_url": f"http://127.0.0.1:{free_port()}/cb", "auth_type": "NONE"}}
+        metastudio={
+            "endpoint": f"http://127.0.0.1:{port}",
+            "ak": "BAK",
+            "sk": "bsk",
+            "project_id": "bproj",
+            "callback_profiles": {
+                "default": {"public_url": f"http://127.0.0.1:{free_port()}/cb", "auth_type": "NONE"}
+            },
         },
     )
     store = RoomStore(redis)

@@ -394,9 +394,7 @@ class Soak:
                 "sk": SK,
                 "project_id": PROJECT,
                 **SOAK_SETTINGS["metastudio"],
-            },
-            "callbacks": {
-                "profiles": {
+                "callback_profiles": {
                     "default": {
                         "public_url": f"http://127.0.0.1:{public_lb}/callbacks/metastudio/live-events",
                         "auth_type": "MSS_A",

@@ -89,15 +89,14 @@ def settings_for(make_settings: Any, port: int, journal: Path, **callbacks: Any)
     base = f"http://127.0.0.1:{port}{PATH}"
     return make_settings(
         admin={"token": ADMIN},
-        callbacks={
-            "journal_path": str(journal),
-            "profiles": {
+        metastudio={
+            "callback_profiles": {
                 "default": {"public_url": base, "auth_type": "MSS_A", "keys": [KEY, OLD_KEY]},
                 "head": {"public_url": f"{base}/head", "auth_type": "MSS_A_HEAD", "keys": [KEY]},
                 "none": {"public_url": f"{base}/none", "auth_type": "NONE"},
-            },
-            **callbacks,
+            }
         },
+        callbacks={"journal_path": str(journal), **callbacks},
     )
 
 

@@ -45,8 +45,8 @@ async def test_no_acknowledged_callback_lost_or_applied_twice(tmp_path: Path) ->
         }
     )
     url = f"{daemon.base_url}/callbacks/metastudio/live-events"
-    daemon._env["ORCH_CALLBACKS__PROFILES__DEFAULT__PUBLIC_URL"] = url
-    daemon._env["ORCH_CALLBACKS__PROFILES__DEFAULT__KEYS"] = json.dumps([KEY])
+    daemon._env["ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__PUBLIC_URL"] = url
+    daemon._env["ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__KEYS"] = json.dumps([KEY])
     client = aioredis.Redis.from_url(redis_server.url)
     store = RoomStore(client)
     await store.register_room(ROOM)

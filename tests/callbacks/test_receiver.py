@@ -321,7 +321,7 @@ async def test_callback_config_command(tmp_path: Any) -> None:
 
     config = tmp_path / "o.toml"
     config.write_text(
-        '[callbacks.profiles.default]\npublic_url = "https://live.example.com/callbacks/metastudio/live-events"\n'
+        '[metastudio.callback_profiles.default]\npublic_url = "https://live.example.com/callbacks/metastudio/live-events"\n'
         f'auth_type = "MSS_A_HEAD"\nkeys = ["{KEY}", "{OLD_KEY}"]\n'
     )
     run = [sys.executable, "-m", "orchestrator", "callback-config", "room-1", "--config", str(config)]

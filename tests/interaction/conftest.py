@@ -45,6 +45,7 @@ async def live_room(
     policy: dict[str, Any] | None = None,
     sandbox: tuple[MetaStudioSandbox, str] | None = None,
     owner: bool = True,
+    callback_token: str = CALLBACK_TOKEN,
     **interaction: Any,
 ) -> AsyncIterator[tuple[Daemon, MetaStudioSandbox, str]]:
     """A daemon whose room ``demo-room`` is live (always-on schedule) on a sandbox; yields the daemon, the
@@ -53,18 +54,23 @@ async def live_room(
     policy_file.write_text(yaml.safe_dump(policy if policy is not None else POLICY, allow_unicode=True))
     settings = {
         "policy_file": str(policy_file),
-        "callback_token": CALLBACK_TOKEN,
         "lease_ttl_s": 1.5,
         **interaction,
     }
     if sandbox is None:
         async with running_sandbox(SandboxConfig(AK, SK, PROJECT, speed=speed)) as (box, url):
             box.world.add_room(demo_room())
-            async with _daemon(make_settings, tmp_path, box, url, settings, owner) as (daemon, job_id):
+            async with _daemon(make_settings, tmp_path, box, url, settings, owner, callback_token) as (
+                daemon,
+                job_id,
+            ):
                 yield daemon, box, job_id
     else:
         box, url = sandbox
-        async with _daemon(make_settings, tmp_path, box, url, settings, owner) as (daemon, job_id):
+        async with _daemon(make_settings, tmp_path, box, url, settings, owner, callback_token) as (
+            daemon,
+            job_id,
+        ):
             yield daemon, box, job_id
 
 
@@ -76,9 +82,17 @@ async def _daemon(
     url: str,
     interaction: dict[str, Any],
     owner: bool,
+    callback_token: str,
 ) -> AsyncIterator[tuple[Daemon, str]]:
     port = free_port()
-    async with daemon_for(make_settings, tmp_path, url, interaction=interaction, port=port) as daemon:
+    async with daemon_for(
+        make_settings,
+        tmp_path,
+        url,
+        interaction=interaction,
+        port=port,
+        metastudio={"interaction_token": callback_token},
+    ) as daemon:
         room = managed_room(
             [{"kind": "always"}],
             template={

@@ -34,7 +34,8 @@ async def llm(make_settings: Any, tmp_path: Path) -> AsyncIterator[tuple[str, ai
         "faq:\n  - {question: 保温杯能保温多久, answer: 能保温十二小时。晚上泡的茶，早上还是热的！}\n"
     )
     settings = make_settings(
-        interaction={"llm_public_url": LLM_URL, "llm_app_key": APP_KEY, "policy_file": str(policy)},
+        interaction={"policy_file": str(policy)},
+        metastudio={"llm_public_url": LLM_URL, "llm_app_key": APP_KEY},
         callbacks={"max_skew_s": 20 * 365 * 86400, "journal_path": str(tmp_path / "j.jsonl")},
     )
     async with serving(create_app(settings), settings) as url, aiohttp.ClientSession() as http:

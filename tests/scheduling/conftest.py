@@ -111,19 +111,17 @@ async def daemon_for(
             "sk": SK,
             "project_id": PROJECT,
             "timeout_s": 3,
-            **(metastudio or {}),
-        },
-        alerts=alerts or {},
-        callbacks={
-            "journal_path": str(tmp_path / f"journal-{port}.jsonl"),
-            "profiles": {
+            "callback_profiles": {
                 "default": {
                     "public_url": f"http://127.0.0.1:{port}/callbacks/metastudio/live-events",
                     "auth_type": "MSS_A",
                     "keys": ["sched-callback-key"],
                 }
             },
+            **(metastudio or {}),
         },
+        alerts=alerts or {},
+        callbacks={"journal_path": str(tmp_path / f"journal-{port}.jsonl")},
         # Boundaries acted on at once (one process, one clock): the tolerance has its own test.
         scheduling={
             "reconcile_interval_s": 0.2,

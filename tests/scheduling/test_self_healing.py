@@ -139,10 +139,10 @@ async def test_check_config_and_run_refuse_a_rooms_file_naming_a_missing_profile
         assert result.returncode == 2, result.stderr
         assert "rooms[0].callback_profile: no callback profile named 'default'" in result.stderr
         assert "Traceback" not in result.stderr
-    env["ORCH_CALLBACKS__PROFILES__DEFAULT__PUBLIC_URL"] = (
+    env["ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__PUBLIC_URL"] = (
         "https://live.example.com/callbacks/metastudio/live-events"
     )
-    env["ORCH_CALLBACKS__PROFILES__DEFAULT__KEYS"] = '["k1"]'
+    env["ORCH_METASTUDIO__CALLBACK_PROFILES__DEFAULT__KEYS"] = '["k1"]'
     ok = await asyncio.to_thread(_orchestrator, "check-config", env=env)
     assert ok.returncode == 0, ok.stderr
     env["ORCH_INTERACTION__POLICY_FILE"] = str(tmp_path / "missing-policy.yaml")

@@ -27,10 +27,11 @@ def reference_problems(room: RoomSpec, settings: Settings) -> list[tuple[str, st
     try:
         resolve_profile(settings, room.callback_profile)
     except UnknownProfile as exc:
-        defined = ", ".join(sorted(settings.callbacks.profiles)) or "none"
+        defined = ", ".join(sorted(settings.metastudio.callback_profiles)) or "none"
         hint = (
-            f"{exc} (profiles defined: {defined}; define [callbacks.profiles.{room.callback_profile}] "
-            "with public_url, auth_type and keys, or name a defined one)"
+            f"{exc} (profiles defined: {defined}; define "
+            f"[metastudio.callback_profiles.{room.callback_profile}] with public_url, auth_type and keys, "
+            "or name a defined one)"
         )
         return [("callback_profile", hint)]
     return []

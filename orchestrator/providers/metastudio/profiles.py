@@ -57,7 +57,7 @@ def resolve_profile(settings: Settings, name: str = DEFAULT_PROFILE) -> Resolved
 
     Raises UnknownProfile.
     """
-    profile = settings.callbacks.profiles.get(name)
+    profile = settings.metastudio.callback_profiles.get(name)
     if profile is None:
         raise UnknownProfile(f"no callback profile named {name!r}")
     url = str(profile.public_url) if profile.public_url else None
@@ -74,7 +74,7 @@ def resolve_profile(settings: Settings, name: str = DEFAULT_PROFILE) -> Resolved
 def callback_profiles(settings: Settings) -> dict[str, ResolvedProfile]:
     """Every usable profile; one without a URL is left out (and said so) rather than failing start-up."""
     profiles = {}
-    for name in settings.callbacks.profiles:
+    for name in settings.metastudio.callback_profiles:
         try:
             profiles[name] = resolve_profile(settings, name)
         except UnknownProfile as exc:

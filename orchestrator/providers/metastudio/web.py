@@ -228,9 +228,9 @@ async def interaction_callback(
     app: web.Application, request: BaseRequest, params: Mapping[str, str]
 ) -> web.Response:
     """The handler proper (the main application's route above, and the public listener, call it)."""
-    expected = app[SETTINGS].interaction.callback_token.get_secret_value()
+    expected = app[SETTINGS].metastudio.interaction_token.get_secret_value()
     if not expected:
-        raise ApiError(404, "INTERACTION_CALLBACK_OFF", "interaction.callback_token is not set")
+        raise ApiError(404, "INTERACTION_CALLBACK_OFF", "metastudio.interaction_token is not set")
     if not hmac.compare_digest(params["token"].encode("utf-8", "surrogateescape"), expected.encode()):
         raise ApiError(401, "INTERACTION_BAD_TOKEN", "the token in the URL is not this daemon's")
     try:
@@ -292,14 +292,14 @@ async def llm_route(request: web.Request) -> web.StreamResponse:
 async def llm(app: web.Application, request: BaseRequest, params: Mapping[str, str]) -> web.StreamResponse:
     """The handler proper (the main application's route above, and the public listener, call it)."""
     settings = app[SETTINGS]
-    key = settings.interaction.llm_app_key.get_secret_value()
-    if not key or settings.interaction.llm_public_url is None:
+    key = settings.metastudio.llm_app_key.get_secret_value()
+    if not key or settings.metastudio.llm_public_url is None:
         raise ApiError(
-            404, "LLM_ENDPOINT_OFF", "interaction.llm_public_url and interaction.llm_app_key are not set"
+            404, "LLM_ENDPOINT_OFF", "metastudio.llm_public_url and metastudio.llm_app_key are not set"
         )
     try:
         verified = verify_signature(
-            url=str(settings.interaction.llm_public_url),
+            url=str(settings.metastudio.llm_public_url),
             keys=[key],
             secret=request.query.get("secret"),
             time_text=request.query.get("time_stamp"),
@@ -352,6 +352,6 @@ def setup(app: web.Application) -> None:
     settings = app[SETTINGS]
     app[CALLBACK_AUTH] = CallbackAuth(
         callback_profiles(settings),
-        VerifyPolicy(max_skew_s=settings.callbacks.max_skew_s, strict=settings.callbacks.strict),
+        VerifyPolicy(max_skew_s=settings.callbacks.max_skew_s, strict=settings.metastudio.callback_strict),
     )
     app.add_routes(routes)
