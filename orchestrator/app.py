@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from orchestrator import clock
 from orchestrator.appkeys import (
+    ALERTER,
     AUDIENCE,
     CALLBACK_RECEIVER,
     HTTP,
@@ -50,6 +51,7 @@ from orchestrator.logging import Redactor
 from orchestrator.metrics import Metrics
 from orchestrator.providers.metastudio import web as metastudio_web
 from orchestrator.providers.registry import ProviderDeps, Providers
+from orchestrator.providers.softsugar import web as softsugar_web
 from orchestrator.scheduling.alerts import Alerter
 from orchestrator.scheduling.reconciler import Reconciler
 from orchestrator.scheduling.rooms import (
@@ -108,7 +110,8 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app.add_routes(replies.routes)
     # The providers' own routes: what each vendor calls on the daemon (also on the public listener).
     metastudio_web.setup(app)
-    app[PUBLIC_ROUTES] = list(metastudio_web.PUBLIC_ROUTES)
+    softsugar_web.setup(app)
+    app[PUBLIC_ROUTES] = [*metastudio_web.PUBLIC_ROUTES, *softsugar_web.PUBLIC_ROUTES]
     return app
 
 
@@ -145,7 +148,13 @@ async def http_ctx(app: web.Application) -> AsyncIterator[None]:
     the providers, which call their vendors through it."""
     session = aiohttp.ClientSession()
     app[HTTP] = session
-    app[PROVIDERS] = Providers(ProviderDeps(session, app[SETTINGS], app[REDIS]))
+
+    async def daemon_alert(kind: str, message: str) -> None:  # the alerter is made with the scheduler
+        alerter = app.get(ALERTER)
+        if alerter is not None:
+            await alerter.daemon_alert(kind, message)
+
+    app[PROVIDERS] = Providers(ProviderDeps(session, app[SETTINGS], app[REDIS], daemon_alert))
     yield
     await session.close()
 
@@ -164,6 +173,7 @@ async def scheduling_ctx(app: web.Application) -> AsyncIterator[None]:
         daemon_targets=list(settings.alerts.targets),
         on_outcome=lambda outcome: metrics.alerts.labels(outcome).inc(),
     )
+    app[ALERTER] = alerter
     providers = app[PROVIDERS]
     reconciler = Reconciler(
         redis,
@@ -262,7 +272,7 @@ async def audience_ctx(app: web.Application) -> AsyncIterator[None]:
     audience = AudienceService(
         app[REDIS],
         interaction,
-        channel_for=lambda name: app[PROVIDERS].get(name).audience,
+        provider_for=app[PROVIDERS].get,
         policy=app[POLICY],
         reactions=app[REACTIONS],
         metrics=app[METRICS],

@@ -15,6 +15,7 @@ from orchestrator.interaction.policy import PolicyConfig
 from orchestrator.logging import Redactor
 from orchestrator.metrics import Metrics
 from orchestrator.providers.registry import Providers
+from orchestrator.scheduling.alerts import Alerter
 from orchestrator.scheduling.reconciler import Reconciler
 from orchestrator.scheduling.rooms import RoomConfigs
 from orchestrator.scheduling.scheduler import BoundaryScheduler
@@ -38,6 +39,7 @@ ROOM_CONFIGS = web.AppKey("room_configs", RoomConfigs)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 SCHEDULER = web.AppKey("scheduler", BoundaryScheduler)
 AUDIENCE = web.AppKey("audience", AudienceService)
+ALERTER = web.AppKey("alerter", Alerter)
 #: The reply policy loaded at start (the audience service holds the one in force: a reload swaps it).
 POLICY = web.AppKey("reply_policy", PolicyConfig)
 #: The process's providers, each built once (a provider's client is shared by every caller, so its

@@ -112,6 +112,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated seconds per real second (default 1; 60: an hour a minute)",
     )
     metastudio.set_defaults(func=cmd_sandbox_metastudio)
+    softsugar = vendors.add_parser(
+        "softsugar",
+        help="SenseTime SoftSugar 2D interactive live API",
+        description="Serve the SoftSugar live API (tokens, sessions, the takeover queue, status callbacks, "
+        "the microphone WebSocket), and print the endpoint and credentials to configure the daemon with.",
+    )
+    softsugar.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    softsugar.add_argument("--port", type=int, default=8091, help="listen port (default 8091; 0: any free)")
+    softsugar.add_argument("--app-id", default="sandbox-app", help="the account's appId the sandbox accepts")
+    softsugar.add_argument(
+        "--app-key", default="sandbox-app-key", help="the account's appKey (signs token requests)"
+    )
+    softsugar.add_argument(
+        "--callback-url", help="where status callbacks go (the daemon's /callbacks/softsugar/<token>)"
+    )
+    softsugar.add_argument(
+        "--speed", type=float, default=1.0, help="simulated seconds per real second (default 1)"
+    )
+    softsugar.add_argument(
+        "--heartbeat-timeout-s",
+        type=float,
+        default=180.0,
+        help="a session without a heartbeat for this long (simulated) is closed with status 50 (default 180)",
+    )
+    softsugar.set_defaults(func=cmd_sandbox_softsugar)
 
     demo = commands.add_parser(
         "demo",
@@ -395,6 +420,46 @@ def cmd_sandbox_metastudio(args: argparse.Namespace) -> int:
                 "Point the daemon at it:\n"
                 f"  ORCH_METASTUDIO__ENDPOINT={url} ORCH_METASTUDIO__AK={args.ak} "
                 f"ORCH_METASTUDIO__SK={args.sk} ORCH_METASTUDIO__PROJECT_ID={args.project_id}",
+                flush=True,
+            )
+            await stop.wait()
+
+    try:
+        asyncio.run(serve_sandbox())
+    except OSError as exc:
+        print(f"orchestrator: cannot serve the sandbox on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_sandbox_softsugar(args: argparse.Namespace) -> int:
+    from orchestrator.sandbox.softsugar.app import SandboxConfig, running_sandbox
+
+    if args.speed <= 0 or args.heartbeat_timeout_s <= 0:
+        print("orchestrator: --speed and --heartbeat-timeout-s must be positive", file=sys.stderr)
+        return EXIT_CONFIG
+    config = SandboxConfig(
+        args.app_id,
+        args.app_key,
+        args.callback_url,
+        speed=args.speed,
+        heartbeat_timeout_s=args.heartbeat_timeout_s,
+    )
+
+    async def serve_sandbox() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with running_sandbox(config, args.host, args.port) as (_sandbox, url):
+            print(
+                f"SoftSugar sandbox listening on {url} (speed x{args.speed:g})\n"
+                f"  endpoint:  {url}\n  app id:    {args.app_id}\n  app key:   {args.app_key}\n"
+                f"  callbacks: {args.callback_url or '(none: poll)'}\n"
+                f"  controls:  {url}/_sandbox/state\n"
+                "Point the daemon at it:\n"
+                f"  ORCH_SOFTSUGAR__ENDPOINT={url} ORCH_SOFTSUGAR__APP_ID={args.app_id} "
+                f"ORCH_SOFTSUGAR__APP_KEY={args.app_key}",
                 flush=True,
             )
             await stop.wait()

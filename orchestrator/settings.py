@@ -10,6 +10,7 @@ Durations carry their unit in their name (``*_s``), sizes in bytes (``*_bytes``)
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 import warnings
 from collections.abc import Iterator, Mapping
@@ -250,6 +251,59 @@ class MetaStudioSettings(Section):
     )
 
 
+class SoftSugarSettings(Section):
+    """SenseTime SoftSugar 2D interactive live: the account, client behaviour, and its status callbacks."""
+
+    endpoint: AnyHttpUrl = Field(
+        AnyHttpUrl("https://aigc.softsugar.com"), description="API base URL, or a sandbox URL."
+    )
+    app_id: str = Field("", description="The account's appId (tokens are obtained with it).")
+    app_key: SecretStr = Field(SecretStr(""), description="The account's appKey (signs token requests).")
+    timeout_s: PositiveSeconds = Field(10.0, description="Whole-call timeout of one API request.")
+    connect_timeout_s: PositiveSeconds = Field(3.0, description="TCP/TLS connect timeout.")
+    max_retries: int = Field(3, ge=0, le=10, description="Retries of calls that are safe to repeat.")
+    max_concurrency: int = Field(8, ge=1, description="Calls in flight at once for this account.")
+    heartbeat_interval_s: float = Field(
+        30.0,
+        gt=0,
+        le=60.0,
+        description="Heartbeat of a live session by its room's owner (003: every 60 s; a session without "
+        "heartbeats is closed by the vendor).",
+    )
+    callback_token: SecretStr = Field(
+        SecretStr(""),
+        description="Secret in the status-callback URL /callbacks/softsugar/{token} (give the vendor that "
+        "URL for the account); the route is off while empty.",
+    )
+    callback_allow: list[str] = Field(
+        default_factory=list,
+        description="Addresses (CIDR) status callbacks may come from; empty: any (the token alone).",
+    )
+    callbacks: bool = Field(
+        True,
+        description="Whether the account has a status-callback URL (003: requested from the vendor); without "
+        "one, sessions are polled (stat) and takeovers tracked by queue/list.",
+    )
+    unknown_sessions: Literal["close", "keep"] = Field(
+        "close",
+        description="A running session no room knows (an ambiguous create, a start by hand): close it "
+        "(billing stops) or keep it; both raise an alert.",
+    )
+    create_timeout_s: PositiveSeconds = Field(
+        120.0, description="A session still creating (32) after this long is given up and closed."
+    )
+
+    @field_validator("callback_allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an address or network (e.g. 203.0.113.0/24)") from None
+        return value
+
+
 class CallbackSettings(Section):
     """How vendor callbacks are received, whatever the vendor (its credentials are in its own section)."""
 
@@ -473,6 +527,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     logging: LoggingSettings = LoggingSettings()
     metastudio: MetaStudioSettings = MetaStudioSettings()
+    softsugar: SoftSugarSettings = SoftSugarSettings()
     callbacks: CallbackSettings = CallbackSettings()
     scheduling: SchedulingSettings = SchedulingSettings()
     alerts: AlertSettings = AlertSettings()

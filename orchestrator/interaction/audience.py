@@ -34,7 +34,8 @@ from orchestrator.interaction.policy import Event, History, PolicyConfig
 from orchestrator.interaction.reader import IngestReader
 from orchestrator.interaction.worker import RoomWorker
 from orchestrator.metrics import Metrics
-from orchestrator.providers.base import AudienceChannel
+from orchestrator.providers.base import AudienceChannel, Provider
+from orchestrator.providers.errors import ProviderError
 from orchestrator.providers.registry import DEFAULT_PROVIDER
 from orchestrator.settings import InteractionSettings
 from orchestrator.store import keys
@@ -48,8 +49,8 @@ from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, wai
 
 log = structlog.get_logger(__name__)
 
-#: The room provider's audience channel, by provider name (raises ProviderError while unusable).
-ChannelFor = Callable[[str], AudienceChannel]
+#: The room's provider, by name (raises ProviderError while unusable).
+ProviderFor = Callable[[str], Provider]
 
 
 class AudienceService:
@@ -58,7 +59,7 @@ class AudienceService:
         redis: Any,
         settings: InteractionSettings,
         *,
-        channel_for: ChannelFor,
+        provider_for: ProviderFor,
         policy: PolicyConfig,
         reactions: Reactions,
         metrics: Metrics,
@@ -76,7 +77,7 @@ class AudienceService:
         self.leases = RoomLeases(redis, ttl_s=settings.lease_ttl_s, replica_id=replica_id)
         self.queue = ReplyQueue(redis, max_pending=settings.reply_max_pending, events_maxlen=events_maxlen)
         self.workers: dict[str, RoomWorker] = {}
-        self._channel_for = channel_for
+        self._provider_for = provider_for
         self._changed = asyncio.Event()
         self._passes = 0  # supervise passes: every third also claims strays
         self._retiring: dict[str, asyncio.Task[None]] = {}  # workers being stopped, by room
@@ -152,6 +153,26 @@ class AudienceService:
         )
         outcome, reply_id, _ = await self.enqueue(room_id, reply, source=f"vendor_rule:{rule_index or ''}")
         return outcome == "queued", reply_id, decision.reason
+
+    async def clear_replies(
+        self, room_id: str, channel: AudienceChannel | None
+    ) -> tuple[int, set[str], ProviderError | None]:
+        """An operator's "clear": drop the waiting replies and forget those in flight, and withdraw at the
+        vendor whatever it has not played yet. (dropped, withdrawn, the vendor's refusal if any)."""
+        dropped = len(await self.queue.pending(room_id))
+        await self.queue.clear(room_id)
+        job_id = await self.redis.hget(keys.room_state(room_id), "job_id")
+        withdrawn: set[str] = set()
+        if channel is not None and job_id:
+            try:
+                withdrawn = await channel.withdraw(room_id, _text(job_id), None)
+            except ProviderError as exc:
+                return dropped, withdrawn, exc
+        await self.events.add(room_id, "replies_cleared", dropped=dropped, withdrawn=len(withdrawn))
+        worker = self.workers.get(room_id)
+        if worker is not None:
+            worker.pacer.kick.set()
+        return dropped, withdrawn, None
 
     def answer_question(self, question: str, *, user: str) -> str:
         return self.desk.answer_question(question, user=user)
@@ -241,7 +262,8 @@ class AudienceService:
 
     def _worker(self, room_id: str, job_id: str, provider: str) -> RoomWorker | None:
         try:
-            channel = self._channel_for(provider)
+            vendor = self._provider_for(provider)
+            channel, jobs = vendor.audience, vendor.jobs
         except Exception as exc:  # a provider that cannot be used: said once per pass, the others go on
             log.error("room's provider unusable; no audience work for it", room_id=room_id, error=str(exc))
             return None
@@ -256,6 +278,8 @@ class AudienceService:
             self.events,
             channel,
             log.bind(room_id=room_id, job_id=job_id),
+            keepalive=partial(jobs.keepalive, room_id, job_id) if jobs.keepalive_interval_s else None,
+            keepalive_interval_s=jobs.keepalive_interval_s,
         )
         return RoomWorker(ctx, self.desk, cast(Any, self.settings.play_types))
 
@@ -281,9 +305,9 @@ class AudienceService:
                 worker = self.workers.get(str(room_id))
                 if worker is None:
                     continue
-                if kind == "reply_finished":
+                if kind in ("reply_finished", "reply_failed"):
                     worker.pacer.last_activity = clock.monotonic()
-                    self.metrics.replies.labels("finished").inc()
+                    self.metrics.replies.labels("finished" if kind == "reply_finished" else "failed").inc()
                     worker.pacer.kick.set()
                 elif kind == "reply_queued":
                     worker.pacer.kick.set()

@@ -8,6 +8,7 @@ the provider boundary, never back on the service that made them.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,9 @@ class RoomContext:
     events: RoomEvents
     channel: AudienceChannel
     log: Any  # structlog logger bound to room_id and job_id
+    #: What keeps the room's job alive at the vendor (SoftSugar: a heartbeat), and how often; None: nothing.
+    keepalive: Callable[[], Awaitable[None]] | None = None
+    keepalive_interval_s: float | None = None
 
     def owned(self) -> bool:
         """Whether this replica may still act on the room (its lease, renewed recently enough)."""

@@ -79,6 +79,14 @@ class ReplyPacer:
         ctx = self.ctx
         settings, queue, metrics, room_id = ctx.settings, ctx.replies, ctx.metrics, ctx.room_id
         flights = await queue.in_flight(room_id)
+        if flights and not ctx.channel.reports_finishes:
+            # No callbacks report the ends of replies (an account without a callback URL): ask the vendor.
+            done = await ctx.channel.finished(room_id, ctx.job_id, [f.reply_id for f in flights])
+            if done:
+                await queue.forget(room_id, sorted(done))
+                metrics.replies.labels("finished").inc(len(done))
+                self.last_activity = clock.monotonic()
+                flights = [f for f in flights if f.reply_id not in done]
         now_ms = clock.time_ms()
         overdue = [f.reply_id for f in flights if now_ms - f.sent_ms > settings.reply_timeout_s * 1000]
         if overdue:

@@ -168,14 +168,14 @@ class RoomReporter:
                 if marked:
                     break
             await pause(0.5)
-        refreshed, events = await self._send(batch_id, batch, events, url)
-        await self._acknowledge(batch_id, batch, events, refreshed)
+        refreshed, events, sent_to = await self._send(batch_id, batch, events, url)
+        await self._acknowledge(batch_id, batch, events, refreshed, sent_to=sent_to)
 
     async def _send(
         self, batch_id: str, batch: list[Buffered], events: list[Buffered], url: str | None
-    ) -> tuple[str | None, list[Buffered]]:
-        """Send until the vendor takes the batch (its refreshed report URL, if any, and the events sent), or
-        refuses it for good (nothing sent)."""
+    ) -> tuple[str | None, list[Buffered], str | None]:
+        """Send until the vendor takes the batch (its refreshed report URL, if any, the events sent and the
+        URL they went to), or refuses it for good (nothing sent)."""
         ctx = self.ctx
         attempt = 0
         reauthorised = False
@@ -195,20 +195,20 @@ class RoomReporter:
                     ctx.metrics.report_latency.observe(
                         max(0.0, accepted_at - entry_ms(entry.entry_id) / 1000)
                     )
-                return refreshed, events
+                return refreshed, events, url
             except ProviderAuthError as exc:
                 fresh = None if reauthorised else await self._current_report_url(url)
                 if fresh is None:
                     self._drop(batch_id, events, "report URL refused", exc)
-                    return None, []
+                    return None, [], None
                 reauthorised = True
                 ctx.log.warning("report URL refused; using the job's current one", error=str(exc))
-                await ctx.streams.set_report_url(ctx.room_id, fresh)
+                await ctx.streams.swap_report_url(ctx.room_id, url, fresh)
                 attempt += 1
             except ProviderBadRequest as exc:
                 # The vendor refuses this batch as such: resending it would block the room for ever.
                 self._drop(batch_id, events, "report batch refused", exc)
-                return None, []  # nothing of it was reported
+                return None, [], None  # nothing of it was reported
             except (ProviderNotFound, ProviderJobNotRunning) as exc:
                 # The job ended or is gone: the events are the room's, and its next job takes them -- unless
                 # they are too old by then.
@@ -217,7 +217,7 @@ class RoomReporter:
                     self._drop(
                         batch_id, events, "report batch too old for the room's next job", exc, "expired"
                     )
-                    return None, []
+                    return None, [], None
                 delay = min(30.0, 0.5 * 2**attempt)
                 attempt += 1
                 ctx.metrics.report_batches.labels("retry").inc()
@@ -268,6 +268,7 @@ class RoomReporter:
         refreshed: str | None,
         *,
         sent: bool = True,
+        sent_to: str | None = None,
     ) -> None:
         ctx = self.ctx
         done = {b.entry_id for b in batch}
@@ -283,6 +284,7 @@ class RoomReporter:
                     keep_from=keep_from,
                     reported=len(events),
                     types=_type_counts(events),
+                    sent_to=sent_to,
                     refreshed_url=refreshed,
                 )
                 break

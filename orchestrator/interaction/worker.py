@@ -1,4 +1,6 @@
-"""A live room's worker, on the replica holding its lease: its reporter, its reply pacer, its desk.
+"""A live room's worker, on the replica holding its lease: its reporter, its reply pacer, its desk -- and
+the keepalive its vendor wants (SoftSugar: a heartbeat every ``softsugar.heartbeat_interval_s``), sent by
+the lease holder alone.
 
 The reader hands the worker the entries it read from the room's ingest stream (:meth:`RoomWorker.take`):
 each goes to the reporter's buffer, and the fresh comments and gifts nobody decided yet to the room's desk.
@@ -23,6 +25,7 @@ from orchestrator.interaction.ingest import normalise_batch
 from orchestrator.interaction.pacer import ReplyPacer
 from orchestrator.interaction.policy import Decision
 from orchestrator.interaction.reporter import STOP_GRACE_S, Buffered, RoomReporter, entry_ms, entry_order
+from orchestrator.providers.errors import ProviderError
 from orchestrator.store.ingest import Entry
 from orchestrator.store.redis import text as _text
 from orchestrator.store.replies import Reply
@@ -76,6 +79,10 @@ class RoomWorker:
             asyncio.create_task(self.pacer.run(), name=f"replies:{ctx.room_id}"),
             asyncio.create_task(self._queue_forever(), name=f"decided:{ctx.room_id}"),
         ]
+        if ctx.keepalive is not None and ctx.keepalive_interval_s:
+            self._tasks.append(
+                asyncio.create_task(self._keepalive_forever(), name=f"keepalive:{ctx.room_id}")
+            )
         ctx.log.info("room worker started", replica=ctx.replica_id, recovered=len(self.buffer))
 
     async def aclose(self) -> None:
@@ -89,6 +96,22 @@ class RoomWorker:
         for task in [*self._tasks, *self.desk.chat_tasks()]:
             await cancel_and_wait(task)
         self._tasks = []
+
+    async def _keepalive_forever(self) -> None:
+        """The vendor's keepalive, at once and then every interval, while this replica holds the room."""
+        ctx = self.ctx
+        assert ctx.keepalive is not None
+        assert ctx.keepalive_interval_s
+        while True:
+            checkpoint()
+            if ctx.owned():
+                try:
+                    await ctx.keepalive()
+                except ProviderError as exc:
+                    if being_cancelled():
+                        raise
+                    ctx.log.warning("keepalive failed; the next one is due in an interval", error=str(exc))
+            await pause(clock.real_s(ctx.keepalive_interval_s))
 
     def failure(self) -> str | None:
         """How one of the worker's tasks ended, if one ended (they run until cancelled)."""

@@ -164,6 +164,8 @@ class AudienceChannel(Protocol):
     takes_reports: bool
     #: The longest reply text the vendor takes.
     max_reply_chars: int
+    #: Whether a tracked reply's end is reported by callback; if not, :meth:`finished` is polled.
+    reports_finishes: bool
 
     async def report(self, report_url: str, events: Sequence[bytes], batch_id: str) -> str | None:
         """Report events (each the wire JSON of one, as the ingest stream keeps it); the refreshed
@@ -178,6 +180,10 @@ class AudienceChannel(Protocol):
 
     async def withdraw(self, room_id: str, job_id: str, reply_ids: Sequence[str] | None) -> set[str]:
         """Withdraw replies not yet played (None: all of them); the ids withdrawn."""
+        ...
+
+    async def finished(self, room_id: str, job_id: str, in_flight: Sequence[str]) -> set[str]:
+        """Of the replies in flight, those the vendor has done with (asked when it reports no finishes)."""
         ...
 
 

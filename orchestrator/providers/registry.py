@@ -14,7 +14,7 @@ its package and its name to :data:`KNOWN` (see ``docs/architecture.md``, "Adding
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
@@ -30,9 +30,14 @@ from orchestrator.settings import Settings
 #: Provider name → its package. The name is what a room's ``provider`` says.
 KNOWN: dict[str, str] = {
     "metastudio": "orchestrator.providers.metastudio",
+    "softsugar": "orchestrator.providers.softsugar",
 }
 #: The provider of a room that names none (and of rooms recorded before rooms named one).
 DEFAULT_PROVIDER = "metastudio"
+
+
+async def _no_alert(kind: str, message: str) -> None:
+    """Alerts nobody (a process without an alerter: tools, tests)."""
 
 
 class UnknownProvider(ProviderConfigError, LookupError):
@@ -42,13 +47,13 @@ class UnknownProvider(ProviderConfigError, LookupError):
 @dataclass(frozen=True)
 class ProviderDeps:
     """What a provider may use, shared by the process: the outgoing HTTP session, the settings, the
-    shared Redis (a vendor token shared by replicas lives there), and a sink for each vendor call's outcome
-    (``(provider, operation, outcome)``, for metrics)."""
+    shared Redis (a vendor token shared by replicas lives there), and the daemon-wide alert
+    (``(kind, message)``)."""
 
     http: aiohttp.ClientSession
     settings: Settings
     redis: aioredis.Redis
-    on_call: Callable[[str, str, str], None] = lambda provider, operation, outcome: None
+    alert: Callable[[str, str], Awaitable[None]] = _no_alert
 
 
 def names() -> list[str]:

@@ -196,6 +196,11 @@ class RoomActions:
             if action.kind == "start":  # counts as an attempt: backoff and the circuit breaker apply
                 await self._count_attempt(room)
             await self.record(room, action, f"failed: {error}")
+            if isinstance(exc, RedisError):
+                # Redis, not the vendor or the room: the Redis watcher pages that once for the daemon
+                # (soak finding: a refresh that lost Redis half-way paged the room's owner, for nothing
+                # the room did).
+                return
             kind = "start_failed" if action.kind in ("start", "restart") else "action_failed"
             if isinstance(exc, ProviderAuthError):  # the vendor refuses our credentials: every room is hit
                 kind = "vendor_auth"

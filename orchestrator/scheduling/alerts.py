@@ -51,6 +51,7 @@ SEVERITY = {
     "room_blocked": "critical",
     "redis_lost": "critical",
     "vendor_auth": "critical",
+    "vendor_unknown_session": "error",
     "start_failed": "error",
     "room_down": "error",
     "action_failed": "warning",
@@ -59,7 +60,7 @@ SEVERITY = {
     "resolved": "info",
 }
 #: Kinds that also go to the daemon's own targets (settings ``alerts.targets``).
-DAEMON_KINDS = frozenset({"circuit_open", "redis_lost", "vendor_auth"})
+DAEMON_KINDS = frozenset({"circuit_open", "redis_lost", "vendor_auth", "vendor_unknown_session"})
 
 
 def payload(

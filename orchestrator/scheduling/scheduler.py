@@ -157,19 +157,22 @@ class BoundaryScheduler:
             while True:
                 checkpoint()
                 reaction = await queue.get()
-                if reaction.get("kind") != "rooms_changed":
+                kind, room_id = reaction.get("kind"), str(reaction.get("room_id"))
+                if kind == "job_hint":
+                    # A vendor's callback says the job's status changed: look at the room now (the
+                    # reconciler asks the vendor's API before it acts on what the callback claims).
+                    self._reconcile_soon(room_id)
                     continue
-                room_id = str(reaction.get("room_id"))
+                if kind != "rooms_changed":
+                    continue
                 room = await self._configs.get(room_id)
                 if room is None:
                     with contextlib.suppress(Exception):
                         self._scheduler.remove_job(f"boundary:{room_id}")
                     continue
                 self.arm(room)
-                # Reconcile now, as a scheduler job: this listener only listens.
-                self._scheduler.add_job(
-                    self._changed,
-                    args=[room_id],
-                    id=f"changed:{room_id}",
-                    replace_existing=True,
-                )
+                self._reconcile_soon(room_id)
+
+    def _reconcile_soon(self, room_id: str) -> None:
+        """Reconcile the room now, as a scheduler job (the listener only listens)."""
+        self._scheduler.add_job(self._changed, args=[room_id], id=f"changed:{room_id}", replace_existing=True)

@@ -20,6 +20,7 @@ kind               fields                                      written by
                                                                acknowledgement transaction)
 ``reply_inserted`` job_id, reply_id, priority, play_type,      :meth:`RoomEvents.add`
                    rule_index, text
+``replies_cleared`` dropped, withdrawn                         :meth:`RoomEvents.add` (an operator's clear)
 =================  ==========================================  ==============================================
 
 Entries a script writes are written there, in the same atomic step as the change they record; every

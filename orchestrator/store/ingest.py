@@ -42,6 +42,7 @@ class IngestStreams:
         self._events = events
         self._mark = redis.register_script(scripts.source("report_mark_batch"))
         self._ack_and_trim = redis.register_script(scripts.source("report_ack_and_trim"))
+        self._swap_url = redis.register_script(scripts.source("report_url_swap"))
 
     async def ensure_group(self, room_id: str) -> None:
         """The room's stream and its consumer group, created if missing (reading from the start)."""
@@ -119,8 +120,10 @@ class IngestStreams:
         url = await self._redis.hget(keys.room_state(room_id), "report_url")
         return text(url) if url else None
 
-    async def set_report_url(self, room_id: str, url: str) -> None:
-        await self._redis.hset(keys.room_state(room_id), "report_url", url)
+    async def swap_report_url(self, room_id: str, used: str | None, fresh: str) -> bool:
+        """Replace the report URL ``used`` by ``fresh`` -- only if ``used`` is still the room's (a job the
+        room started since has its own). True when replaced."""
+        return bool(await self._swap_url(keys=[keys.room_state(room_id)], args=[used or "", fresh]))
 
     async def acknowledge(
         self,
@@ -132,20 +135,19 @@ class IngestStreams:
         keep_from: str,
         reported: int,
         types: str,
+        sent_to: str | None,
         refreshed_url: str | None,
     ) -> None:
         """The vendor took the batch: in one transaction, acknowledge its entries and trim the stream before
         ``keep_from`` (never past another consumer's pending entry), remove the batch's own marker, count
-        ``reported`` events, store a refreshed report URL, and record a ``reported`` entry."""
+        ``reported`` events, replace the URL it went to by a refreshed one (if that is still the room's),
+        and record a ``reported`` entry."""
         async with self._redis.pipeline(transaction=True) as pipe:
             await self._ack_and_trim(
-                keys=[keys.room_ingest(room_id), keys.room_report(room_id)],
-                args=[GROUP, keep_from, batch_id, *entry_ids],
+                keys=[keys.room_ingest(room_id), keys.room_report(room_id), keys.room_state(room_id)],
+                args=[GROUP, keep_from, batch_id, sent_to or "", refreshed_url or "", reported, *entry_ids],
                 client=pipe,
             )
-            pipe.hincrby(keys.room_state(room_id), "reported", reported)
-            if refreshed_url:
-                pipe.hset(keys.room_state(room_id), "report_url", refreshed_url)
             self._events.add_to(
                 pipe, room_id, "reported", job_id=job_id, batch_id=batch_id, events=reported, types=types
             )

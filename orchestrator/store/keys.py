@@ -143,6 +143,23 @@ def llm_seen(signature: str) -> str:
     return f"{PREFIX}:llmseen:{signature}"
 
 
+def vendor_token(provider: str, account: str) -> str:
+    """Hash: a vendor account's access token shared by every replica (``access``, ``refresh``,
+    ``expires_ms``, ``refresh_expires_ms``): one token for the whole deployment, not one per process."""
+    return f"{PREFIX}:vendor:{provider}:{account}:token"
+
+
+def vendor_sessions(provider: str, account: str) -> str:
+    """Hash: the vendor sessions the daemon created, session id → room id (a vendor whose listing does not
+    name rooms: SoftSugar)."""
+    return f"{PREFIX}:vendor:{provider}:{account}:sessions"
+
+
+def vendor_token_lock(provider: str, account: str) -> str:
+    """String with TTL: held by the replica obtaining or refreshing the account's token."""
+    return f"{PREFIX}:vendor:{provider}:{account}:token-lock"
+
+
 def reactions_channel() -> str:
     """Pub/sub channel: room reactions (RTMP END, reply finished ...) fanned out to every replica."""
     return f"{PREFIX}:reactions"

@@ -2,7 +2,10 @@
 
 ``POST /api/rooms/{room_id}/replies`` (admin token): ``{"text", "priority": "operator" (default) | "gift" |
 "question" | "idle", "play_type"?}`` → 202 ``{"outcome", "reply_id", "evicted"}``. ``GET`` the same path
-lists the waiting replies and those in flight. A reply longer than the room's vendor takes is refused
+lists the waiting replies and those in flight. ``DELETE`` clears them: the waiting ones dropped, and
+everything the vendor has not played yet withdrawn there (MetaStudio: CLEAN_UP_INSERT_COMMAND; SoftSugar:
+cancel ``-1``) → 200 ``{"dropped", "withdrawn"}`` (502 ``VENDOR_ERROR`` if the vendor refused; the waiting
+ones are dropped all the same). A reply longer than the room's vendor takes is refused
 (422 ``REPLY_TOO_LONG``).
 """
 
@@ -63,6 +66,19 @@ async def operator_reply(request: web.Request) -> web.Response:
         room_id, Reply(body.text, body.priority, play_type), source="operator_api"
     )
     return web.json_response({"outcome": outcome, "reply_id": reply_id, "evicted": evicted}, status=202)
+
+
+@routes.delete("/api/rooms/{room_id}/replies")
+async def clear_replies(request: web.Request) -> web.Response:
+    require_admin(request)
+    room_id = await managed_room_id(request)
+    room = await request.app[ROOM_CONFIGS].get(room_id)
+    dropped, withdrawn, error = await request.app[AUDIENCE].clear_replies(
+        room_id, request.app[PROVIDERS].for_room(room).audience if room is not None else None
+    )
+    if error is not None:
+        raise ApiError(502, "VENDOR_ERROR", f"the waiting replies were dropped; the vendor refused: {error}")
+    return web.json_response({"dropped": dropped, "withdrawn": sorted(withdrawn)})
 
 
 @routes.get("/api/rooms/{room_id}/replies")

@@ -150,6 +150,30 @@ async def test_operator_reply_clears_unplayed_inserts(make_settings: Any, tmp_pa
         assert 'orch_replies_total{outcome="cleaned_up"} 2.0' in metrics
 
 
+async def test_an_operator_clear_drops_the_waiting_and_withdraws_the_unplayed(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """DELETE /api/rooms/R/replies: the waiting replies dropped, the vendor's unplayed inserts cleaned up
+    (CLEAN_UP_INSERT_COMMAND with no ids: all of them), nothing left in flight."""
+    long_reply = "这是一段很长的回答，" * 80
+    policy = {**POLICY, "rules": [{"name": "long", "patterns": ["详细"], "replies": [long_reply]}]}
+    async with live_room(make_settings, tmp_path, policy=policy, report_window_ms=50, reply_in_flight=2) as (
+        daemon,
+        box,
+        job_id,
+    ):
+        await ingest(daemon, [comment("详细说说", user=f"u{i}") for i in range(4)])
+        await until(lambda: _async(len(_inserts(box, job_id)) == 2), 15)
+        status, body = await daemon.api("DELETE", f"/api/rooms/{ROOM}/replies")
+        assert status == 200 and body["dropped"] == 2, body
+        assert [i.state for i in _inserts(box, job_id)].count("CLEANED") == 1  # the one not yet playing
+        status, listed = await daemon.api("GET", f"/api/rooms/{ROOM}/replies")
+        assert listed == {"pending": [], "in_flight": []}
+        events = [e for e in await daemon.store.events(ROOM, limit=1000) if e["kind"] == "replies_cleared"]
+        assert len(events) == 1 and events[0]["dropped"] == "2"
+        assert (await daemon.api("DELETE", "/api/rooms/nope/replies"))[0] == 404
+
+
 async def test_idle_filler_when_nothing_played(make_settings: Any, tmp_path: Path) -> None:
     async with live_room(
         make_settings, tmp_path, idle_after_s=0.5, idle_lines=["欢迎新进来的朋友！", "喜欢的点个关注。"]

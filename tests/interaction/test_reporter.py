@@ -590,5 +590,63 @@ async def _acknowledge(service: Any, batch_id: str, entry: Any) -> None:
         keep_from="0-0",
         reported=0,
         types="",
+        sent_to=None,
         refreshed_url=None,
     )
+
+
+async def test_a_finished_jobs_refreshed_url_never_replaces_the_new_jobs(redis_client: Any) -> None:
+    """Soak finding: the last answer to a finished job's reporter carried a refreshed report URL, stored over
+    the URL of the job the room had started since -- and the room's reports went to the job that had ended
+    (refused, retried, dropped as too old). A refreshed URL replaces only the URL the batch went to."""
+    from orchestrator.store.events import RoomEvents
+    from orchestrator.store.ingest import IngestStreams
+    from orchestrator.store.rooms import RoomStore
+
+    store = RoomStore(redis_client)
+    streams = IngestStreams(redis_client, RoomEvents(redis_client))
+    await store.register_room(ROOM)
+    await streams.ensure_group(ROOM)
+    await store.set_current_job(ROOM, "old-job", "PROCESSING", report_url="https://v/old?key=1")
+    entry = (await redis_client.xadd(keys.room_ingest(ROOM), {"event": b"{}"})).decode()
+    await store.set_current_job(ROOM, "new-job", report_url="https://v/new?key=1")  # the room moved on
+
+    async def ack(sent_to: str, refreshed: str) -> None:
+        await streams.acknowledge(
+            ROOM,
+            job_id="old-job",
+            batch_id="b",
+            entry_ids=[entry],
+            keep_from="0-0",
+            reported=1,
+            types="comment:1",
+            sent_to=sent_to,
+            refreshed_url=refreshed,
+        )
+
+    await ack("https://v/old?key=1", "https://v/old?key=2")
+    assert (await redis_client.hget(keys.room_state(ROOM), "report_url")) == b"https://v/new?key=1"
+    await ack("https://v/new?key=1", "https://v/new?key=2")  # the room's own URL, refreshed: taken
+    assert (await redis_client.hget(keys.room_state(ROOM), "report_url")) == b"https://v/new?key=2"
+    assert not await streams.swap_report_url(ROOM, "https://v/old?key=2", "https://v/old?key=3")
+    assert await streams.swap_report_url(ROOM, "https://v/new?key=2", "https://v/new?key=3")
+    assert (await redis_client.hget(keys.room_state(ROOM), "reported")) == b"2"
+
+
+async def test_a_worker_stopped_mid_report_lets_the_vendors_answer_arrive(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """Soak finding: a worker stopped (its lease moving, the replica shutting down) while the vendor was
+    taking a batch cancelled the call; the batch stayed marked, and the room's next owner sent it again --
+    the vendor, which takes no idempotency key, counted those events twice. The reporter now finishes the
+    batch in flight (at most ``STOP_GRACE_S``) before the worker's tasks are cancelled."""
+    async with live_room(make_settings, tmp_path, report_window_ms=50) as (daemon, box, job_id):
+        job = box.world.jobs[job_id]
+        box.faults.append(Fault("slow", hang_s=0.5, after=True, path_contains="live-event-report"))
+        await ingest(daemon, [comment("in flight")])
+        await until(lambda: _async(_texts(job.reported) == ["in flight"]), 5)  # taken; answered 0.5 s late
+        worker = audience(daemon).workers[ROOM]
+        await worker.aclose()
+        assert await _pending_zero(redis_of(daemon))  # acknowledged: no successor has it to send again
+        state = await daemon.store.state(ROOM)
+        assert state is not None and state["reported"] == "1"

@@ -100,6 +100,7 @@ async def daemon_for(
     port: int | None = None,
     metastudio: dict[str, Any] | None = None,
     alerts: dict[str, Any] | None = None,
+    softsugar: dict[str, Any] | None = None,
     **scheduling: Any,
 ) -> AsyncIterator[Daemon]:
     port = port or free_port()
@@ -121,6 +122,7 @@ async def daemon_for(
             **(metastudio or {}),
         },
         alerts=alerts or {},
+        softsugar=softsugar or {},
         callbacks={"journal_path": str(tmp_path / f"journal-{port}.jsonl")},
         # Boundaries acted on at once (one process, one clock): the tolerance has its own test.
         scheduling={

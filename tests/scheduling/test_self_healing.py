@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 import yaml
+from redis.exceptions import RedisError
 
+from orchestrator.providers.metastudio.models import JobState
 from orchestrator.sandbox.metastudio.app import Fault, MetaStudioSandbox
+from orchestrator.scheduling.actions import Action, Current
 from orchestrator.store import keys
 from tests.scheduling.conftest import ROOM, Webhooks, daemon_for, managed_room, until
 from tests.scheduling.test_admin import _cli
@@ -298,3 +301,30 @@ async def test_every_redis_outage_is_paged_once_and_wakes_the_reconciler(
 
 def _kinds(webhooks: Webhooks) -> list[str]:
     return [h["kind"] for h in webhooks.got]
+
+
+async def test_a_redis_error_inside_an_action_pages_nobody_about_the_room(
+    make_settings: Any, tmp_path: Path, sandbox: Any, webhooks: Webhooks, redis_client: Any
+) -> None:
+    """Soak finding: a refresh that reached the vendor, then met a Redis error recording it, paged the
+    room's owner (``action_failed``) -- for Redis, which the Redis watcher pages once for the daemon. The
+    action is still recorded as failed in the room's events. (Redis refuses HSET by ACL here: a real
+    error from a real Redis at exactly that step, while the XADD recording it still works.)"""
+    box, url = sandbox
+    room = managed_room([{"kind": "always"}], alerts=[{"url": f"{webhooks.url}/generic"}])
+    async with daemon_for(make_settings, tmp_path, url) as daemon:
+        await daemon.configs.put(room)
+        await until(lambda: _true(any(j.state is JobState.PROCESSING for j in _active(box))), 10)
+        job_id = _active(box)[0].job_id
+        refresh = Action("refresh", "test: the link broke", "redis-error", "rtmp://push.example/live")
+        await redis_client.execute_command("ACL", "SETUSER", "default", "-hset")
+        try:
+            outcome = await daemon.reconciler.actions.take(room, refresh, Current(job_id, "RUNNING"))
+        finally:
+            await redis_client.execute_command("ACL", "SETUSER", "default", "+hset")
+        assert outcome.status == "failed" and isinstance(outcome.error, RedisError)
+        recorded = [e for e in await daemon.events() if e["reason"] == refresh.reason]
+        assert len(recorded) == 1 and recorded[0]["outcome"].startswith("failed: ")
+        assert "NOPERM" in recorded[0]["outcome"] or "permission" in recorded[0]["outcome"]
+        await asyncio.sleep(0.5)  # an alert is sent in the background, if at all
+        assert [h["kind"] for h in webhooks.got if h["kind"] == "action_failed"] == []

@@ -34,12 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, quote
 
@@ -55,8 +53,6 @@ from orchestrator.providers.errors import (
     ProviderConnectError,
     ProviderError,
     ProviderInvalidResponse,
-    ProviderRateLimited,
-    ProviderServerError,
     ProviderStatusError,
     ProviderTimeout,
     ProviderTransportError,
@@ -77,6 +73,7 @@ from orchestrator.providers.metastudio.models import (
     StartJobRequest,
     StartJobResponse,
 )
+from orchestrator.providers.retry import Retry, RetryPolicy, is_retryable
 from orchestrator.settings import MetaStudioAuthMode, MetaStudioSettings
 
 log = structlog.get_logger(__name__)
@@ -144,39 +141,6 @@ def credentials_from_settings(settings: MetaStudioSettings) -> Credentials:
         settings.project_id,
         settings.security_token.get_secret_value() or None,
     )
-
-
-class Retry(Enum):
-    """Which failures of a call may be retried."""
-
-    SAFE = "safe"  # repeating has the effect of one call: any transport error, 429, 5xx
-    UNSENT = "unsent"  # only failures where the vendor certainly did not act: connect error, 429
-    NEVER = "never"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_retries: int = 3
-    backoff_base_s: float = 0.2
-    backoff_cap_s: float = 5.0
-    max_retry_after_s: float = 60.0
-
-    def delay_s(self, attempt: int, error: ProviderError) -> float:
-        """Full-jitter exponential backoff; a 429's Retry-After (capped) when the vendor gave one."""
-        if isinstance(error, ProviderRateLimited) and error.retry_after_s is not None:
-            return min(error.retry_after_s, self.max_retry_after_s)
-        return random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2**attempt))  # noqa: S311
-
-
-def is_retryable(error: ProviderError, mode: Retry) -> bool:
-    """Whether ``error`` may be retried under ``mode`` (pure; table-tested)."""
-    if mode is Retry.NEVER:
-        return False
-    if isinstance(error, ProviderConnectError | ProviderRateLimited):
-        return True
-    if mode is Retry.UNSENT:
-        return False
-    return isinstance(error, ProviderTransportError | ProviderServerError)
 
 
 @dataclass(frozen=True)

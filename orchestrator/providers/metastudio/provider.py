@@ -132,6 +132,7 @@ class MetaStudioAudience:
 
     takes_reports = True
     max_reply_chars = MAX_INSERT_TEXT_CHARS
+    reports_finishes = True  # REPLY_COMMAND_FINISH
 
     def __init__(self, client: Callable[[], MetaStudioClient]) -> None:
         self._client = client
@@ -166,6 +167,10 @@ class MetaStudioAudience:
             result = None
         cleaned = result.get("cleaned_command_ids", ids) if isinstance(result, dict) else ids
         return {str(c) for c in cleaned} & set(ids) if ids else {str(c) for c in cleaned}
+
+    async def finished(self, room_id: str, job_id: str, in_flight: Sequence[str]) -> set[str]:
+        """Never asked: REPLY_COMMAND_FINISH reports each end."""
+        return set()
 
 
 class MetaStudioCodec:

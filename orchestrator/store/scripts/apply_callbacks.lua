@@ -1,6 +1,7 @@
 -- Apply a batch of callbacks (the group commit, store/batch.py): for each, the checks (managed room,
--- known job, duplicate, replay), the state update by its kind (paragraph, link, reply_finished; any other
--- kind is recorded), the room's event-stream entry and its reaction, atomically.
+-- known job, duplicate, replay), the state update by its kind (paragraph, link, reply_finished and
+-- reply_failed; job_state publishes a hint the reconciler confirms; any other kind is recorded), the room's
+-- event-stream entry and its reaction, atomically.
 -- KEYS: 7 per callback -- state, events, jobs, replies, replies:meta, replies:done, seen:<callback id>.
 -- ARGV[1]: the number of callbacks; ARGV[2..]: one JSON array per callback (store/rooms.py CallbackWrite):
 --   event type, job id, event ms, received ms, message, events maxlen, seen TTL s, body digest, reactions
@@ -52,7 +53,8 @@ local function apply(k, a)
       redis.call('HSET', state, field, a[12] .. '|' .. since .. '|' .. a[3])
       if a[12] == 'END' then publish('rtmp_end', {output_url = a[11]}) end
     end
-  elseif kind == 'reply_finished' then
+  elseif kind == 'reply_finished' or kind == 'reply_failed' then
+    -- a reply that failed at the vendor frees its slot as one that finished does
     if redis.call('SREM', replies, a[11]) == 0 then
       redis.call('SADD', done, a[11])
       redis.call('EXPIRE', done, 3600)
@@ -60,7 +62,11 @@ local function apply(k, a)
       if redis.call('SCARD', done) > MAX_DONE then redis.call('SPOP', done) end
     end
     redis.call('HDEL', meta, a[11])
-    publish('reply_finished', {reply_id = a[11]})
+    publish(kind, {reply_id = a[11]})
+  elseif kind == 'job_state' then
+    -- the vendor's word on the job's status is a hint: the reconciler asks the vendor's API and acts
+    publish('job_hint', {job_state = a[11]})
+    outcome = 'recorded'
   else
     outcome = 'recorded'
   end
