@@ -113,6 +113,11 @@ class PlayMode(StrEnum):
     PLAY_NOW = "PLAY_NOW"
 
 
+class AnswerUnavailable(Exception):
+    """An answer backend (a chat model, a vendor's Q&A database) gave no usable answer in time: the desk
+    answers from the policy's FAQ instead."""
+
+
 # --- what a callback says happened ------------------------------------------------------------------------
 
 

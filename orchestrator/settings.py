@@ -289,8 +289,19 @@ class SoftSugarSettings(Section):
         description="A running session no room knows (an ambiguous create, a start by hand): close it "
         "(billing stops) or keep it; both raise an alert.",
     )
+    unknown_grace_s: PositiveSeconds = Field(
+        30.0,
+        description="How long a running session no room knows is left alone before unknown_sessions "
+        "applies (one still creating: create_timeout_s): time for its creator to record it, or for its "
+        "status callback to name its room.",
+    )
     create_timeout_s: PositiveSeconds = Field(
         120.0, description="A session still creating (32) after this long is given up and closed."
+    )
+    qa_timeout_s: PositiveSeconds = Field(
+        2.0,
+        description="How long a question waits for the room's Q&A database (qa_app_id) before the FAQ "
+        "answers instead (real seconds, retries included).",
     )
 
     @field_validator("callback_allow")

@@ -53,4 +53,10 @@ class CallbackMalformed(ValueError):
 
 
 class NotManaged(LookupError):
-    """The callback names a room or job this daemon does not manage: 404, audited, not applied."""
+    """The callback names a room or job this daemon does not manage: 404, audited, not applied.
+    ``job_only``: the room is managed, the job is not one of its (a provider may claim it: SoftSugar's
+    session whose create answer never reached the daemon)."""
+
+    def __init__(self, message: str, *, job_only: bool = False) -> None:
+        super().__init__(message)
+        self.job_only = job_only

@@ -122,7 +122,9 @@ class CallbackReceiver:
             raise CallbackRejected(RejectReason.REPLAY)
         if outcome in NOT_OURS:
             await self._audit(write, outcome, auth.source)
-            raise NotManaged(f"{'room' if outcome == 'unknown_room' else 'job'} is not managed here")
+            if outcome == "unknown_room":
+                raise NotManaged("room is not managed here")
+            raise NotManaged("job is not managed here", job_only=True)
         return outcome, decoded
 
     async def _durable(self, write: CallbackWrite, provider: str, source: str) -> str:

@@ -154,6 +154,11 @@ class AudienceService:
         outcome, reply_id, _ = await self.enqueue(room_id, reply, source=f"vendor_rule:{rule_index or ''}")
         return outcome == "queued", reply_id, decision.reason
 
+    async def release_replies(self, room_id: str, holder: str) -> None:
+        """Let the room's held replies go (:meth:`ReplyQueue.hold`) and wake its owner's pacer."""
+        await self.queue.release(room_id, holder)
+        await self.reactions.publish("reply_queued", room_id=room_id)
+
     async def clear_replies(
         self, room_id: str, channel: AudienceChannel | None
     ) -> tuple[int, set[str], ProviderError | None]:

@@ -15,12 +15,14 @@ import aiohttp
 import orjson
 import structlog
 
+from orchestrator.domain import AnswerUnavailable
+
 log = structlog.get_logger(__name__)
 
 MAX_ANSWER_CHARS = 500
 
 
-class ChatUnavailable(Exception):
+class ChatUnavailable(AnswerUnavailable):
     """The chat backend gave no usable answer in time."""
 
 
@@ -42,7 +44,7 @@ class ChatBackend:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._system_prompt = system_prompt
 
-    async def answer(self, question: str, *, product: str = "") -> str:
+    async def answer(self, question: str, *, user: str = "", product: str = "") -> str:
         system = self._system_prompt.replace("{product}", product or "-")
         payload: dict[str, Any] = {
             "model": self._model,

@@ -13,9 +13,10 @@ A reply can be asked for by four sources; each comes here:
 * the vendor, asking the daemon as its avatar's brain (MetaStudio's third-party LLM callback):
   :meth:`ReplyDesk.answer_question`.
 
-The policy (:mod:`orchestrator.interaction.policy`) decides; a question no rule answers goes to the
-optional chat backend (at most :data:`CHAT_CONCURRENCY` at once per room; the FAQ on failure or when
-busy). Each room keeps its own history (rate limits, deduplication) and its current product -- the
+The policy (:mod:`orchestrator.interaction.policy`) decides; a question no rule answers goes to the room's
+answer backend -- the vendor's own where the room has one (a SoftSugar room's Q&A database), else the
+optional chat backend -- at most :data:`CHAT_CONCURRENCY` at once per room; the FAQ on failure, on timeout
+or when busy. Each room keeps its own history (rate limits, deduplication) and its current product -- the
 paragraph's product, as the room's state has it when the paragraph changes.
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 import structlog
 
 from orchestrator import clock
+from orchestrator.domain import AnswerUnavailable
 from orchestrator.interaction.chat import ChatBackend, ChatUnavailable
 from orchestrator.interaction.ingest import count_of
 from orchestrator.interaction.policy import (
@@ -41,6 +43,7 @@ from orchestrator.interaction.policy import (
     looks_like_question,
     speak,
 )
+from orchestrator.providers.base import Answerer
 from orchestrator.settings import InteractionSettings
 
 log = structlog.get_logger(__name__)
@@ -82,13 +85,15 @@ class ReplyDesk:
 
 
 class RoomDesk:
-    """One room's replies being decided: its history, its product, its questions out to the chat backend."""
+    """One room's replies being decided: its history, its product, its questions out to its answer backend."""
 
     def __init__(self, desk: ReplyDesk, room_id: str, hand_over: HandOver, *, product: str = "") -> None:
         self.desk = desk
         self.room_id = room_id
         self.history = History()
         self.product = product
+        #: The vendor's answer backend for this room's job (its Q&A database), set when the worker starts.
+        self.own_answers: Answerer | None = None
         self._hand_over = hand_over
         self._chats = asyncio.Semaphore(CHAT_CONCURRENCY)
         self._chat_tasks: set[asyncio.Task[None]] = set()
@@ -117,7 +122,7 @@ class RoomDesk:
             )
         except (AttributeError, TypeError, ValueError):
             return
-        chat = desk.chat
+        chat = self.answers
         decision = decide(desk.policy, self.history, event, product=self.product, faq=chat is None)
         if decision.reason == NOTHING_TO_ANSWER and chat is not None:
             if looks_like_question(event.text) and not self._chats.locked():
@@ -128,14 +133,23 @@ class RoomDesk:
             decision = decide(desk.policy, self.history, event, product=self.product)
         self._hand_over(since_s, decision)
 
-    async def _ask_chat(self, chat: ChatBackend, since_s: float, event: Event) -> None:
+    @property
+    def answers(self) -> Answerer | None:
+        """Who answers this room's questions the policy does not: the vendor's backend, else the chat's."""
+        return self.own_answers or self.desk.chat
+
+    async def _ask_chat(self, chat: Answerer, since_s: float, event: Event) -> None:
+        rule = "chat" if chat is self.desk.chat else "vendor_qa"
         async with self._chats:
             try:
-                answer = await chat.answer(event.text, product=self.product)
-                decision = speak(self.desk.policy, self.history, event, answer, rule="chat")
-            except ChatUnavailable as exc:
+                answer = await chat.answer(event.text, user=event.user_id, product=self.product)
+                decision = speak(self.desk.policy, self.history, event, answer, rule=rule)
+            except AnswerUnavailable as exc:
                 log.info(
-                    "chat backend unavailable; answering from the FAQ", room_id=self.room_id, error=str(exc)
+                    "answer backend unavailable; answering from the FAQ",
+                    room_id=self.room_id,
+                    backend=rule,
+                    error=str(exc),
                 )
                 decision = decide(self.desk.policy, self.history, event, product=self.product)
         self._hand_over(since_s, decision)

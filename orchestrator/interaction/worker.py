@@ -19,6 +19,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from orchestrator import clock
+from orchestrator.domain import ReplyFailed, ReplyFinished, RoomEvent
 from orchestrator.interaction.context import RoomContext
 from orchestrator.interaction.desk import ReplyDesk, RoomDesk
 from orchestrator.interaction.ingest import normalise_batch
@@ -65,10 +66,12 @@ class RoomWorker:
     # --- life cycle ---
 
     async def start(self, product: str = "") -> None:
-        """Create the stream's group, clear a previous job's replies, pick up a predecessor's batch and
-        every entry the group has delivered unacknowledged, then run."""
+        """Ask the vendor for the room's own answer backend, create the stream's group, clear a previous
+        job's replies, pick up a predecessor's batch and every entry the group has delivered
+        unacknowledged, then run."""
         ctx = self.ctx
         self.desk.product = product
+        self.desk.own_answers = await ctx.channel.answerer(ctx.room_id, ctx.job_id)
         await ctx.streams.ensure_group(ctx.room_id)
         await ctx.replies.prepare_for_job(ctx.room_id, ctx.job_id)
         await self.reporter.recover()
@@ -83,6 +86,8 @@ class RoomWorker:
             self._tasks.append(
                 asyncio.create_task(self._keepalive_forever(), name=f"keepalive:{ctx.room_id}")
             )
+        if not ctx.channel.reports_finishes:
+            self._tasks.append(asyncio.create_task(self._watch_forever(), name=f"watch:{ctx.room_id}"))
         ctx.log.info("room worker started", replica=ctx.replica_id, recovered=len(self.buffer))
 
     async def aclose(self) -> None:
@@ -112,6 +117,30 @@ class RoomWorker:
                         raise
                     ctx.log.warning("keepalive failed; the next one is due in an interval", error=str(exc))
             await pause(clock.real_s(ctx.keepalive_interval_s))
+
+    async def _watch_forever(self) -> None:
+        """The vendor's push channel for reply notices, where no callback reports them (SoftSugar without
+        a callback URL: the session's socket), while the job runs."""
+        await self.ctx.channel.watch(self.room_id, self.job_id, self._noticed)
+        await asyncio.Event().wait()  # the job has ended: nothing to follow; the supervisor stops the worker
+
+    async def _noticed(self, event: RoomEvent) -> None:
+        """A reply notice from the push channel: a finished reply frees its slot at once."""
+        if not isinstance(event, ReplyFinished | ReplyFailed):
+            return
+        ctx = self.ctx
+        try:
+            if await ctx.replies.forget(ctx.room_id, [event.reply_id]):
+                outcome = "finished" if isinstance(event, ReplyFinished) else "failed"
+                ctx.metrics.replies.labels(outcome).inc()
+                await ctx.events.add(
+                    ctx.room_id, f"reply_{outcome}", job_id=ctx.job_id, reply_id=event.reply_id
+                )
+        except RedisError as exc:  # the pacer's look at the vendor's queue finds it later
+            ctx.log.warning("cannot record a reply's end", reply_id=event.reply_id, error=str(exc))
+            return
+        self.pacer.last_activity = clock.monotonic()
+        self.pacer.kick.set()
 
     def failure(self) -> str | None:
         """How one of the worker's tasks ended, if one ended (they run until cancelled)."""

@@ -23,7 +23,7 @@ what became of it), and :class:`RoomTemplate`, the base of each provider's room 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -156,6 +156,19 @@ class LiveJobs(Protocol):
     keepalive_interval_s: float | None
 
 
+#: Where a provider passes what its push channel says happened to a room's replies.
+Notify = Callable[[RoomEvent], Awaitable[None]]
+
+
+class Answerer(Protocol):
+    """Something that answers an audience question in words the avatar can say (a chat model; a vendor's
+    Q&A database)."""
+
+    async def answer(self, question: str, *, user: str = "", product: str = "") -> str:
+        """Raises AnswerUnavailable (the desk then answers from the FAQ)."""
+        ...
+
+
 @runtime_checkable
 class AudienceChannel(Protocol):
     """The room's audience, vendor side. Every method raises a ``ProviderError``."""
@@ -184,6 +197,17 @@ class AudienceChannel(Protocol):
 
     async def finished(self, room_id: str, job_id: str, in_flight: Sequence[str]) -> set[str]:
         """Of the replies in flight, those the vendor has done with (asked when it reports no finishes)."""
+        ...
+
+    async def watch(self, room_id: str, job_id: str, notify: Notify) -> None:
+        """Follow the job's reply notices over the vendor's push channel, passing each to ``notify``,
+        until cancelled or the job ends (SoftSugar without callbacks: the session's WebSocket). Run by the
+        room's owner when :attr:`reports_finishes` is false; returns at once where there is none."""
+        ...
+
+    async def answerer(self, room_id: str, job_id: str) -> Answerer | None:
+        """The vendor's own answer backend for this job's audience questions, if the room has one
+        (SoftSugar: the room's Q&A database); None: the daemon's chat backend, if any, answers."""
         ...
 
 

@@ -258,6 +258,8 @@ class Reconciler:
         now = clock.time()
         desired = evaluate(room.schedule, datetime.fromtimestamp(now, UTC))
         actual = await self._observe(room, vendor_active)
+        if vendor_active is not None and actual.job_id and actual.job_state in ACTIVE:
+            await self._stop_strays(room, actual, vendor_active)
         action = decide(room, desired, actual, now)
         tolerance_s = self._settings.scheduling.boundary_tolerance_s
         if action is not None and action.kind in ("start", "restart", "stop"):
@@ -382,6 +384,26 @@ class Reconciler:
             room, Action("adopt", f"the vendor runs job {job.job_id} ({job.status.value})"), "done"
         )
         return job
+
+    async def _stop_strays(self, room: ManagedRoom, actual: Actual, vendor_active: Listing) -> None:
+        """Stop a second job the vendor runs for a room whose own job is active, if the daemon never
+        recorded it: a room runs one job, and a second is billed for nothing (SoftSugar: a session a replica
+        created and died before recording, named the room's by its callbacks). A job the daemon did record
+        is left alone: a listing that shows it active while Redis says it ended is older than the record."""
+        others = [
+            j for j in vendor_active.get(room.room_id, []) if j.job_id != actual.job_id and j.status.active
+        ]
+        if not others:
+            return
+        known = await self._redis.smismember(keys.room_jobs(room.room_id), [j.job_id for j in others])
+        for job, is_known in zip(others, known, strict=True):
+            if is_known:
+                continue
+            reason = f"a second job {job.job_id} for the room, which runs {actual.job_id}"
+            with structlog.contextvars.bound_contextvars(room_id=room.room_id):
+                await self.actions.take(
+                    room, Action("stop", reason, f"stray:{job.job_id}"), Current(job.job_id, job.status.value)
+                )
 
     async def _poll(self, room: ManagedRoom, job_id: str, known: str) -> str:
         """The vendor's view of the job, written to Redis when it changed (callbacks are only hints)."""

@@ -21,6 +21,10 @@ kind               fields                                      written by
 ``reply_inserted`` job_id, reply_id, priority, play_type,      :meth:`RoomEvents.add`
                    rule_index, text
 ``replies_cleared`` dropped, withdrawn                         :meth:`RoomEvents.add` (an operator's clear)
+``reply_finished``, job_id, reply_id                           :meth:`RoomEvents.add` (a vendor's push
+``reply_failed``                                               channel said so: SoftSugar's socket)
+``microphone``     job_id, outcome (``taken``, ``released``),  :meth:`RoomEvents.add` (the microphone
+                   error_code, error_msg (the vendor's last)   relay)
 =================  ==========================================  ==============================================
 
 Entries a script writes are written there, in the same atomic step as the change they record; every

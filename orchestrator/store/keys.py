@@ -113,6 +113,12 @@ def room_replies_done(room_id: str) -> str:
     return _room(room_id, "replies:done")
 
 
+def room_replies_hold(room_id: str) -> str:
+    """String with TTL: while it exists no reply is said (an operator holds the microphone; the value
+    names the holder)."""
+    return _room(room_id, "replies:hold")
+
+
 def room_reply_queue(room_id: str) -> str:
     """Sorted set: replies waiting to be inserted (score: priority band, then enqueue time)."""
     return _room(room_id, "replyq")
@@ -153,6 +159,18 @@ def vendor_sessions(provider: str, account: str) -> str:
     """Hash: the vendor sessions the daemon created, session id → room id (a vendor whose listing does not
     name rooms: SoftSugar)."""
     return f"{PREFIX}:vendor:{provider}:{account}:sessions"
+
+
+def vendor_unknown_sessions(provider: str, account: str) -> str:
+    """Hash: running vendor sessions no room knows, session id → when first seen (ms; ``-1`` once dealt
+    with), so every replica gives the same session the same grace."""
+    return f"{PREFIX}:vendor:{provider}:{account}:unknown-sessions"
+
+
+def vendor_session_answers(provider: str, account: str) -> str:
+    """Hash: session id → the vendor answer backend its audience questions go to (a SoftSugar room's Q&A
+    database, fixed for the session as the vendor fixes it per live broadcast)."""
+    return f"{PREFIX}:vendor:{provider}:{account}:session-answers"
 
 
 def vendor_token_lock(provider: str, account: str) -> str:

@@ -40,6 +40,9 @@ RECORD_SENT_LUA = scripts.source("reply_record_sent")
 
 FORGET_LUA = scripts.source("reply_forget")
 
+#: Delete a key if it still holds the caller's value (the lease's script: the same compare-and-delete).
+RELEASE_LUA = scripts.source("lease_release")
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -96,6 +99,7 @@ class ReplyQueue:
         self._push_back = redis.register_script(PUSH_BACK_LUA)
         self._record_sent = redis.register_script(RECORD_SENT_LUA)
         self._forget = redis.register_script(FORGET_LUA)
+        self._release = redis.register_script(RELEASE_LUA)
 
     @staticmethod
     def _queue_keys(room_id: str) -> list[str]:
@@ -158,11 +162,32 @@ class ReplyQueue:
             await self._redis.hset(keys.room_state(room_id), "replies_job", job_id)
 
     async def pop(self, room_id: str) -> Reply | None:
-        """The most important waiting reply, removed from the queue; None when none waits."""
-        top = await self._pop(keys=self._queue_keys(room_id))
+        """The most important waiting reply, removed from the queue; None when none waits, or while the
+        room's replies are held (:meth:`hold`)."""
+        top = await self._pop(keys=[*self._queue_keys(room_id), keys.room_replies_hold(room_id)])
         if not top:
             return None
         return Reply.from_json(_text(top[0]), top[2])
+
+    async def hold(self, room_id: str, holder: str, ttl_s: float) -> bool:
+        """Hold the room's replies (none is said) for ``ttl_s`` real seconds, renewed by calling again;
+        False when another holder has them."""
+        hold_key = keys.room_replies_hold(room_id)
+        taken = await self._redis.set(hold_key, holder, px=int(ttl_s * 1000), nx=True)
+        if taken:
+            return True
+        if _text(await self._redis.get(hold_key) or b"") == holder:
+            await self._redis.pexpire(hold_key, int(ttl_s * 1000))
+            return True
+        return False
+
+    async def release(self, room_id: str, holder: str) -> None:
+        """Let the room's replies go again, if ``holder`` still holds them."""
+        await self._release(keys=[keys.room_replies_hold(room_id)], args=[holder])
+
+    async def holder(self, room_id: str) -> str | None:
+        value = await self._redis.get(keys.room_replies_hold(room_id))
+        return _text(value) if value else None
 
     async def push_back(self, room_id: str, reply: Reply) -> None:
         """Put a reply that could not be sent back where it was (same id, same place in its band)."""

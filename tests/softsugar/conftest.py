@@ -15,6 +15,7 @@ from orchestrator.providers.softsugar.auth import SharedToken
 from orchestrator.providers.softsugar.client import SoftSugarClient
 from orchestrator.providers.softsugar.models import LiveScript
 from orchestrator.sandbox.softsugar.app import SandboxConfig, SoftSugarSandbox, running_sandbox
+from tests.scheduling.conftest import webhooks  # noqa: F401 -- the fixture, for the daemon tests here
 
 APP_ID = "sandbox-app-0001"
 APP_KEY = "sandbox-app-key-0000000000000001"

@@ -4,6 +4,7 @@ closed at the window's end -- nothing leaked; heartbeats lost → 50 → restart
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.sandbox.softsugar.app import SandboxConfig, SoftSugarSandbox, running_sandbox
+from orchestrator.sandbox.softsugar.app import Fault, SandboxConfig, SoftSugarSandbox, running_sandbox
 from orchestrator.scheduling.rooms import ManagedRoom
 from tests.scheduling.conftest import Daemon, daemon_for, in_, until
 from tests.softsugar.conftest import APP_ID, APP_KEY, script
@@ -48,6 +49,7 @@ async def softsugar_daemon(
     callbacks: bool = True,
     heartbeat_timeout_s: float = 60.0,
     heartbeat_interval_s: float = 1.0,
+    softsugar: dict[str, Any] | None = None,
     **interaction: Any,
 ) -> AsyncIterator[tuple[Daemon, SoftSugarSandbox]]:
     port = free_port()
@@ -62,7 +64,11 @@ async def softsugar_daemon(
                         "patterns": ["多少钱"],
                         "replies": ["价格在购物车里，今天有优惠哦。"],
                     }
-                ]
+                ],
+                "faq": [
+                    {"question": "什么时候发货", "answer": "下单后四十八小时内发货哦，请放心。"},
+                    {"question": "可以退货吗", "answer": "七天无理由退货，运费险已经送上。"},
+                ],
             },
             allow_unicode=True,
         )
@@ -91,6 +97,7 @@ async def softsugar_daemon(
                 "callbacks": callbacks,
                 "heartbeat_interval_s": heartbeat_interval_s,
                 "timeout_s": 3,
+                **(softsugar or {}),
             },
             interaction={"policy_file": str(policy), "lease_ttl_s": 1.5, **interaction},
         ) as daemon,
@@ -189,15 +196,68 @@ async def test_heartbeats_lost_the_vendor_closes_with_50_and_the_room_is_restart
 
 
 async def test_a_running_session_no_room_knows_is_closed(make_settings: Any, tmp_path: Path) -> None:
-    async with softsugar_daemon(make_settings, tmp_path) as (daemon, box):
+    """Closed once its grace is over -- not at first sight: a replica lists sessions between another's
+    create and its record of it (``test_self_healing.py`` has the session its callback claims)."""
+    async with softsugar_daemon(make_settings, tmp_path, softsugar={"unknown_grace_s": 1.5}) as (daemon, box):
         stray = box.world.create(script().to_wire(), None)
         await daemon.configs.put(softsugar_room([{"kind": "always"}]))
         await daemon.configs.put(softsugar_room([{"kind": "always"}], room_id="ss-room-2"))
+
+        await asyncio.sleep(1.0)
+        assert stray.status in (32, 35)  # within its grace
 
         async def closed() -> bool:
             return stray.status == 5
 
         await until(closed, 15)
+
+
+async def test_questions_go_to_the_rooms_qa_database_and_the_faq_answers_when_it_cannot(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """003 "Live NLP Q&A": a room naming its Q&A database (``qa_app_id``) has the questions its rules do
+    not answer answered from it; a question it has no answer to, or does not answer within
+    ``softsugar.qa_timeout_s``, is answered from the policy's FAQ."""
+    async with softsugar_daemon(make_settings, tmp_path, softsugar={"qa_timeout_s": 1.0}) as (daemon, box):
+        box.world.qa["qa-db-1"] = {
+            "保修": "整机保修两年，有问题随时找客服。",
+            "发货": "今天下单今天发货，顺丰包邮。",  # the Q&A database's answer differs from the FAQ's
+        }
+        room = softsugar_room([{"kind": "always"}])
+        template = {**room.template.stored(), "qa_app_id": "qa-db-1"}
+        await daemon.configs.put(softsugar_room([{"kind": "always"}], template=template))
+
+        async def live() -> bool:
+            return await _session(daemon, box) is not None
+
+        await until(live, 10)
+        session = await _session(daemon, box)
+        texts = lambda: [t.text for t in session.played]  # noqa: E731
+
+        await _comment(daemon, "这个保修多久？", "viewer-1")  # the Q&A database has it; the FAQ has not
+        await until(lambda: _true("整机保修两年，有问题随时找客服。" in texts()), 10)
+        await _comment(daemon, "可以退货吗？", "viewer-2")  # the Q&A database has no answer: the FAQ's
+        await until(lambda: _true("七天无理由退货，运费险已经送上。" in texts()), 10)
+        box.faults.append(Fault("hang", hang_s=100.0, path_contains="/nlp/"))  # 10 real s: past the timeout
+        await _comment(daemon, "什么时候发货？", "viewer-3")
+        await until(lambda: _true("下单后四十八小时内发货哦，请放心。" in texts()), 10)
+        assert "今天下单今天发货，顺丰包邮。" not in texts()
+        asked = [c for c in box.calls if c[1].endswith("/nlp/model/reply")]
+        assert len(asked) >= 2  # the hung one is recorded when it ends
+
+
+async def test_a_room_without_a_qa_database_never_asks_one(make_settings: Any, tmp_path: Path) -> None:
+    async with softsugar_daemon(make_settings, tmp_path) as (daemon, box):
+        await daemon.configs.put(softsugar_room([{"kind": "always"}]))
+
+        async def live() -> bool:
+            return await _session(daemon, box) is not None
+
+        await until(live, 10)
+        session = await _session(daemon, box)
+        await _comment(daemon, "可以退货吗？", "viewer-1")
+        await until(lambda: _true(any("七天无理由" in t.text for t in session.played)), 10)
+        assert not [c for c in box.calls if c[1].endswith("/nlp/model/reply")]
 
 
 async def _true(value: bool) -> bool:

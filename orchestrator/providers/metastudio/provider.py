@@ -26,7 +26,7 @@ from orchestrator.domain import (
     RoomEvent,
     Unrecognised,
 )
-from orchestrator.providers.base import Decoded, JobRef, ReplyOrder, RoomSpec, Said
+from orchestrator.providers.base import Decoded, JobRef, Notify, ReplyOrder, RoomSpec, Said
 from orchestrator.providers.metastudio.callbacks import (
     KNOWN_EVENT_TYPES,
     ReplyCommandFinish,
@@ -171,6 +171,15 @@ class MetaStudioAudience:
     async def finished(self, room_id: str, job_id: str, in_flight: Sequence[str]) -> set[str]:
         """Never asked: REPLY_COMMAND_FINISH reports each end."""
         return set()
+
+    async def watch(self, room_id: str, job_id: str, notify: Notify) -> None:
+        """Nothing to follow: REPLY_COMMAND_FINISH callbacks report every end."""
+        return None
+
+    async def answerer(self, room_id: str, job_id: str) -> None:
+        """MetaStudio's own brain is its rules and its LLM callback (``/llm/metastudio``), not an API the
+        daemon asks: the daemon's chat backend answers, if configured."""
+        return None
 
 
 class MetaStudioCodec:

@@ -255,6 +255,24 @@ class SoftSugarClient:
             {"clientType": client_type, "sessionId": session_id, "Authorization": f"Bearer {session_token}"}
         )
 
+    async def microphone(self, session_id: str, session_token: str) -> aiohttp.ClientWebSocketResponse:
+        """Open the session's "Streaming Voice Takeover" WebSocket (003 l.487-590): the caller sends
+        ``begin`` / PCM frames / ``eof`` on it, or only listens for the 18/19/20 notices of HTTP takeovers.
+        Raises ProviderConnectError (refused, or the handshake failed), ProviderTimeout."""
+        try:
+            return await self._session.ws_connect(
+                self.microphone_url(session_id, session_token),
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                heartbeat=30.0,
+                max_msg_size=1024 * 1024,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ProviderConnectError(f"microphone WebSocket refused: HTTP {exc.status}") from None
+        except TimeoutError:
+            raise ProviderTimeout("microphone WebSocket: no handshake in time") from None
+        except aiohttp.ClientError as exc:
+            raise ProviderConnectError(f"microphone WebSocket: {type(exc).__name__}: {exc}") from None
+
     # --- plumbing ---------------------------------------------------------------------------------------
 
     async def _call(

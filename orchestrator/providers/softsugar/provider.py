@@ -16,7 +16,11 @@ refused start (backoff, alert).
 **Which sessions are the daemon's.** ``running/list`` names sessions, not rooms; the sessions the daemon
 created are kept, session → room, in Redis (``keys.vendor_sessions``). A running session no room knows is
 closed (``softsugar.unknown_sessions = "close"``, the default: never billed silently) or kept, and an
-alert says so.
+alert says so -- after a grace shared by the replicas through Redis (``softsugar.unknown_grace_s``, 30 s;
+``create_timeout_s`` for one still creating): a replica lists sessions between another's create and its
+record of it, and a replica that died in that gap leaves a session whose status callback (35, naming the
+room in ``userData``) claims it for its room within the grace. Without callbacks such an orphan cannot be
+told from a stranger's session, and is closed after the grace.
 
 **Heartbeats** (003: "call every 60 seconds"; a session without them is closed by the vendor) are sent by
 the room's lease holder every ``softsugar.heartbeat_interval_s`` (:attr:`SoftSugarJobs.keepalive_interval_s`).
@@ -28,10 +32,20 @@ plays), the rest at the end; each is tracked by its trace id -- its end reported
 takes at least 10 characters of text (003): a shorter reply is padded with "…" (a pause, not a word).
 SoftSugar takes no audience event reports (``takes_reports`` false): comments only go through the
 daemon's own reply policy.
+
+**The room's Q&A database** (003 "Live NLP Q&A": one per live broadcast) answers the questions the policy
+does not, when the room's template names one (``qa_app_id``): it is fixed for the session at its start
+(kept beside the session in Redis, so every replica asks the same one) and asked through
+``nlp/model/reply`` (:class:`QaDatabase`); no answer, an error or ``softsugar.qa_timeout_s`` without one,
+and the policy's FAQ answers instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import re
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from functools import cached_property
 
@@ -41,6 +55,7 @@ import structlog
 from orchestrator import clock
 from orchestrator.callbacks.errors import CallbackMalformed
 from orchestrator.domain import (
+    AnswerUnavailable,
     JobStateChanged,
     JobStatus,
     PlayMode,
@@ -50,13 +65,16 @@ from orchestrator.domain import (
     RoomEvent,
     Unrecognised,
 )
-from orchestrator.providers.base import Decoded, JobRef, ReplyOrder, RoomSpec, Said
-from orchestrator.providers.errors import ProviderConfigError, ProviderStatusError
+from orchestrator.providers.base import Decoded, JobRef, Notify, ReplyOrder, RoomSpec, Said
+from orchestrator.providers.errors import ProviderConfigError, ProviderError, ProviderStatusError
 from orchestrator.providers.softsugar.client import SoftSugarClient
+from orchestrator.providers.softsugar.microphone import follow
 from orchestrator.providers.softsugar.models import (
     MAX_QUEUE,
     MIN_TTS_CHARS,
     RUNNING_STATUSES,
+    NlpQuery,
+    RunningSession,
     Status,
     StatusCallback,
     Takeover,
@@ -74,6 +92,11 @@ NAME = "softsugar"
 #: the queue, so the daemon keeps replies to this.
 MAX_REPLY_CHARS = 2000
 PAD = "…"
+#: While a session's socket reports its takeovers, ``queue/list`` is still asked this often (s).
+SAFETY_POLL_S = 10.0
+#: The longest question sent to the Q&A database (003 gives no limit; a comment is short).
+MAX_QUESTION_CHARS = 500
+_ALLOWED = re.compile(r"[^0-9A-Za-z-]")
 
 _STATUS = {
     Status.CREATING: JobStatus.WAITING,
@@ -126,6 +149,10 @@ class SoftSugarJobs:
     def _sessions_key(self) -> str:
         return keys.vendor_sessions(NAME, self._settings.app_id)
 
+    @property
+    def _answers_key(self) -> str:
+        return keys.vendor_session_answers(NAME, self._settings.app_id)
+
     async def start(self, room: RoomSpec) -> JobRef:
         """Create the channel and start it if it is ready. Raises ProviderError (a ProviderStatusError for
         a channel shortage: nothing to start, the reconciler backs off)."""
@@ -134,10 +161,14 @@ class SoftSugarJobs:
         channel = await client.create_channel(
             room.template.script, user_data=room.room_id, **room.template.create_fields()
         )
-        await self._redis.hset(self._sessions_key, channel.sessionId, room.room_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._sessions_key, channel.sessionId, room.room_id)
+            if room.template.qa_app_id:
+                pipe.hset(self._answers_key, channel.sessionId, room.template.qa_app_id)
+            await pipe.execute()
         status = Status(channel.status) if channel.status in Status._value2member_map_ else None
         if status in (Status.SYSTEM_CHANNEL_SHORTAGE, Status.CUSTOMER_CHANNEL_SHORTAGE, Status.EXCEPTION):
-            await self._redis.hdel(self._sessions_key, channel.sessionId)
+            await self._forget(channel.sessionId)
             raise ProviderStatusError(200, str(channel.status), _REASONS[status])
         if status is Status.CREATED:
             await client.start(channel.sessionId)
@@ -172,34 +203,73 @@ class SoftSugarJobs:
     async def _forget(self, session_id: str) -> None:
         """An ended session is no longer the daemon's to account for."""
         self._creating_since.pop(session_id, None)
-        await self._redis.hdel(self._sessions_key, session_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self._sessions_key, session_id)
+            pipe.hdel(self._answers_key, session_id)
+            await pipe.execute()
 
     async def list_active(self, room_ids: Sequence[str]) -> dict[str, list[JobRef]]:
         """Running sessions of these rooms (``running/list``, mapped through the sessions the daemon
-        created); a running session no room knows is closed or kept, with an alert. A session created
-        and not yet started (35) is left out: the reconciler then asks :meth:`status` about it, which
-        starts it."""
-        running = await self._client().running()
+        created or claimed); a running session no room knows is closed or kept, with an alert. A session
+        of a room found created (35) is started here: the second half of its start, wherever it is seen."""
+        client = self._client()
+        running = await client.running()
         owners = {text(k): text(v) for k, v in (await self._redis.hgetall(self._sessions_key)).items()}
         found: dict[str, list[JobRef]] = {room_id: [] for room_id in room_ids}
+        strangers = [s for s in running if s.sessionId not in owners]
+        await self._unknown(strangers)
         for session in running:
             room_id = owners.get(session.sessionId)
             if room_id is None:
-                await self._unknown(session.sessionId)
-            elif room_id in found and session.status in RUNNING_STATUSES and session.status != Status.CREATED:
+                continue
+            if room_id in found and session.status in RUNNING_STATUSES:
+                if session.status == Status.CREATED:
+                    try:
+                        await client.start(session.sessionId)
+                        self._creating_since.pop(session.sessionId, None)
+                    except ProviderError as exc:  # started meanwhile by another replica's look at it
+                        log.info("softsugar session not started", session=session.sessionId, error=str(exc))
                 found[room_id].append(JobRef(session.sessionId, job_status(session.status), room_id=room_id))
         return found
 
-    async def _unknown(self, session_id: str) -> None:
-        if self._settings.unknown_sessions == "close":
-            await self._client().close(session_id)
-            what = "closed it (softsugar.unknown_sessions = close)"
-        else:
-            what = "kept it (softsugar.unknown_sessions = keep): it is billed"
-        log.warning("softsugar session no room knows", session=session_id, action=what)
-        await self._alert(
-            "vendor_unknown_session", f"SoftSugar session {session_id} belongs to no room: {what}"
-        )
+    async def claim(self, session_id: str, room_id: str) -> bool:
+        """Record a running session the vendor's callback names as the room's (its ``userData``) when the
+        daemon has no record of it: a replica died between the vendor's create and its own record. The
+        reconciler then adopts it (or stops it, if the room runs another). True when recorded now."""
+        return bool(await self._redis.hsetnx(self._sessions_key, session_id, room_id))
+
+    async def _unknown(self, sessions: Sequence[RunningSession]) -> None:
+        """Running sessions no room knows: each closed or kept (with an alert) once its grace is over, the
+        time it was first seen shared by every replica; sessions no longer running are forgotten."""
+        key = keys.vendor_unknown_sessions(NAME, self._settings.app_id)
+        seen = {text(k): int(v) for k, v in (await self._redis.hgetall(key)).items()}
+        gone = set(seen) - {s.sessionId for s in sessions}
+        if gone:
+            await self._redis.hdel(key, *gone)
+        now_ms = int(clock.time() * 1000)
+        for session in sessions:
+            first = seen.get(session.sessionId)
+            if first is None:
+                await self._redis.hsetnx(key, session.sessionId, now_ms)
+                continue
+            grace_s = (
+                self._settings.create_timeout_s
+                if session.status == Status.CREATING
+                else self._settings.unknown_grace_s
+            )
+            if first < 0 or now_ms - first < grace_s * 1000:
+                continue  # dealt with already, or its creator / its callback may still name its room
+            if self._settings.unknown_sessions == "close":
+                await self._client().close(session.sessionId)
+                what = "closed it (softsugar.unknown_sessions = close)"
+            else:
+                what = "kept it (softsugar.unknown_sessions = keep): it is billed"
+            await self._redis.hset(key, session.sessionId, -1)
+            log.warning("softsugar session no room knows", session=session.sessionId, action=what)
+            await self._alert(
+                "vendor_unknown_session",
+                f"SoftSugar session {session.sessionId} belongs to no room: {what}",
+            )
 
     async def repair(self, room: RoomSpec, job_id: str, output: str) -> None:
         """SoftSugar reports no output links: nothing to repair (a broken session is restarted)."""
@@ -214,11 +284,17 @@ class SoftSugarAudience:
     takes_reports = False
     max_reply_chars = MAX_REPLY_CHARS
 
-    def __init__(self, client: Callable[[], SoftSugarClient], settings: SoftSugarSettings) -> None:
+    def __init__(
+        self, client: Callable[[], SoftSugarClient], settings: SoftSugarSettings, redis: aioredis.Redis
+    ) -> None:
         self._client = client
         self._settings = settings
-        #: Whether finishes arrive by callback; without, :meth:`finished` polls ``queue/list``.
+        self._redis = redis
+        #: Whether finishes arrive by callback; without, the room's owner follows the session's socket
+        #: (:meth:`watch`) and :meth:`finished` polls ``queue/list`` as the safety net.
         self.reports_finishes = settings.callbacks
+        self.following: set[str] = set()  # sessions whose socket is open in this process
+        self._polled: dict[str, float] = {}  # session → when queue/list was last asked (monotonic)
 
     async def report(self, report_url: str, events: Sequence[bytes], batch_id: str) -> str | None:
         raise ProviderConfigError("SoftSugar takes no audience event reports")
@@ -244,9 +320,72 @@ class SoftSugarAudience:
         return set(reply_ids or [])
 
     async def finished(self, room_id: str, job_id: str, in_flight: Sequence[str]) -> set[str]:
-        """Replies in flight that ``queue/list`` no longer names: played (or dropped by the vendor)."""
+        """Replies in flight that ``queue/list`` no longer names: played (or dropped by the vendor). While
+        the session's socket is followed, its notices end replies and the queue is asked only every
+        :data:`SAFETY_POLL_S` (a notice lost in a reconnection)."""
+        now = clock.monotonic()
+        if job_id in self.following and now - self._polled.get(job_id, 0.0) < SAFETY_POLL_S:
+            return set()
+        self._polled[job_id] = now
         queued = set(await self._client().queue_list(job_id))
         return {reply_id for reply_id in in_flight if reply_id not in queued}
+
+    async def watch(self, room_id: str, job_id: str, notify: Notify) -> None:
+        """Follow the session's socket for the 18/19 notices of its takeovers (an account without
+        callbacks), until cancelled or the session ends."""
+        try:
+            await follow(self._client, job_id, notify, connected=self.following)
+        finally:
+            self._polled.pop(job_id, None)
+
+    async def answerer(self, room_id: str, job_id: str) -> QaDatabase | None:
+        """The Q&A database fixed for this session at its start, if the room named one. Raises RedisError."""
+        qa_app_id = await self._redis.hget(keys.vendor_session_answers(NAME, self._settings.app_id), job_id)
+        if not qa_app_id:
+            return None
+        return QaDatabase(self._client, text(qa_app_id), job_id, timeout_s=self._settings.qa_timeout_s)
+
+
+class QaDatabase:
+    """:class:`~orchestrator.providers.base.Answerer` of a room's Q&A database (003 "Live NLP Q&A").
+
+    Each viewer is one conversation (003: "using the same session for multi-round conversations will be
+    considered as continuous questions"): ``session`` is the live session's id and a digest of the
+    viewer's, in the letters, digits and ``-`` 003 allows; ``trace`` a fresh id per question. ``device`` is
+    ``windows``: 003 takes only ios / android / windows / macos and the daemon is none of them -- a desktop
+    value is the closest. Not retried past ``timeout_s``: a late answer is worse than the FAQ's."""
+
+    def __init__(
+        self, client: Callable[[], SoftSugarClient], qa_app_id: str, session_id: str, *, timeout_s: float
+    ) -> None:
+        self._client = client
+        self.qa_app_id = qa_app_id
+        self._session = _ALLOWED.sub("", session_id) or "session"
+        self._timeout_s = timeout_s
+
+    async def answer(self, question: str, *, user: str = "", product: str = "") -> str:
+        """Raises AnswerUnavailable."""
+        conversation = self._session
+        if user:
+            conversation += "-" + hashlib.sha256(user.encode()).hexdigest()[:16]
+        query = NlpQuery(
+            appId=self.qa_app_id,
+            device="windows",
+            query=question.strip()[:MAX_QUESTION_CHARS] or "?",
+            session=conversation,
+            trace=uuid.uuid4().hex,
+        )
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                reply = await self._client().nlp_reply(query)
+        except TimeoutError:
+            raise AnswerUnavailable(f"the Q&A database did not answer within {self._timeout_s:g} s") from None
+        except ProviderError as exc:
+            raise AnswerUnavailable(f"the Q&A database gave no answer: {exc}") from None
+        answer = reply.answer.strip()
+        if not answer:
+            raise AnswerUnavailable("the Q&A database has no answer to it")
+        return answer[:MAX_REPLY_CHARS]
 
 
 class SoftSugarCodec:
@@ -317,7 +456,7 @@ class SoftSugar:
 
     @cached_property
     def audience(self) -> SoftSugarAudience:
-        return SoftSugarAudience(self.client, self._settings)
+        return SoftSugarAudience(self.client, self._settings, self._redis)
 
     @cached_property
     def codec(self) -> SoftSugarCodec:
@@ -341,4 +480,12 @@ def _first_error(exc: ValueError) -> str:
     return str(exc)
 
 
-__all__ = ["MAX_QUEUE", "SoftSugar", "SoftSugarAudience", "SoftSugarCodec", "SoftSugarJobs", "job_status"]
+__all__ = [
+    "MAX_QUEUE",
+    "QaDatabase",
+    "SoftSugar",
+    "SoftSugarAudience",
+    "SoftSugarCodec",
+    "SoftSugarJobs",
+    "job_status",
+]

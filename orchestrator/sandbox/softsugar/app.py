@@ -469,7 +469,7 @@ class SoftSugarSandbox:
                             {"code": 5, "message": "Failed to send voice data"}
                         )  # not 16-bit PCM
                     else:
-                        session.last_heartbeat = self.sim.elapsed_s()
+                        session.voice_bytes += len(message.data)
         finally:
             relay.cancel()
             with contextlib.suppress(asyncio.CancelledError):

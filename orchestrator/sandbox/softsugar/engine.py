@@ -85,6 +85,7 @@ class Session:
     played: list[Item] = field(default_factory=list)  # finished items, in order
     cancelled: list[str] = field(default_factory=list)
     heartbeats: int = 0
+    voice_bytes: int = 0  # PCM received on the microphone socket while streaming
     rtc_channel_id: str = ""
     #: Status changes as they happened: (simulated seconds, status).
     history: list[tuple[float, int]] = field(default_factory=list)
