@@ -141,10 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run the whole daemon with a vendor sandbox and a simulated audience (no setup needed)",
-        description="Run the daemon, the MetaStudio sandbox and a simulated audience in one process, with "
+        description="Run the daemon, a vendor sandbox and a simulated audience in one process, with "
         "an embedded in-memory Redis-compatible store (or a real Redis with --redis-url), and narrate what "
         "happens: the schedule opens the demo room's window, the job goes live, paragraphs switch, audience "
-        "events are reported, replies are inserted and finish. Ctrl-C stops it.",
+        "events are reported, replies are inserted and finish (MetaStudio); the session is created, started "
+        "and kept alive by heartbeats, replies go through the takeover queue (SoftSugar). Ctrl-C stops it.",
+    )
+    demo.add_argument(
+        "--vendor",
+        choices=["metastudio", "softsugar"],
+        default="metastudio",
+        help="the vendor the demo room runs on, its sandbox embedded (default metastudio)",
     )
     demo.add_argument(
         "--redis-url", help="use this Redis instead of the embedded store (its demo keys are reset)"
@@ -488,6 +495,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 live_in_s=args.live_in,
                 speed=args.speed,
                 log_level=args.log_level,
+                vendor=args.vendor,
             )
         )
     except (OSError, RedisError) as exc:

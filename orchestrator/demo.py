@@ -5,13 +5,18 @@ It runs, in one process:
 * a Redis-compatible store: an **embedded in-memory** one (fakeredis, served on a loopback port so the
   daemon uses it exactly like a real Redis, Lua scripts and streams included) unless ``--redis-url`` names a
   real Redis (then the demo writes its keys there -- use a database you can flush);
-* the MetaStudio sandbox (``orchestrator sandbox metastudio``), seeded with its demo room and rules;
-* the daemon itself, configured to drive that sandbox, with a reply policy and the vendor's CALLBACK mode;
+* a vendor sandbox: MetaStudio's (``orchestrator sandbox metastudio``, seeded with its demo room and rules;
+  the default) or, with ``--vendor softsugar``, SoftSugar's (``orchestrator sandbox softsugar``, its status
+  callbacks sent to the daemon);
+* the daemon itself, configured to drive that sandbox, with a reply policy (and MetaStudio's CALLBACK
+  mode);
 * a simulated audience that posts comments, likes, gifts and viewer counts to the ingest API;
 
 and narrates what happens, from the room's event stream in Redis (the same record ``GET
 /api/rooms/{room}/events`` serves): the schedule opening the window, the job going live, paragraph
-switches, RTMP, event reports, replies queued, inserted and finished. The daemon's own log goes to stderr
+switches, RTMP, event reports, replies queued, inserted and finished (MetaStudio); the session created,
+started and live, the heartbeats its owner sends, replies queued in the takeover queue, playing and
+finished (SoftSugar). The daemon's own log goes to stderr
 at WARNING (``--log-level`` to see more).
 """
 
@@ -38,7 +43,10 @@ import yaml
 
 from orchestrator.app import create_app
 from orchestrator.logging import Redactor, configure_logging
+from orchestrator.providers.softsugar.models import LiveScript
 from orchestrator.sandbox.metastudio.app import SandboxConfig, demo_room, running_sandbox
+from orchestrator.sandbox.softsugar import app as softsugar_app
+from orchestrator.sandbox.softsugar.app import SoftSugarSandbox
 from orchestrator.scheduling.rooms import ManagedRoom
 from orchestrator.settings import Settings, load_settings, secret_values
 from orchestrator.store import keys
@@ -46,6 +54,53 @@ from orchestrator.web.server import make_runner
 
 ROOM = "demo-room"
 AK, SK, PROJECT = "DEMOACCESSKEY", "demo-secret-key", "demo-project"
+#: SoftSugar's sandbox account (``--vendor softsugar``).
+APP_ID, APP_KEY = "demo-app-id", "demo-app-key-0000000000000000"
+VENDORS = ("metastudio", "softsugar")
+
+#: 003's example live script (l.1023-1140), trimmed: one scene, one avatar, one voice, one text.
+SOFTSUGAR_SCRIPT: dict[str, Any] = {
+    "version": "0.0.1",
+    "recycle": 1,
+    "stream_mode": True,
+    "sceneList": [
+        {
+            "digital_role": {
+                "id": 1,
+                "face_feature_id": "0325_nina_s3_beauty",
+                "name": "小李",
+                "url": "https://example.com/0325_nina_s3_beauty.zip",
+                "position": {"x": 10, "y": 60},
+                "scale": 1,
+            },
+            "tts_config": {
+                "id": "nina",
+                "name": "nina",
+                "vendor_id": 3,
+                "language": "zh-CN",
+                "pitch_offset": 0.0,
+                "speed_ratio": 1,
+                "volume": 100,
+            },
+            "tts_query": {
+                "content": "欢迎来到直播间，今天给大家带来一款保温杯，十二小时保温。",
+                "ssml": False,
+            },
+        }
+    ],
+}
+#: SoftSugar's status callbacks, as the narration tells them.
+SOFTSUGAR_STATUS = {
+    "35": "the session is created (35): it is started",
+    "5": "the session is closed (5)",
+    "50": "the vendor closed the session (50)",
+    "9": "the session failed (9)",
+    "99": "the session failed to initialise (99)",
+    "34": "a takeover is queued (34)",
+    "36": "a reply starts playing (36)",
+    "37": "a reply finished playing (37)",
+    "39": "a reply failed (39)",
+}
 
 POLICY: dict[str, Any] = {
     "rules": [
@@ -106,8 +161,9 @@ def free_port() -> int:
 class Narrator:
     """Readable lines from the room's event stream."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, vendor: str = "metastudio") -> None:
         self.out = out
+        self.vendor = vendor
         self.started = time.monotonic()
         self.ours: set[str] = set()
 
@@ -131,6 +187,8 @@ class Narrator:
             self.say("reported", f"{fields.get('events')} audience events in one live-event report{detail}")
         elif kind.startswith("reply_") and kind != "reply_inserted":
             self.say("reply", f"{kind[6:]} [{fields.get('priority')}] {fields.get('text', '')}")
+        elif kind == "reply_inserted" and self.vendor == "softsugar":
+            self.say("reply", f"takeover queued (command/queue): {fields.get('text', '')}")
         elif kind == "reply_inserted":
             self.ours.add(fields.get("reply_id", ""))
             rule = f", rule {fields['rule_index']}" if fields.get("rule_index") else ""
@@ -146,7 +204,10 @@ class Narrator:
             message = json.loads(fields.get("message") or "{}")
         except ValueError:
             message = {}
-        if event_type == "SHOOT_SCRIPT_SWITCH":
+        if event_type.startswith("status_"):  # SoftSugar
+            status = event_type.removeprefix("status_")
+            self.say("session", SOFTSUGAR_STATUS.get(status, f"status {status}"))
+        elif event_type == "SHOOT_SCRIPT_SWITCH":
             product = f" — product: {message['product_title']}" if message.get("product_title") else ""
             self.say(
                 "paragraph",
@@ -163,17 +224,36 @@ class Narrator:
             self.say("callback", event_type)
 
 
-def demo_settings(redis_url: str, sandbox_url: str, port: int, workdir: Path, log_level: str) -> Settings:
+def demo_settings(
+    redis_url: str,
+    sandbox_url: str,
+    port: int,
+    workdir: Path,
+    log_level: str,
+    *,
+    vendor: str = "metastudio",
+    callback_token: str = "",
+) -> Settings:
     policy_file = workdir / "policy.yaml"
     policy_file.write_text(yaml.safe_dump(POLICY, allow_unicode=True), encoding="utf-8")
+    softsugar: dict[str, Any] = {}
+    if vendor == "softsugar":
+        softsugar = {
+            "endpoint": sandbox_url,
+            "app_id": APP_ID,
+            "app_key": APP_KEY,
+            "callback_token": callback_token,
+            "heartbeat_interval_s": 5.0,
+        }
     return load_settings(
         None,
         server={"host": "127.0.0.1", "port": port},
         redis={"url": redis_url},
         logging={"level": log_level, "format": "console"},
         admin={"token": secrets.token_urlsafe(24)},
+        softsugar=softsugar,
         metastudio={
-            "endpoint": sandbox_url,
+            "endpoint": sandbox_url if vendor == "metastudio" else "http://127.0.0.1:9",
             "ak": AK,
             "sk": SK,
             "project_id": PROJECT,
@@ -198,17 +278,23 @@ def demo_settings(redis_url: str, sandbox_url: str, port: int, workdir: Path, lo
     )
 
 
-def demo_room_config(port: int, settings: Settings, live_in_s: float) -> dict[str, Any]:
+def demo_room_config(
+    port: int, settings: Settings, live_in_s: float, vendor: str = "metastudio"
+) -> dict[str, Any]:
     """The demo room as the admin API takes it: live once, ``live_in_s`` from now, for two hours."""
     start = datetime.now(UTC) + timedelta(seconds=live_in_s)
     token = settings.metastudio.interaction_token.get_secret_value()
+    template: dict[str, Any] = {
+        "output_urls": ["rtmp://push.example.com/live"],
+        "stream_keys": [secrets.token_hex(8)],
+        "interaction_callback_url": f"http://127.0.0.1:{port}/callbacks/metastudio/interaction/{token}",
+    }
+    if vendor == "softsugar":
+        template = {"script": LiveScript.model_validate(SOFTSUGAR_SCRIPT).model_dump(exclude_none=True)}
     room = {
         "room_id": ROOM,
-        "template": {
-            "output_urls": ["rtmp://push.example.com/live"],
-            "stream_keys": [secrets.token_hex(8)],
-            "interaction_callback_url": f"http://127.0.0.1:{port}/callbacks/metastudio/interaction/{token}",
-        },
+        "provider": vendor,
+        "template": template,
         "schedule": {
             "timezone": "UTC",
             "windows": [
@@ -266,10 +352,16 @@ async def narrate(redis: aioredis.Redis, narrator: Narrator) -> None:
 
 
 async def run_demo(
-    *, redis_url: str | None, duration_s: float | None, live_in_s: float, speed: float, log_level: str
+    *,
+    redis_url: str | None,
+    duration_s: float | None,
+    live_in_s: float,
+    speed: float,
+    log_level: str,
+    vendor: str = "metastudio",
 ) -> None:
     out = sys.stdout
-    narrator = Narrator(out)
+    narrator = Narrator(out, vendor)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -280,20 +372,37 @@ async def run_demo(
             narrator.say("demo", "store: embedded in-memory Redis (fakeredis); --redis-url uses a real one")
         else:
             narrator.say("demo", "store: the Redis at --redis-url")
-        box, sandbox_url = await stack.enter_async_context(
-            running_sandbox(SandboxConfig(AK, SK, PROJECT, speed=speed))
-        )
-        box.world.add_room(demo_room())
-        narrator.say("demo", f"MetaStudio sandbox on {sandbox_url} (simulated time x{speed:g})")
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="orchestrator-demo-")))
         port = free_port()
-        settings = demo_settings(redis_url, sandbox_url, port, workdir, log_level)
+        callback_token = secrets.token_urlsafe(24)
+        softsugar: SoftSugarSandbox | None = None
+        if vendor == "softsugar":
+            softsugar, sandbox_url = await stack.enter_async_context(
+                softsugar_app.running_sandbox(
+                    softsugar_app.SandboxConfig(
+                        APP_ID,
+                        APP_KEY,
+                        f"http://127.0.0.1:{port}/callbacks/softsugar/{callback_token}",
+                        speed=speed,
+                    )
+                )
+            )
+            narrator.say("demo", f"SoftSugar sandbox on {sandbox_url} (simulated time x{speed:g})")
+        else:
+            box, sandbox_url = await stack.enter_async_context(
+                running_sandbox(SandboxConfig(AK, SK, PROJECT, speed=speed))
+            )
+            box.world.add_room(demo_room())
+            narrator.say("demo", f"MetaStudio sandbox on {sandbox_url} (simulated time x{speed:g})")
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="orchestrator-demo-")))
+        settings = demo_settings(
+            redis_url, sandbox_url, port, workdir, log_level, vendor=vendor, callback_token=callback_token
+        )
         redactor = Redactor(settings.logging.redact_fields, secret_values(settings))
         configure_logging(settings.logging, redactor, stream=sys.stderr)
         client = aioredis.Redis.from_url(redis_url)
         stack.push_async_callback(client.aclose)
         await client.delete(*[keys.room_events(ROOM), keys.room_ingest(ROOM), keys.room_state(ROOM)])
-        room = demo_room_config(port, settings, live_in_s)
+        room = demo_room_config(port, settings, live_in_s, vendor)
         app = create_app(settings, redactor)
         runner = make_runner(app, settings)
         await runner.setup()
@@ -326,6 +435,8 @@ async def run_demo(
                 _audience_when_live(http, base_url, token, client, narrator), name="demo-audience"
             ),
         ]
+        if softsugar is not None:
+            tasks.append(asyncio.create_task(_heartbeats(softsugar, narrator), name="demo-heartbeats"))
         try:
             if duration_s is None:
                 await stop.wait()
@@ -337,6 +448,20 @@ async def run_demo(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             narrator.say("demo", "stopping")
+
+
+async def _heartbeats(box: SoftSugarSandbox, narrator: Narrator) -> None:
+    """SoftSugar's heartbeats as the vendor receives them (they leave no entry in the room's record)."""
+    told: dict[str, int] = {}
+    while True:
+        await asyncio.sleep(0.5)
+        for session in list(box.world.sessions.values()):
+            if session.heartbeats != told.get(session.session_id, 0):
+                told[session.session_id] = session.heartbeats
+                narrator.say(
+                    "heartbeat",
+                    f"#{session.heartbeats} for session {session.session_id[:8]}… from the room's owner",
+                )
 
 
 async def _audience_when_live(

@@ -459,10 +459,14 @@ class InteractionSettings(Section):
         15, ge=1, le=100, description="Replies waiting per room; beyond it the lowest priority is dropped."
     )
     reply_in_flight: int = Field(
-        1, ge=1, le=15, description="Inserted replies not yet finished (REPLY_COMMAND_FINISH) per room."
+        1,
+        ge=1,
+        le=15,
+        description="Replies said at the vendor and not yet finished, per room (at most 15: SoftSugar "
+        "advises no more in its takeover queue).",
     )
     reply_timeout_s: PositiveSeconds = Field(
-        120.0, description="An inserted reply with no REPLY_COMMAND_FINISH after this long is given up."
+        120.0, description="A reply said at the vendor and not reported finished after this long is given up."
     )
     reply_max_age_s: PositiveSeconds = Field(
         30.0, description="Comments older than this when read are reported but not answered."

@@ -87,3 +87,44 @@ def test_demo_rejects_bad_options() -> None:
         timeout=30,
     )
     assert result.returncode == 2 and "--speed" in result.stderr
+
+
+def test_softsugar_demo_tells_the_same_story() -> None:
+    """``--vendor softsugar``: the window opens, the session is created, started and live, its owner sends
+    heartbeats, comments are answered through the takeover queue and finish playing."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "demo",
+            "--vendor",
+            "softsugar",
+            "--duration",
+            "18",
+            "--live-in",
+            "1",
+            "--speed",
+            "6",
+        ],
+        cwd=ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    steps = {
+        "sandbox": "SoftSugar sandbox on http://127.0.0.1:" in out,
+        "schedule fires": bool(re.search(r"schedule\s+start \(scheduled window began\) → done", out)),
+        "session created": "the session is created (35)" in out,
+        "job live": "PROCESSING — the room is live" in out,
+        "heartbeats": len(re.findall(r"heartbeat\s+#\d+ for session", out)) >= 2,
+        "comments posted": "comment " in out,
+        "takeover queued": "takeover queued (command/queue): " in out,
+        "reply playing": "a reply starts playing (36)" in out,
+        "reply finished": "a reply finished playing (37)" in out,
+    }
+    assert all(steps.values()), (steps, out[-4000:])
+    assert "Traceback" not in result.stderr

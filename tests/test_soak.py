@@ -142,6 +142,7 @@ def _assert_clean(result: dict) -> None:  # type: ignore[type-arg]
     assert result["availability"] >= 0.999
     injected = result["faults"]["injected"]
     assert {"job_fail", "redis_kill", "replica_kill", "vendor_hang", "callbacks_lost"} <= set(injected)
+    assert {k for k in injected if k.startswith("ss_")}, injected  # SoftSugar rooms take faults too
 
 
 def _short(seed: int, tmp_path: Path) -> dict:  # type: ignore[type-arg]

@@ -34,6 +34,12 @@ def main() -> int:
     parser.add_argument("--speed", type=float, default=150.0)
     parser.add_argument("--seed", type=int, default=None, help="default: a random one (printed)")
     parser.add_argument("--faults-per-hour", type=float, default=14.0)
+    parser.add_argument(
+        "--softsugar-every",
+        type=int,
+        default=5,
+        help="every N-th room runs on SoftSugar (default 5; 0: none)",
+    )
     parser.add_argument("--name", default=None, help="result file name (default: soak-<seed>)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the replicas' logs here")
@@ -41,7 +47,12 @@ def main() -> int:
     seed = args.seed if args.seed is not None else int.from_bytes(__import__("os").urandom(3), "big")
     print(f"soak seed {seed}", flush=True)
     config = SoakConfig(
-        rooms=args.rooms, hours=args.hours, speed=args.speed, seed=seed, faults_per_hour=args.faults_per_hour
+        rooms=args.rooms,
+        hours=args.hours,
+        speed=args.speed,
+        seed=seed,
+        faults_per_hour=args.faults_per_hour,
+        softsugar_every=args.softsugar_every,
     )
     result = run(config, args.workdir)
     args.out.mkdir(parents=True, exist_ok=True)

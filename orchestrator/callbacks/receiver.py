@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 
 from orchestrator import clock
 from orchestrator.callbacks.errors import CallbackMalformed, CallbackRejected, NotManaged, RejectReason
-from orchestrator.domain import JobStateChanged, LinkChanged, ParagraphChanged, ReplyFinished
+from orchestrator.domain import JobStateChanged, LinkChanged, ParagraphChanged, ReplyFailed, ReplyFinished
 from orchestrator.providers.base import CallbackCodec, Decoded
 from orchestrator.store import keys
 from orchestrator.store.batch import ScriptBatcher
@@ -194,7 +194,7 @@ def write_for(decoded: Decoded, callback_id: str, event_ms: int, now_ms: int, di
         fields = (event.scene, event.sequence, event.title, event.product_id, event.product_title)
     elif isinstance(event, LinkChanged):
         fields = (event.output, event.state.value)
-    elif isinstance(event, ReplyFinished):
+    elif isinstance(event, ReplyFinished | ReplyFailed):  # a failed reply frees its slot as a finished one
         fields = (event.reply_id,)
     elif isinstance(event, JobStateChanged):
         fields = (event.status.value,)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ class Item:
     text: str
     kind: str = "queue"  # queue | command (v2, interruptible) | v1 | quick
     started_at: float | None = None  # simulated seconds, when it began to play
+    received_at: float = field(default_factory=time.time)  # wall clock, when it arrived (benchmarks)
 
 
 @dataclass
@@ -83,6 +85,7 @@ class Session:
     last_heartbeat: float = 0.0
     queue: deque[Item] = field(default_factory=deque)
     played: list[Item] = field(default_factory=list)  # finished items, in order
+    received: list[Item] = field(default_factory=list)  # every takeover received, in order
     cancelled: list[str] = field(default_factory=list)
     heartbeats: int = 0
     voice_bytes: int = 0  # PCM received on the microphone socket while streaming
@@ -126,6 +129,9 @@ class World:
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.listeners: set[asyncio.Queue[dict[str, Any]]] = set()  # microphone WebSockets' notices
+        #: Every session status change as (the daemon's clock, userData, session id, status), when a harness
+        #: sets a list here (the chaos soak measures availability from it).
+        self.history: list[tuple[float, str, str, int]] | None = None
 
     def start(self) -> None:
         self._tasks = [
@@ -148,6 +154,8 @@ class World:
         session.rtc_channel_id = f"rtc-{session.session_id[:12]}"
         self.sessions[session.session_id] = session
         session.history.append((now, 32))
+        if self.history is not None:
+            self.history.append((clock.time(), user_data or "", session.session_id, 32))
         if self.create_faults:
             self._set(session, self.create_faults.popleft(), notify=False)  # answered by create itself
         elif self.create_s <= 0:
@@ -196,6 +204,7 @@ class World:
     def enqueue(self, session_id: str, text: str, priority: int | None, kind: str = "queue") -> Item:
         session = self.running(session_id)
         item = Item(uuid.uuid4().hex, text, kind)
+        session.received.append(item)
         if kind in ("command", "v1"):  # interruptible: plays now, the item playing is interrupted
             if session.queue and session.queue[0].started_at is not None:
                 self._finish(session, session.queue.popleft(), 37, "interrupted")
@@ -287,6 +296,8 @@ class World:
             return
         session.status = status
         session.history.append((self.sim.elapsed_s(), status))
+        if self.history is not None:
+            self.history.append((clock.time(), session.user_data or "", session.session_id, status))
         if notify and status in (35, 5, 50, 9, 99):
             self._notify(session, status)
 
