@@ -162,3 +162,35 @@ def test_short_soak_with_a_random_seed(tmp_path: Path) -> None:
     seed = int(os.environ.get("SOAK_SEED") or random.SystemRandom().randrange(1, 1_000_000))
     print(f"soak seed {seed} (replay: SOAK_SEED={seed})")
     _assert_clean(_short(seed, tmp_path))
+
+
+def test_a_fault_may_justify_more_than_one_restart() -> None:
+    """A SoftSugar channel shortage at a restart: the refused create and its retry are both justified."""
+    should = {"r": [(0.0, 1000.0)]}
+    jobs = {
+        "r": [
+            JobLife("j1", "r", 1.0, [(1.0, 100.0)]),
+            JobLife("j2", "r", 100.0, [(100.0, 100.0)]),  # created, refused at once (97)
+            JobLife("j3", "r", 120.0, [(120.0, 1000.0)]),
+        ]
+    }
+    outcome = analysis.analyse(
+        should=should,
+        live={"r": [(3.0, 100.0), (125.0, 1000.0)]},
+        jobs=jobs,
+        faults=[Fault(100.0, "ss_shortage", "r", 60.0, restarts=2)],
+        start_budget_s=5.0,
+        stop_budget_s=10.0,
+        span=(0.0, 1000.0),
+    )
+    assert outcome["extra_starts"] == []
+    one = analysis.analyse(
+        should=should,
+        live={"r": [(3.0, 100.0), (125.0, 1000.0)]},
+        jobs=jobs,
+        faults=[Fault(100.0, "ss_fail", "r", 60.0, restarts=True)],
+        start_budget_s=5.0,
+        stop_budget_s=10.0,
+        span=(0.0, 1000.0),
+    )
+    assert one["extra_starts"] == ["r: window 0 had 3 starts for 1 restart fault(s)"]

@@ -146,7 +146,7 @@ class Fault:
     budget_s: float  # the documented recovery budget: downtime within [at, at + budget_s] is excused
     needs_human: bool = False
     detail: str = ""
-    restarts: bool = False  # the fault ends the room's job: a restart is justified
+    restarts: int = 0  # the restarts the fault justifies (it ends the room's job: 1; True counts as 1)
 
     @property
     def window(self) -> Interval:
@@ -208,7 +208,7 @@ def analyse(
         for f in faults:
             if f.room_id == room_id and f.restarts:
                 index = next((i for i, (s, e) in enumerate(windows) if s <= f.at < e), None)
-                justified[index] += 1
+                justified[index] += int(f.restarts)
             elif f.room_id is None and f.restarts:  # every room's fault: a restart in each window it meets
                 for index, (s, e) in enumerate(windows):
                     if f.at < e and s < f.at + f.budget_s:

@@ -817,11 +817,11 @@ class Soak:
                     kind,
                     room_id,
                     budget + extra,
-                    restarts=True,
+                    restarts=2,
                     needs_human=True,
                     detail=f"status {shortage}",
                 )
-                self._record(kind, room_id, 0.0, restarts=True, detail="the refused create's retry")
+                self._restarts[room_id].append(clock.time())  # the retry counts towards the next backoff
         elif kind == "ss_callbacks_lost":
             count = rng.randint(1, 10)
             world.drop_callbacks += count

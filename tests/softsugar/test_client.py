@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from typing import Any
 
@@ -258,3 +259,41 @@ async def test_microphone_websocket_notices_and_codes(env: Env) -> None:
     bad = env.client.microphone_url(session, "wrong-token")
     async with env.http.ws_connect(bad) as ws:
         assert (await ws.receive_json(timeout=2))["code"] == 1
+
+
+async def test_following_a_session_opens_its_socket_only_once_it_is_live(env: Env) -> None:
+    """Before a session is live the vendor refuses its socket (6). The owner does not knock each second (the
+    1,000-room benchmark found every owner doing so: 13,000 refusals in six minutes, the vendor's answers
+    to everything else timing out): it waits for the session to be live, with a growing pause."""
+    from orchestrator.providers.softsugar.microphone import follow
+    from orchestrator.sandbox.softsugar.app import MICROPHONE
+
+    created = await env.client.create_channel(script(), user_data="room-1")  # 32, then 35: not started
+    connected: set[str] = set()
+    task = asyncio.create_task(
+        follow(
+            lambda: env.client, created.sessionId, _ignore, connected=connected, retry_s=0.1, max_retry_s=1
+        )
+    )
+    try:
+        for _ in range(3):  # the sandbox closes a session without heartbeats after 1.2 s here
+            await env.client.heartbeat(created.sessionId)
+            await asyncio.sleep(0.5)
+        refused = [c for c in env.sandbox.calls if c[1] == MICROPHONE]  # a refused socket closes at once
+        assert refused == [] and not connected
+        looks = [c for c in env.sandbox.calls if c[1].endswith("/stat")]
+        assert 3 <= len(looks) <= 6  # 0.1, 0.2, 0.4, 0.8 s apart: not ten a second
+        await env.client.start(created.sessionId)
+
+        async def up() -> bool:
+            return created.sessionId in connected
+
+        await until(up, 3)  # live: the socket is open (the sandbox records a socket when it closes)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _ignore(_event: object) -> None:
+    return None
