@@ -146,7 +146,11 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 async def http_ctx(app: web.Application) -> AsyncIterator[None]:
     """The outgoing HTTP session (vendor API, alert webhooks): one per process, closed last but Redis; and
     the providers, which call their vendors through it."""
-    session = aiohttp.ClientSession()
+    # No connection cap on the shared pool: every vendor call is bounded by its provider's max_concurrency,
+    # and a SoftSugar account without status callbacks holds one WebSocket per live room -- under aiohttp's
+    # default cap of 100 the 101st room's socket, and then every API call, waited for a free connection
+    # (benchmarks/softsugar: 1,000 rooms never all live, stat and heartbeat timing out).
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     app[HTTP] = session
 
     async def daemon_alert(kind: str, message: str) -> None:  # the alerter is made with the scheduler

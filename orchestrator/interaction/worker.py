@@ -112,7 +112,7 @@ class RoomWorker:
             if ctx.owned():
                 try:
                     await ctx.keepalive()
-                except ProviderError as exc:
+                except (ProviderError, RedisError) as exc:  # the account's token is in Redis
                     if being_cancelled():
                         raise
                     ctx.log.warning("keepalive failed; the next one is due in an interval", error=str(exc))

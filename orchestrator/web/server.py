@@ -158,7 +158,12 @@ def connection_limits(settings: Settings, listeners: int) -> ConnectionLimits:
     descriptors for Redis (its pool), the vendor, the journal and logs, whatever ``max_connections`` says."""
     server = settings.server
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    reserve = settings.redis.max_connections + settings.metastudio.max_concurrency + 128
+    reserve = (
+        settings.redis.max_connections
+        + settings.metastudio.max_concurrency
+        + settings.softsugar.max_concurrency
+        + 128
+    )
     available = soft - reserve if soft != resource.RLIM_INFINITY else server.max_connections * listeners
     total = max(8, min(server.max_connections, available // listeners))
     return ConnectionLimits(total, min(server.max_connections_per_client, total), server.header_timeout_s)
