@@ -101,7 +101,7 @@ def test_softsugar_demo_tells_the_same_story() -> None:
             "--vendor",
             "softsugar",
             "--duration",
-            "18",
+            "14",
             "--live-in",
             "1",
             "--speed",

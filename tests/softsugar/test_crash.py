@@ -146,8 +146,8 @@ async def test_three_replicas_killed_and_restarted_one_session_per_window(
     config = SandboxConfig(APP_ID, APP_KEY, None, speed=1.0, create_s=1.0, heartbeat_timeout_s=8.0)
     async with running_sandbox(config) as (box, url):
         t0 = datetime.now(UTC)
-        w1 = (t0 + timedelta(seconds=4), t0 + timedelta(seconds=16))
-        w2 = (t0 + timedelta(seconds=21), t0 + timedelta(seconds=30))
+        w1 = (t0 + timedelta(seconds=3), t0 + timedelta(seconds=11))
+        w2 = (t0 + timedelta(seconds=14), t0 + timedelta(seconds=20))
         rooms = _rooms_file(
             tmp_path, [{"kind": "once", "start": s.isoformat(), "end": e.isoformat()} for s, e in (w1, w2)]
         )
@@ -170,7 +170,7 @@ async def test_three_replicas_killed_and_restarted_one_session_per_window(
                 # live (heartbeats must move to the next lease holder before the vendor's 8 s run out), one
                 # at its end, one at the second window's start.
                 await kill_and_restart(0, w1[0] + timedelta(seconds=0.1), 1.0)
-                await kill_and_restart(1, w1[0] + timedelta(seconds=6), 0.5)
+                await kill_and_restart(1, w1[0] + timedelta(seconds=4.5), 0.5)
                 await kill_and_restart(2, w1[1] - timedelta(seconds=0.1), 0.5)
                 await kill_and_restart(0, w2[0] + timedelta(seconds=0.1), 0.5)
                 await _sleep_until(w2[1] + timedelta(seconds=3))
