@@ -327,8 +327,11 @@ def main() -> None:
             "floor": [sys.executable, str(HERE / "floor_server.py"), str(ports["floor"])],
         }
         for name, command in commands.items():
+            # Each process its own callback journal: the daemon refuses one another process holds (the
+            # floor server builds the same application, and took the daemon's first).
+            own = {**env, "ORCH_CALLBACKS__JOURNAL_PATH": str(work / f"journal-{name}.jsonl")}
             procs[name] = subprocess.Popen(
-                command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                command, env=own, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
         for proc in procs.values():
             pin(proc.pid, server_cpus)

@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.providers.metastudio.client import MetaStudioClient  # noqa: E402
+from orchestrator.providers.registry import ProviderDeps, Providers  # noqa: E402
 from orchestrator.scheduling.reconciler import Reconciler  # noqa: E402
 from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs  # noqa: E402
 from orchestrator.scheduling.scheduler import BoundaryScheduler  # noqa: E402
@@ -126,8 +126,14 @@ async def startup_and_lateness(redis_url: str, freeze: bool = True) -> dict[str,
     async def no_alert(*_: Any) -> None:
         return None
 
-    def no_client(_: ManagedRoom) -> MetaStudioClient:
-        raise RuntimeError("paused rooms make no vendor calls")
+    class NoVendor:
+        """A paused room's provider: looked up, never called (paused rooms make no vendor calls)."""
+
+        def __getattr__(self, name: str) -> Any:
+            raise RuntimeError(f"paused rooms make no vendor calls ({name})")
+
+    def no_client(_: ManagedRoom) -> Any:
+        return NoVendor()
 
     reconciler = Reconciler(redis, configs, store, no_client, no_alert, settings)
     scheduler = BoundaryScheduler(reconciler, configs, None, interval_s=15)
@@ -235,12 +241,15 @@ async def reconcile_cpu(redis_url: str, passes: int) -> dict[str, Any]:
             for i in range(700)
         ]
         await put_all(redis, live + off)
-        client = MetaStudioClient.from_settings(http, settings.metastudio)
 
         async def no_alert(*_: Any) -> None:
             return None
 
-        reconciler = Reconciler(redis, configs, store, lambda _: client, no_alert, settings)
+        # The daemon's own composition (orchestrator/app.py): the room's provider's live jobs.
+        providers = Providers(ProviderDeps(http, settings, redis, no_alert))
+        reconciler = Reconciler(
+            redis, configs, store, lambda room: providers.for_room(room).jobs, no_alert, settings
+        )
         await reconciler.reconcile_all()  # first pass: starts the 300 live rooms
         await reconciler.reconcile_all()
         cpu: list[float] = []
