@@ -338,3 +338,26 @@ async def test_callback_config_command(tmp_path: Any) -> None:
     assert json.loads(revealed.stdout)["key"] == KEY  # the current key, not the previous one
     missing = subprocess.run([*run, "--profile", "other"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "other" in missing.stderr
+
+
+async def test_the_room_hears_of_its_product_only_when_it_changes(daemon: Daemon) -> None:
+    """Every replica decodes every reaction: paragraphs switch far more often than products, and a reaction
+    per paragraph cost the callback path a third of its throughput (benchmarks/callbacks)."""
+    await _managed(daemon)
+    pubsub = daemon.store._redis.pubsub()
+    await pubsub.subscribe(keys.reactions_channel())
+    await pubsub.get_message(timeout=1)  # the subscription's confirmation
+    t0 = int(time.time() * 1000)
+    products = ["Cup", "Cup", "Cup", "Lipstick", "Lipstick"]
+    for i, product in enumerate(products):
+        message = {**switch(ROOM, JOB, i + 1), "product_id": f"p-{product}", "product_title": product}
+        status, _ = await daemon.send("SHOOT_SCRIPT_SWITCH", message, time_ms=t0 + i)
+        assert status == 200
+    heard = []
+    while (got := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)) is not None:
+        reaction = json.loads(got["data"])
+        if reaction["kind"] == "paragraph":
+            heard.append(reaction["product_title"])
+    await pubsub.aclose()
+    assert heard == ["Cup", "Lipstick"]
+    assert (await daemon.room(ROOM))["paragraph_seq"] == "5"  # every paragraph recorded all the same
