@@ -58,37 +58,6 @@ AK, SK, PROJECT = "DEMOACCESSKEY", "demo-secret-key", "demo-project"
 APP_ID, APP_KEY = "demo-app-id", "demo-app-key-0000000000000000"
 VENDORS = ("metastudio", "softsugar")
 
-#: 003's example live script (l.1023-1140), trimmed: one scene, one avatar, one voice, one text.
-SOFTSUGAR_SCRIPT: dict[str, Any] = {
-    "version": "0.0.1",
-    "recycle": 1,
-    "stream_mode": True,
-    "sceneList": [
-        {
-            "digital_role": {
-                "id": 1,
-                "face_feature_id": "0325_nina_s3_beauty",
-                "name": "小李",
-                "url": "https://example.com/0325_nina_s3_beauty.zip",
-                "position": {"x": 10, "y": 60},
-                "scale": 1,
-            },
-            "tts_config": {
-                "id": "nina",
-                "name": "nina",
-                "vendor_id": 3,
-                "language": "zh-CN",
-                "pitch_offset": 0.0,
-                "speed_ratio": 1,
-                "volume": 100,
-            },
-            "tts_query": {
-                "content": "欢迎来到直播间，今天给大家带来一款保温杯，十二小时保温。",
-                "ssml": False,
-            },
-        }
-    ],
-}
 #: SoftSugar's status callbacks, as the narration tells them.
 SOFTSUGAR_STATUS = {
     "35": "the session is created (35): it is started",
@@ -290,7 +259,9 @@ def demo_room_config(
         "interaction_callback_url": f"http://127.0.0.1:{port}/callbacks/metastudio/interaction/{token}",
     }
     if vendor == "softsugar":
-        template = {"script": LiveScript.model_validate(SOFTSUGAR_SCRIPT).model_dump(exclude_none=True)}
+        template = {
+            "script": LiveScript.model_validate(softsugar_app.demo_script()).model_dump(exclude_none=True)
+        }
     room = {
         "room_id": ROOM,
         "provider": vendor,

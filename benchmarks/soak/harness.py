@@ -105,34 +105,6 @@ RESTART = {
     "rtmp_grace_s": 30,
     "refresh_wait_s": 20,
 }
-#: A SoftSugar room's live script: 003's example (l.1023-1140), trimmed; it loops (recycle) all day.
-SS_SCRIPT: dict[str, Any] = {
-    "version": "0.0.1",
-    "recycle": 1,
-    "stream_mode": True,
-    "sceneList": [
-        {
-            "digital_role": {
-                "id": 1,
-                "face_feature_id": "0325_nina_s3_beauty",
-                "name": "小李",
-                "url": "https://example.com/0325_nina_s3_beauty.zip",
-                "position": {"x": 10, "y": 60},
-                "scale": 1,
-            },
-            "tts_config": {
-                "id": "nina",
-                "name": "nina",
-                "vendor_id": 3,
-                "language": "zh-CN",
-                "pitch_offset": 0.0,
-                "speed_ratio": 1,
-                "volume": 100,
-            },
-            "tts_query": {"content": "这款保温杯十二小时保温，今天直播间特价。", "ssml": False},
-        }
-    ],
-}
 #: SoftSugar session statuses as the analysis's job states (32/35 waiting, 2 live, 5 ended on request).
 SS_STATES = {32: "WAITING", 35: "WAITING", 2: "PROCESSING", 5: "SUCCEED"}
 
@@ -426,7 +398,9 @@ class Soak:
                         "room_id": room_id,
                         "name": f"Soak {room_id}",
                         "provider": "softsugar",
-                        "template": {"script": SS_SCRIPT},
+                        "template": {
+                            "script": softsugar_app.demo_script("这款保温杯十二小时保温，今天直播间特价。")
+                        },
                         "schedule": self.schedules[room_id],
                         "restart": RESTART,
                         "alerts": [{"url": sink_url, "format": "generic"}],

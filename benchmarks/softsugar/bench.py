@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from orchestrator.sandbox.softsugar.app import (  # noqa: E402
     SandboxConfig,
     SoftSugarSandbox,
+    demo_script,
     running_sandbox,
 )
 from tests.support.daemon import Daemon  # noqa: E402
@@ -52,36 +53,6 @@ HERE = Path(__file__).resolve().parent
 APP_ID, APP_KEY = "bench-app", "bench-app-key-000000000000000001"
 ADMIN = "bench-admin-token-00000000"
 TICK = os.sysconf("SC_CLK_TCK")
-SCRIPT: dict[str, Any] = {
-    "version": "0.0.1",
-    "recycle": 1,
-    "stream_mode": True,
-    "sceneList": [
-        {
-            "digital_role": {
-                "id": 1,
-                "face_feature_id": "0325_nina_s3_beauty",
-                "name": "小李",
-                "url": "https://example.com/0325_nina_s3_beauty.zip",
-                "position": {"x": 10, "y": 60},
-                "scale": 1,
-            },
-            "tts_config": {
-                "id": "nina",
-                "name": "nina",
-                "vendor_id": 3,
-                "language": "zh-CN",
-                "pitch_offset": 0.0,
-                "speed_ratio": 1,
-                "volume": 100,
-            },
-            "tts_query": {
-                "content": "欢迎来到直播间，今天给大家带来一款保温杯，十二小时保温。",
-                "ssml": False,
-            },
-        }
-    ],
-}
 POLICY = {
     "rules": [
         {"name": "price", "patterns": ["多少钱"], "replies": ["{user}，价格在购物车里，今天有优惠哦。"]}
@@ -118,7 +89,7 @@ def write_config(workdir: Path, rooms: int) -> tuple[Path, Path]:
                     {
                         "room_id": f"ss-{i:04d}",
                         "provider": "softsugar",
-                        "template": {"script": SCRIPT},
+                        "template": {"script": demo_script()},
                         "schedule": {"timezone": "UTC", "windows": [{"kind": "always"}]},
                     }
                     for i in range(rooms)

@@ -605,4 +605,36 @@ async def running_sandbox(
         await runner.cleanup()
 
 
-__all__ = ["BaseModel", "Fault", "SandboxConfig", "SoftSugarSandbox", "running_sandbox"]
+def demo_script(text: str = "欢迎来到直播间，今天给大家带来一款保温杯，十二小时保温。") -> dict[str, Any]:
+    """003's example live script (l.1023-1140), trimmed: one scene, one avatar, one voice, ``text`` on a
+    loop -- for the demo, the soak and the benchmarks."""
+    return {
+        "version": "0.0.1",
+        "recycle": 1,
+        "stream_mode": True,
+        "sceneList": [
+            {
+                "digital_role": {
+                    "id": 1,
+                    "face_feature_id": "0325_nina_s3_beauty",
+                    "name": "小李",
+                    "url": "https://example.com/0325_nina_s3_beauty.zip",
+                    "position": {"x": 10, "y": 60},
+                    "scale": 1,
+                },
+                "tts_config": {
+                    "id": "nina",
+                    "name": "nina",
+                    "vendor_id": 3,
+                    "language": "zh-CN",
+                    "pitch_offset": 0.0,
+                    "speed_ratio": 1,
+                    "volume": 100,
+                },
+                "tts_query": {"content": text, "ssml": False},
+            }
+        ],
+    }
+
+
+__all__ = ["BaseModel", "Fault", "SandboxConfig", "SoftSugarSandbox", "demo_script", "running_sandbox"]
