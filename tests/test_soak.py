@@ -1,4 +1,4 @@
-"""The chaos soak: its judging (pure, fast) and its short form (3 replicas, a simulated 2 h, slow).
+"""The chaos soak: its judging (pure, fast) and its short form (3 replicas, a simulated 1.5 h, slow).
 
 The short form runs the harness of ``benchmarks/soak`` twice: with a fixed seed, and with a random one
 printed first (``SOAK_SEED`` replays it). Every invariant of the full soak is asserted.
@@ -146,7 +146,7 @@ def _assert_clean(result: dict) -> None:  # type: ignore[type-arg]
 
 
 def _short(seed: int, tmp_path: Path) -> dict:  # type: ignore[type-arg]
-    config = SoakConfig(rooms=10, hours=2, speed=144, seed=seed, faults_per_hour=12, log_level="warning")
+    config = SoakConfig(rooms=10, hours=1.5, speed=144, seed=seed, faults_per_hour=12, log_level="warning")
     return asyncio.run(Soak(config, tmp_path).run())
 
 

@@ -31,7 +31,7 @@ async def serving(
 @asynccontextmanager
 async def serving_plain(app: web.Application) -> AsyncIterator[str]:
     """Serve a small test application (a fake peer: webhook receiver, slow vendor) on a free port."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)  # a held request is not waited for
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -594,7 +594,8 @@ async def running_sandbox(
 ) -> AsyncIterator[tuple[SoftSugarSandbox, str]]:
     """Serve a sandbox on ``host:port`` (0: a free port); yield it with its base URL."""
     sandbox = SoftSugarSandbox(config)
-    runner = web.AppRunner(sandbox.app(), access_log=None)
+    # A stand-in stops at once: a request held by a "hang" fault is not waited for (aiohttp waits 60 s).
+    runner = web.AppRunner(sandbox.app(), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
