@@ -18,7 +18,9 @@ SHOOT_SCRIPT_SWITCH (its own hwTime, so its own signature): none takes the dupli
 open-loop generator sends to (b) at half its median maximum and records each request's latency from its
 *scheduled* send time (so a stall is counted, not hidden).
 
-Targets (issue 4): rps(b) >= 60 % of rps(a); p99 latency of (b) at half its maximum rate <= 10 ms.
+Targets (issue 4): rps(b) >= 60 % of rps(a); p99 latency of (b) at half its maximum rate <= 10 ms. Each
+server's own CPU per request (from /proc, around its rounds) is reported beside: steadier than rates on a
+shared machine.
 
     python benchmarks/callbacks/bench.py [--duration 10] [--connections 64] [--out results.json]
 """
@@ -103,6 +105,12 @@ def cpu_split(enabled: bool) -> tuple[set[int], set[int]]:
     if not enabled or len(cpus) < 2:
         return set(cpus), set(cpus)
     return {cpus[-1]}, set(cpus[:-1])
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pin(pid: int, cpus: set[int]) -> None:
@@ -346,7 +354,13 @@ def main() -> None:
                     for i, line in enumerate(src):
                         if first <= i < first + per_round:
                             dst.write(paths[name] + line[len(PATH) :])
-                runs[name].append(run_wrk(ports[name], chunk, args.duration, args.connections, args.threads))
+                pid = procs["real" if name == "real_main" else name].pid
+                cpu0 = cpu_s(pid)
+                run = run_wrk(ports[name], chunk, args.duration, args.connections, args.threads)
+                # The server's own CPU per request: steadier than requests/s on a shared machine (a
+                # neighbour's load slows every server alike, but does not change what a request costs).
+                run["cpu_us_per_request"] = (cpu_s(pid) - cpu0) * 1e6 / max(1, run["requests"])
+                runs[name].append(run)
         after_wrk = metrics(ports["real_main"])  # metrics are on the main port only
         real_median = statistics.median(r["rps"] for r in runs["real"])
         generator_loop = uvloop.new_event_loop if args.event_loop == "uvloop" else None
@@ -374,6 +388,7 @@ def main() -> None:
 
     medians = {name: statistics.median(r["rps"] for r in rs) for name, rs in runs.items()}
     ratio = medians["real"] / medians["bare"]
+    cpu = {name: statistics.median(r["cpu_us_per_request"] for r in rs) for name, rs in runs.items()}
     result = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -390,6 +405,11 @@ def main() -> None:
         "ratio_real_main_to_bare": round(medians["real_main"] / medians["bare"], 3),
         "ratio_floor_to_bare": round(medians["floor"] / medians["bare"], 3),
         "ratio_real_to_floor": round(medians["real"] / medians["floor"], 3),
+        "cpu_us_per_request_median": {name: round(cpu[name], 1) for name in runs},
+        "cpu_us_per_request_per_round": {
+            name: [round(r["cpu_us_per_request"], 1) for r in rs] for name, rs in runs.items()
+        },
+        "cpu_ratio_real_to_bare": round(cpu["real"] / cpu["bare"], 3),
         "real_non_2xx": sum(r["non_2xx"] for name in ("real", "real_main") for r in runs[name]),
         "every_real_request_unique": all(r["requests"] <= per_round for r in runs["real"]),
         "mean_batch_size": round(
