@@ -81,6 +81,13 @@ class Metrics:
             buckets=(0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5),
             registry=self.registry,
         )
+        self.reply_sent = Histogram(
+            "orch_reply_sent_seconds",
+            "From a comment's ingest to its reply being sent to the vendor (the request handed over; the "
+            "vendor's round trip excluded), for replies that answer an audience event.",
+            buckets=(0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5),
+            registry=self.registry,
+        )
         self.replies = Counter(
             "orch_replies_total",
             "Replies by outcome: queued, dropped (queue full), evicted, inserted, finished, timed_out, "

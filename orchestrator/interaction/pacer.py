@@ -129,6 +129,7 @@ class ReplyPacer:
             reply.rule_index,
             operator=reply.priority == "operator",
         )
+        handed_s = clock.time()  # the reply goes to the vendor now: what it waited is the daemon's doing
         try:
             said = await ctx.channel.say(ctx.room_id, ctx.job_id, order)
         except (ProviderConnectError, ProviderRateLimited) as exc:
@@ -155,6 +156,11 @@ class ReplyPacer:
         )
         self.last_activity = clock.monotonic()
         metrics.replies.labels("inserted").inc()
+        waited: dict[str, str] = {}
+        if reply.arrived_s:  # an answer to an audience event: from its arrival to the vendor call
+            waited_s = max(0.0, handed_s - reply.arrived_s)
+            metrics.reply_sent.observe(waited_s)
+            waited["waited_ms"] = f"{waited_s * 1000:.2f}"
         await ctx.events.add(
             ctx.room_id,
             "reply_inserted",
@@ -164,6 +170,7 @@ class ReplyPacer:
             play_type=reply.play_type or "",
             rule_index=reply.rule_index or "",
             text=reply.text,
+            **waited,
         )
         return in_flight
 

@@ -278,8 +278,11 @@ class RoomWorker:
                 checkpoint()
                 taken = list(self._decided)
                 replies = [
-                    (Reply(d.reply or "", d.priority, self.play_type(d.priority)), d.rule or d.priority)
-                    for _, d in taken
+                    (
+                        Reply(d.reply or "", d.priority, self.play_type(d.priority), arrived_s=since_s),
+                        d.rule or d.priority,
+                    )
+                    for since_s, d in taken
                 ]
                 try:
                     await self.enqueue(replies)

@@ -19,7 +19,8 @@ kind               fields                                      written by
 ``reported``       job_id, batch_id, events, types             :meth:`RoomEvents.add` (in the reporter's
                                                                acknowledgement transaction)
 ``reply_inserted`` job_id, reply_id, priority, play_type,      :meth:`RoomEvents.add`
-                   rule_index, text
+                   rule_index, text, waited_ms (from the
+                   comment's arrival to the vendor call)
 ``replies_cleared`` dropped, withdrawn                         :meth:`RoomEvents.add` (an operator's clear)
 ``reply_finished``, job_id, reply_id                           :meth:`RoomEvents.add` (a vendor's push
 ``reply_failed``                                               channel said so: SoftSugar's socket)

@@ -125,7 +125,7 @@ def room_reply_queue(room_id: str) -> str:
 
 
 def room_reply_items(room_id: str) -> str:
-    """Hash: queued reply id → JSON {text, priority, play_type, rule_index, enqueued_ms}."""
+    """Hash: queued reply id → JSON {text, priority, play_type, rule_index, enqueued_ms, arrived_s}."""
     return _room(room_id, "replyq:items")
 
 

@@ -17,7 +17,7 @@ Every operation is one script on the room's keys (one hash tag), so it is atomic
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 import redis.asyncio as aioredis
@@ -52,6 +52,8 @@ class Reply:
     rule_index: str | None = None
     reply_id: str = ""
     enqueued_ms: int = 0
+    #: When the audience event it answers arrived at the daemon (s, the daemon's clock; 0: none did).
+    arrived_s: float = 0.0
 
     @property
     def score(self) -> int:
@@ -65,6 +67,7 @@ class Reply:
                 "play_type": self.play_type,
                 "rule_index": self.rule_index,
                 "enqueued_ms": self.enqueued_ms,
+                "arrived_s": self.arrived_s,
             }
         )
 
@@ -78,6 +81,7 @@ class Reply:
             rule_index=data.get("rule_index"),
             reply_id=reply_id,
             enqueued_ms=int(data.get("enqueued_ms") or 0),
+            arrived_s=float(data.get("arrived_s") or 0.0),
         )
 
 
@@ -125,9 +129,7 @@ class ReplyQueue:
             for reply, record in replies:
                 reply_id = reply.reply_id or uuid.uuid4().hex
                 enqueued_ms = reply.enqueued_ms or now_ms
-                full = Reply(
-                    reply.text, reply.priority, reply.play_type, reply.rule_index, reply_id, enqueued_ms
-                )
+                full = replace(reply, reply_id=reply_id, enqueued_ms=enqueued_ms)
                 fields = {"priority": full.priority, "text": full.text, "event_ms": now_ms, **record}
                 flat = [value for pair in fields.items() for value in pair]
                 await self._enqueue(

@@ -64,6 +64,20 @@ async def test_one_token_for_every_client_of_the_account(env: Env) -> None:
     assert env.sandbox.tokens.issued == 1
 
 
+async def test_a_replica_reads_the_shared_token_once_in_a_while_not_per_call(env: Env) -> None:
+    """A thousand sessions' heartbeats each read the token from Redis first: a round trip per call. The
+    replica keeps what it read for ``REREAD_S`` (counted by Redis itself: HGETALL calls)."""
+
+    async def reads() -> int:
+        stats = await env.redis.info("commandstats")
+        return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+
+    await env.client.running()
+    before = await reads()
+    await asyncio.gather(*(env.client.running() for _ in range(50)))
+    assert await reads() - before <= 1
+
+
 async def test_a_third_token_invalidates_the_oldest_and_a_401_renews_once(env: Env) -> None:
     """The vendor keeps at most two tokens valid: when something else takes two more, ours is refused --
     one renewal, not a storm, and the call goes through."""

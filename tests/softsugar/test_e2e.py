@@ -137,6 +137,10 @@ async def test_a_window_creates_starts_keeps_alive_answers_and_closes(
         await until(lambda: _true(any("购物车" in t.text for t in session.played)), 10)
         inserted = [e for e in await daemon.store.events(ROOM, limit=1000) if e["kind"] == "reply_inserted"]
         assert len(inserted) == 1
+        # How long the answer waited in the daemon, from the comment's arrival to the vendor call.
+        assert 0 <= float(inserted[0]["waited_ms"]) < 1000
+        metrics = await (await daemon.http.get(f"{daemon.url}/metrics")).text()
+        assert "orch_reply_sent_seconds_count 1.0" in metrics
 
         async def closed() -> bool:
             return session.status == 5

@@ -19,12 +19,18 @@ only when it is missing or expires within :data:`REFRESH_BEFORE_S` does one repl
 short lock -- obtain a new one (by the refresh token while it is valid, else by signing); the others wait
 for it. A 401 invalidates the token a call used only if it is still the stored one (one refresh, not a
 storm: the replicas that saw the same 401 find the new token already there).
+
+Each replica keeps the token it last read for :data:`REREAD_S` (real seconds) before it asks Redis again:
+every call carries it, and a thousand sessions' heartbeats each reading Redis first cost a round trip per
+call for a value that changes every few hours. A token another replica replaced meanwhile stays valid (two
+are), and a 401 reads Redis at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,6 +51,8 @@ REFRESH_PATH = "/api/uc/v1/access/api/token/refresh"
 REFRESH_BEFORE_S = 1800.0
 #: How long one replica may take to obtain a token before another tries (real seconds).
 LOCK_TTL_S = 10.0
+#: How long a replica uses the token it read before it reads Redis again (real seconds).
+REREAD_S = 5.0
 
 
 def sign(app_id: str, timestamp_ms: int, app_key: str) -> str:
@@ -78,10 +86,14 @@ class SharedToken:
         self._obtain = obtain
         self._release = redis.register_script(scripts.source("lease_release"))
         self._local = asyncio.Lock()  # one obtain at a time in this process
+        self._read: tuple[float, Issued] | None = None  # (when read, real monotonic s; the token)
 
     async def get(self) -> str:
         """A valid access token. Raises ProviderError (the vendor refused, or is unreachable)."""
-        stored = await self._stored()
+        if self._read is not None and time.monotonic() - self._read[0] < REREAD_S:
+            stored: Issued | None = self._read[1]
+        else:
+            stored = await self._stored()
         if stored is not None and stored.expires_ms - clock.time_ms() > REFRESH_BEFORE_S * 1000:
             return stored.access
         return await self._renew(stored.access if stored else None)
@@ -137,16 +149,21 @@ class SharedToken:
         )
         lifetime_s = (max(issued.expires_ms, issued.refresh_expires_ms) - clock.time_ms()) / 1000
         await self._redis.pexpire(self._key, max(1, clock.real_ms(lifetime_s)))
+        self._read = (time.monotonic(), issued)
         log.info("softsugar token obtained", by="refresh" if refresh else "sign")
         return issued.access
 
     async def _stored(self) -> Issued | None:
+        """The token in Redis (kept as this replica's copy)."""
+        self._read = None
         found = await self._redis.hgetall(self._key)
         if not found or not found.get(b"access"):
             return None
-        return Issued(
+        issued = Issued(
             text(found[b"access"]),
             int(found.get(b"expires_ms", b"0")),
             text(found.get(b"refresh", b"")) or None,
             int(found.get(b"refresh_expires_ms", b"0")),
         )
+        self._read = (time.monotonic(), issued)
+        return issued
