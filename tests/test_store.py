@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import given
@@ -11,6 +14,8 @@ from redis.crc import key_slot
 
 from orchestrator.settings import RedisSettings
 from orchestrator.store import keys
+from orchestrator.store.events import RoomEvents
+from orchestrator.store.ingest import IngestStreams
 from orchestrator.store.redis import create_redis, redis_ready
 from tests.support.redis_server import RedisServer
 
@@ -64,3 +69,26 @@ async def test_client_recovers_after_redis_restart(controllable_redis: RedisServ
         assert await client.set("k", "again")  # same client object, no rebuild
     finally:
         await client.aclose()
+
+
+async def test_a_blocked_read_of_ingest_streams_ends_when_woken(redis_url: str) -> None:
+    """The replica's reader blocks on every owned room's stream; a room that becomes readable meanwhile
+    wakes it (``CLIENT UNBLOCK``) instead of waiting out the block -- and the reader reads on after."""
+    redis = create_redis(RedisSettings(url=redis_url))
+    streams = IngestStreams(redis, RoomEvents(redis))
+    await streams.ensure_group("room-a")
+    reader = streams.blocking_reader()
+    try:
+        assert not await reader.wake()  # nothing blocked: nothing to do
+        blocked = asyncio.create_task(reader.read(["room-a"], "c1", count=10, block_ms=10_000))
+        await asyncio.sleep(0.3)  # the read is at Redis now
+        started = time.monotonic()
+        assert await reader.wake()
+        assert await blocked == {}  # as if its time were up
+        assert time.monotonic() - started < 1.0
+        await redis.xadd(keys.room_ingest("room-a"), {"event": b"{}"})
+        found = await reader.read(["room-a"], "c1", count=10, block_ms=1000)
+        assert list(found) == ["room-a"] and len(found["room-a"]) == 1
+    finally:
+        await reader.aclose()
+        await redis.aclose()

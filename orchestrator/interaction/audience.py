@@ -43,6 +43,7 @@ from orchestrator.store.events import RoomEvents
 from orchestrator.store.ingest import IngestStreams
 from orchestrator.store.leases import RoomLeases
 from orchestrator.store.reactions import Reactions
+from orchestrator.store.redis import PIPELINE_CHUNK
 from orchestrator.store.redis import text as _text
 from orchestrator.store.replies import Reply, ReplyQueue
 from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, wait_event
@@ -192,7 +193,7 @@ class AudienceService:
         ]
 
     async def aclose(self) -> None:
-        self._reader.stopping = True
+        await self._reader.stop()
         reader = next((t for t in self._tasks if t.get_name() == "audience-reader"), None)
         if reader is not None:
             await asyncio.wait({reader}, timeout=1.0)
@@ -223,10 +224,14 @@ class AudienceService:
         room_ids = sorted(_text(m) for m in await self.redis.smembers(keys.rooms_index()))
         live: dict[str, tuple[str, str, str]] = {}  # room → (job, provider, product)
         if room_ids:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for room_id in room_ids:
-                    pipe.hmget(keys.room_state(room_id), ["job_id", "job_state", "provider", "product_title"])
-                states = await pipe.execute()
+            states: list[Any] = []
+            for start in range(0, len(room_ids), PIPELINE_CHUNK):  # the loop is not held for all at once
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for room_id in room_ids[start : start + PIPELINE_CHUNK]:
+                        pipe.hmget(
+                            keys.room_state(room_id), ["job_id", "job_state", "provider", "product_title"]
+                        )
+                    states += await pipe.execute()
             for room_id, (job_id, job_state, provider, product) in zip(room_ids, states, strict=True):
                 if job_id and job_state and _text(job_state) in ACTIVE_STATUSES:
                     live[room_id] = (
@@ -264,6 +269,7 @@ class AudienceService:
             elif sweep and self.workers[room_id].started:
                 await self.workers[room_id].adopt_strays()
         self.metrics.rooms_owned.set(len(self.workers))
+        await self._reader.refresh()  # a room started (or its lease valid again) is read at once
 
     def _worker(self, room_id: str, job_id: str, provider: str) -> RoomWorker | None:
         try:

@@ -56,14 +56,11 @@ class IngestStreams:
         self, room_ids: Iterable[str], consumer: str, *, count: int, block_ms: int
     ) -> dict[str, list[Entry]]:
         """New entries of these rooms' streams, by room, in one ``XREADGROUP``."""
-        streams = {keys.room_ingest(room_id): ">" for room_id in room_ids}
-        if not streams:
-            return {}
-        answer = await self._redis.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)  # type: ignore[arg-type]
-        found: dict[str, list[Entry]] = {}
-        for stream, entries in cast(list[tuple[bytes, list[Entry]]], answer or []):
-            found[keys.room_of_ingest(text(stream))] = entries
-        return found
+        return await _read(self._redis, room_ids, consumer, count=count, block_ms=block_ms)
+
+    def blocking_reader(self) -> BlockingReader:
+        """A reader with a connection of its own, whose blocked read another task can end (:meth:`wake`)."""
+        return BlockingReader(self._redis)
 
     async def claim_all(self, room_id: str, consumer: str) -> list[Entry]:
         """Every entry the group delivered and nobody acknowledged (a predecessor's), oldest first."""
@@ -152,3 +149,60 @@ class IngestStreams:
                 pipe, room_id, "reported", job_id=job_id, batch_id=batch_id, events=reported, types=types
             )
             await pipe.execute()
+
+
+async def _read(
+    redis: aioredis.Redis, room_ids: Iterable[str], consumer: str, *, count: int, block_ms: int
+) -> dict[str, list[Entry]]:
+    streams = {keys.room_ingest(room_id): ">" for room_id in room_ids}
+    if not streams:
+        return {}
+    answer = await redis.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)  # type: ignore[arg-type]
+    found: dict[str, list[Entry]] = {}
+    for stream, entries in cast(list[tuple[bytes, list[Entry]]], answer or []):
+        found[keys.room_of_ingest(text(stream))] = entries
+    return found
+
+
+class BlockingReader:
+    """Blocking reads of ingest streams on a connection of their own, which :meth:`wake` ends early.
+
+    A replica's reader blocks on every owned room's stream at once: a new entry in any of them ends the
+    block at once, but a room that becomes readable meanwhile (its worker just started) is not in the
+    command and would wait for the block to end. Waking is Redis's ``CLIENT UNBLOCK <id> TIMEOUT``: the
+    blocked read returns as if its time were up, and the reader reads again with the new set of rooms. So
+    the block can be long (a thousand idle rooms' streams are not read ten times a second for nothing)
+    without delaying anyone. The connection's id is asked again after an error (a reconnection gives a new
+    one); a wake that misses -- the read not yet at Redis, or a silent reconnection -- costs one block.
+    """
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._waker = redis
+        self._conn = aioredis.Redis(connection_pool=redis.connection_pool, single_connection_client=True)
+        self._client_id: int | None = None
+        self.blocked = False
+
+    async def read(
+        self, room_ids: Iterable[str], consumer: str, *, count: int, block_ms: int
+    ) -> dict[str, list[Entry]]:
+        """:meth:`IngestStreams.read` on this reader's connection. Raises RedisError."""
+        try:
+            if self._client_id is None:
+                self._client_id = int(await self._conn.client_id())
+            self.blocked = True
+            try:
+                return await _read(self._conn, room_ids, consumer, count=count, block_ms=block_ms)
+            finally:
+                self.blocked = False
+        except BaseException:
+            self._client_id = None
+            raise
+
+    async def wake(self) -> bool:
+        """End the read blocked now, if one is; True if one was. Raises RedisError."""
+        if not self.blocked or self._client_id is None:
+            return False
+        return bool(await self._waker.client_unblock(self._client_id, error=False))
+
+    async def aclose(self) -> None:
+        await self._conn.aclose()

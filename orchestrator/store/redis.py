@@ -19,6 +19,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from orchestrator.settings import RedisSettings
 
+#: Commands per pipeline when one pass touches every room: packing and parsing a pipeline holds the event
+#: loop, so a thousand rooms' commands go in round trips of this many, not in one.
+PIPELINE_CHUNK = 100
+
 
 def create_redis(settings: RedisSettings, *, client_name: str = "orchestrator") -> aioredis.Redis:
     """A client (with its own connection pool) for ``settings.url``; connects lazily, on first command."""
