@@ -92,3 +92,24 @@ async def test_a_blocked_read_of_ingest_streams_ends_when_woken(redis_url: str) 
     finally:
         await reader.aclose()
         await redis.aclose()
+
+
+async def test_rooms_with_strays_are_found_in_one_look_at_every_room(redis_url: str) -> None:
+    """The supervisor's sweep asks every owned room's stream at once (pipelined) which hold entries another
+    consumer read and left unacknowledged; a stream that cannot be asked is named, so its claim reports
+    why."""
+    redis = create_redis(RedisSettings(url=redis_url))
+    streams = IngestStreams(redis, RoomEvents(redis))
+    try:
+        rooms = [f"room-{i:03d}" for i in range(150)]  # more than one pipeline's worth
+        for room_id in rooms:
+            await streams.ensure_group(room_id)
+        await redis.xadd(keys.room_ingest("room-007"), {"event": b"{}"})
+        await redis.xadd(keys.room_ingest("room-120"), {"event": b"{}"})
+        await streams.read(["room-007", "room-120"], "lost-replica", count=10, block_ms=0)
+        assert await streams.with_strays(rooms, "owner", 0) == ["room-007", "room-120"]
+        assert await streams.with_strays(rooms, "lost-replica", 0) == []  # its own are not strays
+        assert await streams.with_strays(rooms, "owner", 60_000) == []  # not idle long enough
+        assert await streams.with_strays(["no-group-here"], "owner", 0) == ["no-group-here"]
+    finally:
+        await redis.aclose()

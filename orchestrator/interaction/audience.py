@@ -255,6 +255,7 @@ class AudienceService:
                 )
         self._passes += 1
         sweep = self._passes % 3 == 0  # once a lease: strays are at least a lease old
+        running = [r for r in sorted(held) if r in self.workers and self.workers[r].started]
         for room_id in sorted(held):
             retiring = self._retiring.get(room_id)
             if retiring is not None and not retiring.done():
@@ -266,8 +267,13 @@ class AudienceService:
                     continue
                 await made.start(product)
                 self.workers[room_id] = made
-            elif sweep and self.workers[room_id].started:
-                await self.workers[room_id].adopt_strays()
+        if sweep and running:
+            # Asked of every room at once (pipelined); claimed only where some wait.
+            stray_ms = clock.real_ms(self.settings.lease_ttl_s)
+            for room_id in await self.streams.with_strays(running, self.leases.replica_id, stray_ms):
+                owner = self.workers.get(room_id)
+                if owner is not None and owner.started:
+                    await owner.adopt_strays()
         self.metrics.rooms_owned.set(len(self.workers))
         await self._reader.refresh()  # a room started (or its lease valid again) is read at once
 

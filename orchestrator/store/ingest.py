@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 
 from orchestrator.store import keys, scripts
 from orchestrator.store.events import RoomEvents
-from orchestrator.store.redis import text
+from orchestrator.store.redis import PIPELINE_CHUNK, text
 
 GROUP = "reporter"
 
@@ -89,6 +89,25 @@ class IngestStreams:
             list[Entry],
             await self._redis.xclaim(stream, GROUP, consumer, min_idle_time=min_idle_ms, message_ids=ids),
         )
+
+    async def with_strays(self, room_ids: list[str], consumer: str, min_idle_ms: int) -> list[str]:
+        """The rooms whose streams hold entries another consumer was delivered and has left unacknowledged
+        for ``min_idle_ms`` (:meth:`claim_strays` claims them), asked in pipelines of
+        :data:`PIPELINE_CHUNK` rooms. A room whose stream cannot be asked (no group) is named too: its
+        claim raises what the question did."""
+        found = []
+        for start in range(0, len(room_ids), PIPELINE_CHUNK):
+            chunk = room_ids[start : start + PIPELINE_CHUNK]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for room_id in chunk:
+                    pipe.xpending_range(
+                        keys.room_ingest(room_id), GROUP, min="-", max="+", count=1000, idle=min_idle_ms
+                    )
+                answers = await pipe.execute(raise_on_error=False)
+            for room_id, pending in zip(chunk, answers, strict=True):
+                if isinstance(pending, Exception) or any(text(p["consumer"]) != consumer for p in pending):
+                    found.append(room_id)
+        return found
 
     async def drop(self, room_id: str, entry_ids: list[str]) -> None:
         """Acknowledge entries that will never be reported (invalid, expired, trimmed)."""

@@ -300,6 +300,8 @@ async def test_following_a_session_opens_its_socket_only_once_it_is_live(env: En
         await env.client.start(created.sessionId)
 
         async def up() -> bool:
+            # Kept alive meanwhile: the owner's next look may be a second away, past the sandbox's 1.2 s.
+            await env.client.heartbeat(created.sessionId)
             return created.sessionId in connected
 
         await until(up, 3)  # live: the socket is open (the sandbox records a socket when it closes)
