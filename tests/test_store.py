@@ -16,7 +16,7 @@ from orchestrator.settings import RedisSettings
 from orchestrator.store import keys
 from orchestrator.store.events import RoomEvents
 from orchestrator.store.ingest import IngestStreams
-from orchestrator.store.redis import create_redis, redis_ready
+from orchestrator.store.redis import create_redis, redis_ready, run_script_many
 from tests.support.redis_server import RedisServer
 
 ROOM_IDS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,40}", fullmatch=True)
@@ -111,5 +111,28 @@ async def test_rooms_with_strays_are_found_in_one_look_at_every_room(redis_url: 
         assert await streams.with_strays(rooms, "lost-replica", 0) == []  # its own are not strays
         assert await streams.with_strays(rooms, "owner", 60_000) == []  # not idle long enough
         assert await streams.with_strays(["no-group-here"], "owner", 0) == ["no-group-here"]
+    finally:
+        await redis.aclose()
+
+
+async def test_scripts_run_many_at_once_without_asking_redis_first(redis_url: str) -> None:
+    """A pipeline of a registered script's calls costs one round trip (redis-py asks ``SCRIPT EXISTS``
+    before each such pipeline), and survives a Redis that lost its scripts (``SCRIPT FLUSH``: the
+    refused calls, which did nothing, run again once the script is loaded)."""
+    redis = create_redis(RedisSettings(url=redis_url))
+    script = redis.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    try:
+
+        async def calls(name: str) -> int:
+            stats = await redis.info("commandstats")
+            return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+        assert await run_script_many(redis, script, [(["{a}:n"], [1]), (["{b}:n"], [2])]) == [1, 2]
+        exists = await calls("script|exists")
+        assert await run_script_many(redis, script, [(["{a}:n"], [1]), (["{b}:n"], [2])]) == [2, 4]
+        assert await calls("script|exists") == exists  # not asked
+        await redis.script_flush()
+        assert await run_script_many(redis, script, [(["{a}:n"], [1]), (["{b}:n"], [2])]) == [3, 6]
+        assert await run_script_many(redis, script, []) == []
     finally:
         await redis.aclose()

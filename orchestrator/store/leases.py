@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from orchestrator import clock
 from orchestrator.store import keys, scripts
-from orchestrator.store.redis import PIPELINE_CHUNK, text
+from orchestrator.store.redis import PIPELINE_CHUNK, run_script_many, text
 
 ACQUIRE_LUA = scripts.source("lease_acquire")
 
@@ -52,12 +52,14 @@ class RoomLeases:
         # In pipelines of PIPELINE_CHUNK: packing and parsing a thousand rooms' commands at once held the
         # event loop for tens of ms (the SoftSugar benchmark's reply latency tail, every lease renewal).
         for start in range(0, len(room_ids), PIPELINE_CHUNK):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for room_id in room_ids[start : start + PIPELINE_CHUNK]:
-                    await self._acquire(
-                        keys=[keys.room_lease(room_id)], args=[self.replica_id, ttl_ms], client=pipe
-                    )
-                results += await pipe.execute()
+            results += await run_script_many(
+                self._redis,
+                self._acquire,
+                [
+                    ([keys.room_lease(room_id)], [self.replica_id, ttl_ms])
+                    for room_id in room_ids[start : start + PIPELINE_CHUNK]
+                ],
+            )
         held = {room_id for room_id, ok in zip(room_ids, results, strict=True) if ok == 1}
         margin_s = max(self.ttl_s * (1 - SAFETY), STALL_MARGIN_REAL_S * clock.installed().speed)
         deadline = started + self.ttl_s - margin_s

@@ -9,12 +9,15 @@ retries and the next one reconnects, so the daemon recovers without a restart.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from orchestrator.settings import RedisSettings
@@ -67,3 +70,37 @@ async def redis_ready(client: aioredis.Redis, timeout_s: float) -> tuple[bool, s
 def text(value: bytes | str | int | float) -> str:
     """A Redis reply value as text (the client returns bytes: ``decode_responses`` is off)."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def run_script_many(
+    redis: aioredis.Redis, script: AsyncScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
+) -> list[Any]:
+    """Run ``script`` once per ``(keys, args)`` in one pipelined round trip; the results in order.
+
+    redis-py's pipeline asks ``SCRIPT EXISTS`` before every pipeline that calls a registered script -- a
+    second round trip each time (on the reply path, every reply queued). Here the calls are ``EVALSHA``
+    directly, and only the calls Redis answered ``NOSCRIPT`` (it restarted, or flushed its scripts; such a
+    call did nothing) are sent again once the script is loaded. Raises RedisError (a script's own error
+    included)."""
+    if not calls:
+        return []
+    results = await _evalsha_pipeline(redis, script.sha, calls)
+    missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+    if missing:
+        script.sha = await redis.script_load(script.script)
+        again = await _evalsha_pipeline(redis, script.sha, [calls[i] for i in missing])
+        for i, result in zip(missing, again, strict=True):
+            results[i] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+async def _evalsha_pipeline(
+    redis: aioredis.Redis, sha: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
+) -> list[Any]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for script_keys, args in calls:
+            pipe.evalsha(sha, len(script_keys), *script_keys, *args)
+        return list(await pipe.execute(raise_on_error=False))

@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from orchestrator import clock
 from orchestrator.domain import PRIORITIES, Priority
 from orchestrator.store import keys, scripts
+from orchestrator.store.redis import run_script_many
 from orchestrator.store.redis import text as _text
 
 BAND = 10**13
@@ -124,21 +125,21 @@ class ReplyQueue:
         """:meth:`enqueue` for several replies, in order, in one round trip."""
         now_ms = clock.time_ms()
         script_keys = [*self._queue_keys(room_id), keys.room_events(room_id)]
-        ids = []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for reply, record in replies:
-                reply_id = reply.reply_id or uuid.uuid4().hex
-                enqueued_ms = reply.enqueued_ms or now_ms
-                full = replace(reply, reply_id=reply_id, enqueued_ms=enqueued_ms)
-                fields = {"priority": full.priority, "text": full.text, "event_ms": now_ms, **record}
-                flat = [value for pair in fields.items() for value in pair]
-                await self._enqueue(
-                    keys=script_keys,
-                    args=[reply_id, full.score, full.to_json(), self.max_pending, self.events_maxlen, *flat],
-                    client=pipe,
+        ids, calls = [], []
+        for reply, record in replies:
+            reply_id = reply.reply_id or uuid.uuid4().hex
+            enqueued_ms = reply.enqueued_ms or now_ms
+            full = replace(reply, reply_id=reply_id, enqueued_ms=enqueued_ms)
+            fields = {"priority": full.priority, "text": full.text, "event_ms": now_ms, **record}
+            flat = [value for pair in fields.items() for value in pair]
+            calls.append(
+                (
+                    script_keys,
+                    [reply_id, full.score, full.to_json(), self.max_pending, self.events_maxlen, *flat],
                 )
-                ids.append(reply_id)
-            results = await pipe.execute()
+            )
+            ids.append(reply_id)
+        results = await run_script_many(self._redis, self._enqueue, calls)
         return [
             (_text(outcome), reply_id, (_text(evicted) or None))
             for reply_id, (outcome, evicted) in zip(ids, results, strict=True)
