@@ -205,7 +205,15 @@ async def comments(
         waited += [
             float(e["waited_ms"]) for e in events if e["kind"] == "reply_inserted" and "waited_ms" in e
         ]
+    # Where the daemon's part goes: arrival -> decided -> queued in Redis -> sent (its own histograms).
+    async with http.get(f"{base_url}/metrics") as resp:
+        exposition = await resp.text()
+    stages = {
+        stage: histogram_quantiles(exposition, f"orch_reply_{stage}_seconds")
+        for stage in ("decision", "queued", "sent")
+    }
     return {
+        "stages_ms_p50_p99": stages,
         "answered": len(latencies),
         "of": len(sent),
         "p50": round(pct(latencies, 0.5), 2),
@@ -216,6 +224,21 @@ async def comments(
         "daemon_max": round(max(waited), 2) if waited else None,
         "daemon_answered": len(waited),
     }
+
+
+def histogram_quantiles(exposition: str, name: str) -> list[float | None]:
+    """p50 and p99 of a Prometheus histogram, as the upper bound of the bucket each falls in (ms)."""
+    buckets: list[tuple[float, float]] = []
+    for line in exposition.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if bound == "+Inf" else float(bound), float(line.rsplit(" ", 1)[1])))
+    total = buckets[-1][1] if buckets else 0.0
+    out: list[float | None] = []
+    for q in (0.5, 0.99):
+        bound = next((b for b, n in buckets if total and n >= q * total), None)
+        out.append(None if bound is None else round(bound * 1000, 2))
+    return out
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
