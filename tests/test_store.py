@@ -106,7 +106,9 @@ async def test_rooms_with_strays_are_found_in_one_look_at_every_room(redis_url: 
             await streams.ensure_group(room_id)
         await redis.xadd(keys.room_ingest("room-007"), {"event": b"{}"})
         await redis.xadd(keys.room_ingest("room-120"), {"event": b"{}"})
-        await streams.read(["room-007", "room-120"], "lost-replica", count=10, block_ms=0)
+        lost = streams.blocking_reader()
+        await lost.read(["room-007", "room-120"], "lost-replica", count=10, block_ms=1)
+        await lost.aclose()
         assert await streams.with_strays(rooms, "owner", 0) == ["room-007", "room-120"]
         assert await streams.with_strays(rooms, "lost-replica", 0) == []  # its own are not strays
         assert await streams.with_strays(rooms, "owner", 60_000) == []  # not idle long enough

@@ -43,7 +43,7 @@ from orchestrator.store.events import RoomEvents
 from orchestrator.store.ingest import IngestStreams
 from orchestrator.store.leases import RoomLeases
 from orchestrator.store.reactions import Reactions
-from orchestrator.store.redis import PIPELINE_CHUNK
+from orchestrator.store.redis import chunks
 from orchestrator.store.redis import text as _text
 from orchestrator.store.replies import Reply, ReplyQueue
 from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, wait_event
@@ -225,9 +225,9 @@ class AudienceService:
         live: dict[str, tuple[str, str, str]] = {}  # room → (job, provider, product)
         if room_ids:
             states: list[Any] = []
-            for start in range(0, len(room_ids), PIPELINE_CHUNK):  # the loop is not held for all at once
+            for chunk in chunks(room_ids):  # the loop is not held for all at once
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for room_id in room_ids[start : start + PIPELINE_CHUNK]:
+                    for room_id in chunk:
                         pipe.hmget(
                             keys.room_state(room_id), ["job_id", "job_state", "provider", "product_title"]
                         )

@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 
 from orchestrator.store import keys, scripts
 from orchestrator.store.events import RoomEvents
-from orchestrator.store.redis import PIPELINE_CHUNK, text
+from orchestrator.store.redis import chunks, text
 
 GROUP = "reporter"
 
@@ -52,12 +52,6 @@ class IngestStreams:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-
-    async def read(
-        self, room_ids: Iterable[str], consumer: str, *, count: int, block_ms: int
-    ) -> dict[str, list[Entry]]:
-        """New entries of these rooms' streams, by room, in one ``XREADGROUP``."""
-        return await _read(self._redis, room_ids, consumer, count=count, block_ms=block_ms)
 
     def blocking_reader(self) -> BlockingReader:
         """A reader with a connection of its own, whose blocked read another task can end (:meth:`wake`)."""
@@ -97,8 +91,7 @@ class IngestStreams:
         :data:`PIPELINE_CHUNK` rooms. A room whose stream cannot be asked (no group) is named too: its
         claim raises what the question did."""
         found = []
-        for start in range(0, len(room_ids), PIPELINE_CHUNK):
-            chunk = room_ids[start : start + PIPELINE_CHUNK]
+        for chunk in chunks(room_ids):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for room_id in chunk:
                     pipe.xpending_range(
@@ -171,19 +164,6 @@ class IngestStreams:
             await pipe.execute()
 
 
-async def _read(
-    redis: aioredis.Redis, room_ids: Iterable[str], consumer: str, *, count: int, block_ms: int
-) -> dict[str, list[Entry]]:
-    streams = {keys.room_ingest(room_id): ">" for room_id in room_ids}
-    if not streams:
-        return {}
-    answer = await redis.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)  # type: ignore[arg-type]
-    found: dict[str, list[Entry]] = {}
-    for stream, entries in cast(list[tuple[bytes, list[Entry]]], answer or []):
-        found[keys.room_of_ingest(text(stream))] = entries
-    return found
-
-
 class BlockingReader:
     """Blocking reads of ingest streams on a connection of their own, which :meth:`wake` ends early.
 
@@ -211,7 +191,7 @@ class BlockingReader:
     async def read(
         self, room_ids: Iterable[str], consumer: str, *, count: int, block_ms: int
     ) -> dict[str, list[Entry]]:
-        """:meth:`IngestStreams.read` on this reader's connection. Raises RedisError."""
+        """New entries of these rooms' streams, by room, in one ``XREADGROUP``. Raises RedisError."""
         rooms = tuple(room_ids)
         if not rooms:
             return {}

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from orchestrator import clock
 from orchestrator.store import keys, scripts
-from orchestrator.store.redis import PIPELINE_CHUNK, run_script_many, text
+from orchestrator.store.redis import chunks, run_script_many, text
 
 ACQUIRE_LUA = scripts.source("lease_acquire")
 
@@ -51,15 +51,9 @@ class RoomLeases:
         results: list[Any] = []
         # In pipelines of PIPELINE_CHUNK: packing and parsing a thousand rooms' commands at once held the
         # event loop for tens of ms (the SoftSugar benchmark's reply latency tail, every lease renewal).
-        for start in range(0, len(room_ids), PIPELINE_CHUNK):
-            results += await run_script_many(
-                self._redis,
-                self._acquire,
-                [
-                    ([keys.room_lease(room_id)], [self.replica_id, ttl_ms])
-                    for room_id in room_ids[start : start + PIPELINE_CHUNK]
-                ],
-            )
+        for chunk in chunks(room_ids):
+            calls = [([keys.room_lease(room_id)], [self.replica_id, ttl_ms]) for room_id in chunk]
+            results += await run_script_many(self._redis, self._acquire, calls)
         held = {room_id for room_id, ok in zip(room_ids, results, strict=True) if ok == 1}
         margin_s = max(self.ttl_s * (1 - SAFETY), STALL_MARGIN_REAL_S * clock.installed().speed)
         deadline = started + self.ttl_s - margin_s

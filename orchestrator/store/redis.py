@@ -9,7 +9,7 @@ retries and the next one reconnects, so the daemon recovers without a restart.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -25,6 +25,12 @@ from orchestrator.settings import RedisSettings
 #: Commands per pipeline when one pass touches every room: packing and parsing a pipeline holds the event
 #: loop, so a thousand rooms' commands go in round trips of this many, not in one.
 PIPELINE_CHUNK = 100
+
+
+def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    """``items`` in slices of :data:`PIPELINE_CHUNK` (pure)."""
+    for start in range(0, len(items), PIPELINE_CHUNK):
+        yield items[start : start + PIPELINE_CHUNK]
 
 
 def create_redis(settings: RedisSettings, *, client_name: str = "orchestrator") -> aioredis.Redis:

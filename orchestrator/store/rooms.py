@@ -38,7 +38,7 @@ from orchestrator import clock
 from orchestrator.providers.registry import DEFAULT_PROVIDER
 from orchestrator.store import keys, scripts
 from orchestrator.store.batch import ScriptBatcher
-from orchestrator.store.redis import PIPELINE_CHUNK
+from orchestrator.store.redis import chunks
 from orchestrator.store.redis import text as _text
 
 #: Keys and arguments one callback takes in APPLY_CALLBACKS_LUA (the script applies a batch of them). The
@@ -275,8 +275,7 @@ class RoomStore:
         """The managed rooms' states (without ``replies_in_flight``), read in pipelines of
         :data:`PIPELINE_CHUNK` rooms: a look at every room is a few round trips, not one per room."""
         found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(room_ids), PIPELINE_CHUNK):
-            chunk = room_ids[start : start + PIPELINE_CHUNK]
+        for chunk in chunks(room_ids):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for room_id in chunk:
                     pipe.hgetall(keys.room_state(room_id))

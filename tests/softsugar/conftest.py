@@ -14,7 +14,7 @@ from orchestrator.providers.retry import RetryPolicy
 from orchestrator.providers.softsugar.auth import SharedToken
 from orchestrator.providers.softsugar.client import SoftSugarClient
 from orchestrator.providers.softsugar.models import LiveScript
-from orchestrator.sandbox.softsugar.app import SandboxConfig, SoftSugarSandbox, running_sandbox
+from orchestrator.sandbox.softsugar.app import SandboxConfig, SoftSugarSandbox, demo_script, running_sandbox
 from tests.scheduling.conftest import webhooks  # noqa: F401 -- the fixture, for the daemon tests here
 
 APP_ID = "sandbox-app-0001"
@@ -22,36 +22,12 @@ APP_KEY = "sandbox-app-key-0000000000000001"
 
 
 def script(**over: Any) -> LiveScript:
-    """003's example live script (l.1023-1140), trimmed to what a test needs."""
-    data: dict[str, Any] = {
-        "version": "0.0.1",
-        "recycle": 0,
-        "stream_mode": True,
-        "sceneList": [
-            {
-                "digital_role": {
-                    "id": 1,
-                    "face_feature_id": "0325_nina_s3_beauty",
-                    "name": "小李",
-                    "url": "https://example.com/0325_nina_s3_beauty.zip",
-                    "position": {"x": 10, "y": 60},
-                    "scale": 1,
-                },
-                "tts_config": {
-                    "id": "nina",
-                    "name": "nina",
-                    "vendor_id": 3,
-                    "language": "zh-CN",
-                    "pitch_offset": 0.0,
-                    "speed_ratio": 1,
-                    "volume": 400,
-                },
-                "tts_query": {"content": "商汤科技是一家行业领先的人工智能软件公司。", "ssml": False},
-            }
-        ],
-        **over,
-    }
-    return LiveScript.model_validate(data)
+    """003's example live script (l.1023-1140), trimmed to what a test needs: the demo's, with 003's own
+    text and volume, played once."""
+    data = demo_script("商汤科技是一家行业领先的人工智能软件公司。")
+    data["recycle"] = 0
+    data["sceneList"][0]["tts_config"]["volume"] = 400
+    return LiveScript.model_validate({**data, **over})
 
 
 @dataclass

@@ -17,7 +17,7 @@ takeover conflict, and the three notices above.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -130,14 +130,18 @@ async def follow(
         delay = min(delay * 2, max_retry_s)
 
 
+async def messages(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[dict[str, Any]]:
+    """The socket's text frames that are JSON objects, until it closes (others are skipped)."""
+    async for frame in ws:
+        if frame.type is aiohttp.WSMsgType.TEXT:
+            message = parse(frame.data)
+            if message is not None:
+                yield message
+
+
 async def _pass_notices(ws: aiohttp.ClientWebSocketResponse, session_id: str, notify: Notify) -> None:
     """Until the socket closes, or the vendor refuses it for good."""
-    async for frame in ws:
-        if frame.type is not aiohttp.WSMsgType.TEXT:
-            continue
-        message = parse(frame.data)
-        if message is None:
-            continue
+    async for message in messages(ws):
         event = notice_event(message)
         if event is not None:
             await notify(event)

@@ -66,6 +66,7 @@ from orchestrator.providers.softsugar.microphone import (
     EOF,
     FATAL_CODES,
     MIC_ERRORS,
+    messages,
     open_socket,
     parse,
 )
@@ -245,12 +246,7 @@ async def _relay(
                     )
 
     async def downstream() -> None:
-        async for frame in vendor:
-            if frame.type is not aiohttp.WSMsgType.TEXT:
-                continue
-            message = parse(frame.data)
-            if message is None:
-                continue
+        async for message in messages(vendor):
             code = message.get("code")
             if isinstance(code, int) and code in MIC_ERRORS:
                 error_code, error_msg = MIC_ERRORS[code]
