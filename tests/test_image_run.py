@@ -21,10 +21,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.support.redis_server import free_port
 from tests.test_deploy import REQUIRED, ROOT
@@ -57,6 +60,31 @@ def _pip_install(prefix: Path, what: str) -> None:
     argv += ["--prefix", str(prefix), what]
     done = subprocess.run(argv, timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def _copy_runtime_dependencies(site: Path) -> None:
+    """The package's runtime dependencies (and theirs), copied file by file from the test environment
+    into ``site``: what the build stage's ``pip install`` puts beside the package. The image's user must
+    read them, and the test environment may sit where only root can (a clone in ``mktemp -d``, 0700)."""
+    todo, seen = ["livestream-orchestrator"], set()
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        dist = metadata.distribution(name)
+        for line in dist.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+        if name == "livestream-orchestrator":
+            continue  # installed by pip, as the build stage does
+        for file in dist.files or []:
+            source = Path(str(dist.locate_file(file)))
+            if source.is_file() and "__pycache__" not in file.parts:
+                target = site / file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
 
 
 def _http(url: str) -> int:
@@ -98,8 +126,8 @@ def test_the_image_entry_command_runs_as_shipped(scratch: Path, redis_url: str) 
     def inside(path: str) -> Path:  # an absolute path of the image, under the scratch root
         return scratch / path.lstrip("/")
 
-    # The build stage: its COPYs into a source directory, then pip install --prefix (the dependencies come
-    # from the test environment's site-packages instead of being installed again).
+    # The build stage: its COPYs into a source directory, then pip install --prefix (the dependencies are
+    # copied from the test environment's site-packages instead of being downloaded again).
     source = scratch / "src"
     source.mkdir()
     for file in ("pyproject.toml", "README.md"):
@@ -130,10 +158,11 @@ def test_the_image_entry_command_runs_as_shipped(scratch: Path, redis_url: str) 
 
     port, public_port = free_port(), free_port()
     site = Path(sysconfig.get_paths(vars={"base": str(prefix)})["purelib"])
+    _copy_runtime_dependencies(site)
     env = {
         **{k: (str(inside(v)) if v.startswith("/var/lib/orchestrator") else v) for k, v in image_env.items()},
         "PATH": f"{prefix / 'bin'}:/usr/bin:/bin",
-        "PYTHONPATH": f"{site}:{sysconfig.get_paths()['purelib']}",
+        "PYTHONPATH": str(site),
         "HOME": str(inside(workdir)),
         "ORCH_SERVER__PORT": str(port),
         "ORCH_SERVER__PUBLIC_PORT": str(public_port),
