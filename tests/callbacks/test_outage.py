@@ -97,9 +97,13 @@ async def test_group_commit_survives_a_script_flush_and_a_redis_restart(
         await daemon.store.set_current_job(ROOM, JOB)
         assert (await daemon.send("SHOOT_SCRIPT_SWITCH", switch(ROOM, JOB, 1)))[1]["outcome"] == "applied"
         await app[REDIS].script_flush()
-        assert (await daemon.send("SHOOT_SCRIPT_SWITCH", switch(ROOM, JOB, 2)))[1]["outcome"] == "applied"
+        second = int(time.time() * 1000)
+        sent_second = await daemon.send("SHOOT_SCRIPT_SWITCH", switch(ROOM, JOB, 2), time_ms=second)
+        assert sent_second[1]["outcome"] == "applied"
         # Several concurrent callbacks so that the pool holds several connections the restart will close.
-        now = int(time.time() * 1000)
+        # Their times come after the second's: an MSS_A signature covers the time, not the body, so a
+        # callback sent in the same millisecond would carry a used signature and be refused as a replay.
+        now = second + 1
         sent = await asyncio.gather(
             *(
                 daemon.send("SHOOT_SCRIPT_SWITCH", switch(ROOM, JOB, 3 + i), time_ms=now + i)
@@ -111,7 +115,7 @@ async def test_group_commit_survives_a_script_flush_and_a_redis_restart(
         controllable_redis.start()
         await daemon.store.register_room(ROOM)  # the restarted Redis kept nothing
         await daemon.store.set_current_job(ROOM, JOB)
-        status, body = await daemon.send("SHOOT_SCRIPT_SWITCH", switch(ROOM, JOB, 40))
+        status, body = await daemon.send("SHOOT_SCRIPT_SWITCH", switch(ROOM, JOB, 40), time_ms=now + 20)
         assert (status, body["outcome"]) == (200, "applied")
         assert (await daemon.room(ROOM))["paragraph_seq"] == "40"
         assert not (tmp_path / "journal.jsonl").exists() or not (tmp_path / "journal.jsonl").read_text()
