@@ -40,6 +40,7 @@ class Daemon:
     reactions: Reactions
     journal: Path
     admin_url: str | None = None  # the main port, when callbacks go to the public listener
+    last_ms: int = 0  # the latest time a callback was signed with by default
 
     @property
     def admin(self) -> str:
@@ -66,7 +67,10 @@ class Daemon:
                 {"event_type": event_type, "message": json.dumps(message, ensure_ascii=False)}
             ).encode()
         )
-        now = time_ms if time_ms is not None else int(time.time() * 1000)
+        # A signature covers the time, not the body: two callbacks signed in the same millisecond would
+        # carry the same one and the second would be refused as a replay, so default times never repeat.
+        now = time_ms if time_ms is not None else max(int(time.time() * 1000), self.last_ms + 1)
+        self.last_ms = max(self.last_ms, now)
         url, headers = self.profile_url(profile), {"Content-Type": "application/json"}
         if profile == "default":
             url = mss_a_url(url, key, now)
