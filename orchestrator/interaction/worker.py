@@ -4,14 +4,14 @@ the lease holder alone.
 
 The reader hands the worker the entries it read from the room's ingest stream (:meth:`RoomWorker.take`):
 each goes to the reporter's buffer, and the fresh comments and gifts nobody decided yet to the room's desk.
-Decided replies are queued in Redis in the order they were decided, all that wait in one round trip, and
-the pacer is woken.
+Decided replies are handed to the pacer, which queues them in Redis in the order they were decided -- all
+that wait, in the same round trip as its look at the room's replies (:meth:`ReplyQueue.take`) -- and says
+the most important at once when a place is free.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,14 +23,14 @@ from orchestrator.domain import ReplyFailed, ReplyFinished, RoomEvent
 from orchestrator.interaction.context import RoomContext
 from orchestrator.interaction.desk import ReplyDesk, RoomDesk
 from orchestrator.interaction.ingest import normalise_batch
-from orchestrator.interaction.pacer import ReplyPacer
+from orchestrator.interaction.pacer import ReplyPacer, count_outcomes
 from orchestrator.interaction.policy import Decision
 from orchestrator.interaction.reporter import STOP_GRACE_S, Buffered, RoomReporter, entry_ms, entry_order
 from orchestrator.providers.errors import ProviderError
 from orchestrator.store.ingest import Entry
 from orchestrator.store.redis import text as _text
 from orchestrator.store.replies import Reply
-from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, pause, wait_event
+from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, pause
 
 #: Decided replies waiting for Redis, per room (beyond it they are dropped: the queue would drop them too).
 HAND_OVER_LIMIT = 100
@@ -48,8 +48,6 @@ class RoomWorker:
         self.pacer = ReplyPacer(ctx, self.enqueue_one, self.play_type)
         self.started = False
         self._play_types = play_types
-        self._decided: deque[tuple[float, Decision]] = deque()  # (the comment's arrival, s; decision)
-        self._decided_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -80,7 +78,6 @@ class RoomWorker:
         self._tasks = [
             asyncio.create_task(self.reporter.run(), name=f"report:{ctx.room_id}"),
             asyncio.create_task(self.pacer.run(), name=f"replies:{ctx.room_id}"),
-            asyncio.create_task(self._queue_forever(), name=f"decided:{ctx.room_id}"),
         ]
         if ctx.keepalive is not None and ctx.keepalive_interval_s:
             self._tasks.append(
@@ -252,12 +249,14 @@ class RoomWorker:
     def _hand_over(self, since_s: float, decision: Decision) -> None:
         if not decision.speaks or decision.reply is None:
             return
-        if len(self._decided) >= HAND_OVER_LIMIT:  # Redis is slow or away: the queue would drop it anyway
+        if len(self.pacer.decided) >= HAND_OVER_LIMIT:  # Redis is slow or away: the queue would drop it
             self.ctx.metrics.replies.labels("dropped").inc()
             return
         self.ctx.metrics.reply_decision.observe(max(0.0, clock.time() - since_s))
-        self._decided.append((since_s, decision))
-        self._decided_ready.set()
+        priority = decision.priority
+        reply = Reply(decision.reply, priority, self.play_type(priority), arrived_s=since_s)
+        self.pacer.decided.append((reply, decision.rule or priority))
+        self.pacer.kick.set()
 
     async def enqueue_one(self, reply: Reply, source: str) -> tuple[str, str, str | None]:
         return (await self.enqueue([(reply, source)]))[0]
@@ -268,39 +267,3 @@ class RoomWorker:
         count_outcomes(self.ctx, results)
         self.pacer.kick.set()
         return results
-
-    async def _queue_forever(self) -> None:
-        """Decided replies into the room's queue in Redis, in the order they were decided, all that are
-        waiting in one round trip."""
-        while True:
-            await wait_event(self._decided_ready, None)
-            while self._decided:
-                checkpoint()
-                taken = list(self._decided)
-                replies = [
-                    (
-                        Reply(d.reply or "", d.priority, self.play_type(d.priority), arrived_s=since_s),
-                        d.rule or d.priority,
-                    )
-                    for since_s, d in taken
-                ]
-                try:
-                    await self.enqueue(replies)
-                except RedisError as exc:
-                    if being_cancelled():
-                        raise
-                    self.ctx.log.warning("cannot queue replies; retrying", error=str(exc))
-                    await pause(0.5)
-                    continue
-                now = clock.time()
-                for since_s, _ in taken:
-                    self._decided.popleft()
-                    self.ctx.metrics.reply_queued.observe(max(0.0, now - since_s))
-            self._decided_ready.clear()
-
-
-def count_outcomes(ctx: RoomContext, results: list[tuple[str, str, str | None]]) -> None:
-    for outcome, _, evicted in results:
-        ctx.metrics.replies.labels(outcome).inc()
-        if evicted:
-            ctx.metrics.replies.labels("evicted").inc()

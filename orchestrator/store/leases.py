@@ -41,6 +41,8 @@ class RoomLeases:
         self._acquire = redis.register_script(ACQUIRE_LUA)
         self._release = redis.register_script(RELEASE_LUA)
         self._valid_until: dict[str, float] = {}
+        #: Bumped whenever a room's lease is gained or lost here (not when one is merely renewed).
+        self.generation = 0
 
     async def acquire(self, room_ids: list[str]) -> set[str]:
         """Take or renew the leases of ``room_ids`` (one round trip); the rooms held now."""
@@ -57,19 +59,27 @@ class RoomLeases:
         held = {room_id for room_id, ok in zip(room_ids, results, strict=True) if ok == 1}
         margin_s = max(self.ttl_s * (1 - SAFETY), STALL_MARGIN_REAL_S * clock.installed().speed)
         deadline = started + self.ttl_s - margin_s
+        valid_until = self._valid_until
         for room_id in room_ids:
             if room_id in held:
-                self._valid_until[room_id] = deadline
-            else:
-                self._valid_until.pop(room_id, None)
+                if valid_until.get(room_id, 0.0) <= started:
+                    self.generation += 1
+                valid_until[room_id] = deadline
+            elif valid_until.pop(room_id, None) is not None:
+                self.generation += 1
         return held
 
     def valid(self, room_id: str) -> bool:
         """Whether this replica may still act on the room (held, and renewed recently enough)."""
         return clock.monotonic() < self._valid_until.get(room_id, 0.0)
 
+    def valid_until(self, room_id: str) -> float:
+        """Until when (:func:`clock.monotonic`) this replica may act on the room; 0 if it holds no lease."""
+        return self._valid_until.get(room_id, 0.0)
+
     async def release(self, room_id: str) -> None:
-        self._valid_until.pop(room_id, None)
+        if self._valid_until.pop(room_id, None) is not None:
+            self.generation += 1
         await self._release(keys=[keys.room_lease(room_id)], args=[self.replica_id])
 
     async def owner(self, room_id: str) -> str | None:

@@ -81,20 +81,29 @@ def text(value: bytes | str | int | float) -> str:
 async def run_script_many(
     redis: aioredis.Redis, script: AsyncScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
 ) -> list[Any]:
-    """Run ``script`` once per ``(keys, args)`` in one pipelined round trip; the results in order.
+    """Run ``script`` once per ``(keys, args)`` in one pipelined round trip; the results in order
+    (:func:`run_scripts`)."""
+    return await run_scripts(redis, [(script, script_keys, args) for script_keys, args in calls])
+
+
+async def run_scripts(
+    redis: aioredis.Redis, calls: Sequence[tuple[AsyncScript, Sequence[Any], Sequence[Any]]]
+) -> list[Any]:
+    """Run each ``(script, keys, args)`` in one pipelined round trip, in order; the results in order.
 
     redis-py's pipeline asks ``SCRIPT EXISTS`` before every pipeline that calls a registered script -- a
     second round trip each time (on the reply path, every reply queued). Here the calls are ``EVALSHA``
     directly, and only the calls Redis answered ``NOSCRIPT`` (it restarted, or flushed its scripts; such a
-    call did nothing) are sent again once the script is loaded. Raises RedisError (a script's own error
-    included)."""
+    call did nothing) are sent again, in order, once their scripts are loaded. Raises RedisError (a
+    script's own error included)."""
     if not calls:
         return []
-    results = await _evalsha_pipeline(redis, script.sha, calls)
+    results = await _evalsha_pipeline(redis, calls)
     missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
     if missing:
-        script.sha = await redis.script_load(script.script)
-        again = await _evalsha_pipeline(redis, script.sha, [calls[i] for i in missing])
+        for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+            script.sha = await redis.script_load(script.script)
+        again = await _evalsha_pipeline(redis, [calls[i] for i in missing])
         for i, result in zip(missing, again, strict=True):
             results[i] = result
     for result in results:
@@ -104,9 +113,9 @@ async def run_script_many(
 
 
 async def _evalsha_pipeline(
-    redis: aioredis.Redis, sha: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
+    redis: aioredis.Redis, calls: Sequence[tuple[AsyncScript, Sequence[Any], Sequence[Any]]]
 ) -> list[Any]:
     async with redis.pipeline(transaction=False) as pipe:
-        for script_keys, args in calls:
-            pipe.evalsha(sha, len(script_keys), *script_keys, *args)
+        for script, script_keys, args in calls:
+            pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
         return list(await pipe.execute(raise_on_error=False))

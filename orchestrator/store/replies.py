@@ -17,15 +17,18 @@ Every operation is one script on the room's keys (one hash tag), so it is atomic
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from orchestrator import clock
 from orchestrator.domain import PRIORITIES, Priority
 from orchestrator.store import keys, scripts
-from orchestrator.store.redis import run_script_many
+from orchestrator.store.redis import run_scripts
 from orchestrator.store.redis import text as _text
 
 BAND = 10**13
@@ -34,6 +37,7 @@ PRIORITY_ORDER = {p: i for i, p in enumerate(PRIORITIES)}
 ENQUEUE_LUA = scripts.source("reply_enqueue")
 
 POP_LUA = scripts.source("reply_pop")
+TAKE_LUA = scripts.source("reply_take")
 
 PUSH_BACK_LUA = scripts.source("reply_push_back")
 
@@ -101,6 +105,7 @@ class ReplyQueue:
         self._redis = redis
         self._enqueue = redis.register_script(ENQUEUE_LUA)
         self._pop = redis.register_script(POP_LUA)
+        self._take = redis.register_script(TAKE_LUA)
         self._push_back = redis.register_script(PUSH_BACK_LUA)
         self._record_sent = redis.register_script(RECORD_SENT_LUA)
         self._forget = redis.register_script(FORGET_LUA)
@@ -123,36 +128,52 @@ class ReplyQueue:
         self, room_id: str, replies: list[tuple[Reply, dict[str, str | int]]]
     ) -> list[tuple[str, str, str | None]]:
         """:meth:`enqueue` for several replies, in order, in one round trip."""
+        ids, calls = self._enqueue_calls(room_id, replies)
+        results = await run_scripts(self._redis, calls)
+        return _enqueued(ids, results)
+
+    def _enqueue_calls(
+        self, room_id: str, replies: list[tuple[Reply, dict[str, str | int]]]
+    ) -> tuple[list[str], list[tuple[AsyncScript, list[str], list[Any]]]]:
         now_ms = clock.time_ms()
         script_keys = [*self._queue_keys(room_id), keys.room_events(room_id)]
-        ids, calls = [], []
+        ids: list[str] = []
+        calls: list[tuple[AsyncScript, list[str], list[Any]]] = []
         for reply, record in replies:
             reply_id = reply.reply_id or uuid.uuid4().hex
             enqueued_ms = reply.enqueued_ms or now_ms
             full = replace(reply, reply_id=reply_id, enqueued_ms=enqueued_ms)
             fields = {"priority": full.priority, "text": full.text, "event_ms": now_ms, **record}
             flat = [value for pair in fields.items() for value in pair]
-            calls.append(
-                (
-                    script_keys,
-                    [reply_id, full.score, full.to_json(), self.max_pending, self.events_maxlen, *flat],
-                )
-            )
+            args = [reply_id, full.score, full.to_json(), self.max_pending, self.events_maxlen, *flat]
+            calls.append((self._enqueue, script_keys, args))
             ids.append(reply_id)
-        results = await run_script_many(self._redis, self._enqueue, calls)
-        return [
-            (_text(outcome), reply_id, (_text(evicted) or None))
-            for reply_id, (outcome, evicted) in zip(ids, results, strict=True)
+        return ids, calls
+
+    async def take(
+        self, room_id: str, replies: list[tuple[Reply, str]], max_in_flight: int
+    ) -> tuple[list[tuple[str, str, str | None]], list[InFlight], list[Reply]]:
+        """A pacer's pass in one round trip: queue ``replies`` (:meth:`enqueue_sourced`), then the replies
+        in flight (:meth:`in_flight`) and -- while fewer than ``max_in_flight`` are, and the replies are
+        not held -- the most important waiting ones, taken from the queue to fill the free places
+        (:meth:`pop`, as many as are free)."""
+        ids, calls = self._enqueue_calls(room_id, _sourced(replies))
+        take_keys = [*self._queue_keys(room_id), keys.room_replies_hold(room_id)]
+        calls.append((self._take, [*take_keys, *self._flight_keys(room_id)[:2]], [max_in_flight]))
+        *results, (members, records, taken) = await run_scripts(self._redis, calls)
+        flights = await self._flights(room_id, members, dict(zip(records[::2], records[1::2], strict=True)))
+        replies_taken = [
+            Reply.from_json(_text(taken[i]), taken[i + 2])
+            for i in range(0, len(taken), 3)
+            if taken[i + 2] is not None
         ]
+        return _enqueued(ids, results), flights, replies_taken
 
     async def enqueue_sourced(
         self, room_id: str, replies: list[tuple[Reply, str]]
     ) -> list[tuple[str, str, str | None]]:
         """:meth:`enqueue_many` with where each reply came from (``source``) in its record."""
-        return await self.enqueue_many(
-            room_id,
-            [(reply, {"source": source, "rule_index": reply.rule_index or ""}) for reply, source in replies],
-        )
+        return await self.enqueue_many(room_id, _sourced(replies))
 
     async def prepare_for_job(self, room_id: str, job_id: str) -> None:
         """A new job starts with an empty reply queue: the previous job's replies died with it. With no
@@ -218,6 +239,11 @@ class ReplyQueue:
             pipe.smembers(keys.room_replies(room_id))
             pipe.hgetall(keys.room_replies_meta(room_id))
             members, metas = await pipe.execute()
+        return await self._flights(room_id, members, metas)
+
+    async def _flights(
+        self, room_id: str, members: Iterable[bytes], metas: Mapping[bytes, bytes]
+    ) -> list[InFlight]:
         by_id = {_text(k): orjson.loads(v) for k, v in metas.items()}
         unknown = [_text(m) for m in members if _text(m) not in by_id]
         if unknown:
@@ -255,3 +281,14 @@ class ReplyQueue:
         await self._redis.delete(
             *self._queue_keys(room_id), *self._flight_keys(room_id)[:2], keys.room_replies_done(room_id)
         )
+
+
+def _sourced(replies: list[tuple[Reply, str]]) -> list[tuple[Reply, dict[str, str | int]]]:
+    return [(reply, {"source": source, "rule_index": reply.rule_index or ""}) for reply, source in replies]
+
+
+def _enqueued(ids: list[str], results: list[Any]) -> list[tuple[str, str, str | None]]:
+    return [
+        (_text(outcome), reply_id, (_text(evicted) or None))
+        for reply_id, (outcome, evicted) in zip(ids, results, strict=True)
+    ]
