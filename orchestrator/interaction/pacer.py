@@ -67,10 +67,11 @@ class ReplyPacer:
         settings = self.ctx.settings
         while True:
             # Wake on a kick (a reply queued, a finish); on a timer only when something can come due: a
-            # reply in flight (its timeout), or the idle filler. A thousand idle rooms cost nothing.
+            # reply in flight (its timeout; a lost notice of its end, the channel's recheck), or the idle
+            # filler. A thousand idle rooms cost nothing.
             tick = None
             if self.busy:
-                tick = min(1.0, settings.reply_timeout_s / 4)
+                tick = min(self.ctx.channel.recheck_s(self.ctx.job_id), settings.reply_timeout_s / 4)
             elif settings.idle_after_s > 0 and settings.idle_lines:
                 tick = min(1.0, settings.idle_after_s)
             # At most 20 timer wake-ups a second per room, however compressed the clock.
@@ -90,14 +91,15 @@ class ReplyPacer:
         ctx = self.ctx
         settings, queue, metrics, room_id = ctx.settings, ctx.replies, ctx.metrics, ctx.room_id
         decided = list(self.decided)
-        results, flights, taken = await queue.take(room_id, decided, settings.reply_in_flight)
+        took = await queue.take(room_id, decided, settings.reply_in_flight)
         for _ in decided:
             self.decided.popleft()
-        count_outcomes(ctx, results)
+        count_outcomes(ctx, took.queued)
         now = clock.time()
         for answer, _ in decided:
             metrics.reply_queued.observe(max(0.0, now - answer.arrived_s))
-        said = await self._say_all(taken)
+        flights = took.in_flight
+        said = await self._say_all(took.taken)
         if said is None:  # the vendor could not be reached: the replies wait, the next pass tries again
             self.busy = len(flights) + 1
             self.kick.set()
@@ -117,10 +119,9 @@ class ReplyPacer:
             metrics.replies.labels("timed_out").inc(len(overdue))
             ctx.log.warning("replies given up: no finish reported in time", reply_ids=overdue)
             flights = [f for f in flights if f.reply_id not in overdue]
-        if len(flights) >= settings.reply_in_flight:
-            pending = await queue.pending(room_id)
+        if len(flights) + said >= settings.reply_in_flight:
             victims = [f.reply_id for f in flights if f.priority != "operator"]
-            if pending and pending[0].priority == "operator" and victims:
+            if took.waiting == "operator" and victims:
                 cleaned = await self._withdraw(victims)
                 flights = [f for f in flights if f.reply_id not in cleaned]
         busy = len(flights) + said

@@ -199,6 +199,12 @@ class AudienceChannel(Protocol):
         """Of the replies in flight, those the vendor has done with (asked when it reports no finishes)."""
         ...
 
+    def recheck_s(self, job_id: str) -> float:
+        """How long a pacer with replies in flight may go without looking at them again (real seconds):
+        their ends are pushed (a callback's reaction, a followed socket's notice) and wake it at once, so
+        this bounds only how late a lost notice is made up for. In the daemon's clock's seconds."""
+        ...
+
     async def watch(self, room_id: str, job_id: str, notify: Notify) -> None:
         """Follow the job's reply notices over the vendor's push channel, passing each to ``notify``,
         until cancelled or the job ends (SoftSugar without callbacks: the session's WebSocket). Run by the

@@ -98,6 +98,19 @@ class InFlight:
     sent_ms: int
 
 
+@dataclass(frozen=True)
+class Taken:
+    """What :meth:`ReplyQueue.take` did and saw."""
+
+    #: Each reply queued: (``queued`` or ``dropped``, its id, the id of a reply it evicted or None).
+    queued: list[tuple[str, str, str | None]]
+    in_flight: list[InFlight]
+    #: Taken from the queue to be said now.
+    taken: list[Reply]
+    #: The priority of the most important reply still waiting, if any waits.
+    waiting: Priority | None
+
+
 class ReplyQueue:
     def __init__(self, redis: aioredis.Redis, *, max_pending: int = 15, events_maxlen: int = 10_000) -> None:
         self.max_pending = max_pending
@@ -139,9 +152,11 @@ class ReplyQueue:
         script_keys = [*self._queue_keys(room_id), keys.room_events(room_id)]
         ids: list[str] = []
         calls: list[tuple[AsyncScript, list[str], list[Any]]] = []
-        for reply, record in replies:
+        for i, (reply, record) in enumerate(replies):
             reply_id = reply.reply_id or uuid.uuid4().hex
-            enqueued_ms = reply.enqueued_ms or now_ms
+            # A millisecond apart: replies queued together keep their order in their band (the same score
+            # would order them by their random ids).
+            enqueued_ms = reply.enqueued_ms or now_ms + i
             full = replace(reply, reply_id=reply_id, enqueued_ms=enqueued_ms)
             fields = {"priority": full.priority, "text": full.text, "event_ms": now_ms, **record}
             flat = [value for pair in fields.items() for value in pair]
@@ -150,9 +165,7 @@ class ReplyQueue:
             ids.append(reply_id)
         return ids, calls
 
-    async def take(
-        self, room_id: str, replies: list[tuple[Reply, str]], max_in_flight: int
-    ) -> tuple[list[tuple[str, str, str | None]], list[InFlight], list[Reply]]:
+    async def take(self, room_id: str, replies: list[tuple[Reply, str]], max_in_flight: int) -> Taken:
         """A pacer's pass in one round trip: queue ``replies`` (:meth:`enqueue_sourced`), then the replies
         in flight (:meth:`in_flight`) and -- while fewer than ``max_in_flight`` are, and the replies are
         not held -- the most important waiting ones, taken from the queue to fill the free places
@@ -160,14 +173,15 @@ class ReplyQueue:
         ids, calls = self._enqueue_calls(room_id, _sourced(replies))
         take_keys = [*self._queue_keys(room_id), keys.room_replies_hold(room_id)]
         calls.append((self._take, [*take_keys, *self._flight_keys(room_id)[:2]], [max_in_flight]))
-        *results, (members, records, taken) = await run_scripts(self._redis, calls)
+        *results, (members, records, taken, head) = await run_scripts(self._redis, calls)
         flights = await self._flights(room_id, members, dict(zip(records[::2], records[1::2], strict=True)))
         replies_taken = [
             Reply.from_json(_text(taken[i]), taken[i + 2])
             for i in range(0, len(taken), 3)
             if taken[i + 2] is not None
         ]
-        return _enqueued(ids, results), flights, replies_taken
+        waiting = PRIORITIES[int(float(head)) // BAND] if head else None
+        return Taken(_enqueued(ids, results), flights, replies_taken, waiting)
 
     async def enqueue_sourced(
         self, room_id: str, replies: list[tuple[Reply, str]]

@@ -82,6 +82,40 @@ async def test_finish_that_wins_the_race_is_not_counted_in_flight(redis_client: 
     assert await queue.in_flight(ROOM) == []
 
 
+async def test_a_pacers_pass_queues_looks_and_takes_in_one_round_trip(redis_client: aioredis.Redis) -> None:
+    """take(): the decided replies are queued, the replies in flight listed, and the most important waiting
+    ones taken to fill the free places (none while held), with the priority of the first left waiting --
+    all in one round trip (counted by Redis: one EVALSHA per reply queued, one for the look)."""
+    queue = ReplyQueue(redis_client)
+    assert await queue.record_sent(ROOM, "cmd-1", Reply("playing", "question"), 1)
+    await queue.enqueue(ROOM, Reply("op", "operator"))
+    await queue.take("room-other", [], 1)  # its script loaded (a first call meets NOSCRIPT, then loads it)
+    await redis_client.config_resetstat()
+    took = await queue.take(
+        ROOM, [(Reply("q1", "question"), "rule-a"), (Reply("q2", "question"), "rule-b")], 3
+    )
+    stats = await redis_client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 3
+    assert not {"cmdstat_multi", "cmdstat_script|exists"} & set(stats)  # no transaction, no script check
+    assert [outcome for outcome, _, _ in took.queued] == ["queued", "queued"]
+    assert [f.reply_id for f in took.in_flight] == ["cmd-1"]
+    assert [r.text for r in took.taken] == ["op", "q1"]  # two places free of three: most important first
+    assert took.waiting == "question"
+    events = await redis_client.xrange(keys.room_events(ROOM))
+    assert [e[1][b"source"] for e in events if e[1].get(b"source")] == [b"rule-a", b"rule-b"]
+    # Every place taken: nothing is taken, the head is reported.
+    full = await queue.take(ROOM, [(Reply("op2", "operator"), "operator")], 1)
+    assert (full.taken, full.waiting) == ([], "operator")
+    # Held (an operator has the microphone): queued, not taken.
+    await queue.forget(ROOM, ["cmd-1"])
+    assert await queue.hold(ROOM, "mic", 5.0)
+    held = await queue.take(ROOM, [], 3)
+    assert (held.in_flight, held.taken) == ([], [])
+    await queue.release(ROOM, "mic")
+    assert [r.text for r in (await queue.take(ROOM, [], 3)).taken] == ["op2", "q2"]
+    assert (await queue.take(ROOM, [], 3)).waiting is None
+
+
 # --- pacing against the sandbox -------------------------------------------------------------------------
 
 

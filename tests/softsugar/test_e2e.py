@@ -49,6 +49,7 @@ async def softsugar_daemon(
     callbacks: bool = True,
     heartbeat_timeout_s: float = 60.0,
     heartbeat_interval_s: float = 1.0,
+    char_s: float = 0.1,
     softsugar: dict[str, Any] | None = None,
     **interaction: Any,
 ) -> AsyncIterator[tuple[Daemon, SoftSugarSandbox]]:
@@ -80,7 +81,7 @@ async def softsugar_daemon(
         speed=10.0,
         create_s=2.0,
         heartbeat_timeout_s=heartbeat_timeout_s,
-        char_s=0.1,
+        char_s=char_s,
     )
     async with (
         running_sandbox(config) as (box, url),

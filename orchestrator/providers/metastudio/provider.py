@@ -172,6 +172,11 @@ class MetaStudioAudience:
         """Never asked: REPLY_COMMAND_FINISH reports each end."""
         return set()
 
+    def recheck_s(self, job_id: str) -> float:
+        """A finish comes by callback, and reaches the owner's pacer as a reaction over pub/sub, which a
+        reconnection can lose: look again every second."""
+        return 1.0
+
     async def watch(self, room_id: str, job_id: str, notify: Notify) -> None:
         """Nothing to follow: REPLY_COMMAND_FINISH callbacks report every end."""
         return None

@@ -3,7 +3,8 @@
 -- fill the free places (the pacer says them at once). A reply in flight without a record of when it was
 -- sent is returned without one (the caller stamps it).
 -- KEYS: queue, items, hold, replies (in flight), replies:meta. ARGV: the most replies in flight.
--- Returns {in-flight ids, their records (id, record, ...), taken (id, score, body, ...)}.
+-- Returns {in-flight ids, their records (id, record, ...), taken (id, score, body, ...), the score of the
+-- most important reply still waiting or false}.
 local queue, items, hold, flights, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ids = redis.call('SMEMBERS', flights)
 local records = redis.call('HGETALL', meta)
@@ -19,4 +20,5 @@ if free > 0 and redis.call('EXISTS', hold) == 0 then
     taken[#taken + 1] = body
   end
 end
-return {ids, records, taken}
+local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+return {ids, records, taken, head[2] or false}
