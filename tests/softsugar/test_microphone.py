@@ -12,6 +12,7 @@ import pytest
 from orchestrator.appkeys import PROVIDERS, REDIS
 from orchestrator.sandbox.softsugar.app import Fault
 from orchestrator.store.replies import TAKE_LUA
+from orchestrator.store.rooms import INGEST_LUA
 from tests.scheduling.conftest import ADMIN, in_, managed_room, until
 from tests.softsugar.test_e2e import ROOM, _comment, _session, _true, softsugar_daemon, softsugar_room
 
@@ -65,6 +66,7 @@ async def test_while_a_reply_plays_its_pacer_waits_for_the_sockets_notice(
         await until(lambda: _true(session.session_id in following), 5)
         await _comment(daemon, "这个多少钱？", "viewer-1")  # 14 characters: ~5.6 s of play at speed 10
         await until(lambda: _true(bool(session.queue)), 5)
+        await redis.config_set("slowlog-max-len", 100_000)
         await redis.config_set("slowlog-log-slower-than", 0)
         await redis.slowlog_reset()
         await asyncio.sleep(3.0)
@@ -80,6 +82,29 @@ async def test_while_a_reply_plays_its_pacer_waits_for_the_sockets_notice(
             return any(e["kind"] == "reply_finished" for e in await daemon.store.events(ROOM, limit=100))
 
         await until(finished, 5)
+
+
+async def test_an_arrivals_reply_reaches_redis_before_its_write(make_settings: Any, tmp_path: Any) -> None:
+    """On the room's owner, the pacer's look at the replies (which queues the reply just decided and takes
+    it) reaches Redis before the comment's own write: not behind it and the reader's wake-up on it, which
+    costs Redis a thousand streams' work on a replica owning a thousand rooms. Redis's slow log (every
+    command logged) gives the order in which Redis ran them."""
+    async with softsugar_daemon(make_settings, tmp_path) as (daemon, box):
+        redis = daemon.app[REDIS]
+        await daemon.configs.put(softsugar_room([{"kind": "always"}]))
+        session = await _live(daemon, box)
+        await asyncio.sleep(0.5)  # the room's worker has started
+        await redis.config_set("slowlog-max-len", 100_000)
+        await redis.config_set("slowlog-log-slower-than", 0)
+        await redis.slowlog_reset()
+        await _comment(daemon, "这个多少钱？", "viewer-1")
+        await until(lambda: _true(bool(session.queue) or bool(session.played)), 5)
+        logged = list(reversed(await redis.slowlog_get(10_000)))  # oldest first
+        await redis.config_set("slowlog-log-slower-than", 10_000)
+        take = b"EVALSHA " + redis.register_script(TAKE_LUA).sha.encode()
+        write = b"EVALSHA " + redis.register_script(INGEST_LUA).sha.encode()
+        order = [e["command"][: len(take)] for e in logged if e["command"].startswith((take, write))]
+        assert order[:2] == [take, write], order
 
 
 async def test_the_operators_microphone_is_relayed_with_replies_held(
