@@ -1,4 +1,5 @@
-"""``orchestrator rooms ...`` and ``orchestrator schedule ...``: the admin API from a terminal.
+"""``orchestrator rooms ...``, ``orchestrator schedule ...`` and ``orchestrator policies ...``: the admin API
+from a terminal.
 
 They talk to a running daemon over HTTP (``--api``, default ``$ORCH_API_URL`` or http://127.0.0.1:8080) with
 the admin token (``--token``, default ``$ORCH_ADMIN__TOKEN``, the daemon's own variable). Output is JSON.
@@ -13,6 +14,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,39 @@ def add_commands(commands: Any) -> None:
     put.add_argument("file", type=Path, metavar="FILE")
     _connection(put, after=True)
     schedule.set_defaults(func=cmd_schedule)
+
+    policies = commands.add_parser(
+        "policies",
+        help="list, show, save, restore or delete named reply policies (admin API)",
+        description="Reply policies by name: a room (or every room of a brand) names one with its "
+        "'policy' field. A saved policy takes effect on every replica within seconds; every save is a new "
+        "version, and an earlier one can be restored.",
+    )
+    _connection(policies)
+    pol_actions = policies.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _connection(
+        pol_actions.add_parser("list", help="every policy: its version and the rooms naming it"), after=True
+    )
+    for name, text in (
+        ("show", "a policy's current version (--version N: an earlier one)"),
+        ("versions", "the kept versions of a policy, the newest first"),
+        ("delete", "forget a policy (refused while a room names it)"),
+    ):
+        sub = pol_actions.add_parser(name, help=text)
+        sub.add_argument("policy", metavar="POLICY")
+        if name == "show":
+            sub.add_argument("--version", type=int, default=None, help="an earlier version")
+        _connection(sub, after=True)
+    save = pol_actions.add_parser("save", help="save a policy from a YAML or JSON file (a new version)")
+    save.add_argument("policy", metavar="POLICY")
+    save.add_argument("file", type=Path, metavar="FILE")
+    save.add_argument("--note", default="", help="a word on what changed, kept with the version")
+    _connection(save, after=True)
+    restore = pol_actions.add_parser("restore", help="save an earlier version again as the newest")
+    restore.add_argument("policy", metavar="POLICY")
+    restore.add_argument("version", type=int, metavar="VERSION")
+    _connection(restore, after=True)
+    policies.set_defaults(func=cmd_policies)
 
 
 def _connection(parser: argparse.ArgumentParser, *, after: bool = False) -> None:
@@ -167,4 +202,46 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         _print(_call(args, "PUT", f"/api/rooms/{args.room}/schedule", data))
     except ApiFailure as exc:
         return _fail(exc)
+    return 0
+
+
+def cmd_policies(args: argparse.Namespace) -> int:
+    name = getattr(args, "policy", "")
+    try:
+        if args.action == "list":
+            _print(_call(args, "GET", "/api/policies"))
+        elif args.action == "show":
+            query = f"?version={args.version}" if args.version is not None else ""
+            _print(_call(args, "GET", f"/api/policies/{name}{query}"))
+        elif args.action == "versions":
+            _print(_call(args, "GET", f"/api/policies/{name}/versions"))
+        elif args.action == "delete":
+            _call(args, "DELETE", f"/api/policies/{name}")
+            print(f"deleted {name}")
+        elif args.action == "restore":
+            _print(_call(args, "POST", f"/api/policies/{name}/restore", {"version": args.version}))
+        else:
+            return _save_policy(args)
+    except ApiFailure as exc:
+        return _fail(exc)
+    return 0
+
+
+def _save_policy(args: argparse.Namespace) -> int:
+    from orchestrator.interaction.policy import PolicyConfig
+
+    try:
+        data = yaml.safe_load(args.file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"orchestrator: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        PolicyConfig.model_validate(data)
+    except ValidationError as exc:
+        print(f"orchestrator: invalid policy {args.file}:", file=sys.stderr)
+        for location, message in field_problems(exc):
+            print(f"  {location or 'policy'}: {message}", file=sys.stderr)
+        return 2
+    note = f"?note={urllib.parse.quote(args.note)}" if args.note else ""
+    _print(_call(args, "PUT", f"/api/policies/{args.policy}{note}", data))
     return 0

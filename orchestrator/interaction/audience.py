@@ -30,6 +30,7 @@ from orchestrator.domain import ACTIVE_STATUSES
 from orchestrator.interaction.chat import ChatBackend
 from orchestrator.interaction.context import RoomContext
 from orchestrator.interaction.desk import ReplyDesk
+from orchestrator.interaction.policies import PolicyBook
 from orchestrator.interaction.policy import Event, History, PolicyConfig
 from orchestrator.interaction.reader import IngestReader
 from orchestrator.interaction.worker import RoomWorker
@@ -42,6 +43,7 @@ from orchestrator.store import keys
 from orchestrator.store.events import RoomEvents
 from orchestrator.store.ingest import IngestStreams
 from orchestrator.store.leases import RoomLeases
+from orchestrator.store.policies import PolicyStore
 from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import chunks
 from orchestrator.store.redis import text as _text
@@ -72,7 +74,8 @@ class AudienceService:
         self.settings = settings
         self.reactions = reactions
         self.metrics = metrics
-        self.desk = ReplyDesk(policy, settings, chat)
+        self.policies = PolicyStore(redis)
+        self.desk = ReplyDesk(PolicyBook(self.policies, policy), settings, chat)
         self.events = RoomEvents(redis, maxlen=events_maxlen)
         self.streams = IngestStreams(redis, self.events)
         self.leases = RoomLeases(redis, ttl_s=settings.lease_ttl_s, replica_id=replica_id)
@@ -145,8 +148,13 @@ class AudienceService:
         """A comment the vendor's rule handed to the daemon, answered by the desk and queued with the rule's
         index: (queued, reply id, the decision's reason)."""
         worker = self.workers.get(room_id)
-        history = worker.desk.history if worker is not None and worker.job_id == job_id else History()
-        decision = await self.desk.answer_vendor_rule(history, event, product)
+        if worker is not None and worker.job_id == job_id:
+            history, policy = worker.desk.history, worker.desk.policy
+        else:  # asked of a replica that does not own the room: the room's policy all the same
+            name = await self.redis.hget(keys.room_state(room_id), "policy")
+            await self.desk.book.want_also(_text(name) if name else None)
+            history, policy = History(), self.desk.book.policy_for(_text(name) if name else None)
+        decision = await self.desk.answer_vendor_rule(history, event, product, policy=policy)
         if not decision.speaks or decision.reply is None:
             return False, None, decision.reason
         reply = Reply(
@@ -190,6 +198,7 @@ class AudienceService:
             asyncio.create_task(self._supervise_forever(), name="audience-supervisor"),
             asyncio.create_task(self._reader.run(), name="audience-reader"),
             asyncio.create_task(self._react_forever(), name="audience-reactions"),
+            asyncio.create_task(self.desk.book.follow(self.reactions), name="audience-policies"),
         ]
 
     async def aclose(self) -> None:
@@ -223,22 +232,25 @@ class AudienceService:
         """One pass: take or renew the leases of live rooms, start and stop room workers to match."""
         room_ids = sorted(_text(m) for m in await self.redis.smembers(keys.rooms_index()))
         live: dict[str, tuple[str, str, str]] = {}  # room → (job, provider, product)
+        policies: dict[str, str | None] = {}  # live room → the name of the policy it answers by
         if room_ids:
             states: list[Any] = []
+            fields = ["job_id", "job_state", "provider", "product_title", "policy"]
             for chunk in chunks(room_ids):  # the loop is not held for all at once
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for room_id in chunk:
-                        pipe.hmget(
-                            keys.room_state(room_id), ["job_id", "job_state", "provider", "product_title"]
-                        )
+                        pipe.hmget(keys.room_state(room_id), fields)
                     states += await pipe.execute()
-            for room_id, (job_id, job_state, provider, product) in zip(room_ids, states, strict=True):
+            for room_id, (job_id, job_state, provider, product, policy) in zip(room_ids, states, strict=True):
                 if job_id and job_state and _text(job_state) in ACTIVE_STATUSES:
                     live[room_id] = (
                         _text(job_id),
                         _text(provider) if provider else DEFAULT_PROVIDER,
                         _text(product) if product else "",
                     )
+                    policies[room_id] = _text(policy) if policy else None
+        # The policies the live rooms name are held before any of their comments is decided.
+        await self.desk.book.want({name for name in policies.values() if name})
         held = await self.leases.acquire(sorted(live))
         for room_id, worker in list(self.workers.items()):
             failed = worker.failure()
@@ -265,8 +277,11 @@ class AudienceService:
                 made = self._worker(room_id, job_id, provider)
                 if made is None:
                     continue
+                made.desk.policy_name = policies[room_id]
                 await made.start(product)
                 self.workers[room_id] = made
+            else:  # the room's definition may name another policy now: it answers by that one at once
+                self.workers[room_id].desk.policy_name = policies[room_id]
         if sweep and running:
             # Asked of every room at once (pipelined); claimed only where some wait.
             stray_ms = clock.real_ms(self.settings.lease_ttl_s)

@@ -33,6 +33,7 @@ from orchestrator import clock
 from orchestrator.domain import AnswerUnavailable
 from orchestrator.interaction.chat import ChatBackend, ChatUnavailable
 from orchestrator.interaction.ingest import count_of
+from orchestrator.interaction.policies import PolicyBook
 from orchestrator.interaction.policy import (
     NOTHING_TO_ANSWER,
     Decision,
@@ -55,41 +56,64 @@ HandOver = Callable[[float, Decision], None]
 
 
 class ReplyDesk:
-    """The replica's desk: the policy in force (swapped on reload), the chat backend, the settings."""
+    """The replica's desk: the policies (the default one swapped on reload, the rooms' named ones kept
+    current from Redis), the chat backend, the settings."""
 
     def __init__(
-        self, policy: PolicyConfig, settings: InteractionSettings, chat: ChatBackend | None = None
+        self, book: PolicyBook, settings: InteractionSettings, chat: ChatBackend | None = None
     ) -> None:
-        self.policy = policy
+        self.book = book
         self.settings = settings
         self.chat = chat
 
-    async def answer_vendor_rule(self, history: History, event: Event, product: str) -> Decision:
-        """A comment a vendor's rule chose for an answer: the policy's, else the chat backend's, else the
-        fallback line (its rate limits and deduplication still apply: a comment answered from the audience
-        stream is not answered twice)."""
-        decision = decide(self.policy, history, event, product=product)
+    @property
+    def policy(self) -> PolicyConfig:
+        """The default policy (rooms that name none)."""
+        return self.book.default
+
+    @policy.setter
+    def policy(self, policy: PolicyConfig) -> None:
+        self.book.default = policy
+
+    async def answer_vendor_rule(
+        self, history: History, event: Event, product: str, *, policy: PolicyConfig
+    ) -> Decision:
+        """A comment a vendor's rule chose for an answer: the room's policy's, else the chat backend's, else
+        the fallback line (its rate limits and deduplication still apply: a comment answered from the
+        audience stream is not answered twice)."""
+        decision = decide(policy, history, event, product=product)
         if decision.reason == NOTHING_TO_ANSWER:
             text = self.settings.llm_fallback
             if self.chat is not None:
                 with contextlib.suppress(ChatUnavailable):
                     text = await self.chat.answer(event.text, product=product)
-            decision = speak(self.policy, history, event, text, rule="vendor_rule")
+            decision = speak(policy, history, event, text, rule="vendor_rule")
         return decision
 
-    def answer_question(self, question: str, *, user: str) -> str:
-        """The vendor asks as its avatar's brain: the policy's answer, else the fallback line."""
+    def answer_question(self, question: str, *, user: str, policy: PolicyConfig | None = None) -> str:
+        """The vendor asks as its avatar's brain: the room's policy's answer (the default policy's when the
+        room is not known), else the fallback line."""
         event = Event(type=1, user_id=user, user_name="", text=question, at=clock.time())
-        decision = decide(self.policy, History(), event)
+        decision = decide(policy or self.policy, History(), event)
         return decision.reply or self.settings.llm_fallback
 
 
 class RoomDesk:
     """One room's replies being decided: its history, its product, its questions out to its answer backend."""
 
-    def __init__(self, desk: ReplyDesk, room_id: str, hand_over: HandOver, *, product: str = "") -> None:
+    def __init__(
+        self,
+        desk: ReplyDesk,
+        room_id: str,
+        hand_over: HandOver,
+        *,
+        product: str = "",
+        policy: str | None = None,
+    ) -> None:
         self.desk = desk
         self.room_id = room_id
+        #: The name of the policy the room answers by (None: the default one).
+        self.policy_name = policy
         self.history = History()
         self.product = product
         #: The vendor's answer backend for this room's job (its Q&A database), set when the worker starts.
@@ -123,15 +147,21 @@ class RoomDesk:
         except (AttributeError, TypeError, ValueError):
             return
         chat = self.answers
-        decision = decide(desk.policy, self.history, event, product=self.product, faq=chat is None)
+        policy = self.policy
+        decision = decide(policy, self.history, event, product=self.product, faq=chat is None)
         if decision.reason == NOTHING_TO_ANSWER and chat is not None:
             if looks_like_question(event.text) and not self._chats.locked():
                 task = asyncio.create_task(self._ask_chat(chat, since_s, event), name=f"chat:{self.room_id}")
                 self._chat_tasks.add(task)
                 task.add_done_callback(self._chat_tasks.discard)
                 return
-            decision = decide(desk.policy, self.history, event, product=self.product)
+            decision = decide(policy, self.history, event, product=self.product)
         self._hand_over(since_s, decision)
+
+    @property
+    def policy(self) -> PolicyConfig:
+        """The policy the room answers by, as this replica holds it now."""
+        return self.desk.book.policy_for(self.policy_name)
 
     @property
     def answers(self) -> Answerer | None:
@@ -143,7 +173,7 @@ class RoomDesk:
         async with self._chats:
             try:
                 answer = await chat.answer(event.text, user=event.user_id, product=self.product)
-                decision = speak(self.desk.policy, self.history, event, answer, rule=rule)
+                decision = speak(self.policy, self.history, event, answer, rule=rule)
             except AnswerUnavailable as exc:
                 log.info(
                     "answer backend unavailable; answering from the FAQ",
@@ -151,7 +181,7 @@ class RoomDesk:
                     backend=rule,
                     error=str(exc),
                 )
-                decision = decide(self.desk.policy, self.history, event, product=self.product)
+                decision = decide(self.policy, self.history, event, product=self.product)
         self._hand_over(since_s, decision)
 
     def chat_tasks(self) -> list[asyncio.Task[None]]:

@@ -57,11 +57,21 @@ class ManagedRoom(_Model):
     restart: RestartPolicy = RestartPolicy()
     alerts: list[AlertTarget] = Field(default_factory=list)
     paused: bool = False
+    policy: str | None = Field(
+        None,
+        description="The reply policy the room answers by (its name in the policy store; rooms of one brand "
+        "share one); none: the default policy (interaction.policy_file).",
+    )
 
     @field_validator("room_id")
     @classmethod
     def _room_id(cls, value: str) -> str:
         return keys.check_room_id(value)
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, value: str | None) -> str | None:
+        return None if value is None else keys.check_policy_name(value)
 
     @field_validator("provider")
     @classmethod
@@ -190,7 +200,7 @@ class RoomConfigs:
             pipe.set(keys.room_config(room.room_id), room.stored())
             pipe.hset(keys.room_config_source(room.room_id), mapping=source)
             await pipe.execute()
-        await self._state.register_room(room.room_id, room.provider)
+        await self._state.register_room(room.room_id, room.provider, policy=room.policy)
         await self._announce(room.room_id)
 
     async def get(self, room_id: str) -> ManagedRoom | None:

@@ -178,6 +178,27 @@ def vendor_token_lock(provider: str, account: str) -> str:
     return f"{PREFIX}:vendor:{provider}:{account}:token-lock"
 
 
+def check_policy_name(name: str) -> str:
+    """Return ``name`` if it can name a reply policy (a brand, a group of rooms: ``lipstick``,
+    ``brand-a.v2``): the characters of a room id. Raises InvalidKeyPart otherwise."""
+    if not _ROOM_ID_RE.fullmatch(name):
+        raise InvalidKeyPart(
+            f"invalid policy name {name!r}: 1-128 characters of letters, digits and . _ : -, "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def policy(name: str) -> str:
+    """Hash: a reply policy's versions (``version`` → the current number; ``<n>`` → version n's document)."""
+    return f"{PREFIX}:policy:{{{check_policy_name(name)}}}"
+
+
+def policies_index() -> str:
+    """Set: the names of every stored reply policy."""
+    return f"{PREFIX}:policies"
+
+
 def reactions_channel() -> str:
     """Pub/sub channel: room reactions (RTMP END, reply finished ...) fanned out to every replica."""
     return f"{PREFIX}:reactions"

@@ -196,9 +196,14 @@ class RoomStore:
         """Whether the room is managed here (one field read, not the whole state)."""
         return bool(await self._redis.hget(keys.room_state(room_id), "managed") == b"1")
 
-    async def register_room(self, room_id: str, provider: str = DEFAULT_PROVIDER) -> None:
-        """Mark ``room_id`` as managed (callbacks naming it are applied from now on) by ``provider``."""
-        await self._redis.hset(keys.room_state(room_id), mapping={"managed": "1", "provider": provider})
+    async def register_room(
+        self, room_id: str, provider: str = DEFAULT_PROVIDER, *, policy: str | None = None
+    ) -> None:
+        """Mark ``room_id`` as managed (callbacks naming it are applied from now on) by ``provider``,
+        answering by the reply policy named ``policy`` ("": the default one)."""
+        await self._redis.hset(
+            keys.room_state(room_id), mapping={"managed": "1", "provider": provider, "policy": policy or ""}
+        )
         await self._redis.sadd(keys.rooms_index(), room_id)
 
     async def unregister_room(self, room_id: str) -> None:

@@ -22,7 +22,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from orchestrator import clock
-from orchestrator.appkeys import RECONCILER, REDACTOR, ROOM_CONFIGS, ROOM_STORE, SETTINGS
+from orchestrator.appkeys import AUDIENCE, RECONCILER, REDACTOR, ROOM_CONFIGS, ROOM_STORE, SETTINGS
 from orchestrator.providers.errors import ProviderConfigError, ProviderError
 from orchestrator.scheduling.actions import Action, Current
 from orchestrator.scheduling.rooms import ManagedRoom, field_problems, reference_problems
@@ -67,6 +67,10 @@ async def _room(request: web.Request) -> ManagedRoom:
 async def _save(request: web.Request, room: ManagedRoom) -> None:
     """Store the room, once what it references exists (422 naming the field otherwise)."""
     problems = reference_problems(room, request.app[SETTINGS])
+    if room.policy is not None and await request.app[AUDIENCE].policies.get_version(room.policy) is None:
+        problems.append(
+            ("policy", f"no reply policy named {room.policy!r} (PUT /api/policies/{room.policy})")
+        )
     if problems:
         raise ApiError(
             422,
