@@ -11,12 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.backoff import EqualJitterBackoff
 from redis.crc import key_slot
+from redis.exceptions import NoScriptError
 
 from orchestrator.settings import RedisSettings
 from orchestrator.store import keys
 from orchestrator.store.events import RoomEvents
 from orchestrator.store.ingest import IngestStreams
-from orchestrator.store.redis import create_redis, redis_ready, run_script_many
+from orchestrator.store.redis import create_redis, execute_packed, packed, pairs, redis_ready, run_script_many
 from tests.support.redis_server import RedisServer
 
 ROOM_IDS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,40}", fullmatch=True)
@@ -136,5 +137,36 @@ async def test_scripts_run_many_at_once_without_asking_redis_first(redis_url: st
         await redis.script_flush()
         assert await run_script_many(redis, script, [(["{a}:n"], [1]), (["{b}:n"], [2])]) == [3, 6]
         assert await run_script_many(redis, script, []) == []
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_commands_packed_once_run_in_one_round_trip_and_survive_a_restart(
+    controllable_redis: RedisServer, redis_url: str, protocol: int
+) -> None:
+    """execute_packed: commands packed once (redis-py packed each anew, most of the SoftSugar benchmark's
+    idle CPU) run in order in one round trip; an error reply is returned, not raised, and the others still
+    run; a connection a Redis restart closed is replaced (one retry)."""
+    redis = aioredis.Redis.from_url(redis_url, protocol=protocol)
+    try:
+        await redis.hset("{p}:h", mapping={"a": "1", "b": "2"})
+        commands = [
+            packed("HGETALL", "{p}:h"),
+            packed("HMGET", "{p}:h", "a", "missing"),
+            packed("EVALSHA", "0" * 40, 0),
+            packed("INCRBY", "{p}:n", 5),
+        ]
+        await redis.config_resetstat()
+        hash_, fields, error, number = await execute_packed(redis, commands)
+        assert pairs(hash_) == {b"a": b"1", b"b": b"2"}
+        assert fields == [b"1", None]
+        assert isinstance(error, NoScriptError)
+        assert number == 5
+        assert "cmdstat_multi" not in await redis.info("commandstats")
+        controllable_redis.stop()
+        controllable_redis.start()
+        assert await execute_packed(redis, [packed("INCRBY", "{p}:n", 1)]) == [1]  # a new Redis, a new key
+        assert await execute_packed(redis, []) == []
     finally:
         await redis.aclose()

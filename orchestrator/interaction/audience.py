@@ -45,12 +45,15 @@ from orchestrator.store.ingest import IngestStreams
 from orchestrator.store.leases import RoomLeases
 from orchestrator.store.policies import PolicyStore
 from orchestrator.store.reactions import Reactions
-from orchestrator.store.redis import chunks
+from orchestrator.store.redis import chunks, execute_packed, packed
 from orchestrator.store.redis import text as _text
 from orchestrator.store.replies import Reply, ReplyQueue
 from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, wait_event
 
 log = structlog.get_logger(__name__)
+
+#: What the supervisor reads of every room's state on each pass.
+STATE_FIELDS = ("job_id", "job_state", "provider", "product_title", "policy")
 
 #: The room's provider, by name (raises ProviderError while unusable).
 ProviderFor = Callable[[str], Provider]
@@ -85,6 +88,7 @@ class AudienceService:
         self._changed = asyncio.Event()
         self._passes = 0  # supervise passes: every third also claims strays
         self._retiring: dict[str, asyncio.Task[None]] = {}  # workers being stopped, by room
+        self._state_reads: dict[str, bytes] = {}  # room → its state read, packed
         self._reader = IngestReader(
             self.streams,
             self.leases,
@@ -235,12 +239,11 @@ class AudienceService:
         policies: dict[str, str | None] = {}  # live room → the name of the policy it answers by
         if room_ids:
             states: list[Any] = []
-            fields = ["job_id", "job_state", "provider", "product_title", "policy"]
             for chunk in chunks(room_ids):  # the loop is not held for all at once
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for room_id in chunk:
-                        pipe.hmget(keys.room_state(room_id), fields)
-                    states += await pipe.execute()
+                states += await execute_packed(self.redis, [self._state_read(r) for r in chunk])
+            for answer in states:
+                if isinstance(answer, Exception):
+                    raise answer
             for room_id, (job_id, job_state, provider, product, policy) in zip(room_ids, states, strict=True):
                 if job_id and job_state and _text(job_state) in ACTIVE_STATUSES:
                     live[room_id] = (
@@ -291,6 +294,15 @@ class AudienceService:
                     await owner.adopt_strays()
         self.metrics.rooms_owned.set(len(self.workers))
         await self._reader.refresh()  # a room started (or its lease valid again) is read at once
+
+    def _state_read(self, room_id: str) -> bytes:
+        """The room's state fields the supervisor reads on every pass, packed once."""
+        command = self._state_reads.get(room_id)
+        if command is None:
+            if len(self._state_reads) > 100_000:
+                self._state_reads.clear()
+            command = self._state_reads[room_id] = packed("HMGET", keys.room_state(room_id), *STATE_FIELDS)
+        return command
 
     def _worker(self, room_id: str, job_id: str, provider: str) -> RoomWorker | None:
         try:

@@ -76,12 +76,13 @@ class PolicyBook:
         for name in names:
             try:
                 stored = await self._store.get(name)
+                policy = None if stored is None else PolicyConfig.model_validate(stored.policy)
             except ValueError as exc:  # not a valid policy (written by hand): keep what is held
                 log.error(
                     "reply policy in Redis is invalid; keeping the one held", policy=name, error=str(exc)
                 )
                 continue
-            if stored is None:
+            if stored is None or policy is None:
                 if name not in self._missing:
                     log.warning(
                         "a room names a reply policy that does not exist; it answers nothing", policy=name
@@ -91,7 +92,7 @@ class PolicyBook:
                 continue
             self._missing.discard(name)
             if self.version_of(name) != stored.version:
-                self._held[name] = (stored.version, stored.policy)
+                self._held[name] = (stored.version, policy)
                 log.info("reply policy loaded", policy=name, version=stored.version)
 
     async def follow(self, reactions: Reactions) -> None:

@@ -16,10 +16,11 @@ import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from orchestrator import clock
 from orchestrator.store import keys, scripts
-from orchestrator.store.redis import chunks, run_script_many, text
+from orchestrator.store.redis import chunks, execute_packed, packed, text
 
 ACQUIRE_LUA = scripts.source("lease_acquire")
 
@@ -43,6 +44,8 @@ class RoomLeases:
         self._valid_until: dict[str, float] = {}
         #: Bumped whenever a room's lease is gained or lost here (not when one is merely renewed).
         self.generation = 0
+        self._packed: dict[str, bytes] = {}  # room → its renewal, packed for _packed_for
+        self._packed_for: tuple[str, str] = ("", "")
 
     async def acquire(self, room_ids: list[str]) -> set[str]:
         """Take or renew the leases of ``room_ids`` (one round trip); the rooms held now."""
@@ -51,11 +54,19 @@ class RoomLeases:
         started = clock.monotonic()
         ttl_ms = str(clock.real_ms(self.ttl_s))
         results: list[Any] = []
-        # In pipelines of PIPELINE_CHUNK: packing and parsing a thousand rooms' commands at once held the
-        # event loop for tens of ms (the SoftSugar benchmark's reply latency tail, every lease renewal).
+        # In round trips of PIPELINE_CHUNK: parsing a thousand rooms' replies at once held the event loop
+        # for tens of ms (the SoftSugar benchmark's reply latency tail, every lease renewal). Each room's
+        # EVALSHA is packed once (execute_packed); a Redis that forgot the script gets it loaded again.
         for chunk in chunks(room_ids):
-            calls = [([keys.room_lease(room_id)], [self.replica_id, ttl_ms]) for room_id in chunk]
-            results += await run_script_many(self._redis, self._acquire, calls)
+            answers = await execute_packed(self._redis, [self._renewal(r, ttl_ms) for r in chunk])
+            if any(isinstance(a, NoScriptError) for a in answers):
+                self._acquire.sha = await self._redis.script_load(self._acquire.script)
+                self._packed.clear()
+                answers = await execute_packed(self._redis, [self._renewal(r, ttl_ms) for r in chunk])
+            for answer in answers:
+                if isinstance(answer, Exception):
+                    raise answer
+            results += answers
         held = {room_id for room_id, ok in zip(room_ids, results, strict=True) if ok == 1}
         margin_s = max(self.ttl_s * (1 - SAFETY), STALL_MARGIN_REAL_S * clock.installed().speed)
         deadline = started + self.ttl_s - margin_s
@@ -68,6 +79,20 @@ class RoomLeases:
             elif valid_until.pop(room_id, None) is not None:
                 self.generation += 1
         return held
+
+    def _renewal(self, room_id: str, ttl_ms: str) -> bytes:
+        """The room's lease script call, packed once (for this script, replica and TTL)."""
+        if self._packed_for != (self._acquire.sha, ttl_ms):
+            self._packed.clear()
+            self._packed_for = (self._acquire.sha, ttl_ms)
+        command = self._packed.get(room_id)
+        if command is None:
+            if len(self._packed) > 100_000:
+                self._packed.clear()
+            command = self._packed[room_id] = packed(
+                "EVALSHA", self._acquire.sha, 1, keys.room_lease(room_id), self.replica_id, ttl_ms
+            )
+        return command
 
     def valid(self, room_id: str) -> bool:
         """Whether this replica may still act on the room (held, and renewed recently enough)."""

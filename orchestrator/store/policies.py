@@ -5,9 +5,9 @@ kept version's document ``{"policy": {...}, "saved_ms", "note"}``. Saving writes
 ones stay, the newest :data:`KEEP_VERSIONS`); restoring an old version saves it again as the newest, so
 history only grows and every replica sees one number go up. The names are in the set ``orch:policies``.
 
-Documents are validated before they are written (:class:`~orchestrator.interaction.policy.PolicyConfig`),
-and again when read (a document written by hand, or by a newer version of the daemon, that does not
-validate is refused, not half-used).
+The store keeps documents; what a policy may hold is the interaction layer's to say: callers validate a
+document before they save it and when they read it (:mod:`orchestrator.interaction.policies` -- one
+written by hand, or by a newer version of the daemon, that does not validate is refused, not half-used).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import orjson
 import redis.asyncio as aioredis
 
 from orchestrator import clock
-from orchestrator.interaction.policy import PolicyConfig
 from orchestrator.store import keys, scripts
 from orchestrator.store.redis import text
 
@@ -31,7 +30,7 @@ KEEP_VERSIONS = 20
 class StoredPolicy:
     name: str
     version: int
-    policy: PolicyConfig
+    policy: dict[str, Any]  # the document, as saved
     saved_ms: int
     note: str = ""
 
@@ -41,7 +40,7 @@ class StoredPolicy:
             "version": self.version,
             "saved_ms": self.saved_ms,
             "note": self.note,
-            "policy": self.policy.model_dump(mode="json"),
+            "policy": self.policy,
         }
 
 
@@ -50,18 +49,17 @@ class PolicyStore:
         self._redis = redis
         self._save = redis.register_script(scripts.source("policy_save"))
 
-    async def save(self, name: str, policy: PolicyConfig, *, note: str = "") -> int:
-        """Save ``policy`` as the newest version of ``name`` (created if new); its version number."""
-        document = orjson.dumps(
-            {"policy": policy.model_dump(mode="json"), "saved_ms": clock.time_ms(), "note": note}
-        )
+    async def save(self, name: str, policy: dict[str, Any], *, note: str = "") -> int:
+        """Save ``policy`` (a validated document) as the newest version of ``name`` (created if new); its
+        version number."""
+        document = orjson.dumps({"policy": policy, "saved_ms": clock.time_ms(), "note": note})
         version = int(await self._save(keys=[keys.policy(name)], args=[document, KEEP_VERSIONS]))
         await self._redis.sadd(keys.policies_index(), name)
         return version
 
     async def get(self, name: str, version: int | None = None) -> StoredPolicy | None:
         """The current version of ``name`` (or version ``version``); None if there is no such policy or
-        version. Raises ValueError if the stored document does not validate."""
+        version. Raises ValueError if what is stored is not a policy document."""
         key = keys.policy(name)
         if version is None:
             current = await self._redis.hget(key, "version")
@@ -109,12 +107,11 @@ class PolicyStore:
 def _parse(name: str, version: int, raw: bytes | str) -> StoredPolicy:
     try:
         document = orjson.loads(raw)
+        policy = document["policy"]
+        if not isinstance(policy, dict):
+            raise TypeError("its policy is not a mapping")
         return StoredPolicy(
-            name,
-            version,
-            PolicyConfig.model_validate(document["policy"]),
-            int(document.get("saved_ms", 0)),
-            str(document.get("note", "")),
+            name, version, policy, int(document.get("saved_ms", 0)), str(document.get("note", ""))
         )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"policy {name!r} version {version} in Redis is not a valid policy: {exc}") from exc

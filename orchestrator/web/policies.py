@@ -141,7 +141,7 @@ async def put_policy(request: web.Request) -> web.Response:
     name = _name(request)
     policy = validate_policy(await _json(request))
     note = request.query.get("note", "")[:MAX_NOTE]
-    version = await _store(request).save(name, policy, note=note)
+    version = await _store(request).save(name, policy.model_dump(mode="json"), note=note)
     await _announce(request, name)
     return web.json_response({"name": name, "version": version})
 
@@ -178,7 +178,10 @@ async def restore_policy(request: web.Request) -> web.Response:
         raise ApiError(400, "BAD_RESTORE", "; ".join(f"{f}: {m}" for f, m in problems)) from None
     store = _store(request)
     old = await _stored(store, name, wanted.version)
-    version = await store.save(name, old.policy, note=f"restored version {wanted.version}")
+    restored = validate_policy(old.policy)  # a version this daemon can no longer read is not restored
+    version = await store.save(
+        name, restored.model_dump(mode="json"), note=f"restored version {wanted.version}"
+    )
     await _announce(request, name)
     return web.json_response({"name": name, "version": version, "restored": wanted.version})
 

@@ -136,7 +136,9 @@ async def test_a_policy_change_reaches_another_replica_without_a_message(
         book = daemon.app[AUDIENCE].desk.book
         store = daemon.app[AUDIENCE].policies
         changed = {**LIPSTICK, "rules": [{"name": "price", "patterns": ["多少钱"], "replies": ["新价格！"]}]}
-        await store.save("lipstick", PolicyConfig.model_validate(changed))  # no announcement
+        await store.save(
+            "lipstick", PolicyConfig.model_validate(changed).model_dump(mode="json")
+        )  # no message
         await until(lambda: _true(book.version_of("lipstick") == 2), 5)
         await _comment(daemon, "lip-1", "多少钱？", "viewer")
         await _answered(daemon, box, "lip-1", "新价格")
@@ -190,12 +192,14 @@ async def test_policies_are_validated_and_a_missing_one_silences_its_room_only(
 async def test_the_store_keeps_the_newest_versions(redis_client: Any) -> None:
     store = PolicyStore(redis_client)
     for i in range(KEEP_VERSIONS + 5):
-        await store.save("brand", PolicyConfig(per_room_burst=i + 1), note=f"v{i + 1}")
+        await store.save(
+            "brand", PolicyConfig(per_room_burst=i + 1).model_dump(mode="json"), note=f"v{i + 1}"
+        )
     versions = await store.versions("brand")
     assert [v.version for v in versions] == list(range(KEEP_VERSIONS + 5, 5, -1))
     assert (await store.get("brand", 6)) is not None and (await store.get("brand", 5)) is None
     current = await store.get("brand")
-    assert current is not None and current.policy.per_room_burst == KEEP_VERSIONS + 5
+    assert current is not None and current.policy["per_room_burst"] == KEEP_VERSIONS + 5
     await redis_client.hset(keys.policy("brand"), str(KEEP_VERSIONS + 5), b"{not json")
     with pytest.raises(ValueError, match="not a valid policy"):
         await store.get("brand")
