@@ -28,7 +28,7 @@ from orchestrator.scheduling.actions import Action, Current
 from orchestrator.scheduling.rooms import ManagedRoom, field_problems, reference_problems
 from orchestrator.scheduling.schedules import Schedule, describe_instant, evaluate, local_iso
 from orchestrator.web.api import require_admin, room_id_param
-from orchestrator.web.errors import ApiError
+from orchestrator.web.errors import ApiError, invalid_fields
 
 routes = web.RouteTableDef()
 
@@ -48,13 +48,7 @@ def _validate(model: type[ManagedRoom] | type[Schedule], data: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = field_problems(exc)
-        raise ApiError(
-            422,
-            "ROOM_INVALID",
-            "; ".join(f"{field}: {message}" for field, message in problems),
-            errors=[{"field": field, "message": message} for field, message in problems],
-        ) from None
+        raise invalid_fields("ROOM_INVALID", field_problems(exc)) from None
 
 
 async def _room(request: web.Request) -> ManagedRoom:
@@ -72,12 +66,7 @@ async def _save(request: web.Request, room: ManagedRoom) -> None:
             ("policy", f"no reply policy named {room.policy!r} (PUT /api/policies/{room.policy})")
         )
     if problems:
-        raise ApiError(
-            422,
-            "ROOM_INVALID",
-            "; ".join(f"{field}: {message}" for field, message in problems),
-            errors=[{"field": field, "message": message} for field, message in problems],
-        )
+        raise invalid_fields("ROOM_INVALID", problems)
     request.app[REDACTOR].add_values(room.secrets())
     await request.app[ROOM_CONFIGS].put(room)
 

@@ -54,6 +54,17 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+def invalid_fields(error_code: str, problems: list[tuple[str, str]]) -> ApiError:
+    """422 naming every invalid field: ``error_msg`` lists them, ``errors`` holds one ``{"field",
+    "message"}`` each."""
+    return ApiError(
+        422,
+        error_code,
+        "; ".join(f"{field}: {message}" for field, message in problems),
+        errors=[{"field": field, "message": message} for field, message in problems],
+    )
+
+
 def code_for_status(status: int) -> str:
     return STATUS_CODES.get(status, f"HTTP_{status}")
 

@@ -32,7 +32,7 @@ from orchestrator.scheduling.rooms import field_problems
 from orchestrator.store import keys
 from orchestrator.store.policies import PolicyStore
 from orchestrator.web.api import require_admin
-from orchestrator.web.errors import ApiError
+from orchestrator.web.errors import ApiError, invalid_fields
 
 routes = web.RouteTableDef()
 
@@ -69,13 +69,8 @@ def validate_policy(data: Any) -> PolicyConfig:
     try:
         return PolicyConfig.model_validate(data)
     except ValidationError as exc:
-        problems = field_problems(exc)
-        raise ApiError(
-            422,
-            "POLICY_INVALID",
-            "; ".join(f"{field or 'policy'}: {message}" for field, message in problems),
-            errors=[{"field": field or "policy", "message": message} for field, message in problems],
-        ) from None
+        problems = [(field or "policy", message) for field, message in field_problems(exc)]
+        raise invalid_fields("POLICY_INVALID", problems) from None
 
 
 async def _rooms_naming(request: web.Request) -> dict[str, list[str]]:
