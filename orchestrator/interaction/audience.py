@@ -45,7 +45,7 @@ from orchestrator.store.ingest import IngestStreams
 from orchestrator.store.leases import RoomLeases
 from orchestrator.store.policies import PolicyStore
 from orchestrator.store.reactions import Reactions
-from orchestrator.store.redis import chunks, execute_packed, packed
+from orchestrator.store.redis import PackedCommands, chunks, execute_packed, packed
 from orchestrator.store.redis import text as _text
 from orchestrator.store.replies import Reply, ReplyQueue
 from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, wait_event
@@ -88,7 +88,10 @@ class AudienceService:
         self._changed = asyncio.Event()
         self._passes = 0  # supervise passes: every third also claims strays
         self._retiring: dict[str, asyncio.Task[None]] = {}  # workers being stopped, by room
-        self._state_reads: dict[str, bytes] = {}  # room → its state read, packed
+        # The room's state fields the supervisor reads on every pass.
+        self._state_read = PackedCommands(
+            lambda room_id: packed("HMGET", keys.room_state(room_id), *STATE_FIELDS)
+        )
         self._reader = IngestReader(
             self.streams,
             self.leases,
@@ -294,15 +297,6 @@ class AudienceService:
                     await owner.adopt_strays()
         self.metrics.rooms_owned.set(len(self.workers))
         await self._reader.refresh()  # a room started (or its lease valid again) is read at once
-
-    def _state_read(self, room_id: str) -> bytes:
-        """The room's state fields the supervisor reads on every pass, packed once."""
-        command = self._state_reads.get(room_id)
-        if command is None:
-            if len(self._state_reads) > 100_000:
-                self._state_reads.clear()
-            command = self._state_reads[room_id] = packed("HMGET", keys.room_state(room_id), *STATE_FIELDS)
-        return command
 
     def _worker(self, room_id: str, job_id: str, provider: str) -> RoomWorker | None:
         try:

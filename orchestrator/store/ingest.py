@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 
 from orchestrator.store import keys, scripts
 from orchestrator.store.events import RoomEvents
-from orchestrator.store.redis import chunks, execute_packed, packed, text
+from orchestrator.store.redis import PackedCommands, chunks, execute_packed, packed, text
 
 GROUP = "reporter"
 
@@ -44,8 +44,12 @@ class IngestStreams:
         self._mark = redis.register_script(scripts.source("report_mark_batch"))
         self._ack_and_trim = redis.register_script(scripts.source("report_ack_and_trim"))
         self._swap_url = redis.register_script(scripts.source("report_url_swap"))
-        self._strays_asked: dict[str, bytes] = {}  # room → its XPENDING for _strays_idle_ms, packed
         self._strays_idle_ms = 0
+        self._strays_question = PackedCommands(
+            lambda room_id: packed(
+                "XPENDING", keys.room_ingest(room_id), GROUP, "IDLE", self._strays_idle_ms, "-", "+", 1000
+            )
+        )
 
     async def ensure_group(self, room_id: str) -> None:
         """The room's stream and its consumer group, created if missing (reading from the start)."""
@@ -94,7 +98,7 @@ class IngestStreams:
         claim raises what the question did."""
         found = []
         if self._strays_idle_ms != min_idle_ms:
-            self._strays_asked.clear()
+            self._strays_question.clear()
             self._strays_idle_ms = min_idle_ms
         for chunk in chunks(room_ids):
             answers = await execute_packed(self._redis, [self._strays_question(r) for r in chunk])
@@ -103,16 +107,6 @@ class IngestStreams:
                 if isinstance(pending, Exception) or any(text(p[1]) != consumer for p in pending or []):
                     found.append(room_id)
         return found
-
-    def _strays_question(self, room_id: str) -> bytes:
-        command = self._strays_asked.get(room_id)
-        if command is None:
-            if len(self._strays_asked) > 100_000:
-                self._strays_asked.clear()
-            command = self._strays_asked[room_id] = packed(
-                "XPENDING", keys.room_ingest(room_id), GROUP, "IDLE", self._strays_idle_ms, "-", "+", 1000
-            )
-        return command
 
     async def drop(self, room_id: str, entry_ids: list[str]) -> None:
         """Acknowledge entries that will never be reported (invalid, expired, trimmed)."""

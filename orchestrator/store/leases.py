@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError
 
 from orchestrator import clock
 from orchestrator.store import keys, scripts
-from orchestrator.store.redis import chunks, execute_packed, packed, text
+from orchestrator.store.redis import PackedCommands, chunks, execute_packed, packed, text
 
 ACQUIRE_LUA = scripts.source("lease_acquire")
 
@@ -44,8 +44,17 @@ class RoomLeases:
         self._valid_until: dict[str, float] = {}
         #: Bumped whenever a room's lease is gained or lost here (not when one is merely renewed).
         self.generation = 0
-        self._packed: dict[str, bytes] = {}  # room → its renewal, packed for _packed_for
-        self._packed_for: tuple[str, str] = ("", "")
+        self._packed_for: tuple[str, str] = ("", "")  # (script sha, TTL ms) the renewals are packed for
+        self._packed = PackedCommands(
+            lambda room_id: packed(
+                "EVALSHA",
+                self._acquire.sha,
+                1,
+                keys.room_lease(room_id),
+                self.replica_id,
+                self._packed_for[1],
+            )
+        )
 
     async def acquire(self, room_ids: list[str]) -> set[str]:
         """Take or renew the leases of ``room_ids`` (one round trip); the rooms held now."""
@@ -85,14 +94,7 @@ class RoomLeases:
         if self._packed_for != (self._acquire.sha, ttl_ms):
             self._packed.clear()
             self._packed_for = (self._acquire.sha, ttl_ms)
-        command = self._packed.get(room_id)
-        if command is None:
-            if len(self._packed) > 100_000:
-                self._packed.clear()
-            command = self._packed[room_id] = packed(
-                "EVALSHA", self._acquire.sha, 1, keys.room_lease(room_id), self.replica_id, ttl_ms
-            )
-        return command
+        return self._packed(room_id)
 
     def valid(self, room_id: str) -> bool:
         """Whether this replica may still act on the room (held, and renewed recently enough)."""

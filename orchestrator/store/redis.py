@@ -9,7 +9,7 @@ retries and the next one reconnects, so the daemon recovers without a restart.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -35,6 +35,28 @@ def packed(*args: bytes | str | int) -> bytes:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+class PackedCommands:
+    """Each room's command for a pass over every room, packed once (:func:`packed`) by ``build`` and kept
+    (at most ``limit``; beyond, they are packed anew). :meth:`clear` when what they were packed with
+    changes (a script's sha, a TTL)."""
+
+    def __init__(self, build: Callable[[str], bytes], *, limit: int = 100_000) -> None:
+        self._build = build
+        self._limit = limit
+        self._packed: dict[str, bytes] = {}
+
+    def __call__(self, room_id: str) -> bytes:
+        command = self._packed.get(room_id)
+        if command is None:
+            if len(self._packed) >= self._limit:
+                self._packed.clear()
+            command = self._packed[room_id] = self._build(room_id)
+        return command
+
+    def clear(self) -> None:
+        self._packed.clear()
 
 
 async def execute_packed(redis: aioredis.Redis, commands: Sequence[bytes]) -> list[Any]:

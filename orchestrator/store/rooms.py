@@ -38,7 +38,7 @@ from orchestrator import clock
 from orchestrator.providers.registry import DEFAULT_PROVIDER
 from orchestrator.store import keys, scripts
 from orchestrator.store.batch import ScriptBatcher
-from orchestrator.store.redis import chunks, execute_packed, packed, pairs
+from orchestrator.store.redis import PackedCommands, chunks, execute_packed, packed, pairs
 from orchestrator.store.redis import text as _text
 
 #: Keys and arguments one callback takes in APPLY_CALLBACKS_LUA (the script applies a batch of them). The
@@ -191,7 +191,7 @@ class RoomStore:
         self._mark_stall = redis.register_script(MARK_RTMP_STALL_LUA)
         self._new_job = redis.register_script(NEW_JOB_LUA)
         self._ingest = redis.register_script(INGEST_LUA)
-        self._state_reads: dict[str, bytes] = {}  # room → its state read (the watchers' look), packed
+        self._state_read = PackedCommands(lambda room_id: packed("HGETALL", keys.room_state(room_id)))
 
     async def is_managed(self, room_id: str) -> bool:
         """Whether the room is managed here (one field read, not the whole state)."""
@@ -290,14 +290,6 @@ class RoomStore:
                 if raw.get(b"managed") == b"1":
                     found[room_id] = decode_state(raw)
         return found
-
-    def _state_read(self, room_id: str) -> bytes:
-        command = self._state_reads.get(room_id)
-        if command is None:
-            if len(self._state_reads) > 100_000:
-                self._state_reads.clear()
-            command = self._state_reads[room_id] = packed("HGETALL", keys.room_state(room_id))
-        return command
 
     async def rooms(self) -> list[str]:
         return sorted(_text(m) for m in await self._redis.smembers(keys.rooms_index()))
