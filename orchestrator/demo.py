@@ -118,13 +118,27 @@ def embedded_redis() -> Iterator[str]:
 
 
 def free_port() -> int:
-    """A TCP port free on loopback right now (the demo's servers, and the tests', listen on such ports)."""
+    """A TCP port free on loopback right now (the demo's servers, and the tests', listen on such ports),
+    chosen below the kernel's ephemeral range: a server bound to port 0, or an outgoing connection, gets a
+    port from that range and so never takes this one between its choice and its use (a test saw its
+    daemon's port taken by the sandbox it started first)."""
     import socket
 
-    with socket.socket() as sock:
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randint(10_000, max(10_001, low - 1))  # noqa: S311 -- not a secret
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # that range is crowded: any free port
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        return found
 
 
 class Narrator:
