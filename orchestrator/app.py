@@ -68,7 +68,7 @@ from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import create_redis, redis_ready
 from orchestrator.store.rooms import RoomStore, callback_batcher
 from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, pause
-from orchestrator.web import admin, api, health, ingest, policies, replies
+from orchestrator.web import admin, api, audience, health, ingest, policies, replies
 from orchestrator.web.middlewares import BODY_BUDGET, BodyBudget, request_middleware
 from orchestrator.web.public import PUBLIC_ROUTES
 
@@ -109,6 +109,7 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app.add_routes(ingest.routes)
     app.add_routes(replies.routes)
     app.add_routes(policies.routes)
+    app.add_routes(audience.routes)
     # The providers' own routes: what each vendor calls on the daemon (also on the public listener).
     metastudio_web.setup(app)
     softsugar_web.setup(app)

@@ -99,9 +99,10 @@ _LABELS = {
     AudienceKind.VIEWERS: "viewers",
 }
 
-#: How much a reply matters, most first: an operator's words, thanks for a gift, an answer, a filler line.
-Priority = Literal["operator", "gift", "question", "idle"]
-PRIORITIES: tuple[Priority, ...] = ("operator", "gift", "question", "idle")
+#: How much a reply matters, most first: an operator's words, thanks for a gift, an answer, a welcome or
+#: thanks for a like or follow, a filler line (timed and idle lines).
+Priority = Literal["operator", "gift", "question", "reaction", "idle"]
+PRIORITIES: tuple[Priority, ...] = ("operator", "gift", "question", "reaction", "idle")
 
 
 class PlayMode(StrEnum):

@@ -95,6 +95,13 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.unanswered = Counter(
+            "orch_audience_unanswered_total",
+            "Audience events that got no reply, by reason: no_rule, blocked_user, forbidden_word, "
+            "rate_limited, duplicate, queue_full, disabled, too_old, rejected (in review), not_answered.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.rooms_owned = Gauge(
             "orch_audience_rooms_owned",
             "Live rooms whose reporting and replies this replica owns (room leases held).",

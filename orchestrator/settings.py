@@ -405,12 +405,18 @@ class SchedulingSettings(Section):
     )
 
 
-ReplyPriority = Literal["operator", "gift", "question", "idle"]
+ReplyPriority = Literal["operator", "gift", "question", "reaction", "idle"]
 PlayTypeName = Literal["APPEND", "INSERT", "PLAY_NOW"]
 
 
 def _default_play_types() -> dict[ReplyPriority, PlayTypeName]:
-    return {"operator": "PLAY_NOW", "gift": "INSERT", "question": "INSERT", "idle": "APPEND"}
+    return {
+        "operator": "PLAY_NOW",
+        "gift": "INSERT",
+        "question": "INSERT",
+        "reaction": "APPEND",
+        "idle": "APPEND",
+    }
 
 
 class InteractionSettings(Section):

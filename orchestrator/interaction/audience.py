@@ -33,6 +33,7 @@ from orchestrator.interaction.desk import ReplyDesk
 from orchestrator.interaction.policies import PolicyBook
 from orchestrator.interaction.policy import Event, History, PolicyConfig
 from orchestrator.interaction.reader import IngestReader
+from orchestrator.interaction.skips import SkipLog
 from orchestrator.interaction.worker import RoomWorker
 from orchestrator.metrics import Metrics
 from orchestrator.providers.base import AudienceChannel, Provider
@@ -53,7 +54,7 @@ from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, wai
 log = structlog.get_logger(__name__)
 
 #: What the supervisor reads of every room's state on each pass.
-STATE_FIELDS = ("job_id", "job_state", "provider", "product_title", "policy")
+STATE_FIELDS = ("job_id", "job_state", "provider", "product_title", "policy", "muted")
 
 #: The room's provider, by name (raises ProviderError while unusable).
 ProviderFor = Callable[[str], Provider]
@@ -83,6 +84,7 @@ class AudienceService:
         self.streams = IngestStreams(redis, self.events)
         self.leases = RoomLeases(redis, ttl_s=settings.lease_ttl_s, replica_id=replica_id)
         self.queue = ReplyQueue(redis, max_pending=settings.reply_max_pending, events_maxlen=events_maxlen)
+        self.skips = SkipLog(self.events, metrics.unanswered)
         self.workers: dict[str, RoomWorker] = {}
         self._provider_for = provider_for
         self._changed = asyncio.Event()
@@ -206,6 +208,7 @@ class AudienceService:
             asyncio.create_task(self._reader.run(), name="audience-reader"),
             asyncio.create_task(self._react_forever(), name="audience-reactions"),
             asyncio.create_task(self.desk.book.follow(self.reactions), name="audience-policies"),
+            asyncio.create_task(self.skips.run(), name="audience-skips"),
         ]
 
     async def aclose(self) -> None:
@@ -239,7 +242,8 @@ class AudienceService:
         """One pass: take or renew the leases of live rooms, start and stop room workers to match."""
         room_ids = sorted(_text(m) for m in await self.redis.smembers(keys.rooms_index()))
         live: dict[str, tuple[str, str, str]] = {}  # room → (job, provider, product)
-        policies: dict[str, str | None] = {}  # live room → the name of the policy it answers by
+        # live room → the name of the policy it answers by, and the reaction kinds switched off in it
+        choices: dict[str, tuple[str | None, frozenset[str]]] = {}
         if room_ids:
             states: list[Any] = []
             for chunk in chunks(room_ids):  # the loop is not held for all at once
@@ -247,16 +251,21 @@ class AudienceService:
             for answer in states:
                 if isinstance(answer, Exception):
                     raise answer
-            for room_id, (job_id, job_state, provider, product, policy) in zip(room_ids, states, strict=True):
+            for room_id, (job_id, job_state, provider, product, policy, muted) in zip(
+                room_ids, states, strict=True
+            ):
                 if job_id and job_state and _text(job_state) in ACTIVE_STATUSES:
                     live[room_id] = (
                         _text(job_id),
                         _text(provider) if provider else DEFAULT_PROVIDER,
                         _text(product) if product else "",
                     )
-                    policies[room_id] = _text(policy) if policy else None
+                    choices[room_id] = (
+                        _text(policy) if policy else None,
+                        frozenset(_text(muted).split(",")) - {""} if muted else frozenset(),
+                    )
         # The policies the live rooms name are held before any of their comments is decided.
-        await self.desk.book.want({name for name in policies.values() if name})
+        await self.desk.book.want({name for name, _ in choices.values() if name})
         held = await self.leases.acquire(sorted(live))
         for room_id, worker in list(self.workers.items()):
             failed = worker.failure()
@@ -283,11 +292,12 @@ class AudienceService:
                 made = self._worker(room_id, job_id, provider)
                 if made is None:
                     continue
-                made.desk.policy_name = policies[room_id]
+                made.desk.policy_name, made.desk.muted = choices[room_id]
                 await made.start(product)
                 self.workers[room_id] = made
-            else:  # the room's definition may name another policy now: it answers by that one at once
-                self.workers[room_id].desk.policy_name = policies[room_id]
+            else:  # the room may name another policy, or switch reactions, now: in force at once
+                desk = self.workers[room_id].desk
+                desk.policy_name, desk.muted = choices[room_id]
         if sweep and running:
             # Asked of every room at once (pipelined); claimed only where some wait.
             stray_ms = clock.real_ms(self.settings.lease_ttl_s)
@@ -318,6 +328,7 @@ class AudienceService:
             log.bind(room_id=room_id, job_id=job_id),
             keepalive=partial(jobs.keepalive, room_id, job_id) if jobs.keepalive_interval_s else None,
             keepalive_interval_s=jobs.keepalive_interval_s,
+            skips=self.skips,
         )
         return RoomWorker(ctx, self.desk, cast(Any, self.settings.play_types))
 

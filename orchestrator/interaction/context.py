@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.interaction.skips import SkipLog
 from orchestrator.metrics import Metrics
 from orchestrator.providers.base import AudienceChannel
 from orchestrator.settings import InteractionSettings
@@ -36,6 +37,8 @@ class RoomContext:
     #: What keeps the room's job alive at the vendor (SoftSugar: a heartbeat), and how often; None: nothing.
     keepalive: Callable[[], Awaitable[None]] | None = None
     keepalive_interval_s: float | None = None
+    #: Where the room's unanswered events are noted (None: counted nowhere -- tests of one part).
+    skips: SkipLog | None = None
 
     def owned(self) -> bool:
         """Whether this replica may still act on the room (its lease, renewed recently enough)."""

@@ -36,10 +36,12 @@ from orchestrator.interaction.ingest import count_of
 from orchestrator.interaction.policies import PolicyBook
 from orchestrator.interaction.policy import (
     NOTHING_TO_ANSWER,
+    REACTION_KINDS,
     Decision,
     Event,
     History,
     PolicyConfig,
+    Skip,
     decide,
     looks_like_question,
     speak,
@@ -51,8 +53,8 @@ log = structlog.get_logger(__name__)
 
 CHAT_CONCURRENCY = 4
 
-#: Where a room's decided replies go: (when the comment arrived, s; the decision).
-HandOver = Callable[[float, Decision], None]
+#: Where a room's decisions go: (when the event arrived, s; the event; the decision -- a reply or why none).
+HandOver = Callable[[float, Event, Decision], None]
 
 
 class ReplyDesk:
@@ -114,6 +116,8 @@ class RoomDesk:
         self.room_id = room_id
         #: The name of the policy the room answers by (None: the default one).
         self.policy_name = policy
+        #: Reaction kinds switched off for this room (its state's ``muted``), whatever its policy says.
+        self.muted: frozenset[str] = frozenset()
         self.history = History()
         self.product = product
         #: The vendor's answer backend for this room's job (its Q&A database), set when the worker starts.
@@ -125,26 +129,35 @@ class RoomDesk:
     def consider(
         self, event_type: int, timestamp_ms: int, content: dict[str, Any], *, since_s: float
     ) -> None:
-        """The policy on one comment or gift (pure CPU, nothing awaited: a room's replies never hold up the
-        reading of every room's stream); a reply is handed over, a question for the chat backend asked
-        in the background."""
+        """The policy on one audience event (pure CPU, nothing awaited: a room's replies never hold up the
+        reading of every room's stream); the decision -- a reply, or why none -- is handed over, a question
+        for the chat backend asked in the background."""
         desk = self.desk
         at_s = timestamp_ms / 1000
-        if clock.time() - at_s > desk.settings.reply_max_age_s:
-            return
         try:
             user = content.get("user") or {}
             gift = content.get("gift") or {}
+            num = count_of(gift.get("giftNum"))
+            total = gift.get("totalValue")
             event = Event(
                 type=event_type,
                 user_id=str(user.get("userId", "")),
                 user_name=str(user.get("name", "")),
                 text=str(content.get("content") or ""),
                 gift_name=str(gift.get("giftName", "")),
-                gift_num=count_of(gift.get("giftNum")),
+                gift_num=num,
+                gift_value=count_of(total) if total is not None else num * count_of(gift.get("giftValue")),
                 at=at_s,
             )
         except (AttributeError, TypeError, ValueError):
+            return
+        if clock.time() - at_s > desk.settings.reply_max_age_s:
+            self._hand_over(since_s, event, Decision(None, "too old to answer", code=Skip.TOO_OLD))
+            return
+        kind = REACTION_KINDS.get(event_type)
+        if kind is not None and kind in self.muted:
+            off = Decision(None, f"{kind} reactions are off in this room", code=Skip.DISABLED)
+            self._hand_over(since_s, event, off)
             return
         chat = self.answers
         policy = self.policy
@@ -156,7 +169,7 @@ class RoomDesk:
                 task.add_done_callback(self._chat_tasks.discard)
                 return
             decision = decide(policy, self.history, event, product=self.product)
-        self._hand_over(since_s, decision)
+        self._hand_over(since_s, event, decision)
 
     @property
     def policy(self) -> PolicyConfig:
@@ -182,7 +195,7 @@ class RoomDesk:
                     error=str(exc),
                 )
                 decision = decide(self.policy, self.history, event, product=self.product)
-        self._hand_over(since_s, decision)
+        self._hand_over(since_s, event, decision)
 
     def chat_tasks(self) -> list[asyncio.Task[None]]:
         return list(self._chat_tasks)

@@ -1,11 +1,12 @@
 """Audience events from platform bridges, normalised to MetaStudio's LiveEvent types. Pure.
 
 A bridge sends ``{"type", "timestamp"?, "user"?, "text"?, "gift"?, "viewers"?}`` with ``type`` one of
-``comment`` (1), ``join`` (2), ``like`` (3), ``gift`` (4), ``viewers`` (6) -- or the number itself. The
-result is what the live-event report carries (004 §6.2.7): ``{"timestamp" (ms), "type", "content"}``,
-``content`` holding ``user {userId, name, level, badge, badgeLevel}``, the comment text as ``content``,
-``gift {giftName, giftNum, giftValue, totalValue}``, or ``numberOfViewers``. Type 5 (follow) is documented
-as unused and refused.
+``comment`` (1), ``join`` (2), ``like`` (3), ``gift`` (4), ``follow`` (5), ``viewers`` (6) -- or the number
+itself. The result is what the live-event report carries (004 §6.2.7): ``{"timestamp" (ms), "type",
+"content"}``, ``content`` holding ``user {userId, name, level, badge, badgeLevel}``, the comment text as
+``content``, ``gift {giftName, giftNum, giftValue, totalValue}``, or ``numberOfViewers``. Type 5
+("Subscription/Following", documented "not used currently" within the type's range 0-100) is accepted for
+our own reactions (a thanks for a follow) and reported like the others: MetaStudio ignores it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from orchestrator import clock
 
-TYPES = {"comment": 1, "join": 2, "like": 3, "gift": 4, "viewers": 6}
+TYPES = {"comment": 1, "join": 2, "like": 3, "gift": 4, "follow": 5, "viewers": 6}
+#: The kinds a reply can be decided for (a comment's answer, a reaction): all but viewer counts.
+ANSWERABLE = frozenset({1, 2, 3, 4, 5})
 NAMES = {number: name for name, number in TYPES.items()}
 MAX_BATCH = 1000
 
@@ -55,7 +58,7 @@ class BridgeEvent(BaseModel):
     def _type(cls, value: Any) -> int:
         number = TYPES.get(value) if isinstance(value, str) else value
         if isinstance(number, bool) or not isinstance(number, int) or number not in NAMES:
-            raise ValueError("type must be comment, join, like, gift or viewers (1, 2, 3, 4, 6)")
+            raise ValueError("type must be comment, join, like, gift, follow or viewers (1-6)")
         return int(number)
 
 
@@ -69,8 +72,8 @@ _BATCH = TypeAdapter(list[BridgeEvent])
 
 
 def _requirement(event: BridgeEvent) -> str | None:
-    if event.type in (1, 2, 3, 4) and event.user is None:
-        return "user is required for comment, join, like and gift events"
+    if event.type in (1, 2, 4, 5) and event.user is None:
+        return "user is required for comment, join, gift and follow events"
     if event.type == 1 and not (event.text or "").strip():
         return "text is required for a comment"
     if event.type == 4 and event.gift is None:

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from orchestrator import clock
 from orchestrator.domain import PlayMode
 from orchestrator.interaction.context import RoomContext
+from orchestrator.interaction.policy import Decision, Skip
 from orchestrator.providers.base import ReplyOrder
 from orchestrator.providers.errors import (
     ProviderConnectError,
@@ -232,8 +233,15 @@ class ReplyPacer:
         return cleaned
 
 
+QUEUE_FULL = Decision(None, "the room's reply queue is full", code=Skip.QUEUE_FULL)
+
+
 def count_outcomes(ctx: RoomContext, results: list[tuple[str, str, str | None]]) -> None:
+    """Count queueing outcomes; a reply dropped or evicted for want of room is an unanswered event (the
+    queue's script recorded which in the room's event stream: ``reply_dropped``)."""
     for outcome, _, evicted in results:
         ctx.metrics.replies.labels(outcome).inc()
         if evicted:
             ctx.metrics.replies.labels("evicted").inc()
+        if ctx.skips is not None and (evicted or outcome == "dropped"):
+            ctx.skips.note(ctx.room_id, None, QUEUE_FULL, at_ms=clock.time_ms())

@@ -22,9 +22,9 @@ from orchestrator import clock
 from orchestrator.domain import ReplyFailed, ReplyFinished, RoomEvent
 from orchestrator.interaction.context import RoomContext
 from orchestrator.interaction.desk import ReplyDesk, RoomDesk
-from orchestrator.interaction.ingest import normalise_batch
+from orchestrator.interaction.ingest import ANSWERABLE, normalise_batch
 from orchestrator.interaction.pacer import ReplyPacer, count_outcomes
-from orchestrator.interaction.policy import Decision
+from orchestrator.interaction.policy import Decision, Event, Skip
 from orchestrator.interaction.reporter import STOP_GRACE_S, Buffered, RoomReporter, entry_ms, entry_order
 from orchestrator.providers.errors import ProviderError
 from orchestrator.store.ingest import Entry
@@ -187,7 +187,7 @@ class RoomWorker:
                 stale.append(entry_id)
                 continue
             self.reporter.add(entry_id, event["type"], event["timestamp"], raw)
-            if fresh and event["type"] in (1, 4) and fields.get(b"d") != b"1":  # d: decided at ingest
+            if fresh and event["type"] in ANSWERABLE and fields.get(b"d") != b"1":  # d: decided at ingest
                 self._consider(entry_id, event)
         if not fresh:
             # Claimed entries (a predecessor's, or strays) may be older than what is buffered: keep the buffer
@@ -241,16 +241,22 @@ class RoomWorker:
         """Decide for events as they arrive at this replica's ingest endpoint (normalised, ``content`` an
         object), the owner deciding at once instead of when it reads them back from the stream."""
         for event in events:
-            if event["type"] in (1, 4):
+            if event["type"] in ANSWERABLE:
                 self.desk.consider(event["type"], event["timestamp"], event["content"], since_s=since_s)
 
     # --- replies ---
 
-    def _hand_over(self, since_s: float, decision: Decision) -> None:
+    def _hand_over(self, since_s: float, event: Event, decision: Decision) -> None:
+        skips = self.ctx.skips
         if not decision.speaks or decision.reply is None:
+            if skips is not None:
+                skips.note(self.room_id, event, decision, at_ms=int(event.at * 1000))
             return
         if len(self.pacer.decided) >= HAND_OVER_LIMIT:  # Redis is slow or away: the queue would drop it
             self.ctx.metrics.replies.labels("dropped").inc()
+            if skips is not None:
+                full = Decision(None, "the room's reply queue is full", code=Skip.QUEUE_FULL)
+                skips.note(self.room_id, event, full, at_ms=int(event.at * 1000))
             return
         self.ctx.metrics.reply_decision.observe(max(0.0, clock.time() - since_s))
         priority = decision.priority

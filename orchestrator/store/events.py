@@ -26,6 +26,9 @@ kind               fields                                      written by
 ``reply_failed``                                               channel said so: SoftSugar's socket)
 ``microphone``     job_id, outcome (``taken``, ``released``),  :meth:`RoomEvents.add` (the microphone
                    error_code, error_msg (the vendor's last)   relay)
+``comment_skipped`` reason (a ``Skip`` code), why, user_id,  ``SkipLog`` (:mod:`.interaction.skips`),
+                   user, text (a comment that got no reply)    once a second per replica
+``unanswered``     total, message ({kind: {reason: count}})    the same: what was not recorded one by one
 =================  ==========================================  ==============================================
 
 Entries a script writes are written there, in the same atomic step as the change they record; every
@@ -61,6 +64,10 @@ class RoomEvents:
         await self._redis.xadd(
             keys.room_events(room_id), self.entry(kind, fields), maxlen=self.maxlen, approximate=True
         )
+
+    def pipeline(self) -> Pipeline:
+        """A pipeline (no transaction) for :meth:`add_to`."""
+        return self._redis.pipeline(transaction=False)
 
     def add_to(self, pipe: Pipeline, room_id: str, kind: str, **fields: Field) -> None:
         """Queue one entry on ``pipe`` (the caller's transaction)."""

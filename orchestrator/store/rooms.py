@@ -211,6 +211,14 @@ class RoomStore:
         await self._redis.hset(keys.room_state(room_id), "managed", "0")
         await self._redis.srem(keys.rooms_index(), room_id)
 
+    async def muted(self, room_id: str) -> set[str]:
+        """The reaction kinds switched off in the room (its state's ``muted``, comma-separated)."""
+        raw = await self._redis.hget(keys.room_state(room_id), "muted")
+        return set(_text(raw).split(",")) - {""} if raw else set()
+
+    async def set_muted(self, room_id: str, kinds: set[str]) -> None:
+        await self._redis.hset(keys.room_state(room_id), "muted", ",".join(sorted(kinds)))
+
     async def set_current_job(
         self, room_id: str, job_id: str, job_state: str = "WAITING", *, report_url: str | None = None
     ) -> None:

@@ -1,12 +1,12 @@
 """Operators' replies.
 
-``POST /api/rooms/{room_id}/replies`` (admin token): ``{"text", "priority": "operator" (default) | "gift" |
-"question" | "idle", "play_type"?}`` → 202 ``{"outcome", "reply_id", "evicted"}``. ``GET`` the same path
-lists the waiting replies and those in flight. ``DELETE`` clears them: the waiting ones dropped, and
-everything the vendor has not played yet withdrawn there (MetaStudio: CLEAN_UP_INSERT_COMMAND; SoftSugar:
-cancel ``-1``) → 200 ``{"dropped", "withdrawn"}`` (502 ``VENDOR_ERROR`` if the vendor refused; the waiting
-ones are dropped all the same). A reply longer than the room's vendor takes is refused
-(422 ``REPLY_TOO_LONG``).
+``POST /api/rooms/{room_id}/replies`` (admin token): ``{"text", "priority": "operator" (default) |
+"gift" | "question" | "reaction" | "idle", "play_type"?}`` → 202 ``{"outcome", "reply_id", "evicted"}``.
+``GET`` the same path lists the waiting replies and those in flight. ``DELETE`` clears them: the waiting
+ones dropped, and everything the vendor has not played yet withdrawn there (MetaStudio:
+CLEAN_UP_INSERT_COMMAND; SoftSugar: cancel ``-1``) → 200 ``{"dropped", "withdrawn"}`` (502
+``VENDOR_ERROR`` if the vendor refused; the waiting ones are dropped all the same). A reply longer than
+the room's vendor takes is refused (422 ``REPLY_TOO_LONG``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.appkeys import AUDIENCE, PROVIDERS, ROOM_CONFIGS
+from orchestrator.domain import Priority
 from orchestrator.providers.errors import ProviderError
 from orchestrator.store.replies import Reply
 from orchestrator.web.api import managed_room_id, require_admin
@@ -32,7 +33,7 @@ class OperatorReply(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(..., min_length=1, max_length=MAX_REPLY_CHARS)
-    priority: Literal["operator", "gift", "question", "idle"] = "operator"
+    priority: Priority = "operator"
     play_type: Literal["APPEND", "INSERT", "PLAY_NOW"] | None = None
 
 

@@ -17,6 +17,7 @@ from tests.support.server import serving
 
 USER = {"userId": "u1", "name": "小明", "level": 3}
 NOW = 1_763_700_000_000
+WIRE_USER = {"userId": "u1", "name": "小明", "level": 3, "badge": "", "badgeLevel": 0}
 
 
 @pytest.mark.parametrize(
@@ -57,6 +58,14 @@ NOW = 1_763_700_000_000
             },
         ),
         (
+            {"type": "follow", "user": USER},  # 004: "5: Subscription/Following", not used by the vendor
+            {"timestamp": NOW, "type": 5, "content": {"user": WIRE_USER}},
+        ),
+        (
+            {"type": "like"},  # an anonymous like: platforms do not always say who
+            {"timestamp": NOW, "type": 3, "content": {}},
+        ),
+        (
             {"type": "viewers", "viewers": 5466},
             {"timestamp": NOW, "type": 6, "content": {"numberOfViewers": 5466}},
         ),
@@ -70,8 +79,9 @@ def test_normalisation(event: dict[str, Any], expected: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("event", "fragment"),
     [
-        ({"type": "follow", "user": USER}, "type must be"),
-        ({"type": 5, "user": USER}, "type must be"),
+        ({"type": "subscribe", "user": USER}, "type must be"),
+        ({"type": 7, "user": USER}, "type must be"),
+        ({"type": "follow"}, "user is required"),
         ({"type": "comment", "user": USER}, "text is required"),
         ({"type": "comment", "text": "hi"}, "user is required"),
         ({"type": "gift", "user": USER}, "gift is required"),
