@@ -1,4 +1,4 @@
-"""``orchestrator rooms ...``, ``orchestrator schedule ...`` and ``orchestrator policies ...``: the admin API
+"""``orchestrator rooms ...``, ``schedule ...``, ``policies ...`` and ``blocklist ...``: the admin API
 from a terminal.
 
 They talk to a running daemon over HTTP (``--api``, default ``$ORCH_API_URL`` or http://127.0.0.1:8080) with
@@ -111,6 +111,29 @@ def add_commands(commands: Any) -> None:
     _connection(restore, after=True)
     policies.set_defaults(func=cmd_policies)
 
+    blocklist = commands.add_parser(
+        "blocklist",
+        help="list, block or unblock viewers, in one room or everywhere (admin API)",
+        description="Blocked viewers (by the platform's user id) get no reply of any kind: no answer, "
+        "no welcome, no thanks. A block may expire (--ttl-s); without --room it holds in every room.",
+    )
+    _connection(blocklist)
+    block_actions = blocklist.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, text in (
+        ("list", "the viewers blocked (in ROOM with --room, else everywhere)"),
+        ("add", "block a viewer"),
+        ("remove", "unblock a viewer"),
+    ):
+        sub = block_actions.add_parser(name, help=text)
+        if name != "list":
+            sub.add_argument("user", metavar="USER_ID")
+        sub.add_argument("--room", default=None, help="in this room only (default: everywhere)")
+        if name == "add":
+            sub.add_argument("--ttl-s", type=float, default=None, help="expires after this many seconds")
+            sub.add_argument("--reason", default="", help="why (kept with the entry)")
+        _connection(sub, after=True)
+    blocklist.set_defaults(func=cmd_blocklist)
+
 
 def _connection(parser: argparse.ArgumentParser, *, after: bool = False) -> None:
     """``--api``/``--token``, before the action or after it (``rooms list --api URL``); given after, they
@@ -222,6 +245,25 @@ def cmd_policies(args: argparse.Namespace) -> int:
             _print(_call(args, "POST", f"/api/policies/{name}/restore", {"version": args.version}))
         else:
             return _save_policy(args)
+    except ApiFailure as exc:
+        return _fail(exc)
+    return 0
+
+
+def cmd_blocklist(args: argparse.Namespace) -> int:
+    base = f"/api/rooms/{urllib.parse.quote(args.room, safe='')}/blocklist" if args.room else "/api/blocklist"
+    try:
+        if args.action == "list":
+            _print(_call(args, "GET", base))
+            return 0
+        path = f"{base}/{urllib.parse.quote(args.user, safe='')}"
+        if args.action == "add":
+            body: dict[str, Any] = {"reason": args.reason}
+            if args.ttl_s is not None:
+                body["ttl_s"] = args.ttl_s
+            _print(_call(args, "PUT", path, body))
+        else:
+            _print(_call(args, "DELETE", path))
     except ApiFailure as exc:
         return _fail(exc)
     return 0

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from orchestrator import clock
 from orchestrator.domain import ACTIVE_STATUSES
+from orchestrator.interaction.blocklists import BlockBook
 from orchestrator.interaction.chat import ChatBackend
 from orchestrator.interaction.context import RoomContext
 from orchestrator.interaction.desk import ReplyDesk
@@ -41,6 +42,7 @@ from orchestrator.providers.errors import ProviderError
 from orchestrator.providers.registry import DEFAULT_PROVIDER
 from orchestrator.settings import InteractionSettings
 from orchestrator.store import keys
+from orchestrator.store.blocklists import Blocklists
 from orchestrator.store.events import RoomEvents
 from orchestrator.store.ingest import IngestStreams
 from orchestrator.store.leases import RoomLeases
@@ -79,7 +81,10 @@ class AudienceService:
         self.reactions = reactions
         self.metrics = metrics
         self.policies = PolicyStore(redis)
-        self.desk = ReplyDesk(PolicyBook(self.policies, policy), settings, chat)
+        self.blocklists = Blocklists(redis)
+        self.desk = ReplyDesk(
+            PolicyBook(self.policies, policy), settings, chat, blocks=BlockBook(self.blocklists)
+        )
         self.events = RoomEvents(redis, maxlen=events_maxlen)
         self.streams = IngestStreams(redis, self.events)
         self.leases = RoomLeases(redis, ttl_s=settings.lease_ttl_s, replica_id=replica_id)
@@ -209,6 +214,7 @@ class AudienceService:
             asyncio.create_task(self._react_forever(), name="audience-reactions"),
             asyncio.create_task(self.desk.book.follow(self.reactions), name="audience-policies"),
             asyncio.create_task(self.skips.run(), name="audience-skips"),
+            asyncio.create_task(self.desk.blocks.follow(self.reactions), name="audience-blocklists"),
         ]
 
     async def aclose(self) -> None:
@@ -266,6 +272,7 @@ class AudienceService:
                     )
         # The policies the live rooms name are held before any of their comments is decided.
         await self.desk.book.want({name for name, _ in choices.values() if name})
+        await self.desk.blocks.want(set(choices))
         held = await self.leases.acquire(sorted(live))
         for room_id, worker in list(self.workers.items()):
             failed = worker.failure()

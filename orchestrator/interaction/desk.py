@@ -31,6 +31,7 @@ import structlog
 
 from orchestrator import clock
 from orchestrator.domain import AnswerUnavailable
+from orchestrator.interaction.blocklists import BlockBook
 from orchestrator.interaction.chat import ChatBackend, ChatUnavailable
 from orchestrator.interaction.ingest import count_of
 from orchestrator.interaction.policies import PolicyBook
@@ -62,11 +63,17 @@ class ReplyDesk:
     current from Redis), the chat backend, the settings."""
 
     def __init__(
-        self, book: PolicyBook, settings: InteractionSettings, chat: ChatBackend | None = None
+        self,
+        book: PolicyBook,
+        settings: InteractionSettings,
+        chat: ChatBackend | None = None,
+        *,
+        blocks: BlockBook,
     ) -> None:
         self.book = book
         self.settings = settings
         self.chat = chat
+        self.blocks = blocks
 
     @property
     def policy(self) -> PolicyConfig:
@@ -150,6 +157,9 @@ class RoomDesk:
                 at=at_s,
             )
         except (AttributeError, TypeError, ValueError):
+            return
+        if desk.blocks.blocked(self.room_id, event.user_id):
+            self._hand_over(since_s, event, Decision(None, "the viewer is blocked", code=Skip.BLOCKED_USER))
             return
         if clock.time() - at_s > desk.settings.reply_max_age_s:
             self._hand_over(since_s, event, Decision(None, "too old to answer", code=Skip.TOO_OLD))

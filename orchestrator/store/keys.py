@@ -194,6 +194,21 @@ def policy(name: str) -> str:
     return f"{PREFIX}:policy:{{{check_policy_name(name)}}}"
 
 
+def room_blocklist(room_id: str) -> str:
+    """Hash: viewers blocked in the room (platform user id → ``{"until_ms", "reason", "at_ms"}``)."""
+    return _room(room_id, "blocklist")
+
+
+def global_blocklist() -> str:
+    """Hash: viewers blocked in every room (as :func:`room_blocklist`)."""
+    return f"{PREFIX}:blocklist"
+
+
+def blocklist_version() -> str:
+    """Counter: raised on every change of any blocklist (replicas compare it to know when to read again)."""
+    return f"{PREFIX}:blocklist:version"
+
+
 def policies_index() -> str:
     """Set: the names of every stored reply policy."""
     return f"{PREFIX}:policies"

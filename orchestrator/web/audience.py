@@ -1,23 +1,37 @@
-"""A room's audience switches (admin token).
+"""A room's audience switches and the blocked viewers (admin token).
 
 * ``GET /api/rooms/{room_id}/reactions`` → ``{"room_id", "reactions": {"join", "like", "follow", "gift"}}``:
   ``true`` where the room reacts to that kind as its policy says, ``false`` where it is switched off here;
 * ``PUT`` the same path with some of those kinds (``{"join": false}``) → the same answer after the change.
   A switch is the room's own, whatever policy it names (one room of a brand without welcomes), in force on
   the room's owner within a supervisor pass (seconds).
+
+Blocked viewers, by the platform's user id -- in one room, or everywhere:
+
+* ``GET /api/blocklist`` and ``GET /api/rooms/{room_id}/blocklist`` → ``{"blocked": [{"user_id",
+  "until_ms" (0: never), "reason", "at_ms"}]}`` (expired entries are gone);
+* ``PUT /api/blocklist/{user_id}`` and ``PUT /api/rooms/{room_id}/blocklist/{user_id}`` with
+  ``{"ttl_s"?: seconds (none: until unblocked), "reason"?}`` → 200 the entry;
+* ``DELETE`` the same paths → 200 ``{"user_id", "unblocked": true}``, 404 ``NOT_BLOCKED``.
+
+Nothing a blocked viewer does is answered (comments, joins, gifts): counted ``blocked_user``. A change
+reaches every replica at once (``blocklist_changed``), or within seconds if that message is lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.exceptions import RedisError
 
-from orchestrator.appkeys import ROOM_STORE
+from orchestrator.appkeys import AUDIENCE, REACTIONS, ROOM_STORE
 from orchestrator.interaction.policy import REACTION_KINDS
 from orchestrator.scheduling.rooms import field_problems
+from orchestrator.store.blocklists import MAX_REASON, Blocklists
 from orchestrator.web.api import managed_room_id, require_admin
 from orchestrator.web.errors import ApiError, invalid_fields
 
@@ -66,3 +80,71 @@ async def put_reactions(request: web.Request) -> web.Response:
         (muted.discard if on else muted.add)(kind)
     await request.app[ROOM_STORE].set_muted(room_id, muted)
     return _answer(room_id, muted)
+
+
+class Block(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_s: float | None = Field(None, gt=0, le=10 * 365 * 86400, description="none: until unblocked")
+    reason: str = Field("", max_length=MAX_REASON)
+
+
+def _user_id(request: web.Request) -> str:
+    user_id = request.match_info["user_id"]
+    if not 1 <= len(user_id) <= 128 or not user_id.isprintable():
+        raise ApiError(400, "BAD_USER_ID", "a user id is 1 to 128 printable characters")
+    return user_id
+
+
+def _lists(request: web.Request) -> Blocklists:
+    return request.app[AUDIENCE].blocklists
+
+
+async def _room_or_none(request: web.Request) -> str | None:
+    return await managed_room_id(request) if "room_id" in request.match_info else None
+
+
+async def _announce(request: web.Request) -> None:
+    with contextlib.suppress(RedisError):  # every replica compares versions within seconds anyway
+        await request.app[REACTIONS].publish("blocklist_changed")
+
+
+@routes.get("/api/blocklist")
+@routes.get("/api/rooms/{room_id}/blocklist")
+async def list_blocked(request: web.Request) -> web.Response:
+    require_admin(request)
+    room_id = await _room_or_none(request)
+    entries = await _lists(request).entries(room_id)
+    return web.json_response({"blocked": [e.as_dict() for e in entries]})
+
+
+@routes.put("/api/blocklist/{user_id}")
+@routes.put("/api/rooms/{room_id}/blocklist/{user_id}")
+async def block(request: web.Request) -> web.Response:
+    require_admin(request)
+    room_id = await _room_or_none(request)
+    user_id = _user_id(request)
+    raw = await request.read()
+    try:
+        wanted = Block.model_validate(orjson.loads(raw) if raw.strip() else {})
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "BAD_JSON", "the body must be a JSON document") from None
+    except ValidationError as exc:
+        raise invalid_fields("BLOCK_INVALID", field_problems(exc)) from None
+    entry = await _lists(request).block(user_id, room_id=room_id, ttl_s=wanted.ttl_s, reason=wanted.reason)
+    await _announce(request)
+    return web.json_response(entry.as_dict())
+
+
+@routes.delete("/api/blocklist/{user_id}")
+@routes.delete("/api/rooms/{room_id}/blocklist/{user_id}")
+async def unblock(request: web.Request) -> web.Response:
+    require_admin(request)
+    room_id = await _room_or_none(request)
+    user_id = _user_id(request)
+    if not await _lists(request).unblock(user_id, room_id=room_id):
+        raise ApiError(
+            404, "NOT_BLOCKED", f"{user_id!r} is not blocked {'here' if room_id else 'everywhere'}"
+        )
+    await _announce(request)
+    return web.json_response({"user_id": user_id, "unblocked": True})

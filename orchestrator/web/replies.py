@@ -6,7 +6,8 @@
 ones dropped, and everything the vendor has not played yet withdrawn there (MetaStudio:
 CLEAN_UP_INSERT_COMMAND; SoftSugar: cancel ``-1``) → 200 ``{"dropped", "withdrawn"}`` (502
 ``VENDOR_ERROR`` if the vendor refused; the waiting ones are dropped all the same). A reply longer than
-the room's vendor takes is refused (422 ``REPLY_TOO_LONG``).
+the room's vendor takes is refused (400 ``BAD_REPLY``). A reply holding a word the room's policy
+forbids is queued all the same (the operator's words), with ``"warnings"`` naming the word.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.appkeys import AUDIENCE, PROVIDERS, ROOM_CONFIGS
 from orchestrator.domain import Priority
+from orchestrator.interaction.policy import forbidden_in
 from orchestrator.providers.errors import ProviderError
 from orchestrator.store.replies import Reply
 from orchestrator.web.api import managed_room_id, require_admin
@@ -62,11 +64,23 @@ async def operator_reply(request: web.Request) -> web.Response:
                 400, "BAD_REPLY", f"text: longer than the room's vendor takes ({limit} characters)"
             )
     audience = request.app[AUDIENCE]
+    # An operator's words are said as written -- but a forbidden word of the room's policy is pointed out.
+    policy_name = room.policy if room is not None else None
+    await audience.desk.book.want_also(policy_name)
+    forbidden = audience.desk.book.policy_for(policy_name).forbidden_words
+    warnings = [
+        f"the reply holds a word the room's policy forbids: {word}"
+        for word in forbidden
+        if forbidden_in(body.text, [word])
+    ]
     play_type = body.play_type or audience.play_type(body.priority)
     outcome, reply_id, evicted = await audience.enqueue(
         room_id, Reply(body.text, body.priority, play_type), source="operator_api"
     )
-    return web.json_response({"outcome": outcome, "reply_id": reply_id, "evicted": evicted}, status=202)
+    answer: dict[str, object] = {"outcome": outcome, "reply_id": reply_id, "evicted": evicted}
+    if warnings:
+        answer["warnings"] = warnings
+    return web.json_response(answer, status=202)
 
 
 @routes.delete("/api/rooms/{room_id}/replies")
