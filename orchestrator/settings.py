@@ -456,6 +456,16 @@ class InteractionSettings(Section):
     ingest_maxlen: int = Field(
         100_000, ge=1000, description="Backlog cap per room's ingest stream (oldest trimmed beyond it)."
     )
+    ingest_backlog_max: int = Field(
+        20_000,
+        ge=100,
+        description="A room whose ingest backlog (events not yet reported) reaches this refuses more with "
+        "429 and Retry-After until it drains.",
+    )
+    ingest_dedup_window_s: PositiveSeconds = Field(
+        600.0,
+        description="An event's message_id is taken once within this long (a bridge's resend is dropped).",
+    )
     lease_ttl_s: float = Field(
         10.0,
         ge=1.0,  # its holder trusts it 0.5 s (real) less than this: shorter, and it would trust it never
@@ -486,11 +496,35 @@ class InteractionSettings(Section):
     idle_lines: list[str] = Field(default_factory=list, description="Idle filler lines, said in turn.")
 
 
+class BridgeToken(BaseModel):
+    """A platform bridge's own token: it may post audience events to the rooms it names, nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=64, description="Who (in logs and errors).")
+    token: SecretStr = Field(..., description="Bearer token, at least 16 characters.")
+    rooms: list[str] = Field(
+        ..., min_length=1, description="Room ids or shell patterns (brand-a-*) it may post events to."
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr) -> SecretStr:
+        if len(token.get_secret_value()) < 16:
+            raise ValueError("a bridge token has at least 16 characters")
+        return token
+
+
 class AdminSettings(Section):
     """The admin/read API."""
 
     token: SecretStr = Field(
         SecretStr(""), description="Bearer token for /api; the API answers 401 to everyone while empty."
+    )
+    bridges: list[BridgeToken] = Field(
+        default_factory=list,
+        description="Platform bridges' tokens, each limited to posting events to its rooms "
+        "(POST /api/rooms/{room}/events).",
     )
 
 

@@ -7,12 +7,19 @@ itself. The result is what the live-event report carries (004 §6.2.7): ``{"time
 ``content``, ``gift {giftName, giftNum, giftValue, totalValue}``, or ``numberOfViewers``. Type 5
 ("Subscription/Following", documented "not used currently" within the type's range 0-100) is accepted for
 our own reactions (a thanks for a follow) and reported like the others: MetaStudio ignores it.
+
+Bridges are easy to write: ``user`` may be left out of a like (anonymous) and a viewer count; a
+``message_id`` (the platform's, at most 128 characters) makes a resent event a duplicate, taken once; and
+fields we do not know (``platform``, ``room_url``...) are kept under ``extra`` (with an ``extra`` object
+sent as such), at most :data:`MAX_EXTRA_BYTES` of JSON, instead of refusing the event. ``extra`` stays in
+the room's ingest stream; it never goes to the vendor.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from orchestrator import clock
@@ -22,6 +29,7 @@ TYPES = {"comment": 1, "join": 2, "like": 3, "gift": 4, "follow": 5, "viewers": 
 ANSWERABLE = frozenset({1, 2, 3, 4, 5})
 NAMES = {number: name for name, number in TYPES.items()}
 MAX_BATCH = 1000
+MAX_EXTRA_BYTES = 2048
 
 
 class BridgeUser(BaseModel):
@@ -44,7 +52,7 @@ class BridgeGift(BaseModel):
 
 
 class BridgeEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")  # unknown fields: kept under extra
 
     type: int
     timestamp: int | None = Field(None, ge=0, le=4_102_415_999_000, description="ms; now when absent")
@@ -52,6 +60,14 @@ class BridgeEvent(BaseModel):
     text: str | None = Field(None, max_length=1024)
     gift: BridgeGift | None = None
     viewers: int | None = Field(None, ge=0)
+    message_id: str | None = Field(
+        None, min_length=1, max_length=128, description="the platform's, for dedup"
+    )
+    extra: dict[str, Any] | None = None
+
+    def extras(self) -> dict[str, Any]:
+        """``extra`` and every unknown field, together."""
+        return {**(self.extra or {}), **(self.model_extra or {})}
 
     @field_validator("type", mode="before")
     @classmethod
@@ -72,6 +88,9 @@ _BATCH = TypeAdapter(list[BridgeEvent])
 
 
 def _requirement(event: BridgeEvent) -> str | None:
+    extras = event.extras()
+    if extras and len(orjson.dumps(extras)) > MAX_EXTRA_BYTES:
+        return f"extra: at most {MAX_EXTRA_BYTES} bytes of JSON (unknown fields count)"
     if event.type in (1, 2, 4, 5) and event.user is None:
         return "user is required for comment, join, gift and follow events"
     if event.type == 1 and not (event.text or "").strip():
@@ -108,11 +127,17 @@ def to_live_event(event: BridgeEvent, now_ms: int) -> dict[str, Any]:
         }
     if event.type == 6:
         content["numberOfViewers"] = event.viewers
-    return {
+    live: dict[str, Any] = {
         "timestamp": event.timestamp if event.timestamp is not None else now_ms,
         "type": event.type,
         "content": content,
     }
+    if event.message_id is not None:
+        live["message_id"] = event.message_id
+    extras = event.extras()
+    if extras:
+        live["extra"] = extras
+    return live
 
 
 def normalise_batch(

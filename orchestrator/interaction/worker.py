@@ -30,10 +30,14 @@ from orchestrator.providers.errors import ProviderError
 from orchestrator.store.ingest import Entry
 from orchestrator.store.redis import text as _text
 from orchestrator.store.replies import Reply
+from orchestrator.store.rooms import PRIVATE_FIELDS
 from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, pause
 
 #: Decided replies waiting for Redis, per room (beyond it they are dropped: the queue would drop them too).
 HAND_OVER_LIMIT = 100
+#: Platform message ids a room's owner remembers having decided at arrival (a resent batch is not decided
+#: twice; older resends are caught by the policy's per-user interval and deduplication).
+RECENT_IDS = 10_000
 
 
 class RoomWorker:
@@ -49,6 +53,7 @@ class RoomWorker:
         self.started = False
         self._play_types = play_types
         self._tasks: list[asyncio.Task[None]] = []
+        self._recent_ids: dict[str, None] = {}  # message ids decided at arrival, oldest first
 
     @property
     def buffer(self) -> list[Buffered]:
@@ -220,7 +225,7 @@ class RoomWorker:
                 accepted, rejected = [], []
                 problem = "'raw' is not JSON"
             if accepted:
-                event = accepted[0]
+                event = {k: v for k, v in accepted[0].items() if k not in PRIVATE_FIELDS}  # ours alone
                 event["content"] = orjson.dumps(event["content"]).decode()
                 return event, orjson.dumps(event)
             if rejected:
@@ -239,8 +244,18 @@ class RoomWorker:
 
     def decide_arrivals(self, events: list[dict[str, Any]], *, since_s: float) -> None:
         """Decide for events as they arrive at this replica's ingest endpoint (normalised, ``content`` an
-        object), the owner deciding at once instead of when it reads them back from the stream."""
+        object), the owner deciding at once instead of when it reads them back from the stream. An event
+        whose platform ``message_id`` arrived here lately is a bridge's resend: not decided again (the
+        ingest script drops it from the stream too)."""
+        recent = self._recent_ids
         for event in events:
+            message_id = event.get("message_id")
+            if message_id is not None:
+                if message_id in recent:
+                    continue
+                recent[message_id] = None
+                if len(recent) > RECENT_IDS:
+                    del recent[next(iter(recent))]
             if event["type"] in ANSWERABLE:
                 self.desk.consider(event["type"], event["timestamp"], event["content"], since_s=since_s)
 

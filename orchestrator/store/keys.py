@@ -98,6 +98,11 @@ def room_ingest(room_id: str) -> str:
     return _room(room_id, "ingest")
 
 
+def room_message_ids(room_id: str) -> str:
+    """Sorted set: the platform message ids the room's ingest took lately (score: when), for dedup."""
+    return _room(room_id, "msgids")
+
+
 def room_of_ingest(stream: str) -> str:
     """The room of an ingest stream's key (the inverse of :func:`room_ingest`)."""
     return stream[len(PREFIX) + 2 : -len("}:ingest")]

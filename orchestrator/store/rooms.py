@@ -59,6 +59,15 @@ SET_JOB_STATE_LUA = scripts.source("set_job_state")
 
 
 INGEST_LUA = scripts.source("ingest")
+#: What an ingested event carries beside its LiveEvent fields (kept in the entry, not reported).
+PRIVATE_FIELDS = frozenset({"message_id", "extra"})
+
+
+class Ingested(NamedTuple):
+    managed: bool
+    backlog_full: bool
+    written: int
+    duplicates: int
 
 
 NEW_JOB_LUA = scripts.source("new_job")
@@ -247,28 +256,54 @@ class RoomStore:
         return bool(marked)
 
     async def ingest(
-        self, room_id: str, events: list[dict[str, Any]], *, maxlen: int = 100_000, decided: bool = False
-    ) -> bool:
+        self,
+        room_id: str,
+        events: list[dict[str, Any]],
+        *,
+        maxlen: int = 100_000,
+        decided: bool = False,
+        backlog_max: int = 1_000_000_000,
+        dedup_window_s: float = 600.0,
+    ) -> Ingested:
         """Append audience events to the room's ingest stream (in wire form: ``content`` as a JSON string)
         and count them -- one script, one round trip, and nothing written unless the room is managed
-        (then False). The latest viewer count of the batch (by timestamp) becomes the room's ``viewers``.
-        The stream keeps at most about ``maxlen`` entries (the oldest are trimmed). ``decided``: the room's
-        owner decides replies for these itself (entries marked ``d``, so its reader does not again)."""
-        counts: dict[int, int] = {}
-        wires = []
+        (``managed`` False) and its backlog (entries not yet reported) is under ``backlog_max``
+        (``backlog_full``). An event's ``message_id`` (the platform's) is taken once per
+        ``dedup_window_s``: a resent one is counted in ``duplicates``, not written; its ``extra`` travels
+        in the entry, never to the vendor. The latest viewer count of the batch (by timestamp) becomes the
+        room's ``viewers``. The stream keeps at most about ``maxlen`` entries (the oldest are trimmed).
+        ``decided``: the room's owner decides replies for these itself (entries marked ``d``, so its reader
+        does not again)."""
+        args: list[Any] = []
         latest: dict[str, Any] | None = None
         for event in events:
-            counts[event["type"]] = counts.get(event["type"], 0) + 1
-            wires.append(orjson.dumps({**event, "content": orjson.dumps(event["content"]).decode()}))
+            wire = {k: v for k, v in event.items() if k not in PRIVATE_FIELDS}
+            wire["content"] = orjson.dumps(event["content"]).decode()
+            extra = event.get("extra")
+            args += [
+                event["type"],
+                orjson.dumps(wire),
+                event.get("message_id") or "",
+                orjson.dumps(extra) if extra else "",
+            ]
             if event["type"] == 6 and (latest is None or event["timestamp"] >= latest["timestamp"]):
                 latest = event
         viewers = ["", ""] if latest is None else [latest["content"]["numberOfViewers"], latest["timestamp"]]
-        pairs = [value for item in counts.items() for value in item]
-        written = await self._ingest(
-            keys=[keys.room_ingest(room_id), keys.room_state(room_id)],
-            args=[maxlen, *viewers, "1" if decided else "0", len(counts), *pairs, *wires],
+        answer = await self._ingest(
+            keys=[keys.room_ingest(room_id), keys.room_state(room_id), keys.room_message_ids(room_id)],
+            args=[
+                maxlen,
+                *viewers,
+                "1" if decided else "0",
+                backlog_max,
+                clock.time_ms(),
+                max(1, int(dedup_window_s * 1000)),
+                *args,
+            ],
         )
-        return int(written) >= 0
+        if isinstance(answer, list):
+            return Ingested(True, False, int(answer[0]), int(answer[1]))
+        return Ingested(int(answer) != -1, int(answer) == -2, 0, 0)
 
     async def add_reply(self, room_id: str, reply_id: str) -> None:
         await self._redis.sadd(keys.room_replies(room_id), reply_id)

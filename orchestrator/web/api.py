@@ -6,6 +6,7 @@ refuses everyone (401), it is never open by default.
 
 from __future__ import annotations
 
+import fnmatch
 import hmac
 import re
 
@@ -41,6 +42,34 @@ def require_admin(request: web.Request) -> None:
             "a valid admin bearer token is required",
             headers={"WWW-Authenticate": 'Bearer realm="orchestrator"'},
         )
+
+
+def require_ingest(request: web.Request, room_id: str) -> None:
+    """The admin token, or a bridge's token whose rooms match ``room_id``; ApiError 401/403 otherwise."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        given = token.encode("utf-8", "surrogateescape")
+        for bridge in request.app[SETTINGS].admin.bridges:
+            if hmac.compare_digest(given, bridge.token.get_secret_value().encode()):
+                if not any(fnmatch.fnmatchcase(room_id, pattern) for pattern in bridge.rooms):
+                    raise ApiError(
+                        403, "ROOM_NOT_ALLOWED", f"bridge {bridge.name!r} may not post to room {room_id!r}"
+                    )
+                return
+    require_admin(request)
+
+
+_EVENTS_PATH = re.compile(r"^/api/rooms/([^/]+)/events$")
+
+
+def require_credentials(request: web.Request) -> None:
+    """What an ``/api`` request must carry before its body is read: a bridge's token may post events to its
+    rooms; everything else needs the admin token. ApiError 401/403 otherwise."""
+    match = _EVENTS_PATH.match(request.path)
+    if match is not None and request.method == "POST":
+        require_ingest(request, match.group(1))
+    else:
+        require_admin(request)
 
 
 def room_id_param(request: web.Request) -> str:

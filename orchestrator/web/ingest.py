@@ -1,9 +1,14 @@
-"""``POST /api/rooms/{room_id}/events``: audience events from platform bridges (bearer admin token).
+"""``POST /api/rooms/{room_id}/events``: audience events from platform bridges (the admin token, or a
+bridge's own token naming the room: ``admin.bridges``).
 
 The body is one event, a list of events, or ``{"events": [...]}`` (at most 1,000). Valid events are
 normalised (:mod:`orchestrator.interaction.ingest`) and appended to the room's ingest stream
 ``orch:{room_id}:ingest``; invalid ones get a per-event error and do not stop the others. 200 when any was
-accepted (``{"accepted", "rejected": [{"index", "error_code", "error_msg"}]}``), 422 when none was.
+accepted (``{"accepted", "duplicates", "rejected": [{"index", "error_code", "error_msg"}]}``; a duplicate is
+an event whose ``message_id`` was taken already, counted in ``accepted`` too: the bridge may forget it),
+422 when none was. A room whose backlog (events not yet reported) is at ``interaction.ingest_backlog_max``
+takes nothing: 429 ``BACKLOG_FULL`` with ``Retry-After`` -- the bridge waits and sends the same batch
+again. A bridge token answers 403 ``ROOM_NOT_ALLOWED`` for a room it does not name, 401 everywhere else.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from aiohttp import web
 from orchestrator import clock
 from orchestrator.appkeys import AUDIENCE, ROOM_STORE, SETTINGS
 from orchestrator.interaction.ingest import MAX_BATCH, Rejected, normalise_batch
-from orchestrator.web.api import require_admin, room_id_param
+from orchestrator.web.api import require_ingest, room_id_param
 from orchestrator.web.errors import ApiError
 
 routes = web.RouteTableDef()
@@ -46,11 +51,15 @@ async def normalise_in_slices(
     return accepted, rejected
 
 
+#: What a refused batch is told to wait (s).
+RETRY_AFTER_S = 1
+
+
 @routes.post("/api/rooms/{room_id}/events")
 async def ingest(request: web.Request) -> web.Response:
     received_s = clock.time()
-    require_admin(request)
     room_id = room_id_param(request)
+    require_ingest(request, room_id)
     store = request.app[ROOM_STORE]
     try:
         body: Any = orjson.loads(await request.read())
@@ -73,16 +82,32 @@ async def ingest(request: web.Request) -> web.Response:
         # not queued behind this write and the reader's wake-up on it (which takes Redis a thousand
         # streams' worth of work when the replica owns a thousand rooms).
         await asyncio.sleep(0)
-    # The room must be managed; the script checks it where it writes (one round trip per request).
-    written = await store.ingest(
+    # The room must be managed and its backlog under its bound; the script checks both where it writes
+    # (one round trip per request).
+    settings = request.app[SETTINGS].interaction
+    ingested = await store.ingest(
         room_id,
         accepted,
-        maxlen=request.app[SETTINGS].interaction.ingest_maxlen,
+        maxlen=settings.ingest_maxlen,
         decided=on_slice is not None,
+        backlog_max=settings.ingest_backlog_max,
+        dedup_window_s=settings.ingest_dedup_window_s,
     )
-    if not written:
+    if not ingested.managed:
         raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
-    payload: dict[str, Any] = {"accepted": len(accepted), "rejected": [r.model_dump() for r in rejected]}
+    if ingested.backlog_full:
+        raise ApiError(
+            429,
+            "BACKLOG_FULL",
+            f"room {room_id!r} has {settings.ingest_backlog_max} events waiting to be reported; "
+            "nothing was taken -- send the batch again later",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    payload: dict[str, Any] = {
+        "accepted": len(accepted),
+        "duplicates": ingested.duplicates,
+        "rejected": [r.model_dump() for r in rejected],
+    }
     if not accepted:  # an error like every other: error_code and error_msg, beside the per-event reasons
         payload.update(error_code="EVENTS_INVALID", error_msg=f"none of the {len(items)} events is valid")
     return web.json_response(payload, status=200 if accepted else 422)

@@ -8,7 +8,8 @@ For every request, in this order:
   errors included;
 * **bounded body**: the whole body is read up front, under the size limit (413) and within the read
   timeout (408), so a slow or oversized client cannot hold a handler; handlers then read it from memory.
-  Credentials are checked *before* a body is read: ``/api`` requests need the admin token first, and the
+  Credentials are checked *before* a body is read: ``/api`` requests need the admin token (a bridge's own
+  token, for posting events to its rooms) first, and the
   vendor routes (callbacks, interaction CALLBACK, LLM), whose credentials are in the URL or headers, read
   their own body after authenticating (:func:`bounded_body`). All bodies being read at once share one
   byte budget (``server.body_bytes_in_flight``): a body that does not fit waits, then gets 503;
@@ -137,7 +138,7 @@ def request_middleware(
     max_body_bytes: int, read_timeout_s: float, budget: BodyBudget | None = None
 ) -> Middleware:
     """The middleware, with the body limit, read timeout and body budget of the server settings."""
-    from orchestrator.web.api import require_admin  # the admin check is the API's; imported late (cycle)
+    from orchestrator.web.api import require_credentials  # the API's checks; imported late (cycle)
 
     budget = budget or BodyBudget(32 * 1024 * 1024)
 
@@ -153,7 +154,7 @@ def request_middleware(
         try:
             if request.body_exists and not request.path.startswith(SELF_READING_PREFIXES):
                 if request.path.startswith("/api/"):
-                    require_admin(request)  # before a byte of the body is read
+                    require_credentials(request)  # before a byte of the body is read
                 await read_body(request, max_body_bytes, read_timeout_s, budget)
             response = await handler(request)
         except asyncio.CancelledError:

@@ -61,6 +61,23 @@ WIRE_USER = {"userId": "u1", "name": "小明", "level": 3, "badge": "", "badgeLe
             {"type": "follow", "user": USER},  # 004: "5: Subscription/Following", not used by the vendor
             {"timestamp": NOW, "type": 5, "content": {"user": WIRE_USER}},
         ),
+        (  # unknown fields are kept under extra (never reported); message_id travels beside the event
+            {
+                "type": "comment",
+                "user": USER,
+                "text": "hi",
+                "message_id": "dy-1",
+                "platform": "douyin",
+                "extra": {"room_url": "https://live.example/1"},
+            },
+            {
+                "timestamp": NOW,
+                "type": 1,
+                "content": {"user": WIRE_USER, "content": "hi"},
+                "message_id": "dy-1",
+                "extra": {"room_url": "https://live.example/1", "platform": "douyin"},
+            },
+        ),
         (
             {"type": "like"},  # an anonymous like: platforms do not always say who
             {"timestamp": NOW, "type": 3, "content": {}},
@@ -87,7 +104,9 @@ def test_normalisation(event: dict[str, Any], expected: dict[str, Any]) -> None:
         ({"type": "gift", "user": USER}, "gift is required"),
         ({"type": "viewers"}, "viewers is required"),
         ({"type": "viewers", "viewers": -1}, "viewers"),
-        ({"type": "comment", "user": USER, "text": "x", "surprise": 1}, "surprise"),
+        ({"type": "comment", "user": USER, "text": "x", "blob": "y" * 3000}, "extra: at most 2048 bytes"),
+        ({"type": "comment", "user": USER, "text": "x", "message_id": ""}, "message_id"),
+        ({"type": "comment", "user": USER, "text": "x", "extra": []}, "extra"),
         ("not an object", "event"),
     ],
 )
@@ -147,3 +166,73 @@ async def test_endpoint_stream_and_counters(make_settings: Any, tmp_path: Path) 
         assert [e["type"] for e in events] == [1, 6, 6, 3]
         assert isinstance(events[0]["content"], str)  # wire form: the report sends it as is
         assert json.loads(events[0]["content"])["content"] == "多少钱"
+
+
+async def test_bridge_contract_tokens_dedup_extra_and_backpressure(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """A bridge's own token posts to its rooms only; a resent message id is taken once; unknown fields are
+    kept in the stream, never in the event reported; a room at its backlog bound answers 429 with
+    Retry-After and takes nothing until it drains."""
+    bridge_token = "douyin-bridge-token-0001"
+    settings = make_settings(
+        admin={
+            "token": "ingest-token",
+            "bridges": [{"name": "douyin", "token": bridge_token, "rooms": ["brand-a-*"]}],
+        },
+        interaction={"ingest_backlog_max": 100},
+        callbacks={"journal_path": str(tmp_path / "j.jsonl")},
+    )
+    app = create_app(settings)
+    bridge = {"Authorization": f"Bearer {bridge_token}"}
+    from orchestrator.appkeys import REDIS
+
+    async with serving(app, settings) as url, aiohttp.ClientSession(headers=bridge) as http:
+        for room_id in ("brand-a-1", "brand-b-1"):
+            await app[ROOM_STORE].register_room(room_id)
+        event = {"type": "comment", "user": USER, "text": "hi", "message_id": "m-1", "platform": "douyin"}
+        async with http.post(f"{url}/api/rooms/brand-a-1/events", json=[event]) as resp:
+            assert resp.status == 200 and (await resp.json())["duplicates"] == 0
+        async with http.post(
+            f"{url}/api/rooms/brand-a-1/events", json=[event, {**event, "message_id": "m-2"}]
+        ) as resp:
+            body = await resp.json()
+        assert (resp.status, body["accepted"], body["duplicates"]) == (200, 2, 1)  # m-1 again: taken once
+        entries = await app[REDIS].xrange(keys.room_ingest("brand-a-1"))
+        assert [fields[b"m"] for _, fields in entries] == [b"m-1", b"m-2"]
+        assert json.loads(entries[0][1][b"x"]) == {"platform": "douyin"}
+        assert (
+            "platform" not in entries[0][1][b"event"].decode()
+            and "m-1" not in entries[0][1][b"event"].decode()
+        )
+        state = await app[ROOM_STORE].state("brand-a-1")
+        assert state is not None and state["audience:1"] == "2"  # the duplicate is not counted
+
+        # Not its room; not its endpoint.
+        async with http.post(f"{url}/api/rooms/brand-b-1/events", json=[event]) as resp:
+            assert (resp.status, (await resp.json())["error_code"]) == (403, "ROOM_NOT_ALLOWED")
+        async with http.get(f"{url}/api/rooms") as resp:
+            assert resp.status == 401
+        async with http.post(f"{url}/api/rooms/brand-a-1/replies", json={"text": "x"}) as resp:
+            assert resp.status == 401
+
+        # Backpressure: 98 more fill the room's backlog to its bound (100); the next batch is refused whole.
+        filler = [{"type": "like"} for _ in range(98)]
+        async with http.post(f"{url}/api/rooms/brand-a-1/events", json=filler) as resp:
+            assert resp.status == 200
+        async with http.post(
+            f"{url}/api/rooms/brand-a-1/events", json=[{**event, "message_id": "m-3"}]
+        ) as resp:
+            body = await resp.json()
+            assert (resp.status, body["error_code"], resp.headers["Retry-After"]) == (
+                429,
+                "BACKLOG_FULL",
+                "1",
+            )
+        assert await app[REDIS].xlen(keys.room_ingest("brand-a-1")) == 100  # nothing taken
+        # Drained (reported and trimmed): taken again, and m-3 is not a duplicate -- it was never taken.
+        await app[REDIS].xtrim(keys.room_ingest("brand-a-1"), maxlen=10)
+        async with http.post(
+            f"{url}/api/rooms/brand-a-1/events", json=[{**event, "message_id": "m-3"}]
+        ) as resp:
+            assert resp.status == 200 and (await resp.json())["duplicates"] == 0

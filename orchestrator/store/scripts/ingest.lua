@@ -1,19 +1,36 @@
 -- Append audience events to a managed room's ingest stream and count them by type.
--- KEYS: ingest stream, state. ARGV: maxlen, viewers, viewers at, decided 0/1, number of types, (type, count)..., events...
--- Returns the number of events written, or -1 for a room that is not managed.
-local stream, state = KEYS[1], KEYS[2]
+-- KEYS: ingest stream, state, message ids taken lately (by time).
+-- ARGV: maxlen, viewers, viewers at, decided 0/1, backlog max, now ms, dedup window ms,
+--       then per event: type, event JSON, message id ('' none), extra JSON ('' none).
+-- Returns {written, duplicates}; -1 for a room that is not managed, -2 when the room's backlog (entries
+-- not yet reported and trimmed) is at its bound: nothing is written.
+local stream, state, seen = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('HGET', state, 'managed') ~= '1' then return -1 end
-local ntypes = tonumber(ARGV[5])
-for i = 0, ntypes - 1 do
-  redis.call('HINCRBY', state, 'audience:' .. ARGV[6 + 2 * i], ARGV[7 + 2 * i])
-end
-if ARGV[2] ~= '' then redis.call('HSET', state, 'viewers', ARGV[2], 'viewers_at', ARGV[3]) end
-local first = 6 + 2 * ntypes
-for i = first, #ARGV do
-  if ARGV[4] == '1' then
-    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i], 'd', '1')
+if redis.call('XLEN', stream) >= tonumber(ARGV[5]) then return -2 end
+local now, window = tonumber(ARGV[6]), tonumber(ARGV[7])
+local counts, written, duplicates, pruned = {}, 0, 0, false
+for i = 8, #ARGV, 4 do
+  local mid, fresh = ARGV[i + 2], true
+  if mid ~= '' then
+    if not pruned then
+      redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - window)
+      pruned = true
+    end
+    fresh = redis.call('ZADD', seen, 'NX', now, mid) == 1
+  end
+  if fresh then
+    local fields = {'event', ARGV[i + 1]}
+    if ARGV[4] == '1' then table.insert(fields, 'd'); table.insert(fields, '1') end
+    if mid ~= '' then table.insert(fields, 'm'); table.insert(fields, mid) end
+    if ARGV[i + 3] ~= '' then table.insert(fields, 'x'); table.insert(fields, ARGV[i + 3]) end
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+    counts[ARGV[i]] = (counts[ARGV[i]] or 0) + 1
+    written = written + 1
   else
-    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
+    duplicates = duplicates + 1
   end
 end
-return #ARGV - first + 1
+if pruned then redis.call('PEXPIRE', seen, window) end
+for kind, n in pairs(counts) do redis.call('HINCRBY', state, 'audience:' .. kind, n) end
+if ARGV[2] ~= '' then redis.call('HSET', state, 'viewers', ARGV[2], 'viewers_at', ARGV[3]) end
+return {written, duplicates}
