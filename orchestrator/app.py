@@ -353,7 +353,7 @@ async def reload(app: web.Application) -> bool:
         )
         return False
     if policy is not None:
-        app[AUDIENCE].policy = policy
+        app[AUDIENCE].desk.book.default = policy  # rooms that name no policy answer by it
     kept: list[str] = []
     if rooms is not None:
         for room in rooms:

@@ -51,6 +51,7 @@ from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import PackedCommands, chunks, execute_packed, packed
 from orchestrator.store.redis import text as _text
 from orchestrator.store.replies import Reply, ReplyQueue
+from orchestrator.store.rooms import parse_muted
 from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, wait_event
 
 log = structlog.get_logger(__name__)
@@ -107,16 +108,6 @@ class AudienceService:
             on_missing_group=self._changed.set,
         )
         self._tasks: list[asyncio.Task[None]] = []
-
-    # --- the reply policy in force (a reload swaps it) ---
-
-    @property
-    def policy(self) -> PolicyConfig:
-        return self.desk.policy
-
-    @policy.setter
-    def policy(self, policy: PolicyConfig) -> None:
-        self.desk.policy = policy
 
     @property
     def chat(self) -> ChatBackend | None:
@@ -268,7 +259,7 @@ class AudienceService:
                     )
                     choices[room_id] = (
                         _text(policy) if policy else None,
-                        frozenset(_text(muted).split(",")) - {""} if muted else frozenset(),
+                        parse_muted(muted),
                     )
         # The policies the live rooms name are held before any of their comments is decided.
         await self.desk.book.want({name for name, _ in choices.values() if name})

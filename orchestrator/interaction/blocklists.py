@@ -42,13 +42,18 @@ class BlockBook:
         return until is not None and (until == 0 or clock.time_ms() < until)
 
     async def want(self, room_ids: set[str]) -> None:
-        """Hold these rooms' lists (read at once if a room is new here). Raises RedisError."""
-        new = room_ids - self._wanted
+        """Hold these rooms' lists: a room new here has its list read at once (only its own: the version
+        this replica holds stays, so a change made meanwhile to another list is still seen by the next
+        :meth:`refresh`). Raises RedisError."""
+        new = sorted(room_ids - self._wanted)
         self._wanted = set(room_ids)
         for gone in set(self._rooms) - room_ids:
             del self._rooms[gone]
-        if new:
+        if self._version < 0:  # nothing read yet: the global list too
             await self.reload()
+        elif new:
+            _, _, rooms = await self.store.snapshot(new)
+            self._rooms.update(rooms)
 
     async def reload(self) -> None:
         """Read the global list and the wanted rooms' lists again. Raises RedisError."""

@@ -75,15 +75,6 @@ class ReplyDesk:
         self.chat = chat
         self.blocks = blocks
 
-    @property
-    def policy(self) -> PolicyConfig:
-        """The default policy (rooms that name none)."""
-        return self.book.default
-
-    @policy.setter
-    def policy(self, policy: PolicyConfig) -> None:
-        self.book.default = policy
-
     async def answer_vendor_rule(
         self, history: History, event: Event, product: str, *, policy: PolicyConfig
     ) -> Decision:
@@ -103,7 +94,7 @@ class ReplyDesk:
         """The vendor asks as its avatar's brain: the room's policy's answer (the default policy's when the
         room is not known), else the fallback line."""
         event = Event(type=1, user_id=user, user_name="", text=question, at=clock.time())
-        decision = decide(policy or self.policy, History(), event)
+        decision = decide(policy or self.book.default, History(), event)
         return decision.reply or self.settings.llm_fallback
 
 

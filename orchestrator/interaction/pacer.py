@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from orchestrator import clock
 from orchestrator.domain import PlayMode
 from orchestrator.interaction.context import RoomContext
-from orchestrator.interaction.policy import Decision, Skip
+from orchestrator.interaction.skips import QUEUE_FULL
 from orchestrator.providers.base import ReplyOrder
 from orchestrator.providers.errors import (
     ProviderConnectError,
@@ -231,9 +231,6 @@ class ReplyPacer:
         ctx.metrics.replies.labels("cleaned_up").inc(len(cleaned))
         ctx.log.info("withdrew unplayed replies for an operator reply", cleaned=sorted(cleaned))
         return cleaned
-
-
-QUEUE_FULL = Decision(None, "the room's reply queue is full", code=Skip.QUEUE_FULL)
 
 
 def count_outcomes(ctx: RoomContext, results: list[tuple[str, str, str | None]]) -> None:

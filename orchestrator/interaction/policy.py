@@ -205,8 +205,7 @@ class History:
 
     rule_fired: dict[str, float] = field(default_factory=dict)
     user_replied: dict[str, float] = field(default_factory=dict)
-    room_tokens: float | None = None  # the room's reply budget (token bucket); None: full
-    room_tokens_at: float = 0.0
+    room_budget: Bucket = field(default_factory=Bucket)  # the room's answers (token bucket)
     questions: dict[str, float] = field(default_factory=dict)
     reply_cursor: dict[str, int] = field(default_factory=dict)
     #: Per reaction kind: when each viewer last got one, the kind's budget, the variant said last.
@@ -360,9 +359,9 @@ def react(config: PolicyConfig, history: History, event: Event, *, product: str 
     """The reaction to a join, like, follow or gift (or why none), recorded in ``history``."""
     kind = REACTION_KINDS[event.type]
     reaction = config.gift_reaction if kind == "gift" else getattr(config.reactions, kind)
+    priority: Priority = "gift" if kind == "gift" else "reaction"
     if reaction is None or not reaction.enabled:
-        return Decision(None, f"no {kind} reaction", _reaction_priority(kind), kind, Skip.DISABLED)
-    priority = _reaction_priority(kind)
+        return Decision(None, f"no {kind} reaction", priority, kind, Skip.DISABLED)
     if isinstance(reaction, GiftThanks):
         tier = next((t for t in reversed(reaction.tiers) if event.gift_value >= t.min_value), None)
         if tier is None:
@@ -386,10 +385,6 @@ def react(config: PolicyConfig, history: History, event: Event, *, product: str 
     bucket.take(event.at, reaction.per_room_per_minute, reaction.per_room_burst)
     remember(reacted, event.user_id, event.at, reaction.per_user_interval_s)
     return Decision(text, "answered", priority, rule)
-
-
-def _reaction_priority(kind: str) -> Priority:
-    return "gift" if kind == "gift" else "reaction"
 
 
 def _variant(history: History, key: str, templates: list[str]) -> str:
@@ -418,16 +413,10 @@ def looks_like_question(text: str) -> bool:
 _QUESTION = re.compile(r"[?？]|吗|呢|什么|怎么|多少|几|哪|为什么|如何|能不能|可不可以|有没有")
 
 
-def _room_tokens(config: PolicyConfig, history: History, now: float) -> float:
-    """The room's reply budget now: ``per_room_burst`` at most, refilled at ``per_room_per_minute``."""
-    if history.room_tokens is None:
-        return float(config.per_room_burst)
-    refill = max(0.0, now - history.room_tokens_at) * config.per_room_per_minute / 60
-    return min(float(config.per_room_burst), history.room_tokens + refill)
-
-
 def _room_limit_reached(config: PolicyConfig, history: History, now: float) -> bool:
-    return _room_tokens(config, history, now) < 1
+    """Whether the room's answer budget (``per_room_burst`` at most, refilled at ``per_room_per_minute``)
+    is spent."""
+    return history.room_budget.level(now, config.per_room_per_minute, config.per_room_burst) < 1
 
 
 def _speak(
@@ -447,8 +436,7 @@ def _speak(
     if forbidden_in(text, config.forbidden_words):
         return Decision(None, "forbidden word in our own reply", priority, rule, Skip.FORBIDDEN_WORD)
     remember(history.user_replied, event.user_id, event.at, config.per_user_interval_s)
-    history.room_tokens = _room_tokens(config, history, event.at) - 1
-    history.room_tokens_at = event.at
+    history.room_budget.take(event.at, config.per_room_per_minute, config.per_room_burst)
     if question is not None:
         remember(history.questions, question, event.at, config.dedup_window_s)
     return Decision(text, "answered", priority, rule)

@@ -34,6 +34,8 @@ MAX_ENTRIES = 20
 #: A room's notes kept while Redis is away (beyond, counted only in the metric).
 MAX_HELD = 1000
 KIND_NAMES = {1: "comment", **REACTION_KINDS, 6: "viewers"}
+#: A reply decided but without room in the room's queue (dropped, or evicted by a more important one).
+QUEUE_FULL = Decision(None, "the room's reply queue is full", code=Skip.QUEUE_FULL)
 
 
 @dataclass

@@ -24,8 +24,9 @@ from orchestrator.interaction.context import RoomContext
 from orchestrator.interaction.desk import ReplyDesk, RoomDesk
 from orchestrator.interaction.ingest import ANSWERABLE, normalise_batch
 from orchestrator.interaction.pacer import ReplyPacer, count_outcomes
-from orchestrator.interaction.policy import Decision, Event, Skip
+from orchestrator.interaction.policy import Decision, Event
 from orchestrator.interaction.reporter import STOP_GRACE_S, Buffered, RoomReporter, entry_ms, entry_order
+from orchestrator.interaction.skips import QUEUE_FULL
 from orchestrator.providers.errors import ProviderError
 from orchestrator.store.ingest import Entry
 from orchestrator.store.redis import text as _text
@@ -270,8 +271,7 @@ class RoomWorker:
         if len(self.pacer.decided) >= HAND_OVER_LIMIT:  # Redis is slow or away: the queue would drop it
             self.ctx.metrics.replies.labels("dropped").inc()
             if skips is not None:
-                full = Decision(None, "the room's reply queue is full", code=Skip.QUEUE_FULL)
-                skips.note(self.room_id, event, full, at_ms=int(event.at * 1000))
+                skips.note(self.room_id, event, QUEUE_FULL, at_ms=int(event.at * 1000))
             return
         self.ctx.metrics.reply_decision.observe(max(0.0, clock.time() - since_s))
         priority = decision.priority

@@ -63,6 +63,11 @@ INGEST_LUA = scripts.source("ingest")
 PRIVATE_FIELDS = frozenset({"message_id", "extra"})
 
 
+def parse_muted(raw: bytes | str | None) -> frozenset[str]:
+    """A room state's ``muted`` field (comma-separated reaction kinds) as a set."""
+    return frozenset(_text(raw).split(",")) - {""} if raw else frozenset()
+
+
 class Ingested(NamedTuple):
     managed: bool
     backlog_full: bool
@@ -221,9 +226,8 @@ class RoomStore:
         await self._redis.srem(keys.rooms_index(), room_id)
 
     async def muted(self, room_id: str) -> set[str]:
-        """The reaction kinds switched off in the room (its state's ``muted``, comma-separated)."""
-        raw = await self._redis.hget(keys.room_state(room_id), "muted")
-        return set(_text(raw).split(",")) - {""} if raw else set()
+        """The reaction kinds switched off in the room (its state's ``muted``)."""
+        return set(parse_muted(await self._redis.hget(keys.room_state(room_id), "muted")))
 
     async def set_muted(self, room_id: str, kinds: set[str]) -> None:
         await self._redis.hset(keys.room_state(room_id), "muted", ",".join(sorted(kinds)))

@@ -9,7 +9,9 @@ from __future__ import annotations
 import fnmatch
 import hmac
 import re
+from typing import Any
 
+import orjson
 from aiohttp import web
 
 from orchestrator import clock
@@ -70,6 +72,17 @@ def require_credentials(request: web.Request) -> None:
         require_ingest(request, match.group(1))
     else:
         require_admin(request)
+
+
+async def read_json(request: web.Request, *, if_empty: Any = None) -> Any:
+    """The request's JSON body (``if_empty`` for an empty one, when given); ApiError 400 ``BAD_JSON``."""
+    raw = await request.read()
+    if if_empty is not None and not raw.strip():
+        return if_empty
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "BAD_JSON", "the body must be a JSON document") from None
 
 
 def room_id_param(request: web.Request) -> str:

@@ -21,9 +21,7 @@ reaches every replica at once (``blocklist_changed``), or within seconds if that
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
-import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
@@ -32,7 +30,7 @@ from orchestrator.appkeys import AUDIENCE, REACTIONS, ROOM_STORE
 from orchestrator.interaction.policy import REACTION_KINDS
 from orchestrator.scheduling.rooms import field_problems
 from orchestrator.store.blocklists import MAX_REASON, Blocklists
-from orchestrator.web.api import managed_room_id, require_admin
+from orchestrator.web.api import managed_room_id, read_json, require_admin
 from orchestrator.web.errors import ApiError, invalid_fields
 
 routes = web.RouteTableDef()
@@ -47,13 +45,6 @@ class Switches(BaseModel):
     like: bool | None = None
     follow: bool | None = None
     gift: bool | None = None
-
-
-async def json_body(request: web.Request) -> Any:
-    try:
-        return orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "BAD_JSON", "the body must be a JSON document") from None
 
 
 def _answer(room_id: str, muted: set[str]) -> web.Response:
@@ -72,7 +63,7 @@ async def put_reactions(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await managed_room_id(request)
     try:
-        switches = Switches.model_validate(await json_body(request))
+        switches = Switches.model_validate(await read_json(request))
     except ValidationError as exc:
         raise invalid_fields("REACTIONS_INVALID", field_problems(exc)) from None
     muted = await request.app[ROOM_STORE].muted(room_id)
@@ -124,11 +115,8 @@ async def block(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await _room_or_none(request)
     user_id = _user_id(request)
-    raw = await request.read()
     try:
-        wanted = Block.model_validate(orjson.loads(raw) if raw.strip() else {})
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "BAD_JSON", "the body must be a JSON document") from None
+        wanted = Block.model_validate(await read_json(request, if_empty={}))
     except ValidationError as exc:
         raise invalid_fields("BLOCK_INVALID", field_problems(exc)) from None
     entry = await _lists(request).block(user_id, room_id=room_id, ttl_s=wanted.ttl_s, reason=wanted.reason)

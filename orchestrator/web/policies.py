@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.exceptions import RedisError
@@ -31,7 +30,7 @@ from orchestrator.interaction.policy import PolicyConfig
 from orchestrator.scheduling.rooms import field_problems
 from orchestrator.store import keys
 from orchestrator.store.policies import PolicyStore
-from orchestrator.web.api import require_admin
+from orchestrator.web.api import read_json, require_admin
 from orchestrator.web.errors import ApiError, invalid_fields
 
 routes = web.RouteTableDef()
@@ -55,13 +54,6 @@ def _name(request: web.Request) -> str:
         return keys.check_policy_name(name)
     except keys.InvalidKeyPart as exc:
         raise ApiError(400, "BAD_POLICY_NAME", str(exc)) from None
-
-
-async def _json(request: web.Request) -> Any:
-    try:
-        return orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "BAD_JSON", "the body must be a JSON document") from None
 
 
 def validate_policy(data: Any) -> PolicyConfig:
@@ -134,7 +126,7 @@ async def _stored(store: PolicyStore, name: str, version: int | None) -> Any:
 async def put_policy(request: web.Request) -> web.Response:
     require_admin(request)
     name = _name(request)
-    policy = validate_policy(await _json(request))
+    policy = validate_policy(await read_json(request))
     note = request.query.get("note", "")[:MAX_NOTE]
     version = await _store(request).save(name, policy.model_dump(mode="json"), note=note)
     await _announce(request, name)
@@ -167,7 +159,7 @@ async def restore_policy(request: web.Request) -> web.Response:
     require_admin(request)
     name = _name(request)
     try:
-        wanted = Restore.model_validate(await _json(request))
+        wanted = Restore.model_validate(await read_json(request))
     except ValidationError as exc:
         problems = field_problems(exc)
         raise ApiError(400, "BAD_RESTORE", "; ".join(f"{f}: {m}" for f, m in problems)) from None
