@@ -57,7 +57,7 @@ from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, wai
 log = structlog.get_logger(__name__)
 
 #: What the supervisor reads of every room's state on each pass.
-STATE_FIELDS = ("job_id", "job_state", "provider", "product_title", "policy", "muted")
+STATE_FIELDS = ("job_id", "job_state", "provider", "product_title", "policy", "muted", "timezone")
 
 #: The room's provider, by name (raises ProviderError while unusable).
 ProviderFor = Callable[[str], Provider]
@@ -239,8 +239,8 @@ class AudienceService:
         """One pass: take or renew the leases of live rooms, start and stop room workers to match."""
         room_ids = sorted(_text(m) for m in await self.redis.smembers(keys.rooms_index()))
         live: dict[str, tuple[str, str, str]] = {}  # room → (job, provider, product)
-        # live room → the name of the policy it answers by, and the reaction kinds switched off in it
-        choices: dict[str, tuple[str | None, frozenset[str]]] = {}
+        # live room → the name of the policy it answers by, the reaction kinds switched off in it, its zone
+        choices: dict[str, tuple[str | None, frozenset[str], str]] = {}
         if room_ids:
             states: list[Any] = []
             for chunk in chunks(room_ids):  # the loop is not held for all at once
@@ -248,7 +248,7 @@ class AudienceService:
             for answer in states:
                 if isinstance(answer, Exception):
                     raise answer
-            for room_id, (job_id, job_state, provider, product, policy, muted) in zip(
+            for room_id, (job_id, job_state, provider, product, policy, muted, tz) in zip(
                 room_ids, states, strict=True
             ):
                 if job_id and job_state and _text(job_state) in ACTIVE_STATUSES:
@@ -260,9 +260,10 @@ class AudienceService:
                     choices[room_id] = (
                         _text(policy) if policy else None,
                         parse_muted(muted),
+                        _text(tz) if tz else "UTC",
                     )
         # The policies the live rooms name are held before any of their comments is decided.
-        await self.desk.book.want({name for name, _ in choices.values() if name})
+        await self.desk.book.want({name for name, _, _ in choices.values() if name})
         await self.desk.blocks.want(set(choices))
         held = await self.leases.acquire(sorted(live))
         for room_id, worker in list(self.workers.items()):
@@ -290,12 +291,12 @@ class AudienceService:
                 made = self._worker(room_id, job_id, provider)
                 if made is None:
                     continue
-                made.desk.policy_name, made.desk.muted = choices[room_id]
+                made.desk.policy_name, made.desk.muted, made.desk.timezone = choices[room_id]
                 await made.start(product)
                 self.workers[room_id] = made
             else:  # the room may name another policy, or switch reactions, now: in force at once
                 desk = self.workers[room_id].desk
-                desk.policy_name, desk.muted = choices[room_id]
+                desk.policy_name, desk.muted, desk.timezone = choices[room_id]
         if sweep and running:
             # Asked of every room at once (pipelined); claimed only where some wait.
             stray_ms = clock.real_ms(self.settings.lease_ttl_s)

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -48,6 +49,7 @@ from orchestrator.interaction.policy import (
     speak,
 )
 from orchestrator.providers.base import Answerer
+from orchestrator.scheduling.schedules import zone
 from orchestrator.settings import InteractionSettings
 
 log = structlog.get_logger(__name__)
@@ -116,6 +118,8 @@ class RoomDesk:
         self.policy_name = policy
         #: Reaction kinds switched off for this room (its state's ``muted``), whatever its policy says.
         self.muted: frozenset[str] = frozenset()
+        #: The room's time zone (its schedule's): when its timed messages' cron expressions match.
+        self.timezone = "UTC"
         self.history = History()
         self.product = product
         #: The vendor's answer backend for this room's job (its Q&A database), set when the worker starts.
@@ -176,6 +180,12 @@ class RoomDesk:
     def policy(self) -> PolicyConfig:
         """The policy the room answers by, as this replica holds it now."""
         return self.desk.book.policy_for(self.policy_name)
+
+    def zone(self) -> ZoneInfo:
+        try:
+            return zone(self.timezone)
+        except ValueError:  # checked where the room was saved; never let a bad one stop the room
+            return ZoneInfo("UTC")
 
     @property
     def answers(self) -> Answerer | None:

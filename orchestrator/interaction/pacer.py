@@ -27,13 +27,16 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
+from zoneinfo import ZoneInfo
 
 from redis.exceptions import RedisError
 
 from orchestrator import clock
 from orchestrator.domain import PlayMode
 from orchestrator.interaction.context import RoomContext
+from orchestrator.interaction.policy import IdleLines, PolicyConfig, forbidden_in
 from orchestrator.interaction.skips import QUEUE_FULL
+from orchestrator.interaction.timed import Timetable
 from orchestrator.providers.base import ReplyOrder
 from orchestrator.providers.errors import (
     ProviderConnectError,
@@ -52,7 +55,15 @@ Enqueue = Callable[[Reply, str], Awaitable[object]]
 class ReplyPacer:
     """Says one room's queued replies, at most ``reply_in_flight`` unfinished at once."""
 
-    def __init__(self, ctx: RoomContext, enqueue: Enqueue, play_type: Callable[[str], str | None]) -> None:
+    def __init__(
+        self,
+        ctx: RoomContext,
+        enqueue: Enqueue,
+        play_type: Callable[[str], str | None],
+        *,
+        policy: Callable[[], PolicyConfig] = PolicyConfig,
+        zone: Callable[[], ZoneInfo] = lambda: ZoneInfo("UTC"),
+    ) -> None:
         self.ctx = ctx
         self.kick = asyncio.Event()  # a reply was queued, or one finished
         self.busy = 1  # replies in flight at the last pass (unknown at start: look once)
@@ -61,20 +72,40 @@ class ReplyPacer:
         self.decided: deque[tuple[Reply, str]] = deque()
         self._enqueue = enqueue
         self._play_type = play_type
-        self._idle_cursor = 0
+        self._policy = policy  # the room's policy, as its desk holds it now
+        self._zone = zone  # the room's time zone (its schedule's)
+        self.timetable = Timetable()
+        self._published: list[dict[str, str]] | None = None  # the timetable as last written for operators
+        settings = ctx.settings
+        self._settings_idle = (
+            IdleLines(lines=settings.idle_lines, after_s=settings.idle_after_s)
+            if settings.idle_after_s > 0 and settings.idle_lines
+            else None
+        )
+
+    def idle_lines(self) -> IdleLines | None:
+        """The room's idle lines: its policy's, else the settings' (``idle_after_s``, ``idle_lines``)."""
+        return self._policy().idle or self._settings_idle
 
     async def run(self) -> None:
         """Pace the room's replies until cancelled."""
         settings = self.ctx.settings
         while True:
             # Wake on a kick (a reply queued, a finish); on a timer only when something can come due: a
-            # reply in flight (its timeout; a lost notice of its end, the channel's recheck), or the idle
-            # filler. A thousand idle rooms cost nothing.
+            # reply in flight (its timeout; a lost notice of its end, the channel's recheck), the idle
+            # filler, a timed message. A thousand idle rooms cost nothing.
             tick = None
+            idle = self.idle_lines()
             if self.busy:
                 tick = min(self.ctx.channel.recheck_s(self.ctx.job_id), settings.reply_timeout_s / 4)
-            elif settings.idle_after_s > 0 and settings.idle_lines:
-                tick = min(1.0, settings.idle_after_s)
+            elif idle is not None:
+                tick = min(1.0, idle.after_s)
+            timed = self._policy().timed
+            if timed or self.timetable.next_due():
+                self.timetable.plan(timed, self._zone(), clock.now())
+                until = self.timetable.seconds_until_next(clock.now())
+                if until is not None:
+                    tick = until if tick is None else min(tick, until)
             # At most 20 timer wake-ups a second per room, however compressed the clock.
             await wait_event(self.kick, None if tick is None else max(0.05, clock.real_s(tick)))
             self.kick.clear()
@@ -136,18 +167,42 @@ class ReplyPacer:
                 break
             busy += in_flight
         self.busy = busy
+        await self._say_timed()
+        idle = self.idle_lines()
+        now = clock.monotonic()
         if (
             not busy
-            and settings.idle_after_s > 0
-            and settings.idle_lines
-            and clock.monotonic() - self.last_activity >= settings.idle_after_s
-            and not await queue.pending(room_id)
+            and idle is not None
+            and now - self.last_activity >= self.timetable.idle_wait(idle, self.last_activity)
         ):
-            line = settings.idle_lines[self._idle_cursor % len(settings.idle_lines)]
-            self._idle_cursor += 1
-            self.last_activity = clock.monotonic()
-            await self._enqueue(Reply(line, "idle", self._play_type("idle")), "idle")
-            self.kick.set()
+            line = self.timetable.idle_due(idle, self.last_activity, now, await queue.waiting(room_id))
+            if line is not None:
+                self.last_activity = now
+                await self._queue_line(line, "idle")
+
+    async def _say_timed(self) -> None:
+        """Queue the timed messages due now, and keep what comes next where operators can see it."""
+        policy = self._policy()
+        if not policy.timed and not self.timetable.next_due():
+            return
+        zone, now = self._zone(), clock.now()
+        for name, line in self.timetable.due(policy.timed, zone, now):
+            await self._queue_line(line, f"timed:{name}")
+        upcoming = [
+            {"name": name, "at": at.isoformat(), "local": at.astimezone(zone).isoformat()}
+            for name, at in self.timetable.next_due()
+        ]
+        if upcoming != self._published:
+            await self.ctx.replies.set_timetable(self.ctx.room_id, upcoming)
+            self._published = upcoming
+
+    async def _queue_line(self, line: str, source: str) -> None:
+        """A line of our own (idle, timed): queued as ``idle``, unless the policy forbids a word in it."""
+        if forbidden_in(line, self._policy().forbidden_words):
+            self.ctx.log.warning("line not said: it holds a forbidden word", source=source, line=line[:40])
+            return
+        await self._enqueue(Reply(line, "idle", self._play_type("idle")), source)
+        self.kick.set()
 
     async def _say_all(self, replies: list[Reply]) -> int | None:
         """Say the replies taken from the queue, in order: how many are now in flight; None when the vendor

@@ -43,9 +43,10 @@ from difflib import SequenceMatcher
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.domain import PRIORITIES, Priority
+from orchestrator.scheduling.schedules import parse_cron
 
 PRIORITY_ORDER: dict[str, int] = {p: i for i, p in enumerate(PRIORITIES)}
 
@@ -128,6 +129,50 @@ class Reactions(_Model):
     gift: GiftThanks | None = None
 
 
+class TimedMessage(_Model):
+    """Lines said on a timetable while the room is live: at every match of ``cron`` (the room's local
+    time), or every ``every_min`` minutes give or take ``jitter_s``; its lines in turn."""
+
+    name: str = Field(..., min_length=1, max_length=64)
+    lines: list[str] = Field(..., min_length=1)
+    cron: str | None = Field(None, description="5-field cron, in the room's time zone")
+    every_min: float | None = Field(None, gt=0, le=1440)
+    jitter_s: float = Field(0.0, ge=0, description="each interval drawn within +/- this")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_cron(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_timetable(self) -> TimedMessage:
+        if (self.cron is None) == (self.every_min is None):
+            raise ValueError("give exactly one of cron or every_min")
+        if self.cron is not None and self.jitter_s:
+            raise ValueError("jitter_s goes with every_min")
+        if self.every_min is not None and self.jitter_s * 2 >= self.every_min * 60:
+            raise ValueError("jitter_s must be under half of every_min")
+        return self
+
+
+class IdleLines(_Model):
+    """Lines said when nothing has been said for a while: after a random ``after_s`` to ``max_after_s``
+    seconds without a reply, and only while at most ``max_waiting`` replies wait in the queue."""
+
+    lines: list[str] = Field(..., min_length=1)
+    after_s: float = Field(60.0, gt=0)
+    max_after_s: float | None = Field(None, gt=0, description="none: exactly after_s")
+    max_waiting: int = Field(0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _range(self) -> IdleLines:
+        if self.max_after_s is not None and self.max_after_s < self.after_s:
+            raise ValueError("max_after_s must not be below after_s")
+        return self
+
+
 #: The audience event kinds a reaction answers, by LiveEvent type.
 REACTION_KINDS: dict[int, str] = {2: "join", 3: "like", 4: "gift", 5: "follow"}
 
@@ -142,6 +187,27 @@ class PolicyConfig(_Model):
     gift_thanks: str | None = "谢谢{user}送的{gift}！"
     reactions: Reactions = Field(default_factory=Reactions)
     mask_user: MaskMode = Field("none", description="{user} as given, 'partial' (张**) or 'hidden' (朋友).")
+    timed: list[TimedMessage] = Field(default_factory=list)
+    idle: IdleLines | None = Field(None, description="none: interaction.idle_after_s / idle_lines")
+
+    @field_validator("timed")
+    @classmethod
+    def _names(cls, timed: list[TimedMessage]) -> list[TimedMessage]:
+        names = [t.name for t in timed]
+        if len(names) != len(set(names)):
+            raise ValueError("timed messages need distinct names")
+        return timed
+
+    @model_validator(mode="after")
+    def _no_forbidden_lines(self) -> PolicyConfig:
+        """Our own fixed lines never hold a word the policy forbids (they would never be said)."""
+        lines = [(f"timed.{i}.lines", line) for i, t in enumerate(self.timed) for line in t.lines]
+        lines += [("idle.lines", line) for line in (self.idle.lines if self.idle else [])]
+        for where, line in lines:
+            if forbidden_in(line, self.forbidden_words):
+                raise ValueError(f"{where}: {line!r} holds a forbidden word")
+        return self
+
     per_user_interval_s: float = Field(30.0, ge=0)
     per_room_per_minute: int = Field(6, ge=1)
     per_room_burst: int = Field(3, ge=1)

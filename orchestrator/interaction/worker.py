@@ -50,7 +50,9 @@ class RoomWorker:
         self.job_id = ctx.job_id
         self.reporter = RoomReporter(ctx)
         self.desk = RoomDesk(desk, ctx.room_id, self._hand_over)
-        self.pacer = ReplyPacer(ctx, self.enqueue_one, self.play_type)
+        self.pacer = ReplyPacer(
+            ctx, self.enqueue_one, self.play_type, policy=lambda: self.desk.policy, zone=self.desk.zone
+        )
         self.started = False
         self._play_types = play_types
         self._tasks: list[asyncio.Task[None]] = []

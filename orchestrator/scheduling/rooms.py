@@ -200,7 +200,9 @@ class RoomConfigs:
             pipe.set(keys.room_config(room.room_id), room.stored())
             pipe.hset(keys.room_config_source(room.room_id), mapping=source)
             await pipe.execute()
-        await self._state.register_room(room.room_id, room.provider, policy=room.policy)
+        await self._state.register_room(
+            room.room_id, room.provider, policy=room.policy, timezone=room.schedule.timezone
+        )
         await self._announce(room.room_id)
 
     async def get(self, room_id: str) -> ManagedRoom | None:

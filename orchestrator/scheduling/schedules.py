@@ -270,6 +270,19 @@ def _aware(value: datetime, tz: ZoneInfo) -> datetime:
     return value.astimezone(UTC)
 
 
+def next_cron(expression: str, tz: ZoneInfo, after: datetime) -> datetime | None:
+    """The first instant after ``after`` that the cron expression matches in local time ``tz`` (the
+    windows' rules: an ambiguous local time is its first instant, one in a DST gap the instant after the
+    gap); None within a year (Feb 29th only: a leap year may be further). Raises CronError."""
+    cron = parse_cron(expression)
+    for span in (timedelta(days=8), timedelta(days=400)):  # most expressions match within a week
+        start = after + timedelta(microseconds=1)
+        found = next(_cron_instants(cron, tz, start, start + span), None)
+        if found is not None:
+            return found
+    return None
+
+
 def _cron_instants(cron: Cron, tz: ZoneInfo, start: datetime, end: datetime) -> Iterator[datetime]:
     day = start.astimezone(tz).date() - timedelta(days=1)
     last = end.astimezone(tz).date() + timedelta(days=1)

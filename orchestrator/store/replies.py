@@ -233,6 +233,18 @@ class ReplyQueue:
             keys=self._queue_keys(room_id), args=[reply.reply_id, reply.score, reply.to_json()]
         )
 
+    async def waiting(self, room_id: str) -> int:
+        """How many replies wait."""
+        return int(await self._redis.zcard(keys.room_reply_queue(room_id)))
+
+    async def set_timetable(self, room_id: str, entries: list[dict[str, str]]) -> None:
+        """What the room's owner plans to say next (its timed messages' next times), for operators."""
+        await self._redis.hset(keys.room_state(room_id), "timed_next", orjson.dumps(entries))
+
+    async def timetable(self, room_id: str) -> list[dict[str, str]]:
+        raw = await self._redis.hget(keys.room_state(room_id), "timed_next")
+        return list(orjson.loads(raw)) if raw else []
+
     async def pending(self, room_id: str) -> list[Reply]:
         """Waiting replies, most important first."""
         async with self._redis.pipeline(transaction=True) as pipe:

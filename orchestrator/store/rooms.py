@@ -212,12 +212,19 @@ class RoomStore:
         return bool(await self._redis.hget(keys.room_state(room_id), "managed") == b"1")
 
     async def register_room(
-        self, room_id: str, provider: str = DEFAULT_PROVIDER, *, policy: str | None = None
+        self,
+        room_id: str,
+        provider: str = DEFAULT_PROVIDER,
+        *,
+        policy: str | None = None,
+        timezone: str = "UTC",
     ) -> None:
         """Mark ``room_id`` as managed (callbacks naming it are applied from now on) by ``provider``,
-        answering by the reply policy named ``policy`` ("": the default one)."""
+        answering by the reply policy named ``policy`` ("": the default one), in ``timezone`` (its
+        schedule's: its timed messages' clock)."""
         await self._redis.hset(
-            keys.room_state(room_id), mapping={"managed": "1", "provider": provider, "policy": policy or ""}
+            keys.room_state(room_id),
+            mapping={"managed": "1", "provider": provider, "policy": policy or "", "timezone": timezone},
         )
         await self._redis.sadd(keys.rooms_index(), room_id)
 

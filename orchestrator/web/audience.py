@@ -6,6 +6,10 @@
   A switch is the room's own, whatever policy it names (one room of a brand without welcomes), in force on
   the room's owner within a supervisor pass (seconds).
 
+``GET /api/rooms/{room_id}/timed`` → ``{"room_id", "next": [{"name", "at" (UTC), "local" (the room's time
+zone)}]}``: the timed messages the room's owner will say next, soonest first (empty while the room is not
+live or its policy has none).
+
 Blocked viewers, by the platform's user id -- in one room, or everywhere:
 
 * ``GET /api/blocklist`` and ``GET /api/rooms/{room_id}/blocklist`` → ``{"blocked": [{"user_id",
@@ -27,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
 from orchestrator.appkeys import AUDIENCE, REACTIONS, ROOM_STORE
+from orchestrator.domain import ACTIVE_STATUSES
 from orchestrator.interaction.policy import REACTION_KINDS
 from orchestrator.scheduling.rooms import field_problems
 from orchestrator.store.blocklists import MAX_REASON, Blocklists
@@ -136,3 +141,13 @@ async def unblock(request: web.Request) -> web.Response:
         )
     await _announce(request)
     return web.json_response({"user_id": user_id, "unblocked": True})
+
+
+@routes.get("/api/rooms/{room_id}/timed")
+async def timed(request: web.Request) -> web.Response:
+    require_admin(request)
+    room_id = await managed_room_id(request)
+    state = await request.app[ROOM_STORE].state(room_id) or {}
+    live = state.get("job_state") in ACTIVE_STATUSES
+    upcoming = await request.app[AUDIENCE].queue.timetable(room_id) if live else []
+    return web.json_response({"room_id": room_id, "next": upcoming})
