@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any, cast
 
@@ -34,7 +35,7 @@ from orchestrator.interaction.desk import ReplyDesk
 from orchestrator.interaction.policies import PolicyBook
 from orchestrator.interaction.policy import Event, History, PolicyConfig
 from orchestrator.interaction.reader import IngestReader
-from orchestrator.interaction.skips import SkipLog
+from orchestrator.interaction.skips import EXPIRED_IN_REVIEW, REJECTED_IN_REVIEW, SkipLog
 from orchestrator.interaction.worker import RoomWorker
 from orchestrator.metrics import Metrics
 from orchestrator.providers.base import AudienceChannel, Provider
@@ -51,13 +52,16 @@ from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import PackedCommands, chunks, execute_packed, packed
 from orchestrator.store.redis import text as _text
 from orchestrator.store.replies import Reply, ReplyQueue
+from orchestrator.store.reviews import Review, Reviews
 from orchestrator.store.rooms import parse_muted
 from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, wait_event
 
 log = structlog.get_logger(__name__)
 
 #: What the supervisor reads of every room's state on each pass.
-STATE_FIELDS = ("job_id", "job_state", "provider", "product_title", "policy", "muted", "timezone")
+STATE_FIELDS = (
+    "job_id", "job_state", "provider", "product_title", "policy", "muted", "timezone", "review_s"
+)  # fmt: skip
 
 #: The room's provider, by name (raises ProviderError while unusable).
 ProviderFor = Callable[[str], Provider]
@@ -91,6 +95,7 @@ class AudienceService:
         self.leases = RoomLeases(redis, ttl_s=settings.lease_ttl_s, replica_id=replica_id)
         self.queue = ReplyQueue(redis, max_pending=settings.reply_max_pending, events_maxlen=events_maxlen)
         self.skips = SkipLog(self.events, metrics.unanswered)
+        self.reviews = Reviews(redis)
         self.workers: dict[str, RoomWorker] = {}
         self._provider_for = provider_for
         self._changed = asyncio.Event()
@@ -168,6 +173,31 @@ class AudienceService:
         outcome, reply_id, _ = await self.enqueue(room_id, reply, source=f"vendor_rule:{rule_index or ''}")
         return outcome == "queued", reply_id, decision.reason
 
+    async def decide_review(
+        self, room_id: str, review_id: str, *, approve: bool, text: str | None = None
+    ) -> tuple[str, Review | None, tuple[str, str, str | None] | None]:
+        """A reviewer's answer on one waiting reply: ``(outcome, the review, the queueing result)`` with
+        outcome ``approved``, ``edited``, ``rejected``, ``expired`` or ``gone`` (decided already)."""
+        review = await self.reviews.take(room_id, review_id)
+        if review is None:
+            return "gone", None, None
+        if review.expires_ms <= clock.time_ms():
+            outcome = "expired"
+        elif not approve:
+            outcome = "rejected"
+        else:
+            outcome = "edited" if text is not None and text != review.reply.text else "approved"
+        await self.events.add(
+            room_id, "review_decided", review_id=review_id, outcome=outcome, text=text or review.reply.text
+        )
+        if outcome in ("expired", "rejected"):
+            skipped = EXPIRED_IN_REVIEW if outcome == "expired" else REJECTED_IN_REVIEW
+            self.skips.note(room_id, None, skipped, at_ms=clock.time_ms())
+            return outcome, review, None
+        reply = replace(review.reply, text=text or review.reply.text)
+        queued = await self.enqueue(room_id, reply, source=f"review:{review.source}")
+        return outcome, review, queued
+
     async def release_replies(self, room_id: str, holder: str) -> None:
         """Let the room's held replies go (:meth:`ReplyQueue.hold`) and wake its owner's pacer."""
         await self.queue.release(room_id, holder)
@@ -239,8 +269,9 @@ class AudienceService:
         """One pass: take or renew the leases of live rooms, start and stop room workers to match."""
         room_ids = sorted(_text(m) for m in await self.redis.smembers(keys.rooms_index()))
         live: dict[str, tuple[str, str, str]] = {}  # room → (job, provider, product)
-        # live room → the name of the policy it answers by, the reaction kinds switched off in it, its zone
-        choices: dict[str, tuple[str | None, frozenset[str], str]] = {}
+        # live room → what its desk follows: the policy it names, the reaction kinds switched off in it, its
+        # time zone, its review mode
+        choices: dict[str, tuple[str | None, frozenset[str], str, float]] = {}
         if room_ids:
             states: list[Any] = []
             for chunk in chunks(room_ids):  # the loop is not held for all at once
@@ -248,7 +279,7 @@ class AudienceService:
             for answer in states:
                 if isinstance(answer, Exception):
                     raise answer
-            for room_id, (job_id, job_state, provider, product, policy, muted, tz) in zip(
+            for room_id, (job_id, job_state, provider, product, policy, muted, tz, review_s) in zip(
                 room_ids, states, strict=True
             ):
                 if job_id and job_state and _text(job_state) in ACTIVE_STATUSES:
@@ -261,9 +292,10 @@ class AudienceService:
                         _text(policy) if policy else None,
                         parse_muted(muted),
                         _text(tz) if tz else "UTC",
+                        float(review_s or 0),
                     )
         # The policies the live rooms name are held before any of their comments is decided.
-        await self.desk.book.want({name for name, _, _ in choices.values() if name})
+        await self.desk.book.want({choice[0] for choice in choices.values() if choice[0]})
         await self.desk.blocks.want(set(choices))
         held = await self.leases.acquire(sorted(live))
         for room_id, worker in list(self.workers.items()):
@@ -291,12 +323,11 @@ class AudienceService:
                 made = self._worker(room_id, job_id, provider)
                 if made is None:
                     continue
-                made.desk.policy_name, made.desk.muted, made.desk.timezone = choices[room_id]
+                made.desk.follow(*choices[room_id])
                 await made.start(product)
                 self.workers[room_id] = made
             else:  # the room may name another policy, or switch reactions, now: in force at once
-                desk = self.workers[room_id].desk
-                desk.policy_name, desk.muted, desk.timezone = choices[room_id]
+                self.workers[room_id].desk.follow(*choices[room_id])
         if sweep and running:
             # Asked of every room at once (pipelined); claimed only where some wait.
             stray_ms = clock.real_ms(self.settings.lease_ttl_s)
@@ -328,6 +359,7 @@ class AudienceService:
             keepalive=partial(jobs.keepalive, room_id, job_id) if jobs.keepalive_interval_s else None,
             keepalive_interval_s=jobs.keepalive_interval_s,
             skips=self.skips,
+            reviews=self.reviews,
         )
         return RoomWorker(ctx, self.desk, cast(Any, self.settings.play_types))
 

@@ -20,6 +20,7 @@ from orchestrator.store.events import RoomEvents
 from orchestrator.store.ingest import IngestStreams
 from orchestrator.store.leases import RoomLeases
 from orchestrator.store.replies import ReplyQueue
+from orchestrator.store.reviews import Reviews
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class RoomContext:
     keepalive_interval_s: float | None = None
     #: Where the room's unanswered events are noted (None: counted nowhere -- tests of one part).
     skips: SkipLog | None = None
+    #: Where automatic replies wait while the room is in review mode (None: never in review).
+    reviews: Reviews | None = None
 
     def owned(self) -> bool:
         """Whether this replica may still act on the room (its lease, renewed recently enough)."""

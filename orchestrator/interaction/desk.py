@@ -120,6 +120,8 @@ class RoomDesk:
         self.muted: frozenset[str] = frozenset()
         #: The room's time zone (its schedule's): when its timed messages' cron expressions match.
         self.timezone = "UTC"
+        #: Review mode: automatic replies wait this long for a human's approval (0: said at once).
+        self.review_s = 0.0
         self.history = History()
         self.product = product
         #: The vendor's answer backend for this room's job (its Q&A database), set when the worker starts.
@@ -180,6 +182,10 @@ class RoomDesk:
     def policy(self) -> PolicyConfig:
         """The policy the room answers by, as this replica holds it now."""
         return self.desk.book.policy_for(self.policy_name)
+
+    def follow(self, policy: str | None, muted: frozenset[str], timezone: str, review_s: float) -> None:
+        """What the room's state says now (the supervisor's every pass): in force at once."""
+        self.policy_name, self.muted, self.timezone, self.review_s = policy, muted, timezone, review_s
 
     def zone(self) -> ZoneInfo:
         try:

@@ -35,7 +35,7 @@ from orchestrator import clock
 from orchestrator.domain import PlayMode
 from orchestrator.interaction.context import RoomContext
 from orchestrator.interaction.policy import IdleLines, PolicyConfig, forbidden_in
-from orchestrator.interaction.skips import QUEUE_FULL
+from orchestrator.interaction.skips import EXPIRED_IN_REVIEW, QUEUE_FULL
 from orchestrator.interaction.timed import Timetable
 from orchestrator.providers.base import ReplyOrder
 from orchestrator.providers.errors import (
@@ -47,6 +47,9 @@ from orchestrator.providers.errors import (
 )
 from orchestrator.store.replies import Reply
 from orchestrator.tasks import being_cancelled, pause, wait_event
+
+#: How often (s) a room in review mode looks for reviews whose time is up.
+REVIEW_SWEEP_S = 5.0
 
 #: Queue a reply for the room, with where it came from (the worker's, which also wakes this pacer).
 Enqueue = Callable[[Reply, str], Awaitable[object]]
@@ -63,6 +66,7 @@ class ReplyPacer:
         *,
         policy: Callable[[], PolicyConfig] = PolicyConfig,
         zone: Callable[[], ZoneInfo] = lambda: ZoneInfo("UTC"),
+        review_s: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.ctx = ctx
         self.kick = asyncio.Event()  # a reply was queued, or one finished
@@ -72,6 +76,10 @@ class ReplyPacer:
         self.decided: deque[tuple[Reply, str]] = deque()
         self._enqueue = enqueue
         self._play_type = play_type
+        #: Decided replies for a human's review, not in Redis yet (the room is in review mode).
+        self.for_review: deque[tuple[Reply, str]] = deque()
+        self._review_s = review_s
+        self._swept_review = 0.0  # when expired reviews were last looked for (monotonic)
         self._policy = policy  # the room's policy, as its desk holds it now
         self._zone = zone  # the room's time zone (its schedule's)
         self.timetable = Timetable()
@@ -100,6 +108,8 @@ class ReplyPacer:
                 tick = min(self.ctx.channel.recheck_s(self.ctx.job_id), settings.reply_timeout_s / 4)
             elif idle is not None:
                 tick = min(1.0, idle.after_s)
+            if self._review_s() > 0:  # reviews expire: look every few seconds
+                tick = REVIEW_SWEEP_S if tick is None else min(tick, REVIEW_SWEEP_S)
             timed = self._policy().timed
             if timed or self.timetable.next_due():
                 self.timetable.plan(timed, self._zone(), clock.now())
@@ -120,6 +130,7 @@ class ReplyPacer:
                 await pause(1.0)
 
     async def _pace_once(self) -> None:
+        await self._review()
         ctx = self.ctx
         settings, queue, metrics, room_id = ctx.settings, ctx.replies, ctx.metrics, ctx.room_id
         decided = list(self.decided)
@@ -179,6 +190,29 @@ class ReplyPacer:
             if line is not None:
                 self.last_activity = now
                 await self._queue_line(line, "idle")
+
+    async def _review(self) -> None:
+        """Put the replies decided for review up for it; every :data:`REVIEW_SWEEP_S`, let those whose time
+        is up go (each counted ``rejected``)."""
+        reviews, ctx = self.ctx.reviews, self.ctx
+        if reviews is None:
+            return
+        expire_s = self._review_s()
+        if self.for_review:
+            items = list(self.for_review)
+            await reviews.submit(ctx.room_id, items, expire_s or REVIEW_SWEEP_S)
+            for _ in items:
+                self.for_review.popleft()
+        now = clock.monotonic()
+        if expire_s > 0 and now - self._swept_review >= clock.real_s(REVIEW_SWEEP_S):
+            self._swept_review = now
+            for review in await reviews.expire(ctx.room_id):
+                await ctx.events.add(
+                    ctx.room_id, "review_decided", review_id=review.review_id, outcome="expired",
+                    text=review.reply.text,
+                )  # fmt: skip
+                if ctx.skips is not None:
+                    ctx.skips.note(ctx.room_id, None, EXPIRED_IN_REVIEW, at_ms=clock.time_ms())
 
     async def _say_timed(self) -> None:
         """Queue the timed messages due now, and keep what comes next where operators can see it."""

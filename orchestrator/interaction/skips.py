@@ -36,6 +36,9 @@ MAX_HELD = 1000
 KIND_NAMES = {1: "comment", **REACTION_KINDS, 6: "viewers"}
 #: A reply decided but without room in the room's queue (dropped, or evicted by a more important one).
 QUEUE_FULL = Decision(None, "the room's reply queue is full", code=Skip.QUEUE_FULL)
+#: A reply a reviewer rejected, or let expire.
+REJECTED_IN_REVIEW = Decision(None, "rejected in review", code=Skip.REJECTED)
+EXPIRED_IN_REVIEW = Decision(None, "expired in review", code=Skip.REJECTED)
 
 
 @dataclass

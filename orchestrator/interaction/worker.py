@@ -51,7 +51,12 @@ class RoomWorker:
         self.reporter = RoomReporter(ctx)
         self.desk = RoomDesk(desk, ctx.room_id, self._hand_over)
         self.pacer = ReplyPacer(
-            ctx, self.enqueue_one, self.play_type, policy=lambda: self.desk.policy, zone=self.desk.zone
+            ctx,
+            self.enqueue_one,
+            self.play_type,
+            policy=lambda: self.desk.policy,
+            zone=self.desk.zone,
+            review_s=lambda: self.desk.review_s,
         )
         self.started = False
         self._play_types = play_types
@@ -270,7 +275,7 @@ class RoomWorker:
             if skips is not None:
                 skips.note(self.room_id, event, decision, at_ms=int(event.at * 1000))
             return
-        if len(self.pacer.decided) >= HAND_OVER_LIMIT:  # Redis is slow or away: the queue would drop it
+        if len(self.pacer.decided) + len(self.pacer.for_review) >= HAND_OVER_LIMIT:  # Redis slow or away
             self.ctx.metrics.replies.labels("dropped").inc()
             if skips is not None:
                 skips.note(self.room_id, event, QUEUE_FULL, at_ms=int(event.at * 1000))
@@ -278,7 +283,10 @@ class RoomWorker:
         self.ctx.metrics.reply_decision.observe(max(0.0, clock.time() - since_s))
         priority = decision.priority
         reply = Reply(decision.reply, priority, self.play_type(priority), arrived_s=since_s)
-        self.pacer.decided.append((reply, decision.rule or priority))
+        if self.desk.review_s > 0 and self.ctx.reviews is not None:  # a human says yes first
+            self.pacer.for_review.append((reply, decision.rule or priority))
+        else:
+            self.pacer.decided.append((reply, decision.rule or priority))
         self.pacer.kick.set()
 
     async def enqueue_one(self, reply: Reply, source: str) -> tuple[str, str, str | None]:

@@ -29,6 +29,8 @@ kind               fields                                      written by
 ``comment_skipped`` reason (a ``Skip`` code), why, user_id,  ``SkipLog`` (:mod:`.interaction.skips`),
                    user, text (a comment that got no reply)    once a second per replica
 ``unanswered``     total, message ({kind: {reason: count}})    the same: what was not recorded one by one
+``review_decided`` review_id, outcome (approved, edited,       the review API (any replica); the owner's
+                   rejected, expired), text                    pacer for those expired
 =================  ==========================================  ==============================================
 
 Entries a script writes are written there, in the same atomic step as the change they record; every

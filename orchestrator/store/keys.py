@@ -204,6 +204,16 @@ def room_blocklist(room_id: str) -> str:
     return _room(room_id, "blocklist")
 
 
+def room_review(room_id: str) -> str:
+    """Hash: replies waiting for a human's review (review id → the reply, its source and times)."""
+    return _room(room_id, "review")
+
+
+def room_review_expiry(room_id: str) -> str:
+    """Sorted set: the review ids by when they expire (ms)."""
+    return _room(room_id, "review:exp")
+
+
 def global_blocklist() -> str:
     """Hash: viewers blocked in every room (as :func:`room_blocklist`)."""
     return f"{PREFIX}:blocklist"

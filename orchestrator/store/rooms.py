@@ -236,6 +236,13 @@ class RoomStore:
         """The reaction kinds switched off in the room (its state's ``muted``)."""
         return set(parse_muted(await self._redis.hget(keys.room_state(room_id), "muted")))
 
+    async def review_s(self, room_id: str) -> float:
+        """How long the room's automatic replies wait for review before they expire (0: no review)."""
+        return float(await self._redis.hget(keys.room_state(room_id), "review_s") or 0)
+
+    async def set_review_s(self, room_id: str, expire_s: float) -> None:
+        await self._redis.hset(keys.room_state(room_id), "review_s", expire_s)
+
     async def set_muted(self, room_id: str, kinds: set[str]) -> None:
         await self._redis.hset(keys.room_state(room_id), "muted", ",".join(sorted(kinds)))
 

@@ -10,6 +10,18 @@
 zone)}]}``: the timed messages the room's owner will say next, soonest first (empty while the room is not
 live or its policy has none).
 
+Human review (a room's automatic replies -- answers and reactions -- wait for an operator instead of
+being said; operator replies and the room's timed and idle lines skip it):
+
+* ``GET /api/rooms/{room_id}/review`` → ``{"room_id", "enabled", "expire_s", "waiting": [{"review_id",
+  "text", "priority", "source", "submitted_ms", "expires_ms"}]}``;
+* ``PUT`` the same path ``{"enabled": bool, "expire_s"?: seconds (default 120)}`` → the mode;
+* ``POST /api/rooms/{room_id}/review/{review_id}/approve`` (``{"text"?}``: edited first) → 202
+  ``{"outcome": "approved" | "edited", "reply_id", "queued"}`` (``warnings`` when the text holds a word
+  the room's policy forbids); ``POST .../reject`` → 200 ``{"outcome": "rejected"}``. A reply decided
+  already or expired: 404 ``REVIEW_NOT_FOUND`` / 410 ``REVIEW_EXPIRED``. Items expire after
+  ``expire_s`` (counted ``rejected`` in ``orch_audience_unanswered_total``).
+
 Blocked viewers, by the platform's user id -- in one room, or everywhere:
 
 * ``GET /api/blocklist`` and ``GET /api/rooms/{room_id}/blocklist`` → ``{"blocked": [{"user_id",
@@ -25,18 +37,20 @@ reaches every replica at once (``blocklist_changed``), or within seconds if that
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
-from orchestrator.appkeys import AUDIENCE, REACTIONS, ROOM_STORE
+from orchestrator.appkeys import AUDIENCE, REACTIONS, ROOM_CONFIGS, ROOM_STORE
 from orchestrator.domain import ACTIVE_STATUSES
 from orchestrator.interaction.policy import REACTION_KINDS
 from orchestrator.scheduling.rooms import field_problems
 from orchestrator.store.blocklists import MAX_REASON, Blocklists
 from orchestrator.web.api import managed_room_id, read_json, require_admin
 from orchestrator.web.errors import ApiError, invalid_fields
+from orchestrator.web.replies import MAX_REPLY_CHARS, forbidden_warnings
 
 routes = web.RouteTableDef()
 
@@ -151,3 +165,77 @@ async def timed(request: web.Request) -> web.Response:
     live = state.get("job_state") in ACTIVE_STATUSES
     upcoming = await request.app[AUDIENCE].queue.timetable(room_id) if live else []
     return web.json_response({"room_id": room_id, "next": upcoming})
+
+
+DEFAULT_REVIEW_S = 120.0
+
+
+class ReviewMode(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool
+    expire_s: float = Field(DEFAULT_REVIEW_S, gt=0, le=86400)
+
+
+class Approval(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, min_length=1, max_length=MAX_REPLY_CHARS)
+
+
+async def _review_answer(request: web.Request, room_id: str) -> web.Response:
+    expire_s = await request.app[ROOM_STORE].review_s(room_id)
+    waiting = await request.app[AUDIENCE].reviews.waiting(room_id)
+    return web.json_response(
+        {
+            "room_id": room_id,
+            "enabled": expire_s > 0,
+            "expire_s": expire_s or None,
+            "waiting": [r.as_dict() for r in waiting],
+        }
+    )
+
+
+@routes.get("/api/rooms/{room_id}/review")
+async def get_review(request: web.Request) -> web.Response:
+    require_admin(request)
+    return await _review_answer(request, await managed_room_id(request))
+
+
+@routes.put("/api/rooms/{room_id}/review")
+async def put_review(request: web.Request) -> web.Response:
+    require_admin(request)
+    room_id = await managed_room_id(request)
+    try:
+        mode = ReviewMode.model_validate(await read_json(request))
+    except ValidationError as exc:
+        raise invalid_fields("REVIEW_INVALID", field_problems(exc)) from None
+    await request.app[ROOM_STORE].set_review_s(room_id, mode.expire_s if mode.enabled else 0)
+    return await _review_answer(request, room_id)
+
+
+@routes.post("/api/rooms/{room_id}/review/{review_id}/{decision:approve|reject}")
+async def decide_review(request: web.Request) -> web.Response:
+    require_admin(request)
+    room_id = await managed_room_id(request)
+    review_id = request.match_info["review_id"]
+    approve = request.match_info["decision"] == "approve"
+    try:
+        approval = Approval.model_validate(await read_json(request, if_empty={}))
+    except ValidationError as exc:
+        raise invalid_fields("REVIEW_INVALID", field_problems(exc)) from None
+    audience = request.app[AUDIENCE]
+    outcome, _, queued = await audience.decide_review(room_id, review_id, approve=approve, text=approval.text)
+    if outcome == "gone":
+        raise ApiError(404, "REVIEW_NOT_FOUND", f"no reply {review_id!r} waits for review in {room_id!r}")
+    if outcome == "expired":
+        raise ApiError(410, "REVIEW_EXPIRED", f"reply {review_id!r} waited too long and was dropped")
+    if queued is None:
+        return web.json_response({"outcome": outcome})
+    answer: dict[str, Any] = {"outcome": outcome, "reply_id": queued[1], "queued": queued[0] == "queued"}
+    if approval.text is not None:
+        room = await request.app[ROOM_CONFIGS].get(room_id)
+        warnings = await forbidden_warnings(request, room.policy if room else None, approval.text)
+        if warnings:
+            answer["warnings"] = warnings
+    return web.json_response(answer, status=202)

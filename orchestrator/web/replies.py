@@ -39,6 +39,17 @@ class OperatorReply(BaseModel):
     play_type: Literal["APPEND", "INSERT", "PLAY_NOW"] | None = None
 
 
+async def forbidden_warnings(request: web.Request, policy_name: str | None, text: str) -> list[str]:
+    """One warning per word of the room's policy's ``forbidden_words`` that ``text`` holds."""
+    book = request.app[AUDIENCE].desk.book
+    await book.want_also(policy_name)
+    return [
+        f"the reply holds a word the room's policy forbids: {word}"
+        for word in book.policy_for(policy_name).forbidden_words
+        if forbidden_in(text, [word])
+    ]
+
+
 def _validation_error(exc: ValidationError, code: str) -> ApiError:
     first = exc.errors(include_url=False, include_input=False)[0]
     where = ".".join(str(p) for p in first["loc"]) or "body"
@@ -65,14 +76,7 @@ async def operator_reply(request: web.Request) -> web.Response:
             )
     audience = request.app[AUDIENCE]
     # An operator's words are said as written -- but a forbidden word of the room's policy is pointed out.
-    policy_name = room.policy if room is not None else None
-    await audience.desk.book.want_also(policy_name)
-    forbidden = audience.desk.book.policy_for(policy_name).forbidden_words
-    warnings = [
-        f"the reply holds a word the room's policy forbids: {word}"
-        for word in forbidden
-        if forbidden_in(body.text, [word])
-    ]
+    warnings = await forbidden_warnings(request, room.policy if room is not None else None, body.text)
     play_type = body.play_type or audience.play_type(body.priority)
     outcome, reply_id, evicted = await audience.enqueue(
         room_id, Reply(body.text, body.priority, play_type), source="operator_api"
