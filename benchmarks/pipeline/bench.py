@@ -22,7 +22,13 @@ client, request bodies serialised up front).
 
 Targets (issue 6): ≥ 20,000 events/s per process; p99 ingest→report ≤ 300 ms; p99 decision ≤ 5 ms.
 
-    python benchmarks/pipeline/bench.py [--duration 15] [--rounds 2] [--rate 20000] [--out results.json]
+**Per-room policies** (issue 16): with ``--policies N`` (default 10) the rooms answer by N brand policies
+saved through the admin API (room i names brand i mod N), each with its own rule, FAQ, reactions to
+joins, likes and gifts (by value tier) and masked names -- so likes and gifts are decided too;
+``--policies 0``: every room by the one file policy, as before.
+
+    python benchmarks/pipeline/bench.py [--duration 15] [--rounds 2] [--rate 20000] [--policies 10]
+        [--out results.json]
 """
 
 from __future__ import annotations
@@ -66,6 +72,42 @@ POLICY = {
     "dedup_window_s": 0,
 }
 TEXTS = ["什么时候发货", "好看", "主播好", "有优惠券吗", "这个颜色不错", "已下单", "来了来了", "支持一下"]
+
+
+def brand_policy(k: int) -> dict[str, Any]:
+    """Brand k's policy: its own answers, and reactions to every kind the load sends."""
+    return {
+        "rules": [
+            {"name": "shipping", "patterns": ["发货"], "replies": [f"{{user}}，品牌{k}今天下单明天发货。"]}
+        ],
+        "faq": [{"question": "有优惠券吗", "answer": f"关注品牌{k}领券。"}],
+        "reactions": {
+            "join": {"templates": [f"欢迎{{user}}来到品牌{k}", "欢迎{user}"], "per_room_per_minute": 6},
+            "like": {"templates": ["谢谢{user}的赞"], "per_room_per_minute": 2},
+            "gift": {
+                "tiers": [
+                    {"min_value": 0, "templates": ["谢谢{user}的{gift}"]},
+                    {"min_value": 100, "templates": ["{user}的{gift}太贵重啦"]},
+                ]
+            },
+        },
+        "mask_user": "partial",
+        "per_user_interval_s": 30,
+        "per_room_per_minute": 60,
+        "dedup_window_s": 0,
+    }
+
+
+def save_policies(port: int, count: int) -> None:
+    for k in range(count):
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/policies/brand-{k}",
+            data=json.dumps(brand_policy(k), ensure_ascii=False).encode(),
+            method="PUT",
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200
 
 
 def room_id(i: int) -> str:
@@ -250,7 +292,7 @@ async def wait_drained(port: int, target: float, timeout_s: float = 120) -> floa
     return time.monotonic()
 
 
-async def put_rooms(port: int, first: int, end: int) -> None:
+async def put_rooms(port: int, first: int, end: int, policies: int = 0) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as http:
 
@@ -260,6 +302,8 @@ async def put_rooms(port: int, first: int, end: int) -> None:
                 "template": {"output_urls": [f"rtmp://push.example/live/{i}"]},
                 "schedule": {"timezone": "UTC", "windows": [{"kind": "always"}]},
             }
+            if policies:
+                room["policy"] = f"brand-{i % policies}"
             async with http.put(
                 f"http://127.0.0.1:{port}/api/rooms/{room_id(i)}", json=room, headers=headers
             ) as resp:
@@ -288,6 +332,7 @@ def main() -> None:
     parser.add_argument(
         "--warmup-s", type=float, default=5, help="open-loop seconds before the latency counts"
     )
+    parser.add_argument("--policies", type=int, default=10, help="brand policies the rooms name (0: none)")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
 
@@ -298,6 +343,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "policies": args.policies,
     }
     try:
         ports = {name: free_port() for name in ("sandbox", "daemon", "bare")}
@@ -368,7 +414,8 @@ def main() -> None:
 
         # --- 100 live rooms for the throughput and latency phases
         started = time.monotonic()
-        asyncio.run(put_rooms(ports["daemon"], 0, HOT_ROOMS))
+        save_policies(ports["daemon"], args.policies)
+        asyncio.run(put_rooms(ports["daemon"], 0, HOT_ROOMS, args.policies))
         wait_owned(ports["daemon"], HOT_ROOMS, started)
 
         # --- 1. sustained ingest rate, alternating bare / daemon
@@ -443,7 +490,7 @@ def main() -> None:
         # --- 3. memory with 1,000 live rooms (900 more, after the throughput and latency phases)
         memory["rss_after_the_100_room_phases_mb"] = rss_mb(pid)
         started = time.monotonic()
-        asyncio.run(put_rooms(ports["daemon"], HOT_ROOMS, ROOMS))
+        asyncio.run(put_rooms(ports["daemon"], HOT_ROOMS, ROOMS, args.policies))
         wait_owned(ports["daemon"], ROOMS, started)
         memory["seconds_until_900_more_live_and_owned"] = round(time.monotonic() - started, 1)
         time.sleep(2)
