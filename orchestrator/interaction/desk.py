@@ -55,6 +55,11 @@ from orchestrator.settings import InteractionSettings
 log = structlog.get_logger(__name__)
 
 CHAT_CONCURRENCY = 4
+#: Why a reaction kind got nothing: off in the room, or not in its policy.
+_OFF = {
+    kind: Decision(None, f"no {kind} reactions in this room", code=Skip.DISABLED)
+    for kind in REACTION_KINDS.values()
+}
 
 #: Where a room's decisions go: (when the event arrived, s; the event; the decision -- a reply or why none).
 HandOver = Callable[[float, Event, Decision], None]
@@ -138,6 +143,12 @@ class RoomDesk:
         for the chat backend asked in the background."""
         desk = self.desk
         at_s = timestamp_ms / 1000
+        kind = REACTION_KINDS.get(event_type)
+        if kind is not None and (kind in self.muted or self.policy.reaction(kind) is None):
+            # Off here, or not in the room's policy: no reply, whoever it is from (the common case of likes
+            # in a busy room -- decided without reading the event).
+            self._hand_over(since_s, Event(event_type, "", "", at=at_s), _OFF[kind])
+            return
         try:
             user = content.get("user") or {}
             gift = content.get("gift") or {}
@@ -160,11 +171,6 @@ class RoomDesk:
             return
         if clock.time() - at_s > desk.settings.reply_max_age_s:
             self._hand_over(since_s, event, Decision(None, "too old to answer", code=Skip.TOO_OLD))
-            return
-        kind = REACTION_KINDS.get(event_type)
-        if kind is not None and kind in self.muted:
-            off = Decision(None, f"{kind} reactions are off in this room", code=Skip.DISABLED)
-            self._hand_over(since_s, event, off)
             return
         chat = self.answers
         policy = self.policy

@@ -88,8 +88,7 @@ _BATCH = TypeAdapter(list[BridgeEvent])
 
 
 def _requirement(event: BridgeEvent) -> str | None:
-    extras = event.extras()
-    if extras and len(orjson.dumps(extras)) > MAX_EXTRA_BYTES:
+    if (event.extra or event.model_extra) and len(orjson.dumps(event.extras())) > MAX_EXTRA_BYTES:
         return f"extra: at most {MAX_EXTRA_BYTES} bytes of JSON (unknown fields count)"
     if event.type in (1, 2, 4, 5) and event.user is None:
         return "user is required for comment, join, gift and follow events"
@@ -134,9 +133,8 @@ def to_live_event(event: BridgeEvent, now_ms: int) -> dict[str, Any]:
     }
     if event.message_id is not None:
         live["message_id"] = event.message_id
-    extras = event.extras()
-    if extras:
-        live["extra"] = extras
+    if event.extra or event.model_extra:
+        live["extra"] = event.extras()
     return live
 
 

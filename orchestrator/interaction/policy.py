@@ -216,14 +216,21 @@ class PolicyConfig(_Model):
 
     @property
     def gift_reaction(self) -> GiftThanks | None:
-        """``reactions.gift``, else the one-line ``gift_thanks`` as a single tier (built unvalidated: its
-        parts are)."""
+        """``reactions.gift``, else the one-line ``gift_thanks`` as a single tier."""
         if self.reactions.gift is not None or not self.gift_thanks:
             return self.reactions.gift
-        return GiftThanks.model_construct(
-            tiers=[GiftTier.model_construct(min_value=0, templates=[self.gift_thanks])],
-            per_user_interval_s=self.per_user_interval_s,
-        )
+        return _one_line_gift_thanks(self.gift_thanks, self.per_user_interval_s)
+
+    def reaction(self, kind: str) -> Reaction | GiftThanks | None:
+        """The reaction to ``kind`` (join, like, follow, gift) when it is on; None when off or absent."""
+        found = self.gift_reaction if kind == "gift" else getattr(self.reactions, kind)
+        return found if found is not None and found.enabled else None
+
+
+@functools.lru_cache(maxsize=256)
+def _one_line_gift_thanks(template: str, per_user_interval_s: float) -> GiftThanks:
+    """The earlier policies' ``gift_thanks`` as a gift reaction (built once per line: asked per gift)."""
+    return GiftThanks(tiers=[GiftTier(templates=[template])], per_user_interval_s=per_user_interval_s)
 
 
 class Skip(StrEnum):
@@ -289,7 +296,7 @@ def remember(times: dict[str, float], key: str, at: float, keep_s: float) -> Non
             del times[old]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built for every audience event, and frozen fields cost ~2x to set
 class Event:
     """An audience event, normalised: 1 comment, 2 join, 3 like, 4 gift, 5 follow, 6 viewer count."""
 
@@ -303,7 +310,7 @@ class Event:
     gift_value: int = 0  # the gift's total value (the platform's unit)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # as Event: one per audience event; treat as immutable
 class Decision:
     reply: str | None
     reason: str
@@ -424,9 +431,9 @@ def decide(
 def react(config: PolicyConfig, history: History, event: Event, *, product: str = "") -> Decision:
     """The reaction to a join, like, follow or gift (or why none), recorded in ``history``."""
     kind = REACTION_KINDS[event.type]
-    reaction = config.gift_reaction if kind == "gift" else getattr(config.reactions, kind)
+    reaction = config.reaction(kind)
     priority: Priority = "gift" if kind == "gift" else "reaction"
-    if reaction is None or not reaction.enabled:
+    if reaction is None:
         return Decision(None, f"no {kind} reaction", priority, kind, Skip.DISABLED)
     if isinstance(reaction, GiftThanks):
         tier = next((t for t in reversed(reaction.tiers) if event.gift_value >= t.min_value), None)

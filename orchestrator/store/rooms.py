@@ -295,15 +295,19 @@ class RoomStore:
         args: list[Any] = []
         latest: dict[str, Any] | None = None
         for event in events:
-            wire = {k: v for k, v in event.items() if k not in PRIVATE_FIELDS}
-            wire["content"] = orjson.dumps(event["content"]).decode()
-            extra = event.get("extra")
-            args += [
-                event["type"],
-                orjson.dumps(wire),
-                event.get("message_id") or "",
-                orjson.dumps(extra) if extra else "",
-            ]
+            content = orjson.dumps(event["content"]).decode()
+            if "message_id" in event or "extra" in event:
+                wire = {k: v for k, v in event.items() if k not in PRIVATE_FIELDS}
+                wire["content"] = content
+                extra = event.get("extra")
+                args += [
+                    event["type"],
+                    orjson.dumps(wire),
+                    event.get("message_id") or "",
+                    orjson.dumps(extra) if extra else "",
+                ]
+            else:
+                args += [event["type"], orjson.dumps({**event, "content": content}), "", ""]
             if event["type"] == 6 and (latest is None or event["timestamp"] >= latest["timestamp"]):
                 latest = event
         viewers = ["", ""] if latest is None else [latest["content"]["numberOfViewers"], latest["timestamp"]]
