@@ -31,7 +31,7 @@ log = structlog.get_logger(__name__)
 #: How often (s) the replica writes what it noted.
 FLUSH_S = 1.0
 #: Comments recorded one by one per room and flush; beyond, counted.
-MAX_ENTRIES = 20
+MAX_ENTRIES = 10
 #: A room's notes kept while Redis is away (beyond, counted only in the metric).
 MAX_HELD = 1000
 KIND_NAMES = {1: "comment", **REACTION_KINDS, 6: "viewers"}

@@ -293,6 +293,7 @@ class RoomStore:
         ``decided``: the room's owner decides replies for these itself (entries marked ``d``, so its reader
         does not again)."""
         args: list[Any] = []
+        counts: dict[int, int] = {}  # of the plain events (the others are counted by the script)
         latest: dict[str, Any] | None = None
         for event in events:
             content = orjson.dumps(event["content"]).decode()
@@ -300,14 +301,15 @@ class RoomStore:
                 wire = {k: v for k, v in event.items() if k not in PRIVATE_FIELDS}
                 wire["content"] = content
                 extra = event.get("extra")
-                args += [
-                    event["type"],
-                    orjson.dumps(wire),
-                    event.get("message_id") or "",
-                    orjson.dumps(extra) if extra else "",
-                ]
+                mid = str(event.get("message_id") or "")
+                extra_json = orjson.dumps(extra) if extra else b""
+                args.append(
+                    b"\x01%d\x01%s\x01%s\x01%s"
+                    % (event["type"], mid.encode().replace(b"\x01", b""), extra_json, orjson.dumps(wire))
+                )
             else:
-                args += [event["type"], orjson.dumps({**event, "content": content}), "", ""]
+                counts[event["type"]] = counts.get(event["type"], 0) + 1
+                args.append(orjson.dumps({**event, "content": content}))
             if event["type"] == 6 and (latest is None or event["timestamp"] >= latest["timestamp"]):
                 latest = event
         viewers = ["", ""] if latest is None else [latest["content"]["numberOfViewers"], latest["timestamp"]]
@@ -320,6 +322,8 @@ class RoomStore:
                 backlog_max,
                 clock.time_ms(),
                 max(1, int(dedup_window_s * 1000)),
+                len(counts),
+                *[value for item in counts.items() for value in item],
                 *args,
             ],
         )
