@@ -151,19 +151,21 @@ class RoomDesk:
             return
         try:
             user = content.get("user") or {}
-            gift = content.get("gift") or {}
-            num = count_of(gift.get("giftNum"))
-            total = gift.get("totalValue")
             event = Event(
                 type=event_type,
                 user_id=str(user.get("userId", "")),
                 user_name=str(user.get("name", "")),
                 text=str(content.get("content") or ""),
-                gift_name=str(gift.get("giftName", "")),
-                gift_num=num,
-                gift_value=count_of(total) if total is not None else num * count_of(gift.get("giftValue")),
                 at=at_s,
             )
+            if event_type == 4:
+                gift = content.get("gift") or {}
+                event.gift_name = str(gift.get("giftName", ""))
+                event.gift_num = count_of(gift.get("giftNum"))
+                total = gift.get("totalValue")
+                event.gift_value = (
+                    count_of(total) if total is not None else event.gift_num * count_of(gift.get("giftValue"))
+                )
         except (AttributeError, TypeError, ValueError):
             return
         if desk.blocks.blocked(self.room_id, event.user_id):

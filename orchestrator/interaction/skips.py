@@ -34,7 +34,7 @@ FLUSH_S = 1.0
 MAX_ENTRIES = 10
 #: A room's notes kept while Redis is away (beyond, counted only in the metric).
 MAX_HELD = 1000
-KIND_NAMES = {1: "comment", **REACTION_KINDS, 6: "viewers"}
+KIND_NAMES = {0: "reply", 1: "comment", **REACTION_KINDS, 6: "viewers"}
 #: A reply decided but without room in the room's queue (dropped, or evicted by a more important one).
 QUEUE_FULL = Decision(None, "the room's reply queue is full", code=Skip.QUEUE_FULL)
 #: A reply a reviewer rejected, or let expire.
@@ -45,7 +45,7 @@ EXPIRED_IN_REVIEW = Decision(None, "expired in review", code=Skip.REJECTED)
 @dataclass
 class _RoomNotes:
     comments: list[dict[str, str | int]] = field(default_factory=list)
-    counted: Counter[tuple[str, str]] = field(default_factory=Counter)
+    counted: Counter[tuple[int, Skip]] = field(default_factory=Counter)  # (LiveEvent type; 0: a reply)
     held: int = 0  # sum of counted
 
 
@@ -60,17 +60,18 @@ class SkipLog:
 
     def note(self, room_id: str, event: Event | None, decision: Decision, *, at_ms: int) -> None:
         """One event ``decision`` left unanswered (``event`` None: the reply was decided but had no room
-        in the queue, or a reviewer's)."""
+        in the queue, or a reviewer's). Called for most audience events of a busy room: kept to a few
+        dictionary operations (kinds are named when written)."""
         reason = decision.code or Skip.NO_RULE
         self._unmetered[reason] += 1
         notes = self._notes.get(room_id)
         if notes is None:
             notes = self._notes[room_id] = _RoomNotes()
-        kind = KIND_NAMES.get(event.type, str(event.type)) if event is not None else "reply"
-        if kind == "comment" and event is not None and len(notes.comments) < MAX_ENTRIES:
+        kind = event.type if event is not None else 0
+        if kind == 1 and event is not None and len(notes.comments) < MAX_ENTRIES:
             notes.comments.append(
                 {
-                    "reason": reason.value,
+                    "reason": reason,
                     "why": decision.reason,
                     "user_id": event.user_id,
                     "user": event.user_name,
@@ -79,7 +80,7 @@ class SkipLog:
                 }
             )
         elif notes.held < MAX_HELD:
-            notes.counted[(kind, reason.value)] += 1
+            notes.counted[(kind, reason)] += 1
             notes.held += 1
 
     def meter(self) -> None:
@@ -101,7 +102,7 @@ class SkipLog:
             if room.counted:
                 by_kind: dict[str, dict[str, int]] = {}
                 for (kind, reason), n in sorted(room.counted.items()):
-                    by_kind.setdefault(kind, {})[reason] = n
+                    by_kind.setdefault(KIND_NAMES.get(kind, str(kind)), {})[reason.value] = n
                 self._events.add_to(
                     pipe, room_id, "unanswered", total=sum(room.counted.values()), message=json.dumps(by_kind)
                 )
