@@ -66,8 +66,11 @@ class BridgeEvent(BaseModel):
     extra: dict[str, Any] | None = None
 
     def extras(self) -> dict[str, Any]:
-        """``extra`` and every unknown field, together."""
-        return {**(self.extra or {}), **(self.model_extra or {})}
+        """``extra`` and every unknown field, together (empty for most events: asked for each)."""
+        unknown = self.__pydantic_extra__
+        if not self.extra and not unknown:
+            return {}
+        return {**(self.extra or {}), **(unknown or {})}
 
     @field_validator("type", mode="before")
     @classmethod
@@ -88,7 +91,8 @@ _BATCH = TypeAdapter(list[BridgeEvent])
 
 
 def _requirement(event: BridgeEvent) -> str | None:
-    if (event.extra or event.model_extra) and len(orjson.dumps(event.extras())) > MAX_EXTRA_BYTES:
+    extras = event.extras()
+    if extras and len(orjson.dumps(extras)) > MAX_EXTRA_BYTES:
         return f"extra: at most {MAX_EXTRA_BYTES} bytes of JSON (unknown fields count)"
     if event.type in (1, 2, 4, 5) and event.user is None:
         return "user is required for comment, join, gift and follow events"
@@ -133,8 +137,9 @@ def to_live_event(event: BridgeEvent, now_ms: int) -> dict[str, Any]:
     }
     if event.message_id is not None:
         live["message_id"] = event.message_id
-    if event.extra or event.model_extra:
-        live["extra"] = event.extras()
+    extras = event.extras()
+    if extras:
+        live["extra"] = extras
     return live
 
 
