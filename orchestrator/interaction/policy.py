@@ -46,7 +46,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.domain import PRIORITIES, Priority
-from orchestrator.scheduling.schedules import parse_cron
+from orchestrator.scheduling.schedules import CronExpression
 
 PRIORITY_ORDER: dict[str, int] = {p: i for i, p in enumerate(PRIORITIES)}
 
@@ -135,16 +135,9 @@ class TimedMessage(_Model):
 
     name: str = Field(..., min_length=1, max_length=64)
     lines: list[str] = Field(..., min_length=1)
-    cron: str | None = Field(None, description="5-field cron, in the room's time zone")
+    cron: CronExpression | None = Field(None, description="5-field cron, in the room's time zone")
     every_min: float | None = Field(None, gt=0, le=1440)
     jitter_s: float = Field(0.0, ge=0, description="each interval drawn within +/- this")
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_cron(value)
-        return value
 
     @model_validator(mode="after")
     def _one_timetable(self) -> TimedMessage:

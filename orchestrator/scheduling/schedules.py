@@ -27,7 +27,7 @@ from functools import lru_cache
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_WINDOW = timedelta(days=7)
 HORIZON = timedelta(days=8)
@@ -133,22 +133,26 @@ def local_instant(day: date, at: time, tz: ZoneInfo) -> datetime:
 # --- the model ---------------------------------------------------------------------------------------------
 
 
+def _valid_cron(value: str) -> str:
+    parse_cron(value)
+    return value
+
+
+#: A 5-field cron expression, checked where it is given (CronError names the field).
+CronExpression = Annotated[str, AfterValidator(_valid_cron)]
+
+
 class _Window(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class CronWindow(_Window):
     kind: Literal["cron"] = "cron"
-    start: str = Field(..., description="5-field cron: when the window starts (local time)")
+    start: CronExpression = Field(..., description="5-field cron: when the window starts (local time)")
     duration: timedelta | None = Field(None, description="how long each window lasts (absolute time)")
-    stop: str | None = Field(None, description="5-field cron: when the window ends (instead of duration)")
-
-    @field_validator("start", "stop")
-    @classmethod
-    def _cron(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_cron(value)
-        return value
+    stop: CronExpression | None = Field(
+        None, description="5-field cron: when the window ends (instead of duration)"
+    )
 
     @model_validator(mode="after")
     def _one_end(self) -> CronWindow:

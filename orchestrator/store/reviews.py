@@ -117,14 +117,5 @@ class Reviews:
             list[bytes],
             await self._redis.zrangebyscore(keys.room_review_expiry(room_id), "-inf", clock.time_ms()),
         )
-        gone: list[Review] = []
-        for raw_id in due:
-            review_id = text(raw_id)
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hget(keys.room_review(room_id), review_id)
-                pipe.hdel(keys.room_review(room_id), review_id)
-                pipe.zrem(keys.room_review_expiry(room_id), review_id)
-                raw, removed, _ = await pipe.execute()
-            if removed and raw is not None:
-                gone.append(_decode(review_id, raw))
-        return gone
+        gone = [await self.take(room_id, text(raw_id)) for raw_id in due]
+        return [review for review in gone if review is not None]

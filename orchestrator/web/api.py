@@ -9,16 +9,20 @@ from __future__ import annotations
 import fnmatch
 import hmac
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
 from orchestrator import clock
 from orchestrator.appkeys import METRICS, ROOM_CONFIGS, ROOM_STORE, SETTINGS
+from orchestrator.scheduling.rooms import field_problems
 from orchestrator.scheduling.schedules import evaluate, local_iso
 from orchestrator.store.keys import InvalidKeyPart, check_room_id
-from orchestrator.web.errors import ApiError
+from orchestrator.web.errors import ApiError, invalid_fields
+
+M = TypeVar("M", bound=BaseModel)
 
 routes = web.RouteTableDef()
 
@@ -83,6 +87,15 @@ async def read_json(request: web.Request, *, if_empty: Any = None) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise ApiError(400, "BAD_JSON", "the body must be a JSON document") from None
+
+
+async def read_model(request: web.Request, model: type[M], error_code: str, *, if_empty: Any = None) -> M:
+    """The request's JSON body as ``model``: 400 ``BAD_JSON``, or 422 ``error_code`` naming every invalid
+    field."""
+    try:
+        return model.model_validate(await read_json(request, if_empty=if_empty))
+    except ValidationError as exc:
+        raise invalid_fields(error_code, field_problems(exc)) from None
 
 
 def room_id_param(request: web.Request) -> str:

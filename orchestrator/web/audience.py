@@ -40,16 +40,15 @@ import contextlib
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from orchestrator.appkeys import AUDIENCE, REACTIONS, ROOM_CONFIGS, ROOM_STORE
 from orchestrator.domain import ACTIVE_STATUSES
 from orchestrator.interaction.policy import REACTION_KINDS
-from orchestrator.scheduling.rooms import field_problems
 from orchestrator.store.blocklists import MAX_REASON, Blocklists
-from orchestrator.web.api import managed_room_id, read_json, require_admin
-from orchestrator.web.errors import ApiError, invalid_fields
+from orchestrator.web.api import managed_room_id, read_model, require_admin
+from orchestrator.web.errors import ApiError
 from orchestrator.web.replies import MAX_REPLY_CHARS, forbidden_warnings
 
 routes = web.RouteTableDef()
@@ -81,10 +80,7 @@ async def get_reactions(request: web.Request) -> web.Response:
 async def put_reactions(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await managed_room_id(request)
-    try:
-        switches = Switches.model_validate(await read_json(request))
-    except ValidationError as exc:
-        raise invalid_fields("REACTIONS_INVALID", field_problems(exc)) from None
+    switches = await read_model(request, Switches, "REACTIONS_INVALID")
     muted = await request.app[ROOM_STORE].muted(room_id)
     for kind, on in switches.model_dump(exclude_none=True).items():
         (muted.discard if on else muted.add)(kind)
@@ -134,10 +130,7 @@ async def block(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await _room_or_none(request)
     user_id = _user_id(request)
-    try:
-        wanted = Block.model_validate(await read_json(request, if_empty={}))
-    except ValidationError as exc:
-        raise invalid_fields("BLOCK_INVALID", field_problems(exc)) from None
+    wanted = await read_model(request, Block, "BLOCK_INVALID", if_empty={})
     entry = await _lists(request).block(user_id, room_id=room_id, ttl_s=wanted.ttl_s, reason=wanted.reason)
     await _announce(request)
     return web.json_response(entry.as_dict())
@@ -206,10 +199,7 @@ async def get_review(request: web.Request) -> web.Response:
 async def put_review(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await managed_room_id(request)
-    try:
-        mode = ReviewMode.model_validate(await read_json(request))
-    except ValidationError as exc:
-        raise invalid_fields("REVIEW_INVALID", field_problems(exc)) from None
+    mode = await read_model(request, ReviewMode, "REVIEW_INVALID")
     await request.app[ROOM_STORE].set_review_s(room_id, mode.expire_s if mode.enabled else 0)
     return await _review_answer(request, room_id)
 
@@ -220,10 +210,7 @@ async def decide_review(request: web.Request) -> web.Response:
     room_id = await managed_room_id(request)
     review_id = request.match_info["review_id"]
     approve = request.match_info["decision"] == "approve"
-    try:
-        approval = Approval.model_validate(await read_json(request, if_empty={}))
-    except ValidationError as exc:
-        raise invalid_fields("REVIEW_INVALID", field_problems(exc)) from None
+    approval = await read_model(request, Approval, "REVIEW_INVALID", if_empty={})
     audience = request.app[AUDIENCE]
     outcome, _, queued = await audience.decide_review(room_id, review_id, approve=approve, text=approval.text)
     if outcome == "gone":
