@@ -255,11 +255,14 @@ class Reconciler:
     async def _reconcile(
         self, room: ManagedRoom, vendor_active: Listing | None, *, again: bool = True
     ) -> Action | None:
-        now = clock.time()
-        desired = evaluate(room.schedule, datetime.fromtimestamp(now, UTC))
         actual = await self._observe(room, vendor_active)
         if vendor_active is not None and actual.job_id and actual.job_state in ACTIVE:
             await self._stop_strays(room, actual, vendor_active)
+        # The time is read after the look at Redis and the vendor, which can take seconds (a slow poll or
+        # listing, retries): soak finding -- a pass that read it before restarted a failed job by a window
+        # that had ended while it looked, a job started outside every window.
+        now = clock.time()
+        desired = evaluate(room.schedule, datetime.fromtimestamp(now, UTC))
         action = decide(room, desired, actual, now)
         tolerance_s = self._settings.scheduling.boundary_tolerance_s
         if action is not None and action.kind in ("start", "restart", "stop"):

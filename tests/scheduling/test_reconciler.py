@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +288,28 @@ async def test_rooms_sharing_a_boundary_start_together_in_one_pass(
         elapsed = asyncio.get_running_loop().time() - started
         assert sorted(j.room_id for j in box.world.jobs.values()) == room_ids
         assert elapsed < 3.0, elapsed
+
+
+async def test_a_slow_look_at_the_vendor_across_a_windows_end_starts_nothing_after_it(
+    make_settings: Any, tmp_path: Path, sandbox: Any
+) -> None:
+    """Soak finding (one full CI run): a job started outside every window. A pass read the time, then spent
+    seconds looking at the vendor (a slow poll or listing) while the window ended, and restarted the failed
+    job by the time it had read before. The time is read after the look."""
+    box, url = sandbox
+    end = datetime.now(UTC) + timedelta(seconds=8)
+    window = {"kind": "once", "start": (end - timedelta(hours=1)).isoformat(), "end": end.isoformat()}
+    async with daemon_for(make_settings, tmp_path, url, enabled=False) as daemon:
+        await daemon.configs.put(managed_room([window]))
+        await daemon.reconciler.reconcile_room(ROOM)
+        assert len(box.world.jobs) == 1
+        await until(lambda: _async(bool(_active(box))))
+        box.world.fail(_active(box)[0], "MSS.45000010", "RTMP stream push failed.")
+        # Each look at the vendor answers 2.5 s late (under the client's 3 s timeout); the pass begins 2.3 s
+        # before the end -- outside the boundary tolerance (2 s), where a start or restart is allowed.
+        box.faults.append(Fault("slow", count=2, hang_s=2.5, method="GET", path_contains="smart-live-jobs"))
+        await asyncio.sleep(max(0.0, (end - datetime.now(UTC)).total_seconds() - 2.3))
+        await daemon.reconciler.reconcile_room(ROOM)  # its look at the vendor ends after the window's end
+        assert datetime.now(UTC) > end
+        assert len(box.world.jobs) == 1, "a job was started after its window"
+        assert "restart" not in [e["action"] for e in await daemon.events()]
