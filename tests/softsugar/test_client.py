@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from orchestrator.providers.errors import (
     ProviderServerError,
     ProviderStatusError,
 )
+from orchestrator.providers.softsugar import auth
 from orchestrator.providers.softsugar.auth import sign
 from orchestrator.providers.softsugar.models import (
     HistoryQuery,
@@ -26,6 +28,7 @@ from orchestrator.providers.softsugar.models import (
     TtsQuery,
 )
 from orchestrator.sandbox.softsugar.app import Fault
+from orchestrator.store import keys
 from tests.softsugar.conftest import APP_ID, APP_KEY, Env, make_client, script
 
 
@@ -61,6 +64,30 @@ async def test_one_token_for_every_client_of_the_account(env: Env) -> None:
     """Replicas share the account's token through Redis: two clients, many calls, one token issued."""
     other = make_client(env.http, env.url, env.redis)
     await asyncio.gather(*(c.running() for c in [env.client, other] * 10))
+    assert env.sandbox.tokens.issued == 1
+
+
+async def test_a_replica_killed_while_obtaining_the_token_holds_the_others_up_briefly(env: Env) -> None:
+    """The lock on obtaining a token lapses ~2 s after its holder stops renewing it (a replica killed
+    mid-request): before, it held every replica's calls for 10 s -- a window's start was lost so."""
+    lock = keys.vendor_token_lock("softsugar", APP_ID)
+    await env.redis.set(lock, "a-replica-that-died", px=int(auth.LOCK_TTL_S * 1000))
+    started = time.monotonic()
+    token = await env.client.token.get()  # type: ignore[union-attr]
+    assert token and time.monotonic() - started < 3.5  # was 10 s
+
+
+async def test_a_live_holder_keeps_the_lock_through_a_slow_request_and_one_token_is_signed(env: Env) -> None:
+    # Twice the lock's life, in the sandbox's simulated seconds (x50).
+    env.sandbox.faults.append(
+        Fault("slow", hang_s=auth.LOCK_TTL_S * 2 * 50, path_contains="/access/api/token")
+    )
+    first = make_client(env.http, env.url, env.redis, timeout_s=10.0)
+    second = make_client(env.http, env.url, env.redis, timeout_s=10.0)
+    one = asyncio.create_task(first.token.get())  # type: ignore[union-attr]
+    await asyncio.sleep(0.3)
+    two = await second.token.get()  # type: ignore[union-attr]  # waits: the lock is renewed meanwhile
+    assert two == await one
     assert env.sandbox.tokens.issued == 1
 
 

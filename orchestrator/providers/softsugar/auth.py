@@ -49,8 +49,12 @@ TOKEN_PATH = "/api/uc/v1/access/api/token"  # noqa: S105 -- a path, not a secret
 REFRESH_PATH = "/api/uc/v1/access/api/token/refresh"
 #: A token expiring within this is replaced first (of 8 h: the last half hour).
 REFRESH_BEFORE_S = 1800.0
-#: How long one replica may take to obtain a token before another tries (real seconds).
-LOCK_TTL_S = 10.0
+#: The lock on obtaining a token lapses this long after its holder last renewed it (real seconds): the
+#: holder renews it every third of that while its request is out, so a replica killed mid-request holds
+#: the others up for at most this -- with 10 s and no renewal, a kill at a window's start cost the window.
+LOCK_TTL_S = 2.0
+#: How long a replica waits for another's request (its own request's timeout is the vendor client's).
+MAX_WAIT_S = 60.0
 #: How long a replica uses the token it read before it reads Redis again (real seconds).
 REREAD_S = 5.0
 
@@ -85,6 +89,7 @@ class SharedToken:
         self._lock = keys.vendor_token_lock("softsugar", account)
         self._obtain = obtain
         self._release = redis.register_script(scripts.source("lease_release"))
+        self._renew_lock = redis.register_script(scripts.source("fence_renew"))
         self._local = asyncio.Lock()  # one obtain at a time in this process
         self._read: tuple[float, Issued] | None = None  # (when read, real monotonic s; the token)
 
@@ -108,7 +113,8 @@ class SharedToken:
     async def _renew(self, seen: str | None, *, force: bool = False) -> str:
         async with self._local:
             owner = uuid.uuid4().hex
-            for _ in range(int(LOCK_TTL_S / 0.1) * 2):
+            deadline = time.monotonic() + MAX_WAIT_S
+            while time.monotonic() < deadline:
                 stored = await self._stored()
                 fresh = stored is not None and stored.access != seen
                 if (
@@ -120,12 +126,21 @@ class SharedToken:
                 if fresh and stored is not None:
                     return stored.access  # another replica renewed it meanwhile
                 if await self._redis.set(self._lock, owner, nx=True, px=int(LOCK_TTL_S * 1000)):
+                    keeping = asyncio.create_task(self._keep_lock(owner), name="softsugar-token-lock")
                     try:
                         return await self._issue(stored)
                     finally:
+                        keeping.cancel()
+                        await asyncio.gather(keeping, return_exceptions=True)
                         await self._release(keys=[self._lock], args=[owner])
                 await asyncio.sleep(0.1)  # another replica is obtaining it
             raise ProviderError("could not obtain a SoftSugar token: another replica holds the lock")
+
+    async def _keep_lock(self, owner: str) -> None:
+        """Renew the lock while this replica's request is out (it lapses soon after a crash)."""
+        while True:
+            await asyncio.sleep(LOCK_TTL_S / 3)
+            await self._renew_lock(keys=[self._lock], args=[owner, int(LOCK_TTL_S * 1000)])
 
     async def _issue(self, stored: Issued | None) -> str:
         refresh = None
