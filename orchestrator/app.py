@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
+import socket
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -21,11 +24,12 @@ from aiohttp import web
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from orchestrator import clock
+from orchestrator import __version__, clock
 from orchestrator.appkeys import (
     ALERTER,
     AUDIENCE,
     CALLBACK_RECEIVER,
+    CONSOLE,
     HTTP,
     LIFECYCLE,
     METRICS,
@@ -63,12 +67,13 @@ from orchestrator.scheduling.rooms import (
 )
 from orchestrator.scheduling.scheduler import BoundaryScheduler
 from orchestrator.settings import Settings, redacted_url
+from orchestrator.store.console import ConsoleStore
 from orchestrator.store.journal import Journal
 from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import create_redis, redis_ready
 from orchestrator.store.rooms import RoomStore, callback_batcher
 from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, pause
-from orchestrator.web import admin, api, audience, health, ingest, policies, replies
+from orchestrator.web import admin, api, audience, console, health, ingest, openapi, policies, replies
 from orchestrator.web.middlewares import BODY_BUDGET, BodyBudget, request_middleware
 from orchestrator.web.public import PUBLIC_ROUTES
 
@@ -100,6 +105,7 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app.cleanup_ctx.append(callbacks_ctx)
     app.cleanup_ctx.append(scheduling_ctx)
     app.cleanup_ctx.append(audience_ctx)
+    app.cleanup_ctx.append(console_ctx)
     app.on_startup.append(_freeze_startup_heap)  # after every cleanup_ctx has started
     app.on_shutdown.append(_start_draining)
     app.on_cleanup.append(_stop_watching_gc)
@@ -110,6 +116,8 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app.add_routes(replies.routes)
     app.add_routes(policies.routes)
     app.add_routes(audience.routes)
+    console.setup(app)
+    openapi.setup(app)  # built at start, from every route added by then
     # The providers' own routes: what each vendor calls on the daemon (also on the public listener).
     metastudio_web.setup(app)
     softsugar_web.setup(app)
@@ -128,6 +136,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS].redis
     client = create_redis(settings)
     app[REDIS] = client
+    app[CONSOLE] = ConsoleStore(client)
     app[READINESS_CHECKS]["redis"] = partial(redis_ready, client, settings.readiness_timeout_s)
     ok, detail = await redis_ready(client, settings.readiness_timeout_s)
     # Not fatal: the daemon starts without Redis, reports not-ready (/readyz 503), and recovers when Redis
@@ -289,6 +298,55 @@ async def audience_ctx(app: web.Application) -> AsyncIterator[None]:
     audience.start()
     yield
     await audience.aclose()
+
+
+async def console_ctx(app: web.Application) -> AsyncIterator[None]:
+    """This replica's presence (the console's daemon page) and the rooms' activity samples (its charts)."""
+    tasks = [
+        asyncio.create_task(_announce(app), name="console-presence"),
+        asyncio.create_task(_sample_activity(app), name="console-activity"),
+    ]
+    yield
+    for task in tasks:
+        await cancel_and_wait(task)
+    with contextlib.suppress(RedisError, OSError):
+        await app[CONSOLE].withdraw(app[AUDIENCE].leases.replica_id)
+
+
+PRESENCE_INTERVAL_S = 5.0
+
+
+async def _announce(app: web.Application) -> None:
+    """Every few seconds: this replica is alive, on which host, and the rooms whose work it owns."""
+    audience, settings = app[AUDIENCE], app[SETTINGS]
+    about = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "version": __version__,
+        "started_ms": int(time.time() * 1000),
+        "listen": f"{settings.server.host}:{settings.server.port}",
+    }
+    while True:
+        checkpoint()
+        with contextlib.suppress(RedisError, OSError):  # Redis away: the next announcement says it
+            await app[CONSOLE].announce(
+                audience.leases.replica_id,
+                {**about, "rooms_owned": sorted(audience.workers)},
+                ttl_s=PRESENCE_INTERVAL_S * 3,
+            )
+        await pause(PRESENCE_INTERVAL_S)
+
+
+async def _sample_activity(app: web.Application) -> None:
+    """At each interval's start (one replica takes it): every managed room's viewers and totals."""
+    interval_ms = int(app[SETTINGS].admin.console.activity_interval_s * 1000)
+    while True:
+        checkpoint()
+        now_ms = clock.time_ms()
+        await pause(clock.real_s((interval_ms - now_ms % interval_ms) / 1000))
+        slot = clock.time_ms() // interval_ms * interval_ms
+        with contextlib.suppress(RedisError, OSError):
+            await app[CONSOLE].sample_activity(await app[ROOM_STORE].rooms(), slot)
 
 
 async def _apply_rooms_file(app: web.Application, configs: RoomConfigs, path: Path) -> None:

@@ -20,6 +20,7 @@ from orchestrator.scheduling.reconciler import Reconciler
 from orchestrator.scheduling.rooms import RoomConfigs
 from orchestrator.scheduling.scheduler import BoundaryScheduler
 from orchestrator.settings import Settings
+from orchestrator.store.console import ConsoleStore
 from orchestrator.store.reactions import Reactions
 from orchestrator.store.rooms import RoomStore
 
@@ -45,6 +46,7 @@ POLICY = web.AppKey("reply_policy", PolicyConfig)
 #: The process's providers, each built once (a provider's client is shared by every caller, so its
 #: concurrency limit holds for the process).
 PROVIDERS = web.AppKey("providers", Providers)
+CONSOLE = web.AppKey("console", ConsoleStore)
 
 
 @dataclass

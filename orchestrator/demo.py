@@ -414,6 +414,14 @@ async def run_demo(
             "demo",
             f'try: curl -H "Authorization: Bearer $(cat {token_file})" {base_url}/api/rooms/{ROOM}',
         )
+        async with http.post(
+            f"{base_url}/api/console/links", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            link = (await resp.json())["url"]
+        narrator.say("demo", f"console: {base_url}/console/ -- log in once with {link}")
+        narrator.say(
+            "demo", f"(that link works once, for ten minutes; then log in with the token in {token_file})"
+        )
         tasks = [
             asyncio.create_task(narrate(client, narrator), name="demo-narrator"),
             asyncio.create_task(

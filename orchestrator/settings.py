@@ -515,8 +515,54 @@ class BridgeToken(BaseModel):
         return token
 
 
+class OperatorToken(BaseModel):
+    """An operator's own login to the console and the admin API: the admin token's rights, under a name
+    that the room's events and the log record beside what the operator did."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9._@-]{1,64}$", description="Who (in events and logs).")
+    token: SecretStr = Field(..., description="Bearer token or console login, at least 16 characters.")
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr) -> SecretStr:
+        if len(token.get_secret_value()) < 16:
+            raise ValueError("an operator token has at least 16 characters")
+        return token
+
+
+class ConsoleSettings(BaseModel):
+    """The web console on the admin listener (``/console/``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Serve the console at /console/ on the admin listener.")
+    session_ttl_s: int = Field(
+        8 * 3600, ge=60, le=7 * 86400, description="A console login lasts this long (the cookie's Max-Age)."
+    )
+    secure_cookie: bool = Field(
+        False,
+        description="Mark the session cookie Secure: set it when the console is reached over HTTPS "
+        "(a TLS-terminating proxy in front of the admin port).",
+    )
+    login_attempts_per_minute: int = Field(
+        10, ge=1, le=1000, description="Failed logins allowed per client address a minute (429 beyond)."
+    )
+    max_streams: int = Field(
+        32, ge=1, le=1000, description="Live update streams (server-sent events) served at once (503 beyond)."
+    )
+    activity_interval_s: float = Field(
+        60.0,
+        ge=1.0,
+        le=3600.0,
+        description="How often each room's viewers, comments and replies are sampled "
+        "for the console's charts (one sample per interval, kept 24 h).",
+    )
+
+
 class AdminSettings(Section):
-    """The admin/read API."""
+    """The admin/read API and the console."""
 
     token: SecretStr = Field(
         SecretStr(""), description="Bearer token for /api; the API answers 401 to everyone while empty."
@@ -526,6 +572,11 @@ class AdminSettings(Section):
         description="Platform bridges' tokens, each limited to posting events to its rooms "
         "(POST /api/rooms/{room}/events).",
     )
+    operators: list[OperatorToken] = Field(
+        default_factory=list,
+        description="Operators' own tokens: the admin token's rights, under their names (console logins).",
+    )
+    console: ConsoleSettings = ConsoleSettings()
 
 
 class SimulationSettings(Section):

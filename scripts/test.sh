@@ -32,6 +32,26 @@ else
     exit 1
 fi
 
+step "chromium, a CJK font, promtool, systemd-analyze (console, alert rules, unit file)"
+# The console is tested in a real headless Chromium (Debian's, driven by Playwright through its path: never
+# a downloaded browser); the Prometheus rules by promtool; the systemd unit by systemd-analyze verify.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# Chinese room texts in the console's screenshots: a CJK font (boxes otherwise).
+[ -n "$(fc-list :lang=zh 2>/dev/null)" ] || missing+=(fonts-wqy-zenhei)
+if [ ${#missing[@]} -eq 0 ]; then
+    chromium --version 2>/dev/null || true
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing with apt-get: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+    echo "missing: ${missing[*]} -- the tests that need them fail until they are installed" >&2
+    echo "  Debian/Ubuntu: sudo apt-get install chromium fonts-wqy-zenhei prometheus systemd" >&2
+fi
+
 step "python environment ($VENV)"
 ensure_venv "[dev]"
 

@@ -97,3 +97,15 @@ class Providers:
 
     def built(self) -> dict[str, Any]:
         return dict(self._built)
+
+    def credentials_state(self) -> dict[str, dict[str, Any]]:
+        """Each vendor's account as configured here: usable, or what is missing (never a secret)."""
+        state: dict[str, dict[str, Any]] = {}
+        for name in names():
+            try:
+                self.get(name)
+            except ProviderConfigError as exc:
+                state[name] = {"configured": False, "detail": str(exc)}
+            else:
+                state[name] = {"configured": True, "detail": "credentials set"}
+        return state

@@ -248,6 +248,35 @@ def evaluate(schedule: Schedule, at: datetime) -> Desired:
     return Desired(at, False, None, None)
 
 
+def upcoming_windows(
+    schedule: Schedule, at: datetime, count: int
+) -> list[tuple[datetime | None, datetime | None]]:
+    """The live periods in effect at ``at`` or after it, the first ``count`` within :data:`HORIZON` (pure;
+    a start of None: since before anything looked at (an "always" window), an end of None: not within the
+    horizon). Overlapping windows are one period, blackouts cut them."""
+    if at.tzinfo is None:
+        raise ValueError("at must be timezone-aware")
+    at = at.astimezone(UTC)
+    start, end = at - MAX_WINDOW - timedelta(days=1), at + HORIZON
+    tz = zone(schedule.timezone)
+    raw = [p for window in schedule.windows for p in _window_periods(window, tz, start, end)]
+    found: list[tuple[datetime | None, datetime | None]] = []
+    for period_start, period_end in _cut_blackouts(_merge(raw), schedule.blackout_dates, tz, start, end):
+        if period_end is not None and period_end <= at:
+            continue
+        if period_start >= end:
+            break
+        found.append(
+            (
+                period_start if period_start >= start else None,
+                None if period_end is None or period_end >= end else period_end,
+            )
+        )
+        if len(found) >= count:
+            break
+    return found
+
+
 def _window_periods(
     window: CronWindow | OnceWindow | AlwaysWindow, tz: ZoneInfo, start: datetime, end: datetime
 ) -> Iterator[tuple[datetime, datetime | None]]:

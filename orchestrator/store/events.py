@@ -22,6 +22,7 @@ kind               fields                                      written by
                    rule_index, text, waited_ms (from the
                    comment's arrival to the vendor call)
 ``replies_cleared`` dropped, withdrawn                         :meth:`RoomEvents.add` (an operator's clear)
+``reply_cancelled`` reply_id, by (the operator)                the replies API (an operator's cancel)
 ``reply_finished``, job_id, reply_id                           :meth:`RoomEvents.add` (a vendor's push
 ``reply_failed``                                               channel said so: SoftSugar's socket)
 ``microphone``     job_id, outcome (``taken``, ``released``),  :meth:`RoomEvents.add` (the microphone
@@ -50,6 +51,10 @@ from orchestrator.store import keys
 
 Field = str | int
 
+#: Kinds also counted in the room's state (``events:<kind>``, a running total): the console's replies per
+#: minute are differences of it (:mod:`orchestrator.store.console`).
+COUNTED = frozenset({"reply_inserted"})
+
 
 class RoomEvents:
     """Appends entries to rooms' event records (capped at about ``maxlen`` each)."""
@@ -63,6 +68,11 @@ class RoomEvents:
 
     async def add(self, room_id: str, kind: str, **fields: Field) -> None:
         """Append one entry. Raises RedisError."""
+        if kind in COUNTED:
+            pipe = self.pipeline()
+            self.add_to(pipe, room_id, kind, **fields)
+            await pipe.execute()
+            return
         await self._redis.xadd(
             keys.room_events(room_id), self.entry(kind, fields), maxlen=self.maxlen, approximate=True
         )
@@ -74,6 +84,8 @@ class RoomEvents:
     def add_to(self, pipe: Pipeline, room_id: str, kind: str, **fields: Field) -> None:
         """Queue one entry on ``pipe`` (the caller's transaction)."""
         pipe.xadd(keys.room_events(room_id), self.entry(kind, fields), maxlen=self.maxlen, approximate=True)
+        if kind in COUNTED:
+            pipe.hincrby(keys.room_state(room_id), f"events:{kind}", 1)
 
     async def action(self, room_id: str, action: str, reason: str, outcome: str, fence: str) -> None:
         await self.add(

@@ -108,6 +108,11 @@ def room_of_ingest(stream: str) -> str:
     return stream[len(PREFIX) + 2 : -len("}:ingest")]
 
 
+def room_of_events(stream: str) -> str:
+    """The room of an event stream's key (the inverse of :func:`room_events`)."""
+    return stream[len(PREFIX) + 2 : -len("}:events")]
+
+
 def room_replies_meta(room_id: str) -> str:
     """Hash: reply id in flight → JSON {priority, text, sent_ms} (for timeouts and clean-ups)."""
     return _room(room_id, "replies:meta")
@@ -232,3 +237,33 @@ def policies_index() -> str:
 def reactions_channel() -> str:
     """Pub/sub channel: room reactions (RTMP END, reply finished ...) fanned out to every replica."""
     return f"{PREFIX}:reactions"
+
+
+def console_session(digest: str) -> str:
+    """Hash with TTL: a console login (operator, CSRF token, expiry), under the digest of its cookie."""
+    return f"{PREFIX}:console:session:{digest}"
+
+
+def console_link(digest: str) -> str:
+    """String with TTL: a one-time console login link's operator, under the digest of its code."""
+    return f"{PREFIX}:console:link:{digest}"
+
+
+def replica(replica_id: str) -> str:
+    """String (JSON) with TTL: a replica's presence -- host, version, the rooms it owns."""
+    return f"{PREFIX}:replica:{replica_id}"
+
+
+def replicas_index() -> str:
+    """Sorted set: replicas by when they last announced themselves (epoch ms)."""
+    return f"{PREFIX}:replicas"
+
+
+def activity_claim(minute_ms: int) -> str:
+    """String with TTL: one replica samples the rooms' activity for this interval."""
+    return f"{PREFIX}:activity:{minute_ms}"
+
+
+def room_activity(room_id: str) -> str:
+    """Stream (capped, one entry per sampling interval): viewers and the comment and reply totals."""
+    return _room(room_id, "activity")

@@ -254,6 +254,15 @@ class ReplyQueue:
         bodies = {_text(k): v for k, v in items.items()}
         return [Reply.from_json(_text(i), bodies[_text(i)]) for i in ids if _text(i) in bodies]
 
+    async def cancel(self, room_id: str, reply_id: str) -> bool:
+        """Take one waiting reply out of the queue; False when it is not waiting (sent already, or never
+        queued). Atomic against the pacer's pop: a reply is either cancelled or sent, never both."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.room_reply_queue(room_id), reply_id)
+            pipe.hdel(keys.room_reply_items(room_id), reply_id)
+            removed, _ = await pipe.execute()
+        return bool(removed)
+
     async def record_sent(self, room_id: str, command_id: str, reply: Reply, sent_ms: int) -> bool:
         """Count an inserted reply as in flight -- unless its finish already arrived (then False)."""
         meta = orjson.dumps({"priority": reply.priority, "text": reply.text, "sent_ms": sent_ms})

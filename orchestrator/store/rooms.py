@@ -173,6 +173,7 @@ def decode_state(raw: Mapping[Any, Any]) -> dict[str, Any]:
             continue  # the watcher's bookkeeping
         elif name.startswith("alert_open:"):
             plain.setdefault("open_alerts", []).append(name[len("alert_open:") :])
+            plain.setdefault("alerts_since", {})[name[len("alert_open:") :]] = int(value)
         elif name == "report_url":
             plain[name] = _without_query(value)  # its query is the vendor's credential (auth_key)
         else:
@@ -367,7 +368,7 @@ class RoomStore:
         """Stream entries after ``since`` (an entry id; ``-`` from the start), oldest first."""
         start = since if since == "-" else f"({since}"
         entries = await self._redis.xrange(keys.room_events(room_id), min=start, count=limit)
-        return [_entry(entry_id, fields) for entry_id, fields in entries or []]
+        return [decode_entry(entry_id, fields) for entry_id, fields in entries or []]
 
     async def audit(self, entry: Mapping[str, str | int]) -> None:
         fields: dict[Any, Any] = dict(entry)
@@ -375,10 +376,10 @@ class RoomStore:
 
     async def audit_entries(self, limit: int = 100) -> list[dict[str, Any]]:
         entries = await self._redis.xrange(keys.callbacks_audit(), count=limit)
-        return [_entry(entry_id, fields) for entry_id, fields in entries or []]
+        return [decode_entry(entry_id, fields) for entry_id, fields in entries or []]
 
 
-def _entry(entry_id: Any, fields: Mapping[Any, Any] | None) -> dict[str, Any]:
+def decode_entry(entry_id: Any, fields: Mapping[Any, Any] | None) -> dict[str, Any]:
     data: dict[str, Any] = {_text(k): _text(v) for k, v in (fields or {}).items()}
     if "message" in data:
         data["message"] = json.loads(data["message"])

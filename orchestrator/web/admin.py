@@ -29,6 +29,7 @@ from orchestrator.scheduling.rooms import ManagedRoom, field_problems, reference
 from orchestrator.scheduling.schedules import Schedule, describe_instant, evaluate, local_iso
 from orchestrator.web.api import require_admin, room_id_param
 from orchestrator.web.errors import ApiError, invalid_fields
+from orchestrator.web.openapi import describe
 
 routes = web.RouteTableDef()
 
@@ -72,6 +73,7 @@ async def _save(request: web.Request, room: ManagedRoom) -> None:
 
 
 @routes.post("/api/rooms")
+@describe("Create a managed room", body=ManagedRoom, status=201, errors=(409,))
 async def create_room(request: web.Request) -> web.Response:
     require_admin(request)
     room = _validate(ManagedRoom, await _body(request))
@@ -84,6 +86,7 @@ async def create_room(request: web.Request) -> web.Response:
 
 
 @routes.put("/api/rooms/{room_id}")
+@describe("Create or replace a managed room", body=ManagedRoom)
 async def put_room(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = room_id_param(request)
@@ -103,12 +106,14 @@ async def put_room(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/rooms/{room_id}/config")
+@describe("A room's definition, secrets masked")
 async def get_config(request: web.Request) -> web.Response:
     require_admin(request)
     return web.json_response((await _room(request)).public())
 
 
 @routes.delete("/api/rooms/{room_id}")
+@describe("Stop the room's job and forget the room", errors=(502,))
 async def delete_room(request: web.Request) -> web.Response:
     require_admin(request)
     room = await _room(request)
@@ -118,6 +123,7 @@ async def delete_room(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/rooms/{room_id}/schedule")
+@describe("The room's schedule, what it wants now, the next boundary")
 async def get_schedule(request: web.Request) -> web.Response:
     require_admin(request)
     room = await _room(request)
@@ -134,6 +140,7 @@ async def get_schedule(request: web.Request) -> web.Response:
 
 
 @routes.put("/api/rooms/{room_id}/schedule")
+@describe("Replace the room's schedule", body=Schedule)
 async def put_schedule(request: web.Request) -> web.Response:
     require_admin(request)
     room = await _room(request)
@@ -144,6 +151,7 @@ async def put_schedule(request: web.Request) -> web.Response:
 
 @routes.post("/api/rooms/{room_id}/pause")
 @routes.post("/api/rooms/{room_id}/resume")
+@describe("Pause or resume the room's automation")
 async def pause_resume(request: web.Request) -> web.Response:
     require_admin(request)
     room = await _room(request)
@@ -154,6 +162,7 @@ async def pause_resume(request: web.Request) -> web.Response:
 
 @routes.post("/api/rooms/{room_id}/start")
 @routes.post("/api/rooms/{room_id}/stop")
+@describe("Force a start or stop now (the room must be paused)", errors=(409, 502))
 async def force(request: web.Request) -> web.Response:
     require_admin(request)
     room = await _room(request)

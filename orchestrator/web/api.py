@@ -21,6 +21,7 @@ from orchestrator.scheduling.rooms import field_problems
 from orchestrator.scheduling.schedules import evaluate, local_iso
 from orchestrator.store.keys import InvalidKeyPart, check_room_id
 from orchestrator.web.errors import ApiError, invalid_fields
+from orchestrator.web.openapi import SPEC, Query, describe
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -31,23 +32,35 @@ MAX_EVENTS = 1000
 ACTUAL_FIELDS = ("job_id", "job_state", "scene", "paragraph_seq", "paragraph_title", "last_event_at")
 
 
+#: Who is asking: ``admin`` (the admin token), an operator's name (``admin.operators``), set by
+#: :func:`require_admin` or by the console's session check (:func:`orchestrator.web.console.authenticate`).
+OPERATOR = web.RequestKey("operator", str)
+
+
 def require_admin(request: web.Request) -> None:
-    """Raises ApiError 401 unless the request carries the admin bearer token."""
-    expected = request.app[SETTINGS].admin.token.get_secret_value()
+    """Raises ApiError 401 unless the request carries the admin bearer token, an operator's, or a console
+    session (checked, with its CSRF token, before the handler); sets :data:`OPERATOR`."""
+    if request.get(OPERATOR) is not None:
+        return
+    admin = request.app[SETTINGS].admin
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    ok = (
-        bool(expected)
-        and scheme.lower() == "bearer"
+    if scheme.lower() == "bearer" and token:
         # A header that is not UTF-8 arrives with surrogates: it cannot match, and must not raise.
-        and hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode())
+        given = token.encode("utf-8", "surrogateescape")
+        expected = admin.token.get_secret_value()
+        if expected and hmac.compare_digest(given, expected.encode()):
+            request[OPERATOR] = "admin"
+            return
+        for operator in admin.operators:
+            if hmac.compare_digest(given, operator.token.get_secret_value().encode()):
+                request[OPERATOR] = operator.name
+                return
+    raise ApiError(
+        401,
+        "UNAUTHORIZED",
+        "a valid admin bearer token (or console session) is required",
+        headers={"WWW-Authenticate": 'Bearer realm="orchestrator"'},
     )
-    if not ok:
-        raise ApiError(
-            401,
-            "UNAUTHORIZED",
-            "a valid admin bearer token is required",
-            headers={"WWW-Authenticate": 'Bearer realm="orchestrator"'},
-        )
 
 
 def require_ingest(request: web.Request, room_id: str) -> None:
@@ -114,6 +127,7 @@ async def managed_room_id(request: web.Request) -> str:
 
 
 @routes.get("/api/rooms")
+@describe("Every managed room: desired and actual state")
 async def list_rooms(request: web.Request) -> web.Response:
     """Every managed room: desired state (schedule, pause) and next boundary beside the actual state."""
     require_admin(request)
@@ -141,6 +155,7 @@ async def list_rooms(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/rooms/{room_id}")
+@describe("A room's state (job, paragraph, links, counters, alerts)")
 async def room_state(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = room_id_param(request)
@@ -151,6 +166,13 @@ async def room_state(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/rooms/{room_id}/events")
+@describe(
+    "A room's event record, oldest first",
+    query=(
+        Query("since", "after this entry id (or - for the start)"),
+        Query("limit", "at most this many (1-1000, default 100)", "integer"),
+    ),
+)
 async def room_events(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = room_id_param(request)
@@ -166,6 +188,14 @@ async def room_events(request: web.Request) -> web.Response:
     return web.json_response({"events": events, "next": events[-1]["id"] if events else since})
 
 
+@routes.get("/openapi.json")
+@describe("This API's description (OpenAPI 3.1)", tag="meta")
+async def openapi_document(request: web.Request) -> web.Response:
+    require_admin(request)
+    return web.Response(body=request.app[SPEC], content_type="application/json")
+
+
 @routes.get("/metrics")
+@describe("Prometheus metrics", auth="none", tag="meta", content_type="text/plain")
 async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=request.app[METRICS].exposition(), content_type="text/plain", charset="utf-8")

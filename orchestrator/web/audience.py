@@ -49,6 +49,7 @@ from orchestrator.interaction.policy import REACTION_KINDS
 from orchestrator.store.blocklists import MAX_REASON, Blocklists
 from orchestrator.web.api import managed_room_id, read_model, require_admin
 from orchestrator.web.errors import ApiError
+from orchestrator.web.openapi import describe
 from orchestrator.web.replies import MAX_REPLY_CHARS, forbidden_warnings
 
 routes = web.RouteTableDef()
@@ -70,6 +71,7 @@ def _answer(room_id: str, muted: set[str]) -> web.Response:
 
 
 @routes.get("/api/rooms/{room_id}/reactions")
+@describe("The room's reaction switches", tag="audience")
 async def get_reactions(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await managed_room_id(request)
@@ -77,6 +79,7 @@ async def get_reactions(request: web.Request) -> web.Response:
 
 
 @routes.put("/api/rooms/{room_id}/reactions")
+@describe("Switch the room's reactions on or off", body=Switches, tag="audience")
 async def put_reactions(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await managed_room_id(request)
@@ -117,6 +120,7 @@ async def _announce(request: web.Request) -> None:
 
 @routes.get("/api/blocklist")
 @routes.get("/api/rooms/{room_id}/blocklist")
+@describe("Blocked viewers (everywhere, or in one room)", tag="audience")
 async def list_blocked(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await _room_or_none(request)
@@ -126,6 +130,7 @@ async def list_blocked(request: web.Request) -> web.Response:
 
 @routes.put("/api/blocklist/{user_id}")
 @routes.put("/api/rooms/{room_id}/blocklist/{user_id}")
+@describe("Block a viewer (everywhere, or in one room)", body=Block, tag="audience")
 async def block(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await _room_or_none(request)
@@ -138,6 +143,7 @@ async def block(request: web.Request) -> web.Response:
 
 @routes.delete("/api/blocklist/{user_id}")
 @routes.delete("/api/rooms/{room_id}/blocklist/{user_id}")
+@describe("Unblock a viewer", tag="audience")
 async def unblock(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await _room_or_none(request)
@@ -151,6 +157,7 @@ async def unblock(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/rooms/{room_id}/timed")
+@describe("The timed messages the room will say next", tag="audience")
 async def timed(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await managed_room_id(request)
@@ -190,12 +197,14 @@ async def _review_answer(request: web.Request, room_id: str) -> web.Response:
 
 
 @routes.get("/api/rooms/{room_id}/review")
+@describe("The room's review mode and the replies waiting for review", tag="audience")
 async def get_review(request: web.Request) -> web.Response:
     require_admin(request)
     return await _review_answer(request, await managed_room_id(request))
 
 
 @routes.put("/api/rooms/{room_id}/review")
+@describe("Turn the room's review mode on or off", body=ReviewMode, tag="audience")
 async def put_review(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await managed_room_id(request)
@@ -205,6 +214,12 @@ async def put_review(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/rooms/{room_id}/review/{review_id}/{decision:approve|reject}")
+@describe(
+    "Approve (optionally edited) or reject a reply waiting for review",
+    body=Approval,
+    tag="audience",
+    errors=(410,),
+)
 async def decide_review(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await managed_room_id(request)

@@ -13,16 +13,24 @@ from aiohttp import web
 
 from orchestrator import __version__
 from orchestrator.appkeys import LIFECYCLE, READINESS_CHECKS
+from orchestrator.web.openapi import describe
 
 routes = web.RouteTableDef()
 
 
 @routes.get("/healthz")
+@describe("Liveness: 200 while the process serves HTTP", auth="none", tag="meta")
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "version": __version__})
 
 
 @routes.get("/readyz")
+@describe(
+    "Readiness: 200 when every check passes, 503 otherwise or while draining",
+    auth="none",
+    tag="meta",
+    errors=(503,),
+)
 async def readyz(request: web.Request) -> web.Response:
     checks = request.app[READINESS_CHECKS]
     results = await asyncio.gather(*(check() for check in checks.values()))

@@ -19,14 +19,25 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, Field
 
 from orchestrator import clock
 from orchestrator.appkeys import AUDIENCE, ROOM_STORE, SETTINGS
-from orchestrator.interaction.ingest import MAX_BATCH, Rejected, normalise_batch
+from orchestrator.interaction.ingest import MAX_BATCH, BridgeEvent, Rejected, normalise_batch
 from orchestrator.web.api import require_ingest, room_id_param
 from orchestrator.web.errors import ApiError
+from orchestrator.web.openapi import describe
 
 routes = web.RouteTableDef()
+
+
+class EventsEnvelope(BaseModel):
+    events: list[BridgeEvent] = Field(..., max_length=MAX_BATCH)
+
+
+#: What a bridge posts: one event, a list of them, or ``{"events": [...]}`` (for the API's description;
+#: the handler normalises each event on its own, so one bad event does not refuse the others).
+IngestBody = BridgeEvent | list[BridgeEvent] | EventsEnvelope
 
 
 SLICE = 50
@@ -56,6 +67,13 @@ RETRY_AFTER_S = 1
 
 
 @routes.post("/api/rooms/{room_id}/events")
+@describe(
+    "Post audience events from a platform bridge",
+    body=IngestBody,
+    auth="ingest",
+    tag="audience",
+    errors=(403, 429),
+)
 async def ingest(request: web.Request) -> web.Response:
     received_s = clock.time()
     room_id = room_id_param(request)

@@ -53,6 +53,8 @@ def request_id_of(request: BaseRequest) -> str | None:
 
 #: Routes whose handlers authenticate from the URL or headers and then read the body themselves.
 SELF_READING_PREFIXES = ("/callbacks/", "/llm/")
+#: Routes a console session cookie may authenticate.
+SESSION_PREFIXES = ("/api/", "/console/", "/openapi.json")
 
 
 class BodyBudget:
@@ -139,6 +141,7 @@ def request_middleware(
 ) -> Middleware:
     """The middleware, with the body limit, read timeout and body budget of the server settings."""
     from orchestrator.web.api import require_credentials  # the API's checks; imported late (cycle)
+    from orchestrator.web.console import COOKIE, authenticate
 
     budget = budget or BodyBudget(32 * 1024 * 1024)
 
@@ -152,6 +155,12 @@ def request_middleware(
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
+            if (
+                request.path.startswith(SESSION_PREFIXES)
+                and COOKIE in request.cookies
+                and "Authorization" not in request.headers
+            ):
+                await authenticate(request)  # a console session: who, and its CSRF token checked
             if request.body_exists and not request.path.startswith(SELF_READING_PREFIXES):
                 if request.path.startswith("/api/"):
                     require_credentials(request)  # before a byte of the body is read

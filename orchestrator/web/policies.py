@@ -32,6 +32,7 @@ from orchestrator.store import keys
 from orchestrator.store.policies import PolicyStore
 from orchestrator.web.api import read_json, require_admin
 from orchestrator.web.errors import ApiError, invalid_fields
+from orchestrator.web.openapi import Query, describe
 
 routes = web.RouteTableDef()
 
@@ -79,6 +80,7 @@ async def _announce(request: web.Request, name: str) -> None:
 
 
 @routes.get("/api/policies")
+@describe("Every reply policy, its version and the rooms naming it", tag="policies")
 async def list_policies(request: web.Request) -> web.Response:
     require_admin(request)
     store = _store(request)
@@ -97,6 +99,12 @@ async def list_policies(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/policies/{name}")
+@describe(
+    "A reply policy (its current version, or ?version=)",
+    tag="policies",
+    query=(Query("version", "an earlier version", "integer"),),
+    errors=(400, 404),
+)
 async def get_policy(request: web.Request) -> web.Response:
     require_admin(request)
     name = _name(request)
@@ -123,6 +131,13 @@ async def _stored(store: PolicyStore, name: str, version: int | None) -> Any:
 
 
 @routes.put("/api/policies/{name}")
+@describe(
+    "Save a reply policy (a new version)",
+    body=PolicyConfig,
+    tag="policies",
+    query=(Query("note", "what changed (kept with the version)"),),
+    errors=(400,),
+)
 async def put_policy(request: web.Request) -> web.Response:
     require_admin(request)
     name = _name(request)
@@ -134,6 +149,7 @@ async def put_policy(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/policies/{name}/versions")
+@describe("A reply policy's versions", tag="policies", errors=(400, 404))
 async def policy_versions(request: web.Request) -> web.Response:
     require_admin(request)
     name = _name(request)
@@ -155,6 +171,7 @@ async def policy_versions(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/policies/{name}/restore")
+@describe("Restore an earlier version (as a new one)", body=Restore, tag="policies", errors=(404,))
 async def restore_policy(request: web.Request) -> web.Response:
     require_admin(request)
     name = _name(request)
@@ -174,6 +191,7 @@ async def restore_policy(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/policies/{name}")
+@describe("Delete a reply policy no room names", tag="policies", errors=(404, 409))
 async def delete_policy(request: web.Request) -> web.Response:
     require_admin(request)
     name = _name(request)

@@ -5,7 +5,8 @@
 ``GET`` the same path lists the waiting replies and those in flight. ``DELETE`` clears them: the waiting
 ones dropped, and everything the vendor has not played yet withdrawn there (MetaStudio:
 CLEAN_UP_INSERT_COMMAND; SoftSugar: cancel ``-1``) → 200 ``{"dropped", "withdrawn"}`` (502
-``VENDOR_ERROR`` if the vendor refused; the waiting ones are dropped all the same). A reply longer than
+``VENDOR_ERROR`` if the vendor refused; the waiting ones are dropped all the same). ``DELETE
+.../replies/{reply_id}`` cancels one waiting reply. A reply longer than
 the room's vendor takes is refused (400 ``BAD_REPLY``). A reply holding a word the room's policy
 forbids is queued all the same (the operator's words), with ``"warnings"`` naming the word.
 """
@@ -22,8 +23,9 @@ from orchestrator.domain import Priority
 from orchestrator.interaction.policy import forbidden_in
 from orchestrator.providers.errors import ProviderError
 from orchestrator.store.replies import Reply
-from orchestrator.web.api import managed_room_id, require_admin
+from orchestrator.web.api import OPERATOR, managed_room_id, require_admin
 from orchestrator.web.errors import ApiError
+from orchestrator.web.openapi import describe
 
 routes = web.RouteTableDef()
 
@@ -57,6 +59,7 @@ def _validation_error(exc: ValidationError, code: str) -> ApiError:
 
 
 @routes.post("/api/rooms/{room_id}/replies")
+@describe("Queue an operator's reply", body=OperatorReply, status=202, tag="replies")
 async def operator_reply(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await managed_room_id(request)
@@ -88,6 +91,9 @@ async def operator_reply(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/rooms/{room_id}/replies")
+@describe(
+    "Clear the waiting replies and withdraw what the vendor has not played", tag="replies", errors=(502,)
+)
 async def clear_replies(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await managed_room_id(request)
@@ -100,7 +106,24 @@ async def clear_replies(request: web.Request) -> web.Response:
     return web.json_response({"dropped": dropped, "withdrawn": sorted(withdrawn)})
 
 
+@routes.delete("/api/rooms/{room_id}/replies/{reply_id}")
+@describe("Cancel one waiting reply", tag="replies")
+async def cancel_reply(request: web.Request) -> web.Response:
+    """Cancel one waiting reply (404 ``REPLY_NOT_WAITING`` once it has been sent, or if it never was)."""
+    require_admin(request)
+    room_id = await managed_room_id(request)
+    reply_id = request.match_info["reply_id"]
+    audience = request.app[AUDIENCE]
+    if len(reply_id) > 128 or not await audience.queue.cancel(room_id, reply_id):
+        raise ApiError(
+            404, "REPLY_NOT_WAITING", f"reply {reply_id[:128]!r} is not waiting (sent, or unknown)"
+        )
+    await audience.events.add(room_id, "reply_cancelled", reply_id=reply_id, by=request[OPERATOR])
+    return web.json_response({"reply_id": reply_id, "cancelled": True})
+
+
 @routes.get("/api/rooms/{room_id}/replies")
+@describe("The waiting replies and those in flight", tag="replies")
 async def list_replies(request: web.Request) -> web.Response:
     require_admin(request)
     room_id = await managed_room_id(request)

@@ -101,11 +101,12 @@ async def daemon_for(
     metastudio: dict[str, Any] | None = None,
     alerts: dict[str, Any] | None = None,
     softsugar: dict[str, Any] | None = None,
+    admin: dict[str, Any] | None = None,
     **scheduling: Any,
 ) -> AsyncIterator[Daemon]:
     port = port or free_port()
     settings = make_settings(
-        admin={"token": ADMIN},
+        admin={"token": ADMIN, **(admin or {})},
         metastudio={
             "endpoint": sandbox_url,
             "ak": AK,

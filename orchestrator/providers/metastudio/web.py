@@ -68,6 +68,7 @@ from orchestrator.store import keys
 from orchestrator.store.keys import InvalidKeyPart, check_room_id
 from orchestrator.web.errors import ApiError
 from orchestrator.web.middlewares import NO_ACCESS_LINE, bounded_body
+from orchestrator.web.openapi import describe
 from orchestrator.web.public import PublicRoute
 
 NAME = "metastudio"
@@ -136,6 +137,12 @@ def _ok(outcome: str) -> web.Response:
 
 @routes.post(CALLBACK_PATH)
 @routes.post(CALLBACK_PATH + "/{profile}")
+@describe(
+    "MetaStudio live event callback (the vendor calls this)",
+    auth="vendor",
+    tag="vendor callbacks",
+    errors=(400, 401, 403),
+)
 async def live_events_route(request: web.Request) -> web.Response:
     return await live_events(request.app, request, request.match_info)
 
@@ -220,6 +227,13 @@ def _event(body: InteractionCallback) -> Event:
 
 
 @routes.post(INTERACTION_PREFIX + "{token}")
+@describe(
+    "MetaStudio interaction CALLBACK (the vendor calls this)",
+    body=InteractionCallback,
+    auth="vendor",
+    tag="vendor callbacks",
+    errors=(400, 401),
+)
 async def interaction_callback_route(request: web.Request) -> web.Response:
     return await interaction_callback(request.app, request, request.match_info)
 
@@ -285,6 +299,13 @@ def _chunk(answer_id: str, content: str) -> dict[str, Any]:
 
 
 @routes.post(LLM_PATH)
+@describe(
+    "MetaStudio third-party LLM (the vendor calls this)",
+    body=LlmRequest,
+    auth="vendor",
+    tag="vendor callbacks",
+    errors=(400, 401),
+)
 async def llm_route(request: web.Request) -> web.StreamResponse:
     return await llm(request.app, request, request.match_info)
 

@@ -75,6 +75,7 @@ from orchestrator.providers.softsugar.provider import SoftSugar
 from orchestrator.web.api import managed_room_id, require_admin
 from orchestrator.web.errors import ApiError
 from orchestrator.web.middlewares import NO_ACCESS_LINE, REQUEST_ID, bounded_body
+from orchestrator.web.openapi import describe
 from orchestrator.web.public import PublicRoute
 
 NAME = "softsugar"
@@ -84,6 +85,13 @@ routes = web.RouteTableDef()
 
 
 @routes.post(CALLBACK_PREFIX + "{token}")
+@describe(
+    "SoftSugar status callback (the vendor calls this)",
+    body=StatusCallback,
+    auth="vendor",
+    tag="vendor callbacks",
+    errors=(400, 401),
+)
 async def status_callback_route(request: web.Request) -> web.Response:
     return await status_callback(request.app, request, request.match_info)
 
@@ -168,6 +176,13 @@ HOLD_TTL_S = 10.0
 
 
 @routes.get("/api/rooms/{room_id}/microphone")
+@describe(
+    "Relay an operator's microphone to a live SoftSugar room (WebSocket)",
+    tag="audience",
+    status=101,
+    content_type="application/octet-stream",
+    errors=(409, 502),
+)
 async def microphone_relay(request: web.Request) -> web.StreamResponse:
     require_admin(request)
     room_id = await managed_room_id(request)
