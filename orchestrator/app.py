@@ -50,9 +50,10 @@ from orchestrator.callbacks.receiver import CallbackReceiver
 from orchestrator.callbacks.watcher import RtmpStallWatcher
 from orchestrator.interaction.audience import AudienceService
 from orchestrator.interaction.chat import ChatBackend
+from orchestrator.interaction.ingest import NAMES
 from orchestrator.interaction.policy import PolicyConfig
 from orchestrator.logging import Redactor
-from orchestrator.metrics import Metrics
+from orchestrator.metrics import Metrics, RoomReading
 from orchestrator.providers.metastudio import web as metastudio_web
 from orchestrator.providers.registry import ProviderDeps, Providers
 from orchestrator.providers.softsugar import web as softsugar_web
@@ -66,11 +67,13 @@ from orchestrator.scheduling.rooms import (
     load_rooms_file,
 )
 from orchestrator.scheduling.scheduler import BoundaryScheduler
+from orchestrator.scheduling.schedules import evaluate
 from orchestrator.settings import Settings, redacted_url
+from orchestrator.store import keys
 from orchestrator.store.console import ConsoleStore
 from orchestrator.store.journal import Journal
 from orchestrator.store.reactions import Reactions
-from orchestrator.store.redis import create_redis, redis_ready
+from orchestrator.store.redis import chunks, create_redis, redis_ready
 from orchestrator.store.rooms import RoomStore, callback_batcher
 from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, pause
 from orchestrator.web import admin, api, audience, console, health, ingest, openapi, policies, replies
@@ -87,10 +90,13 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
         max_body_bytes=settings.server.max_body_bytes,
         read_timeout_s=settings.server.read_timeout_s,
     )
+    metrics = Metrics()
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[
-            request_middleware(settings.server.max_body_bytes, settings.server.read_timeout_s, budget)
+            request_middleware(
+                settings.server.max_body_bytes, settings.server.read_timeout_s, budget, metrics
+            )
         ],
     )
     app[SETTINGS] = settings
@@ -98,7 +104,7 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app[REDACTOR] = redactor or Redactor()
     app[LIFECYCLE] = Lifecycle()
     app[READINESS_CHECKS] = {}
-    app[METRICS] = Metrics()
+    app[METRICS] = metrics
     app[POLICY] = load_policy(settings.interaction.policy_file)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(http_ctx)
@@ -169,7 +175,9 @@ async def http_ctx(app: web.Application) -> AsyncIterator[None]:
         if alerter is not None:
             await alerter.daemon_alert(kind, message)
 
-    app[PROVIDERS] = Providers(ProviderDeps(session, app[SETTINGS], app[REDIS], daemon_alert))
+    app[PROVIDERS] = Providers(
+        ProviderDeps(session, app[SETTINGS], app[REDIS], daemon_alert, observe=app[METRICS].vendor_call)
+    )
     yield
     await session.close()
 
@@ -198,6 +206,7 @@ async def scheduling_ctx(app: web.Application) -> AsyncIterator[None]:
         alerter.alert,
         settings,
         resolve=alerter.resolved,
+        on_action=metrics.reconciler_action,
     )
     scheduler = BoundaryScheduler(
         reconciler,
@@ -254,6 +263,7 @@ async def _watch_redis(
         while True:
             checkpoint()
             ok, detail = await redis_ready(probe, settings.readiness_timeout_s)
+            app[METRICS].redis_up.set(1 if ok else 0)
             if ok:
                 if failures:
                     scheduler.pass_now()
@@ -301,10 +311,12 @@ async def audience_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def console_ctx(app: web.Application) -> AsyncIterator[None]:
-    """This replica's presence (the console's daemon page) and the rooms' activity samples (its charts)."""
+    """This replica's presence (the console's daemon page), the rooms' activity samples (its charts) and
+    the rooms' readings for /metrics."""
     tasks = [
         asyncio.create_task(_announce(app), name="console-presence"),
         asyncio.create_task(_sample_activity(app), name="console-activity"),
+        asyncio.create_task(_read_rooms(app), name="room-metrics"),
     ]
     yield
     for task in tasks:
@@ -347,6 +359,61 @@ async def _sample_activity(app: web.Application) -> None:
         slot = clock.time_ms() // interval_ms * interval_ms
         with contextlib.suppress(RedisError, OSError):
             await app[CONSOLE].sample_activity(await app[ROOM_STORE].rooms(), slot)
+
+
+ROOM_METRICS_INTERVAL_S = 5.0
+#: The room state's audience counters are by the vendor's type number: named in the metrics.
+AUDIENCE_TYPES = {str(number): name for number, name in NAMES.items()}
+
+
+async def _read_rooms(app: web.Application) -> None:
+    """Every few seconds: each managed room's state for the ``orch_room_*`` metrics (one reading shared
+    by every scrape; a few pipelined round trips for all rooms)."""
+    while True:
+        checkpoint()
+        with contextlib.suppress(RedisError, OSError):  # Redis away: orch_room_metrics_age_seconds grows
+            app[METRICS].rooms.update(await read_rooms(app))
+        await pause(ROOM_METRICS_INTERVAL_S)
+
+
+async def read_rooms(app: web.Application) -> dict[str, RoomReading]:
+    redis, store = app[REDIS], app[ROOM_STORE]
+    configs = {room.room_id: room for room in await app[ROOM_CONFIGS].all()}
+    room_ids = sorted(configs)
+    states = await store.states(room_ids)
+    now, hour_ago = clock.now(), clock.time() - 3600
+    readings: dict[str, RoomReading] = {}
+    for chunk in chunks(room_ids):
+        pipe = redis.pipeline(transaction=False)
+        for room_id in chunk:
+            pipe.zcard(keys.room_reply_queue(room_id))
+            pipe.zcount(keys.room_restarts(room_id), hour_ago, "+inf")
+            pipe.xrange(keys.room_ingest(room_id), count=1)
+        answers = await pipe.execute()
+        for index, room_id in enumerate(chunk):
+            if room_id not in states:
+                continue
+            queue, restarts, oldest = answers[index * 3 : index * 3 + 3]
+            state, config = states[room_id], configs[room_id]
+            lag_s = max(0.0, time.time() - int(oldest[0][0].split(b"-")[0]) / 1000) if oldest else 0.0
+            readings[room_id] = RoomReading(
+                provider=config.provider,
+                live=state.get("job_state") == "PROCESSING",
+                desired_live=evaluate(config.schedule, now).live,
+                paused=config.paused,
+                viewers=int(state["viewers"]) if str(state.get("viewers", "")).isdigit() else None,
+                reply_queue=int(queue),
+                restarts_last_hour=int(restarts),
+                report_lag_s=lag_s,
+                open_alerts=sorted(state.get("open_alerts", [])),
+                audience={
+                    AUDIENCE_TYPES.get(k.removeprefix("audience:"), k.removeprefix("audience:")): int(v)
+                    for k, v in state.items()
+                    if k.startswith("audience:") and str(v).isdigit()
+                },
+                replies_inserted=int(state.get("events:reply_inserted", 0) or 0),
+            )
+    return readings
 
 
 async def _apply_rooms_file(app: web.Application, configs: RoomConfigs, path: Path) -> None:

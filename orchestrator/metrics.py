@@ -1,11 +1,109 @@
-"""Prometheus metrics of one daemon process, in their own registry (one per application instance)."""
+"""Prometheus metrics of one daemon process, in their own registry (one per application instance).
+
+Two kinds: what this process did (counters and histograms, summed across replicas by a query), and how
+each managed room is (``orch_room_*``, read from the shared Redis every few seconds by
+:class:`RoomMetrics` -- every replica reports the same values: aggregate them with ``max``). Every label
+is bounded: rooms are the managed ones only, routes the registered ones, vendor operations the client's
+own names, vendor codes at most :data:`MAX_CODES` distinct (``other`` beyond).
+"""
 
 from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+#: Distinct vendor error codes counted by name; any further one is counted as ``other``.
+MAX_CODES = 64
+
+
+@dataclass
+class RoomReading:
+    """One managed room, as read from Redis (:meth:`RoomMetrics.update`)."""
+
+    provider: str
+    live: bool
+    desired_live: bool
+    paused: bool
+    viewers: int | None = None
+    reply_queue: int = 0
+    restarts_last_hour: int = 0
+    report_lag_s: float = 0.0
+    open_alerts: list[str] = field(default_factory=list)
+    audience: dict[str, int] = field(default_factory=dict)
+    replies_inserted: int = 0
+
+
+class RoomMetrics(Collector):
+    """The ``orch_room_*`` families, from the latest reading of every managed room."""
+
+    def __init__(self) -> None:
+        self.rooms: dict[str, RoomReading] = {}
+        self.read_at = 0.0
+
+    def update(self, rooms: dict[str, RoomReading]) -> None:
+        self.rooms, self.read_at = rooms, time.time()
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        rooms = self.rooms
+        gauges: dict[str, tuple[str, Callable[[RoomReading], float]]] = {
+            "live": ("Whether the room's job is live (1) or not (0).", lambda r: float(r.live)),
+            "desired_live": (
+                "Whether the room's schedule wants it live now.",
+                lambda r: float(r.desired_live),
+            ),
+            "paused": ("Whether the room's automation is paused.", lambda r: float(r.paused)),
+            "reply_queue_depth": ("Replies waiting in the room's queue.", lambda r: float(r.reply_queue)),
+            "restarts_last_hour": (
+                "Restarts of the room's job in the last hour.",
+                lambda r: float(r.restarts_last_hour),
+            ),
+            "report_lag_seconds": (
+                "Age of the oldest audience event not yet reported to the vendor (0: none waits).",
+                lambda r: r.report_lag_s,
+            ),
+        }
+        for name, (doc, value) in gauges.items():
+            family = GaugeMetricFamily(f"orch_room_{name}", doc, labels=["room", "provider"])
+            for room_id, reading in rooms.items():
+                family.add_metric([room_id, reading.provider], value(reading))
+            yield family
+        viewers = GaugeMetricFamily(
+            "orch_room_viewers", "The room's audience, as last reported.", labels=["room"]
+        )
+        alerts = GaugeMetricFamily(
+            "orch_room_alert_open", "An alert open on the room (1), by kind.", labels=["room", "alert"]
+        )
+        audience = CounterMetricFamily(
+            "orch_room_audience_events",
+            "Audience events taken for the room, by type.",
+            labels=["room", "type"],
+        )
+        inserted = CounterMetricFamily(
+            "orch_room_replies_inserted", "Replies said in the room (sent to its vendor).", labels=["room"]
+        )
+        for room_id, reading in rooms.items():
+            if reading.viewers is not None:
+                viewers.add_metric([room_id], reading.viewers)
+            for kind in reading.open_alerts:
+                alerts.add_metric([room_id, kind], 1)
+            for kind, count in reading.audience.items():
+                audience.add_metric([room_id, kind], count)
+            inserted.add_metric([room_id], reading.replies_inserted)
+        yield from (viewers, alerts, audience, inserted)
+        yield GaugeMetricFamily(
+            "orch_room_metrics_age_seconds",
+            "Seconds since the rooms were last read from Redis (stale when Redis is away).",
+            value=time.time() - self.read_at if self.read_at else float("nan"),
+        )
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []  # collected fresh each scrape; nothing to register up front
 
 
 class Metrics:
@@ -116,6 +214,61 @@ class Metrics:
             registry=self.registry,
         )
         self._gc_started = 0.0
+
+        self.http_requests = Counter(
+            "orch_http_requests_total",
+            "HTTP requests answered on the admin listener, by route (the registered path, or "
+            "'unmatched'), method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self._http: dict[tuple[str, str, int], Counter] = {}
+        self.vendor_calls = Counter(
+            "orch_vendor_calls_total",
+            "Calls to a vendor's API, by provider, operation and code: ok, the vendor's error code, an HTTP "
+            "status, or timeout / connect / transport / invalid.",
+            ["provider", "operation", "code"],
+            registry=self.registry,
+        )
+        self.vendor_call_seconds = Histogram(
+            "orch_vendor_call_seconds",
+            "Duration of calls to a vendor's API (each attempt), by provider and operation.",
+            ["provider", "operation"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self._codes: set[str] = set()
+        self.reconciler_actions = Counter(
+            "orch_reconciler_actions_total",
+            "Room actions taken (start, stop, restart, refresh, adopt), by room and outcome (done, failed, "
+            "skipped).",
+            ["room", "action", "outcome"],
+            registry=self.registry,
+        )
+        self.redis_up = Gauge(
+            "orch_redis_up", "Whether this replica reaches Redis (1) or not (0).", registry=self.registry
+        )
+        self.rooms = RoomMetrics()
+        self.registry.register(self.rooms)
+
+    def http_request(self, route: str, method: str, status: int) -> None:
+        key = (route, method, status)
+        child = self._http.get(key)
+        if child is None:
+            child = self._http[key] = self.http_requests.labels(route, method, str(status))
+        child.inc()
+
+    def vendor_call(self, provider: str, operation: str, code: str, seconds: float) -> None:
+        if code not in self._codes:
+            if len(self._codes) >= MAX_CODES:
+                code = "other"
+            else:
+                self._codes.add(code)
+        self.vendor_calls.labels(provider, operation, code).inc()
+        self.vendor_call_seconds.labels(provider, operation).observe(seconds)
+
+    def reconciler_action(self, room: str, action: str, outcome: str) -> None:
+        self.reconciler_actions.labels(room, action, outcome).inc()
 
     def callback_received(self, counter: str, outcome: str) -> None:
         """Count one accepted callback under the counter its provider's codec named -- the vendor's type for

@@ -158,6 +158,8 @@ class LiveJobs(Protocol):
 
 #: Where a provider passes what its push channel says happened to a room's replies.
 Notify = Callable[[RoomEvent], Awaitable[None]]
+#: Told of each vendor call: (provider, operation, code, seconds) -- see ``ProviderDeps.observe``.
+CallObserver = Callable[[str, str, str, float], None]
 
 
 class Answerer(Protocol):

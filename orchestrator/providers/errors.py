@@ -140,3 +140,20 @@ def status_error(
     else:
         cls = ProviderStatusError
     return cls(status, error_code, error_msg, request_id, retry_after_s=retry_after_s)
+
+
+def call_code(error: ProviderError) -> str:
+    """What a failed vendor call is counted as (bounded by the vendor's documented codes): the vendor's
+    error code, else its HTTP status; ``timeout``, ``connect``, ``transport`` or ``invalid`` when no answer
+    could be read."""
+    if isinstance(error, ProviderStatusError):
+        return str(error.error_code or error.status)
+    if isinstance(error, ProviderTimeout):
+        return "timeout"
+    if isinstance(error, ProviderConnectError):
+        return "connect"
+    if isinstance(error, ProviderTransportError):
+        return "transport"
+    if isinstance(error, ProviderInvalidResponse):
+        return "invalid"
+    return "error"

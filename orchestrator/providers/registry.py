@@ -4,7 +4,10 @@ A provider package (``orchestrator.providers.<name>``) exposes, at its top level
 
 * ``TEMPLATE`` -- its room template model (a :class:`~orchestrator.providers.base.RoomTemplate`), which
   a room naming the provider is validated against;
-* ``build(deps) -> Provider`` -- the provider, given what the process shares (:class:`ProviderDeps`).
+* ``build(deps) -> Provider`` -- the provider, given what the process shares (:class:`ProviderDeps`);
+* ``reference_problems(room, settings)`` -- what a room names that the settings lack;
+* ``credentials_problem(settings) -> str | None`` -- why the vendor account cannot be used (never a
+  secret), or None (the console's daemon page).
 
 The core never imports a provider package: it names the provider by string and the registry loads the
 package the first time a room names it (``importlib``), as a plugin host would. Adding a vendor is adding
@@ -23,7 +26,7 @@ from typing import Any, cast
 import aiohttp
 import redis.asyncio as aioredis
 
-from orchestrator.providers.base import Provider, RoomSpec, RoomTemplate
+from orchestrator.providers.base import CallObserver, Provider, RoomSpec, RoomTemplate
 from orchestrator.providers.errors import ProviderConfigError
 from orchestrator.settings import Settings
 
@@ -34,6 +37,10 @@ KNOWN: dict[str, str] = {
 }
 #: The provider of a room that names none (and of rooms recorded before rooms named one).
 DEFAULT_PROVIDER = "metastudio"
+
+
+def _no_observe(provider: str, operation: str, code: str, seconds: float) -> None:
+    pass
 
 
 async def _no_alert(kind: str, message: str) -> None:
@@ -54,6 +61,9 @@ class ProviderDeps:
     settings: Settings
     redis: aioredis.Redis
     alert: Callable[[str, str], Awaitable[None]] = _no_alert
+    #: Told of every vendor call: (provider, operation, code -- ``ok``, the vendor's error code, an HTTP
+    #: status or ``timeout``/``connect``/``transport``/``invalid``, seconds) -- the daemon's metrics.
+    observe: CallObserver = _no_observe
 
 
 def names() -> list[str]:
@@ -70,6 +80,11 @@ def _package(name: str) -> ModuleType:
 def template_model(name: str) -> type[RoomTemplate]:
     """The room template model of provider ``name``. Raises UnknownProvider."""
     return cast(type[RoomTemplate], _package(name).TEMPLATE)
+
+
+def credentials_problem(name: str, settings: Settings) -> str | None:
+    """Why provider ``name``'s account cannot be used, or None. Raises UnknownProvider."""
+    return cast(str | None, _package(name).credentials_problem(settings))
 
 
 def reference_problems(name: str, room: RoomSpec, settings: Settings) -> list[tuple[str, str]]:
@@ -102,10 +117,10 @@ class Providers:
         """Each vendor's account as configured here: usable, or what is missing (never a secret)."""
         state: dict[str, dict[str, Any]] = {}
         for name in names():
-            try:
-                self.get(name)
-            except ProviderConfigError as exc:
-                state[name] = {"configured": False, "detail": str(exc)}
-            else:
-                state[name] = {"configured": True, "detail": "credentials set"}
+            problem = credentials_problem(name, self._deps.settings)
+            state[name] = (
+                {"configured": False, "detail": problem}
+                if problem
+                else {"configured": True, "detail": "credentials set"}
+            )
         return state

@@ -84,10 +84,14 @@ class RoomActions:
         jobs_for: JobsFor,
         alert: AlertFn,
         settings: Settings,
+        *,
+        on_record: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self._redis = redis
         self._state = state
         self._fences = fences
+        #: Told of each recorded action: (room, action, outcome: done, failed, skipped) -- the metrics.
+        self._on_record = on_record
         self._jobs_for = jobs_for
         self._events = RoomEvents(redis, maxlen=settings.callbacks.events_maxlen)
         self._alert = alert
@@ -217,4 +221,6 @@ class RoomActions:
             reason=action.reason,
             outcome=outcome,
         )
+        if self._on_record is not None:
+            self._on_record(room.room_id, action.kind, outcome.split(":")[0].split(" ")[0])
         await self._events.action(room.room_id, action.kind, action.reason, outcome, action.fence)

@@ -188,6 +188,7 @@ class Reconciler:
         settings: Settings,
         *,
         resolve: ResolveFn | None = None,
+        on_action: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self._redis = redis
         self._resolve = resolve
@@ -204,6 +205,7 @@ class Reconciler:
             jobs_for,
             alert,
             settings,
+            on_record=on_action,
         )
         self._room_locks: dict[str, asyncio.Lock] = {}
 

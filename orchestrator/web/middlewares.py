@@ -35,6 +35,7 @@ from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_request import BaseRequest
 from redis.exceptions import RedisError
 
+from orchestrator.metrics import Metrics
 from orchestrator.web.errors import ApiError, code_for_status, default_message, error_response
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -137,13 +138,18 @@ class BodyBudget:
 
 
 def request_middleware(
-    max_body_bytes: int, read_timeout_s: float, budget: BodyBudget | None = None
+    max_body_bytes: int,
+    read_timeout_s: float,
+    budget: BodyBudget | None = None,
+    metrics: Metrics | None = None,
 ) -> Middleware:
-    """The middleware, with the body limit, read timeout and body budget of the server settings."""
+    """The middleware, with the body limit, read timeout and body budget of the server settings; it counts
+    every request in ``metrics`` (``orch_http_requests_total``)."""
     from orchestrator.web.api import require_credentials  # the API's checks; imported late (cycle)
     from orchestrator.web.console import COOKIE, authenticate
 
     budget = budget or BodyBudget(32 * 1024 * 1024)
+    metrics = metrics or Metrics()
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -172,6 +178,10 @@ def request_middleware(
             response = error_response_for(request, exc)
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id
+        resource = request.match_info.route.resource
+        metrics.http_request(
+            resource.canonical if resource is not None else "unmatched", request.method, response.status
+        )
         return response
 
     return middleware

@@ -37,6 +37,18 @@ def reference_problems(room: RoomSpec, settings: Settings) -> list[tuple[str, st
     return []
 
 
+def credentials_problem(settings: Settings) -> str | None:
+    """Why the MetaStudio account cannot be used (AK, SK, project id), or None."""
+    from orchestrator.providers.errors import ProviderConfigError
+    from orchestrator.providers.metastudio.client import credentials_from_settings
+
+    try:
+        credentials_from_settings(settings.metastudio)
+    except ProviderConfigError as exc:
+        return str(exc)
+    return None
+
+
 def build(deps: ProviderDeps) -> MetaStudio:
     """The provider; its client is made on first use (ProviderConfigError until credentials are set)."""
     from orchestrator.providers.metastudio.client import MetaStudioClient
@@ -46,7 +58,7 @@ def build(deps: ProviderDeps) -> MetaStudio:
 
     def client() -> MetaStudioClient:
         if not made:  # raises ProviderConfigError (a ProviderError) until configured
-            made.append(MetaStudioClient.from_settings(deps.http, deps.settings.metastudio))
+            made.append(MetaStudioClient.from_settings(deps.http, deps.settings.metastudio, deps.observe))
         return made[0]
 
     return MetaStudio(client, deps.settings)

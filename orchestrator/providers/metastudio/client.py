@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from pydantic import BaseModel, ValidationError
 from yarl import URL
 
 from orchestrator import clock
+from orchestrator.providers.base import CallObserver
 from orchestrator.providers.errors import (
     ProviderConfigError,
     ProviderConflict,
@@ -56,6 +58,7 @@ from orchestrator.providers.errors import (
     ProviderStatusError,
     ProviderTimeout,
     ProviderTransportError,
+    call_code,
     status_error,
 )
 from orchestrator.providers.metastudio import auth, codes
@@ -165,7 +168,9 @@ class MetaStudioClient:
         max_concurrency: int = 8,
         now: Callable[[], datetime] = clock.now,
         sleep: Callable[[float], Awaitable[None]] = clock.sleep,
+        observe: CallObserver | None = None,
     ) -> None:
+        self._observe = observe
         self._session = session
         self._base = URL(str(base_url))
         self._credentials = credentials
@@ -179,7 +184,12 @@ class MetaStudioClient:
         self._sleep = sleep
 
     @classmethod
-    def from_settings(cls, session: aiohttp.ClientSession, settings: MetaStudioSettings) -> MetaStudioClient:
+    def from_settings(
+        cls,
+        session: aiohttp.ClientSession,
+        settings: MetaStudioSettings,
+        observe: CallObserver | None = None,
+    ) -> MetaStudioClient:
         """Raises ProviderConfigError when credentials are incomplete."""
         return cls(
             session,
@@ -189,6 +199,7 @@ class MetaStudioClient:
             connect_timeout_s=settings.connect_timeout_s,
             retry=RetryPolicy(max_retries=settings.max_retries),
             max_concurrency=settings.max_concurrency,
+            observe=observe,
         )
 
     @property
@@ -334,13 +345,29 @@ class MetaStudioClient:
         body = payload if isinstance(payload, bytes) else _json_bytes(payload)
         for attempt in range(self._retry.max_retries + 1):
             try:
-                response = await self._send(method, url, body, extra_headers)
-                return _decode(response)
+                return await self._attempt(method, url, body, extra_headers)
             except ProviderError as error:
                 if attempt == self._retry.max_retries or not is_retryable(error, mode):
                     raise
                 await self._backoff(attempt, error, method, path=url.path)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(
+        self, method: str, url: URL, body: bytes, extra_headers: Mapping[str, str] | None
+    ) -> Any:
+        """One call and its decoded body, told to the observer (the daemon's metrics)."""
+        started = time.monotonic()
+        try:
+            decoded = _decode(await self._send(method, url, body, extra_headers))
+        except ProviderError as error:
+            if self._observe is not None:
+                self._observe(
+                    "metastudio", operation(method, url.path), call_code(error), time.monotonic() - started
+                )
+            raise
+        if self._observe is not None:
+            self._observe("metastudio", operation(method, url.path), "ok", time.monotonic() - started)
+        return decoded
 
     async def _backoff(self, attempt: int, error: ProviderError, what: str, **context: Any) -> None:
         delay = self._retry.delay_s(attempt, error)
@@ -389,6 +416,22 @@ class MetaStudioClient:
         if response.status >= 400:
             raise _status_error(response)
         return response
+
+
+_IDS = re.compile(r"/v1/[^/]+|/(smart-live-rooms|smart-live-jobs)/[^/]+")
+
+
+def operation(method: str, path: str) -> str:
+    """A call's name for metrics (pure): its method and path with the project, room and job ids taken out
+    -- ``POST /smart-live-rooms/{}/smart-live-jobs/{}/command`` -- so that the names are few."""
+
+    def blank(match: re.Match[str]) -> str:
+        return f"/{match.group(1)}/{{}}" if match.group(1) else ""
+
+    segments = _IDS.sub(blank, path).split("/")
+    # Whatever else looks like an id (a report URL's own path): blanked too.
+    kept = ["{}" if any(c.isdigit() for c in s) or len(s) > 32 else s for s in segments]
+    return f"{method} {'/'.join(kept)}"
 
 
 def _json_bytes(payload: Any) -> bytes:

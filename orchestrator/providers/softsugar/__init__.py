@@ -28,6 +28,13 @@ def reference_problems(room: RoomSpec, settings: Settings) -> list[tuple[str, st
     return []
 
 
+def credentials_problem(settings: Settings) -> str | None:
+    """Why the SoftSugar account cannot be used, or None."""
+    if not settings.softsugar.app_id or not settings.softsugar.app_key.get_secret_value():
+        return "softsugar.app_id and softsugar.app_key are not set"
+    return None
+
+
 def build(deps: ProviderDeps) -> SoftSugar:
     """The provider; its client is made on first use (ProviderConfigError until the account is set)."""
     from orchestrator.providers.errors import ProviderConfigError
@@ -54,6 +61,7 @@ def build(deps: ProviderDeps) -> SoftSugar:
                     connect_timeout_s=settings.connect_timeout_s,
                     retry=RetryPolicy(max_retries=settings.max_retries),
                     max_concurrency=settings.max_concurrency,
+                    observe=deps.observe,
                 )
             )
             made[0].token = SharedToken(deps.redis, settings.app_id, made[0].obtain_token)

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 from yarl import URL
 
 from orchestrator import clock
+from orchestrator.providers.base import CallObserver
 from orchestrator.providers.errors import (
     ProviderAuthError,
     ProviderConnectError,
@@ -37,6 +38,7 @@ from orchestrator.providers.errors import (
     ProviderStatusError,
     ProviderTimeout,
     ProviderTransportError,
+    call_code,
     status_error,
 )
 from orchestrator.providers.retry import Retry, RetryPolicy, is_retryable
@@ -72,6 +74,8 @@ log = structlog.get_logger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 BASE = "/api/2dvh"
+#: The provider's name, in the metrics of its calls.
+NAME = "softsugar"
 #: 003 "Live Broadcast Takeover Cancellation": "-1" cancels everything, in progress and queued.
 CANCEL_ALL = "-1"
 
@@ -98,9 +102,11 @@ class SoftSugarClient:
         connect_timeout_s: float = 3.0,
         retry: RetryPolicy = RetryPolicy(),
         max_concurrency: int = 8,
+        observe: CallObserver | None = None,
     ) -> None:
         self._session = session
         self._base = URL(str(base_url))
+        self._observe = observe
         self.app_id = app_id
         self._app_key = app_key
         self.token = token
@@ -304,8 +310,7 @@ class SoftSugarClient:
         while True:
             token = await self._token() if auth else None
             try:
-                response = await self._send(method, url, body, token, headers)
-                return _unwrap(response, envelope)
+                return await self._attempt(method, url, body, token, headers, envelope)
             except ProviderAuthError:
                 if not auth or renewed or self.token is None or token is None:
                     raise
@@ -324,6 +329,27 @@ class SoftSugarClient:
                     error=str(error),
                 )
                 await clock.sleep(delay)
+
+    async def _attempt(
+        self,
+        method: str,
+        url: URL,
+        body: bytes,
+        token: str | None,
+        headers: Mapping[str, str] | None,
+        envelope: bool,
+    ) -> Any:
+        """One call and its answer's ``data``, told to the observer (the daemon's metrics)."""
+        started = time.monotonic()
+        try:
+            data = _unwrap(await self._send(method, url, body, token, headers), envelope)
+        except ProviderError as error:
+            if self._observe is not None:
+                self._observe(NAME, _operation(url.path), call_code(error), time.monotonic() - started)
+            raise
+        if self._observe is not None:
+            self._observe(NAME, _operation(url.path), "ok", time.monotonic() - started)
+        return data
 
     async def _token(self) -> str:
         if self.token is None:
@@ -363,6 +389,11 @@ class SoftSugarClient:
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
         return response
+
+
+def _operation(path: str) -> str:
+    """A call's name for metrics: its path after the service prefix (the paths hold no ids)."""
+    return path.removeprefix(BASE) or path
 
 
 def _session(session_id: str) -> dict[str, Any]:
