@@ -1,8 +1,10 @@
-"""``orchestrator rooms ...``, ``schedule ...``, ``policies ...`` and ``blocklist ...``: the admin API
-from a terminal.
+"""``orchestrator rooms ...``, ``schedule ...``, ``policies ...``, ``blocklist ...``, ``replies ...``,
+``events ...`` and ``console-link``: the admin API from a terminal.
 
 They talk to a running daemon over HTTP (``--api``, default ``$ORCH_API_URL`` or http://127.0.0.1:8080) with
-the admin token (``--token``, default ``$ORCH_ADMIN__TOKEN``, the daemon's own variable). Output is JSON.
+the admin token (``--token``, default ``$ORCH_ADMIN__TOKEN``, the daemon's own variable); both may come
+before the action or after it. Output is JSON, but for ``rooms status``, ``replies list`` and ``events
+tail``, which print for people (``--json`` for JSON).
 Exit codes: 0 done; 1 the daemon refused (its ``error_code`` and message are printed); 2 bad input here
 (an invalid rooms or schedule file, field by field).
 """
@@ -13,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -45,6 +48,12 @@ def add_commands(commands: Any) -> None:
     _connection(
         actions.add_parser("list", help="every room: desired vs actual state, next boundary"), after=True
     )
+    status = actions.add_parser(
+        "status", help="a table: room, vendor, state, since, next boundary (the room's zone), alerts"
+    )
+    status.add_argument("--state", default="", help="only rooms in this state (live, starting, failing, ...)")
+    status.add_argument("--json", action="store_true", help="the tiles as JSON")
+    _connection(status, after=True)
     for name, text in (
         ("show", "one room's state and definition (secrets masked)"),
         ("pause", "switch the room's automation off (the reconciler leaves it alone)"),
@@ -134,6 +143,59 @@ def add_commands(commands: Any) -> None:
         _connection(sub, after=True)
     blocklist.set_defaults(func=cmd_blocklist)
 
+    replies = commands.add_parser(
+        "replies",
+        help="list, send, cancel or clear a room's replies (admin API)",
+        description="A room's reply queue: what waits and what plays; an operator's reply; cancelling one "
+        "waiting reply, or clearing them all (what the vendor has not played is withdrawn there too).",
+    )
+    _connection(replies)
+    reply_actions = replies.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = reply_actions.add_parser("list", help="what waits and what plays")
+    listing.add_argument("room", metavar="ROOM")
+    listing.add_argument("--json", action="store_true", help="as JSON")
+    send = reply_actions.add_parser("send", help="queue an operator's reply")
+    send.add_argument("room", metavar="ROOM")
+    send.add_argument("text", metavar="TEXT")
+    send.add_argument(
+        "--priority", default="operator", choices=["operator", "gift", "question", "reaction", "idle"]
+    )
+    cancel = reply_actions.add_parser("cancel", help="cancel one waiting reply")
+    cancel.add_argument("room", metavar="ROOM")
+    cancel.add_argument("reply", metavar="REPLY_ID")
+    clear = reply_actions.add_parser("clear", help="drop every waiting reply and withdraw unplayed ones")
+    clear.add_argument("room", metavar="ROOM")
+    for sub in (listing, send, cancel, clear):
+        _connection(sub, after=True)
+    replies.set_defaults(func=cmd_replies)
+
+    events = commands.add_parser(
+        "events",
+        help="a room's events: the latest, and with --follow each as it happens (admin API)",
+        description="Print a room's event record (callbacks, actions and their reasons, reports, replies "
+        "and why comments went unanswered), one line each; --follow keeps printing until Ctrl-C.",
+    )
+    _connection(events)
+    event_actions = events.add_subparsers(dest="action", metavar="ACTION", required=True)
+    tail = event_actions.add_parser("tail", help="the latest events; --follow for the ones to come")
+    tail.add_argument("room", metavar="ROOM")
+    tail.add_argument(
+        "-n", "--lines", type=int, default=20, help="how many of the latest (0-500, default 20)"
+    )
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing events as they happen")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    _connection(tail, after=True)
+    events.set_defaults(func=cmd_events)
+
+    link = commands.add_parser(
+        "console-link",
+        help="print a one-time login link to the web console (admin API)",
+        description="A link that logs its first user into the console (valid ten minutes, once).",
+    )
+    link.add_argument("--operator", default=None, help="log in as this operator (admin.operators)")
+    _connection(link)
+    link.set_defaults(func=cmd_console_link)
+
 
 def _connection(parser: argparse.ArgumentParser, *, after: bool = False) -> None:
     """``--api``/``--token``, before the action or after it (``rooms list --api URL``); given after, they
@@ -156,13 +218,17 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) ->
         with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
-        try:
-            payload = json.loads(exc.read())
-        except ValueError:
-            payload = {"error_code": f"HTTP_{exc.code}", "error_msg": exc.reason}
-        raise ApiFailure(exc.code, payload) from None
+        raise _api_failure(exc) from None
     except urllib.error.URLError as exc:
         raise ApiFailure(0, {"error_code": "UNREACHABLE", "error_msg": f"{args.api}: {exc.reason}"}) from None
+
+
+def _api_failure(exc: urllib.error.HTTPError) -> ApiFailure:
+    try:
+        payload = json.loads(exc.read())
+    except ValueError:
+        payload = {"error_code": f"HTTP_{exc.code}", "error_msg": exc.reason}
+    return ApiFailure(exc.code, payload)
 
 
 def _print(value: Any) -> None:
@@ -180,6 +246,13 @@ def cmd_rooms(args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             _print(_call(args, "GET", "/api/rooms"))
+        elif args.action == "status":
+            query = f"?status={urllib.parse.quote(args.state)}" if args.state else ""
+            overview = _call(args, "GET", f"/api/overview{query}")
+            if args.json:
+                _print(overview["rooms"])
+            else:
+                print(status_table(overview["rooms"], time.time()))
         elif args.action == "show":
             state = _call(args, "GET", f"/api/rooms/{args.room}")
             _print({"state": state, "config": _call(args, "GET", f"/api/rooms/{args.room}/config")})
@@ -286,4 +359,149 @@ def _save_policy(args: argparse.Namespace) -> int:
         return 2
     note = f"?note={urllib.parse.quote(args.note)}" if args.note else ""
     _print(_call(args, "PUT", f"/api/policies/{args.policy}{note}", data))
+    return 0
+
+
+def status_table(tiles: list[dict[str, Any]], now_s: float) -> str:
+    """The rooms as a table for people (pure): the next boundary in each room's own zone."""
+    header = ("ROOM", "NAME", "VENDOR", "STATE", "SINCE", "NEXT BOUNDARY (ROOM'S ZONE)", "ALERTS")
+    rows = [header]
+    for t in tiles:
+        since = t.get("since_ms")
+        rows.append(
+            (
+                t["room_id"],
+                t.get("name") or "-",
+                t.get("vendor") or "-",
+                t["status"] + (" (paused)" if t.get("paused") and t["status"] != "paused" else ""),
+                _ago(now_s - since / 1000) if since else "-",
+                _local(t.get("next_boundary_local"), t.get("timezone") or "UTC"),
+                ", ".join(t.get("open_alerts") or []) or "-",
+            )
+        )
+    if len(rows) == 1:
+        return "no managed rooms"
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s ago"
+    if seconds < 3600:
+        return f"{seconds // 60}m ago"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m ago"
+    return f"{seconds // 86400}d ago"
+
+
+def _local(iso: str | None, timezone: str) -> str:
+    if not iso:
+        return "-"
+    day, _, rest = iso.partition("T")
+    return f"{day} {rest[:5]} {timezone}"
+
+
+def cmd_replies(args: argparse.Namespace) -> int:
+    path = f"/api/rooms/{urllib.parse.quote(args.room, safe='')}/replies"
+    try:
+        if args.action == "list":
+            answer = _call(args, "GET", path)
+            if args.json:
+                _print(answer)
+                return 0
+            lines = [
+                f"playing  [{f['priority']}] {f['text']}  ({f['reply_id']})" for f in answer["in_flight"]
+            ]
+            lines += [f"waiting  [{p['priority']}] {p['text']}  ({p['reply_id']})" for p in answer["pending"]]
+            print("\n".join(lines) or "nothing waits or plays")
+        elif args.action == "send":
+            answer = _call(args, "POST", path, {"text": args.text, "priority": args.priority})
+            print(f"{answer['outcome']}: {answer['reply_id']}")
+            for warning in answer.get("warnings") or []:
+                print(f"warning: {warning}", file=sys.stderr)
+        elif args.action == "cancel":
+            _call(args, "DELETE", f"{path}/{urllib.parse.quote(args.reply, safe='')}")
+            print(f"cancelled {args.reply}")
+        else:
+            answer = _call(args, "DELETE", path)
+            print(f"dropped {answer['dropped']}, withdrew {len(answer['withdrawn'])} at the vendor")
+    except ApiFailure as exc:
+        return _fail(exc)
+    return 0
+
+
+def event_line(entry: dict[str, Any]) -> str:
+    """One event for people (pure): when (UTC), what, and what it said."""
+    at = time.strftime("%H:%M:%S", time.gmtime(int(entry.get("event_ms") or 0) / 1000))
+    kind = str(entry.get("kind", "?"))
+    message = entry.get("message") if isinstance(entry.get("message"), dict) else {}
+    skip = {"id", "kind", "event_ms", "message", "job_id"}
+    details = " ".join(f"{k}={v}" for k, v in entry.items() if k not in skip and v not in ("", None))
+    if kind == "callback":
+        kind = str(entry.get("event_type", kind))
+        details = " ".join(f"{k}={v}" for k, v in (message or {}).items() if v not in ("", None))
+    elif kind == "alert" and message:
+        text = message.get("text", "")
+        details = f"{entry.get('alert')} [{entry.get('severity')}] {text} -> {entry.get('outcome')}"
+    return f"{at}  {kind:<24} {details}".rstrip()
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    if not 0 <= args.lines <= 500:
+        print("orchestrator: --lines must be from 0 to 500", file=sys.stderr)
+        return 2
+    room = urllib.parse.quote(args.room, safe="")
+
+    def show(entry: dict[str, Any]) -> None:
+        print(json.dumps(entry, ensure_ascii=False) if args.json else event_line(entry))
+
+    try:
+        if not args.follow:
+            if args.lines:
+                for entry in _call(args, "GET", f"/api/rooms/{room}/events?last={args.lines}")["events"]:
+                    show(entry)
+            return 0
+        for entry in _stream(args, f"/api/rooms/{room}/events/stream?backlog={args.lines}"):
+            show(entry)
+            sys.stdout.flush()
+    except ApiFailure as exc:
+        return _fail(exc)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _stream(args: argparse.Namespace, path: str) -> Any:
+    """The entries of a server-sent event stream, as they come."""
+    request = urllib.request.Request(  # noqa: S310 -- an operator-given http(s) URL
+        args.api.rstrip("/") + path, headers={"Authorization": f"Bearer {args.token}"}
+    )
+    try:
+        resp = urllib.request.urlopen(request)  # noqa: S310
+    except urllib.error.HTTPError as exc:
+        raise _api_failure(exc) from None
+    except urllib.error.URLError as exc:
+        raise ApiFailure(0, {"error_code": "UNREACHABLE", "error_msg": f"{args.api}: {exc.reason}"}) from None
+    with resp:
+        for raw in resp:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if line.startswith("data: "):
+                yield json.loads(line[6:])
+
+
+def cmd_console_link(args: argparse.Namespace) -> int:
+    try:
+        answer = _call(
+            args, "POST", "/api/console/links", {"operator": args.operator} if args.operator else {}
+        )
+    except ApiFailure as exc:
+        return _fail(exc)
+    print(answer["url"])
+    print(
+        f"(logs {answer['operator']} in once, within {answer['expires_in_s'] // 60} minutes)", file=sys.stderr
+    )
     return 0

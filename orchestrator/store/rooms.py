@@ -370,6 +370,11 @@ class RoomStore:
         entries = await self._redis.xrange(keys.room_events(room_id), min=start, count=limit)
         return [decode_entry(entry_id, fields) for entry_id, fields in entries or []]
 
+    async def latest_events(self, room_id: str, count: int) -> list[dict[str, Any]]:
+        """The latest ``count`` entries, oldest first."""
+        entries = await self._redis.xrevrange(keys.room_events(room_id), count=count)
+        return [decode_entry(entry_id, fields) for entry_id, fields in reversed(entries or [])]
+
     async def audit(self, entry: Mapping[str, str | int]) -> None:
         fields: dict[Any, Any] = dict(entry)
         await self._redis.xadd(keys.callbacks_audit(), fields, maxlen=self._maxlen, approximate=True)

@@ -171,6 +171,7 @@ async def room_state(request: web.Request) -> web.Response:
     query=(
         Query("since", "after this entry id (or - for the start)"),
         Query("limit", "at most this many (1-1000, default 100)", "integer"),
+        Query("last", "instead: the latest this many (1-1000), oldest first", "integer"),
     ),
 )
 async def room_events(request: web.Request) -> web.Response:
@@ -183,8 +184,17 @@ async def room_events(request: web.Request) -> web.Response:
     # isascii: "²".isdigit() is true, and int("²") raises (the fuzz test found it).
     if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_EVENTS:
         raise ApiError(400, "BAD_QUERY", f"limit must be an integer from 1 to {MAX_EVENTS}")
+    raw_last = request.query.get("last")
+    if raw_last is not None and (
+        not (raw_last.isascii() and raw_last.isdigit()) or not 1 <= int(raw_last) <= MAX_EVENTS
+    ):
+        raise ApiError(400, "BAD_QUERY", f"last must be an integer from 1 to {MAX_EVENTS}")
     await managed_room_id(request)
-    events = await request.app[ROOM_STORE].events(room_id, since=since, limit=int(raw_limit))
+    store = request.app[ROOM_STORE]
+    if raw_last is not None:
+        events = await store.latest_events(room_id, int(raw_last))
+    else:
+        events = await store.events(room_id, since=since, limit=int(raw_limit))
     return web.json_response({"events": events, "next": events[-1]["id"] if events else since})
 
 

@@ -355,6 +355,7 @@ def tile(room_id: str, state: dict[str, Any], config: ManagedRoom | None, now: d
         "next_boundary_local": local_iso(boundary, timezone),
         "open_alerts": alerts,
         "last_event_at": state.get("last_event_at"),
+        "since_ms": _int(state.get("job_state_at")),
     }
 
 
@@ -673,9 +674,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         if resume and resume.replace("-", "").isdigit():
             backlog = await app[ROOM_STORE].events(room_id, since=resume, limit=500)
         else:
-            backlog = list(
-                reversed([decode_entry(i, f) for i, f in await redis.xrevrange(stream, count=int(raw))])
-            )
+            backlog = await app[ROOM_STORE].latest_events(room_id, int(raw)) if int(raw) else []
         last = backlog[-1]["id"] if backlog else "$"
         for entry in backlog:
             await _send(response, "entry", entry, entry["id"])

@@ -37,22 +37,19 @@ class Demo:
 @pytest.fixture
 def demo(redis_url: str) -> Iterator[Demo]:
     """``orchestrator demo`` as a user runs it (on the tests' Redis), until its console link is printed."""
+    yield from _demo(redis_url, "metastudio")
+
+
+@pytest.fixture
+def softsugar_demo(redis_url: str) -> Iterator[Demo]:
+    yield from _demo(redis_url, "softsugar")
+
+
+def _demo(redis_url: str, vendor: str) -> Iterator[Demo]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    argv = ["demo", "--redis-url", redis_url, "--live-in", "8", "--speed", "6", "--duration", "170"]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "demo",
-            "--redis-url",
-            redis_url,
-            "--live-in",
-            "8",
-            "--speed",
-            "6",
-            "--duration",
-            "170",
-        ],
+        [sys.executable, "-m", "orchestrator", *argv, "--vendor", vendor],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -190,6 +187,42 @@ def test_an_operator_watches_the_demo_go_live_replies_and_pauses(demo: Demo) -> 
     # the failed login is answered 401 too, which Chromium reports as a failed resource load.
     unexpected = [e for e in errors if "401" not in e]
     assert unexpected == []
+
+
+def test_an_operator_takes_the_mic_of_a_softsugar_room(softsugar_demo: Demo) -> None:
+    """Chromium's fake microphone (a tone) through the console, the daemon's relay, to the vendor's socket."""
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"],
+        )
+        try:
+            context = browser.new_context(viewport={"width": 1360, "height": 900})
+            context.grant_permissions(["microphone"])
+            page = context.new_page()
+            _watch_errors(page, errors)
+            page.goto(softsugar_demo.link)
+            tile = page.locator('[data-room="demo-room"]')
+            expect(tile).to_have_attribute("data-status", "live", timeout=60_000)
+            expect(tile).to_contain_text("softsugar")
+            tile.click()
+            page.on("dialog", lambda dialog: dialog.accept())
+            expect(page.locator("#mic")).to_be_visible(timeout=10_000)
+            page.click("#mic")
+            expect(page.locator("#mic")).to_have_text("Release the mic", timeout=15_000)
+            taken = page.locator('#timeline [data-kind="microphone"]', has_text="taken")
+            expect(taken).to_be_visible(timeout=15_000)
+            page.wait_for_timeout(1500)  # a second and a half of the fake microphone's tone goes through
+            _shot(page, "6-softsugar-mic")
+            page.click("#mic")
+            expect(page.locator("#mic")).to_have_text("Take the mic", timeout=10_000)
+            expect(page.locator('#timeline [data-kind="microphone"]', has_text="released")).to_be_visible(
+                timeout=15_000
+            )
+        finally:
+            browser.close()
+    assert [e for e in errors if "401" not in e] == []
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -322,17 +322,24 @@ async function viewRoom(main, roomId) {
     fill(controls, ...buttons);
   }
 
+  // The mic outlives the controls' redraws (every few seconds): its state is the room page's.
+  let mic = null;
+  cleanups.push(() => mic && mic.stop());
+
   function micButton() {
-    let live = null;
-    const button = h("button", { id: "mic" }, "Take the mic");
+    const button = h("button", { id: "mic" }, mic ? "Release the mic" : "Take the mic");
     button.addEventListener("click", async () => {
-      if (live) { live.stop(); return; }
+      if (mic) { mic.stop(); return; }
       if (!window.confirm(`Speak through ${roomId}'s avatar? Waiting replies are withdrawn while you hold the mic.`)) return;
-      live = await takeMic(path, (text) => toast(text), () => { live = null; button.textContent = "Take the mic"; });
-      if (live) button.textContent = "Release the mic";
+      mic = await takeMic(path, (text) => toast(text), () => { mic = null; drawMic(); });
+      drawMic();
     });
-    cleanups.push(() => live && live.stop());
     return button;
+  }
+
+  function drawMic() {
+    const old = document.getElementById("mic");
+    if (old) old.replaceWith(micButton());
   }
 
   async function loadQueue() {

@@ -1,0 +1,123 @@
+"""/metrics for a room-level view: per managed room (and only those), the reconciler's actions, vendor calls
+and errors by provider/operation/code, HTTP requests by route -- read from a daemon driving a real room on
+the MetaStudio sandbox, over a real Redis."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from orchestrator.metrics import MAX_CODES, Metrics
+from orchestrator.providers.metastudio.client import operation
+from orchestrator.sandbox.metastudio.app import Fault
+from tests.scheduling.conftest import ROOM, Daemon, daemon_for, managed_room, until
+
+SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
+
+
+async def _metrics(daemon: Daemon) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    async with daemon.http.get(f"{daemon.url}/metrics") as resp:
+        text = await resp.text()
+    found = {}
+    for line in text.splitlines():
+        match = SAMPLE.match(line)
+        if match:
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+            found[(match.group(1), labels)] = float(match.group(3))
+    return found
+
+
+def _value(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+async def test_a_live_room_its_actions_and_its_vendor_calls_are_in_the_metrics(
+    make_settings: Any, tmp_path: Path, sandbox: Any
+) -> None:
+    box, url = sandbox
+    async with daemon_for(make_settings, tmp_path, url) as daemon:
+        await daemon.configs.put(managed_room([{"kind": "always"}]))
+
+        async def live() -> bool:
+            samples = await _metrics(daemon)
+            return _value(samples, "orch_room_live", room=ROOM, provider="metastudio") == 1.0
+
+        await until(live, 20)
+        samples = await _metrics(daemon)
+        assert _value(samples, "orch_room_desired_live", room=ROOM, provider="metastudio") == 1.0
+        assert _value(samples, "orch_room_paused", room=ROOM, provider="metastudio") == 0.0
+        assert _value(samples, "orch_room_reply_queue_depth", room=ROOM, provider="metastudio") == 0.0
+        assert (
+            _value(samples, "orch_reconciler_actions_total", room=ROOM, action="start", outcome="done") == 1.0
+        )
+        start = "POST /smart-live-rooms/{}/smart-live-jobs"
+        assert (
+            _value(samples, "orch_vendor_calls_total", provider="metastudio", operation=start, code="ok")
+            == 1.0
+        )
+        # The vendor refusing: counted under its code.
+        box.faults.append(Fault("error", count=1, status=400, code="MSS.00000003", method="GET"))
+        status, _ = await daemon.api("POST", f"/api/rooms/{ROOM}/pause")
+        assert status == 200
+
+        async def refused() -> bool:
+            return any(
+                name == "orch_vendor_calls_total" and ("code", "MSS.00000003") in labels
+                for (name, labels) in await _metrics(daemon)
+            )
+
+        await until(refused, 10)
+        # HTTP by route: the registered path, never the room id; anything unrouted is one series.
+        for junk in ("/nope", "/api/nothing/here", "/x" * 5):
+            async with daemon.http.get(f"{daemon.url}{junk}") as resp:
+                assert resp.status == 404
+        samples = await _metrics(daemon)
+        assert (
+            _value(
+                samples,
+                "orch_http_requests_total",
+                route="/api/rooms/{room_id}/pause",
+                method="POST",
+                status="200",
+            )
+            == 1.0
+        )
+        assert (
+            _value(samples, "orch_http_requests_total", route="unmatched", method="GET", status="404") == 3.0
+        )
+        routes = {dict(labels).get("route") for name, labels in samples if name == "orch_http_requests_total"}
+        assert not any(ROOM in (r or "") for r in routes)
+        # Only managed rooms: one that is not never gets a series.
+        status, _ = await daemon.api("GET", "/api/rooms/not-managed-here")
+        assert status == 404
+        rooms = {dict(labels).get("room") for name, labels in samples if name.startswith("orch_room_")}
+        assert rooms <= {ROOM, None}
+        # A deleted room's state series go with it at the next reading.
+        status, _ = await daemon.api("DELETE", f"/api/rooms/{ROOM}")
+        assert status == 200
+
+        async def gone() -> bool:
+            return _value(await _metrics(daemon), "orch_room_live", room=ROOM, provider="metastudio") is None
+
+        await until(gone, 15)
+        assert _value(await _metrics(daemon), "orch_redis_up") == 1.0  # the watcher's check, this while
+
+
+def test_vendor_codes_and_operations_are_bounded() -> None:
+    metrics = Metrics()
+    for i in range(MAX_CODES + 50):
+        metrics.vendor_call("metastudio", "GET /x", f"CODE.{i}", 0.01)
+    codes = {
+        line.split('code="')[1].split('"')[0]
+        for line in metrics.exposition().decode().splitlines()
+        if line.startswith("orch_vendor_calls_total{")
+    }
+    assert len(codes) == MAX_CODES + 1 and "other" in codes
+    assert operation("POST", "/v1/0123456789abcdef/smart-live-rooms/room-1/smart-live-jobs/9f8e/command") == (
+        "POST /smart-live-rooms/{}/smart-live-jobs/{}/command"
+    )
+    assert operation("GET", "/v1/p/smart-live-jobs") == "GET /smart-live-jobs"
+    assert operation("POST", "/report/a1b2c3/live-events") == "POST /report/{}/live-events"
