@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -156,6 +157,19 @@ def manifests() -> dict[str, Any]:
 def _container(manifests: dict[str, Any]) -> dict[str, Any]:
     (container,) = manifests["Deployment/orchestrator"]["spec"]["template"]["spec"]["containers"]
     return dict(container)
+
+
+#: The oldest Kubernetes release the manifests are written for (still supported by the big clouds).
+KUBERNETES = "1.30.0"
+
+
+def test_kubernetes_manifests_follow_the_api_schemas_strictly(manifests: dict[str, Any]) -> None:
+    for doc in manifests.values():
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)  # raises, naming the field
+    misspelt = json.loads(json.dumps(manifests["Deployment/orchestrator"]))
+    misspelt["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFileSystem"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(misspelt, KUBERNETES, strict=True)
 
 
 def test_kubernetes_kinds_and_api_versions(manifests: dict[str, Any]) -> None:

@@ -111,6 +111,18 @@ async def read_model(request: web.Request, model: type[M], error_code: str, *, i
         raise invalid_fields(error_code, field_problems(exc)) from None
 
 
+def int_query(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    """The query parameter ``name`` as an integer from ``low`` to ``high`` (``default`` when absent);
+    ApiError 400 ``BAD_QUERY`` otherwise."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    # isascii: "²".isdigit() is true, and int("²") raises (the fuzz test found it).
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise ApiError(400, "BAD_QUERY", f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
 def room_id_param(request: web.Request) -> str:
     try:
         return check_room_id(request.match_info["room_id"])
@@ -180,21 +192,14 @@ async def room_events(request: web.Request) -> web.Response:
     since = request.query.get("since", "-")
     if since != "-" and not _STREAM_ID.fullmatch(since):
         raise ApiError(400, "BAD_QUERY", "since must be an event id (1700000000000-0) or milliseconds")
-    raw_limit = request.query.get("limit", "100")
-    # isascii: "²".isdigit() is true, and int("²") raises (the fuzz test found it).
-    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_EVENTS:
-        raise ApiError(400, "BAD_QUERY", f"limit must be an integer from 1 to {MAX_EVENTS}")
-    raw_last = request.query.get("last")
-    if raw_last is not None and (
-        not (raw_last.isascii() and raw_last.isdigit()) or not 1 <= int(raw_last) <= MAX_EVENTS
-    ):
-        raise ApiError(400, "BAD_QUERY", f"last must be an integer from 1 to {MAX_EVENTS}")
+    limit = int_query(request, "limit", 100, 1, MAX_EVENTS)
+    last = int_query(request, "last", None, 1, MAX_EVENTS)
     await managed_room_id(request)
     store = request.app[ROOM_STORE]
-    if raw_last is not None:
-        events = await store.latest_events(room_id, int(raw_last))
+    if last is not None:
+        events = await store.latest_events(room_id, last)
     else:
-        events = await store.events(room_id, since=since, limit=int(raw_limit))
+        events = await store.events(room_id, since=since, limit=limit or 100)
     return web.json_response({"events": events, "next": events[-1]["id"] if events else since})
 
 

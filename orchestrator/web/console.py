@@ -53,9 +53,9 @@ from orchestrator.scheduling.rooms import ManagedRoom
 from orchestrator.scheduling.schedules import evaluate, local_iso, upcoming_windows
 from orchestrator.store import keys
 from orchestrator.store.console import Session
-from orchestrator.store.redis import create_redis
+from orchestrator.store.redis import chunks, create_redis
 from orchestrator.store.rooms import decode_entry
-from orchestrator.web.api import OPERATOR, managed_room_id, read_model, require_admin
+from orchestrator.web.api import OPERATOR, int_query, managed_room_id, read_model, require_admin
 from orchestrator.web.errors import ApiError
 from orchestrator.web.openapi import Query, describe
 
@@ -420,11 +420,9 @@ async def windows(request: web.Request) -> web.Response:
     config = await request.app[ROOM_CONFIGS].get(room_id)
     if config is None:
         raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
-    raw = request.query.get("count", "5")
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 20:
-        raise ApiError(400, "BAD_QUERY", "count must be an integer from 1 to 20")
+    count = int_query(request, "count", 5, 1, 20) or 5
     tz = config.schedule.timezone
-    found = upcoming_windows(config.schedule, clock.now(), int(raw))
+    found = upcoming_windows(config.schedule, clock.now(), count)
     return web.json_response(
         {
             "room_id": room_id,
@@ -451,10 +449,8 @@ async def activity(request: web.Request) -> web.Response:
     """Viewers, comments and replies per sampling interval over the last ``minutes`` (at most 1,440)."""
     require_admin(request)
     room_id = await managed_room_id(request)
-    raw = request.query.get("minutes", "180")
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1440:
-        raise ApiError(400, "BAD_QUERY", "minutes must be an integer from 1 to 1440")
-    since_ms = clock.time_ms() - int(raw) * 60_000
+    minutes = int_query(request, "minutes", 180, 1, 1440) or 180
+    since_ms = clock.time_ms() - minutes * 60_000
     samples = await request.app[CONSOLE].activity(room_id, since_ms)
     points = []
     for before, after in itertools.pairwise(samples):
@@ -486,9 +482,7 @@ def _rate(before: int | None, after: int | None, minutes: float) -> float | None
 async def alerts(request: web.Request) -> web.Response:
     """Open alerts of every room, and the latest alert records (``limit`` per room, at most 50)."""
     require_admin(request)
-    raw = request.query.get("limit", "10")
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 50:
-        raise ApiError(400, "BAD_QUERY", "limit must be an integer from 1 to 50")
+    limit = int_query(request, "limit", 10, 1, 50) or 10
     store, redis = request.app[ROOM_STORE], request.app[REDIS]
     room_ids = await store.rooms()
     states = await store.states(room_ids)
@@ -509,7 +503,7 @@ async def alerts(request: web.Request) -> web.Response:
                 entry["text"] = json.loads(entry.pop("message", "{}")).get("text", "")
             recent.append({"room_id": room_id, "id": entry_id.decode(), **entry})
             found += 1
-            if found >= int(raw):
+            if found >= limit:
                 break
     recent.sort(key=lambda e: e["id"], reverse=True)
     return web.json_response({"open": open_alerts, "recent": recent})
@@ -596,6 +590,8 @@ STREAM_SLOTS = web.AppKey("console_stream_slots", StreamSlots)
 BLOCK_MS = 1000
 #: A comment line this often keeps proxies from closing an idle stream.
 KEEPALIVE_S = 15.0
+#: Every room's tile this often, and rooms added or deleted noticed (viewers change without an event).
+REFRESH_S = 10.0
 
 
 async def _event_stream(request: web.Request) -> web.StreamResponse:
@@ -617,14 +613,14 @@ async def _send(response: web.StreamResponse, event: str, data: Any, event_id: s
 )
 async def stream_rooms(request: web.Request) -> web.StreamResponse:
     """Tiles, live: every room's at first (``tiles``), then the tiles of the rooms whose event streams
-    moved, and every ``refresh_s`` all of them (viewers and boundaries change without an event)."""
+    moved, and every :data:`REFRESH_S` all of them (viewers and boundaries change without an event)."""
     require_admin(request)
     app = request.app
     async with app[STREAM_SLOTS].slot(), _own_redis(app) as redis:
         response = await _event_stream(request)
         room_ids = await app[ROOM_STORE].rooms()
+        last = await _stream_ends(redis, room_ids)  # named before the tiles: nothing in between is missed
         await _send(response, "tiles", await _tiles(app, room_ids))
-        last = {keys.room_events(r): "$" for r in room_ids}
         refreshed = sent = time.monotonic()
         while not app[LIFECYCLE].draining:
             answer: Any = None
@@ -637,10 +633,11 @@ async def stream_rooms(request: web.Request) -> web.StreamResponse:
                 last[stream.decode()] = entries[-1][0].decode()
                 changed.add(keys.room_of_events(stream.decode()))
             now = time.monotonic()
-            if now - refreshed >= 10:
+            if now - refreshed >= REFRESH_S:
                 room_ids = await app[ROOM_STORE].rooms()
-                for room_id in room_ids:
-                    last.setdefault(keys.room_events(room_id), "$")
+                streams = {keys.room_events(r) for r in room_ids}
+                last = {stream: at for stream, at in last.items() if stream in streams}  # deleted: gone
+                last |= await _stream_ends(redis, [r for r in room_ids if keys.room_events(r) not in last])
                 changed, refreshed = set(room_ids), now
                 await _send(response, "rooms", {"room_ids": room_ids})
             if changed:
@@ -650,6 +647,19 @@ async def stream_rooms(request: web.Request) -> web.StreamResponse:
                 await response.write(b": keep-alive\n\n")
                 sent = now
         return response
+
+
+async def _stream_ends(redis: Any, room_ids: list[str]) -> dict[str, str]:
+    """Each room's event stream and the id of its latest entry (``0-0`` for none), read in pipelines: a
+    blocking read from ``$`` again and again would miss what is written between two reads."""
+    ends: dict[str, str] = {}
+    for chunk in chunks(room_ids):
+        pipe = redis.pipeline(transaction=False)
+        for room_id in chunk:
+            pipe.xrevrange(keys.room_events(room_id), count=1)
+        for room_id, newest in zip(chunk, await pipe.execute(), strict=True):
+            ends[keys.room_events(room_id)] = newest[0][0].decode() if newest else "0-0"
+    return ends
 
 
 @routes.get("/api/rooms/{room_id}/events/stream")
@@ -663,9 +673,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     the browser reconnects), then each entry as it is written."""
     require_admin(request)
     room_id = await managed_room_id(request)
-    raw = request.query.get("backlog", "100")
-    if not (raw.isascii() and raw.isdigit()) or not 0 <= int(raw) <= 500:
-        raise ApiError(400, "BAD_QUERY", "backlog must be an integer from 0 to 500")
+    backlog_size = int_query(request, "backlog", 100, 0, 500) or 0
     app = request.app
     stream = keys.room_events(room_id)
     async with app[STREAM_SLOTS].slot(), _own_redis(app) as redis:
@@ -674,7 +682,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         if resume and resume.replace("-", "").isdigit():
             backlog = await app[ROOM_STORE].events(room_id, since=resume, limit=500)
         else:
-            backlog = await app[ROOM_STORE].latest_events(room_id, int(raw)) if int(raw) else []
+            backlog = await app[ROOM_STORE].latest_events(room_id, backlog_size) if backlog_size else []
         last = backlog[-1]["id"] if backlog else "$"
         for entry in backlog:
             await _send(response, "entry", entry, entry["id"])

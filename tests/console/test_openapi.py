@@ -64,7 +64,7 @@ async def test_bodies_and_parameters_come_from_the_models(
         "reject",
     ]
     events = spec["paths"]["/api/rooms/{room_id}/events"]["get"]
-    assert {p["name"] for p in events["parameters"] if p["in"] == "query"} == {"since", "limit"}
+    assert {p["name"] for p in events["parameters"] if p["in"] == "query"} == {"since", "limit", "last"}
     assert spec["paths"]["/console/login"]["post"]["security"] == []
     assert spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"] == {
         "text/plain": {"schema": {"type": "string"}}
