@@ -263,7 +263,8 @@ async def _watch_redis(
         while True:
             checkpoint()
             ok, detail = await redis_ready(probe, settings.readiness_timeout_s)
-            app[METRICS].redis_up.set(1 if ok else 0)
+            if METRICS in app:
+                app[METRICS].redis_up.set(1 if ok else 0)
             if ok:
                 if failures:
                     scheduler.pass_now()
