@@ -119,6 +119,7 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app.add_routes(api.routes)
     app.add_routes(admin.routes)
     app.add_routes(ingest.routes)
+    app[ingest.INGEST_GATE] = ingest.IngestGate(settings.interaction.ingest_max_in_flight)
     app.add_routes(replies.routes)
     app.add_routes(policies.routes)
     app.add_routes(audience.routes)

@@ -150,7 +150,8 @@ class Metrics:
             "orch_audience_events_total",
             "Audience events by what became of them: reported, expired (too old to report), rejected "
             "(malformed, from the Redis ingest path), coalesced (superseded viewer counts), dropped (in a "
-            "batch the vendor refused with 400).",
+            "batch the vendor refused with 400), shed (likes and viewer counts not stored while the room's "
+            "backlog was past interaction.ingest_shed_at).",
             ["outcome"],
             registry=self.registry,
         )

@@ -462,6 +462,21 @@ class InteractionSettings(Section):
         description="A room whose ingest backlog (events not yet reported) reaches this refuses more with "
         "429 and Retry-After until it drains.",
     )
+    ingest_shed_at: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="A room whose backlog reaches this share of ingest_backlog_max stops storing likes and "
+        "viewer counts (counted as shed; the latest count still updates the room) so that comments, gifts "
+        "and joins go first; 1 never sheds.",
+    )
+    ingest_max_in_flight: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Ingest requests this process works on at once; one more is answered 429 with "
+        "Retry-After (the process's own backlog, whatever the rooms').",
+    )
     ingest_dedup_window_s: PositiveSeconds = Field(
         600.0,
         description="An event's message_id is taken once within this long (a bridge's resend is dropped).",

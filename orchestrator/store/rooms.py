@@ -73,6 +73,13 @@ class Ingested(NamedTuple):
     backlog_full: bool
     written: int
     duplicates: int
+    #: Sheddable events not written: the room's backlog was past ``shed_at``.
+    shed: int = 0
+
+
+#: What an overloaded room sheds first (likes, viewer counts): nothing a reply depends on is in them, and a
+#: viewer count is kept in the room's state all the same.
+SHEDDABLE_TYPES = frozenset({3, 6})
 
 
 NEW_JOB_LUA = scripts.source("new_job")
@@ -283,6 +290,7 @@ class RoomStore:
         decided: bool = False,
         backlog_max: int = 1_000_000_000,
         dedup_window_s: float = 600.0,
+        shed_at: int | None = None,
     ) -> Ingested:
         """Append audience events to the room's ingest stream (in wire form: ``content`` as a JSON string)
         and count them -- one script, one round trip, and nothing written unless the room is managed
@@ -292,11 +300,16 @@ class RoomStore:
         in the entry, never to the vendor. The latest viewer count of the batch (by timestamp) becomes the
         room's ``viewers``. The stream keeps at most about ``maxlen`` entries (the oldest are trimmed).
         ``decided``: the room's owner decides replies for these itself (entries marked ``d``, so its reader
-        does not again)."""
-        args: list[Any] = []
-        counts: dict[int, int] = {}  # of the plain events (the others are counted by the script)
+        does not again). Past ``shed_at`` entries of backlog, likes and viewer counts are not written
+        (``shed``): comments, gifts, joins and follows go first."""
+        kept: list[Any] = []
+        shed: list[Any] = []
+        counts: dict[int, int] = {}  # of the plain events kept (the others are counted by the script)
+        shed_counts: dict[int, int] = {}  # of the plain sheddable ones (counted only when written)
         latest: dict[str, Any] | None = None
         for event in events:
+            sheddable = event["type"] in SHEDDABLE_TYPES
+            args = shed if sheddable else kept
             content = orjson.dumps(event["content"]).decode()
             if "message_id" in event or "extra" in event:
                 wire = {k: v for k, v in event.items() if k not in PRIVATE_FIELDS}
@@ -309,7 +322,8 @@ class RoomStore:
                     % (event["type"], mid.encode().replace(b"\x01", b""), extra_json, orjson.dumps(wire))
                 )
             else:
-                counts[event["type"]] = counts.get(event["type"], 0) + 1
+                counted = shed_counts if sheddable else counts
+                counted[event["type"]] = counted.get(event["type"], 0) + 1
                 args.append(orjson.dumps({**event, "content": content}))
             if event["type"] == 6 and (latest is None or event["timestamp"] >= latest["timestamp"]):
                 latest = event
@@ -323,13 +337,18 @@ class RoomStore:
                 backlog_max,
                 clock.time_ms(),
                 max(1, int(dedup_window_s * 1000)),
+                backlog_max if shed_at is None else shed_at,
+                len(shed),
                 len(counts),
                 *[value for item in counts.items() for value in item],
-                *args,
+                len(shed_counts),
+                *[value for item in shed_counts.items() for value in item],
+                *kept,
+                *shed,
             ],
         )
         if isinstance(answer, list):
-            return Ingested(True, False, int(answer[0]), int(answer[1]))
+            return Ingested(True, False, int(answer[0]), int(answer[1]), int(answer[2]))
         return Ingested(int(answer) != -1, int(answer) == -2, 0, 0)
 
     async def add_reply(self, room_id: str, reply_id: str) -> None:

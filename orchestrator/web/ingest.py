@@ -8,7 +8,11 @@ accepted (``{"accepted", "duplicates", "rejected": [{"index", "error_code", "err
 an event whose ``message_id`` was taken already, counted in ``accepted`` too: the bridge may forget it),
 422 when none was. A room whose backlog (events not yet reported) is at ``interaction.ingest_backlog_max``
 takes nothing: 429 ``BACKLOG_FULL`` with ``Retry-After`` -- the bridge waits and sends the same batch
-again. A bridge token answers 403 ``ROOM_NOT_ALLOWED`` for a room it does not name, 401 everywhere else.
+again; past ``interaction.ingest_shed_at`` of that bound it stops storing likes and viewer counts (``shed``
+in the answer, not in ``accepted``; ``orch_audience_events_total{outcome="shed"}``) so that what may need a
+reply goes first. A process already working on ``interaction.ingest_max_in_flight`` ingest requests
+answers 429 ``BUSY`` with ``Retry-After``, taking nothing. A bridge token answers 403
+``ROOM_NOT_ALLOWED`` for a room it does not name, 401 everywhere else.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from orchestrator import clock
-from orchestrator.appkeys import AUDIENCE, ROOM_STORE, SETTINGS
+from orchestrator.appkeys import AUDIENCE, METRICS, ROOM_STORE, SETTINGS
 from orchestrator.interaction.ingest import MAX_BATCH, BridgeEvent, Rejected, normalise_batch
 from orchestrator.web.api import require_ingest, room_id_param
 from orchestrator.web.errors import ApiError
@@ -75,6 +79,38 @@ RETRY_AFTER_S = 1
     errors=(403, 429),
 )
 async def ingest(request: web.Request) -> web.Response:
+    gate = request.app[INGEST_GATE]
+    if gate.busy:
+        raise ApiError(
+            429,
+            "BUSY",
+            f"this replica already works on {gate.limit} ingest requests; nothing was taken -- send the "
+            "batch again later",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    gate.busy_count += 1
+    try:
+        return await _ingest(request)
+    finally:
+        gate.busy_count -= 1
+
+
+class IngestGate:
+    """Ingest requests being worked on by this process, bounded (``interaction.ingest_max_in_flight``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.busy_count = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.busy_count >= self.limit
+
+
+INGEST_GATE = web.AppKey("ingest_gate", IngestGate)
+
+
+async def _ingest(request: web.Request) -> web.Response:
     received_s = clock.time()
     room_id = room_id_param(request)
     require_ingest(request, room_id)
@@ -110,6 +146,7 @@ async def ingest(request: web.Request) -> web.Response:
         decided=on_slice is not None,
         backlog_max=settings.ingest_backlog_max,
         dedup_window_s=settings.ingest_dedup_window_s,
+        shed_at=max(1, int(settings.ingest_backlog_max * settings.ingest_shed_at)),
     )
     if not ingested.managed:
         raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
@@ -121,11 +158,15 @@ async def ingest(request: web.Request) -> web.Response:
             "nothing was taken -- send the batch again later",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
+    if ingested.shed:
+        request.app[METRICS].audience_events.labels("shed").inc(ingested.shed)
     payload: dict[str, Any] = {
-        "accepted": len(accepted),
+        "accepted": len(accepted) - ingested.shed,
         "duplicates": ingested.duplicates,
         "rejected": [r.model_dump() for r in rejected],
     }
+    if ingested.shed:
+        payload["shed"] = ingested.shed
     if not accepted:  # an error like every other: error_code and error_msg, beside the per-event reasons
         payload.update(error_code="EVENTS_INVALID", error_msg=f"none of the {len(items)} events is valid")
     return web.json_response(payload, status=200 if accepted else 422)
