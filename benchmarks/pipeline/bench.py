@@ -1,34 +1,34 @@
-"""Audience pipeline: ingest rate with reporting, ingest-to-report latency, reply decision time, memory.
+"""Audience pipeline: ingest rate with reporting against a same-run limit, latency at shares of the daemon's
+own capacity, CPU per event, memory.
 
 Processes: a private ``redis-server``; the MetaStudio sandbox (``orchestrator sandbox metastudio``, its own
-process: it is the vendor); the daemon (``orchestrator run``); the load generator (this process, aiohttp
+process: it is the vendor); the daemon (``orchestrator run``); the reference pipeline
+(``reference_server.py``); a bare handler (``bare_server.py``); the load generator (this process, aiohttp
 client, request bodies serialised up front).
 
-1. **Sustained ingest rate** (100 live rooms): closed-loop POSTs of 250-event batches to
-   ``/api/rooms/{room}/events`` for ``--duration`` s; the rate counts an event only once the vendor has
-   accepted the report carrying it (the clock stops when the backlog has drained). Baseline in the same
-   run: the same generator against a bare aiohttp handler that parses the same bodies and answers 200
-   (``bare_server.py``) -- a yardstick of how fast the machine is right now. Alternating rounds, medians.
-2. **Latency at the target rate** (100 live rooms): an open-loop generator at ``--rate`` events/s
-   (20,000: the target) for ``--warmup-s`` + ``--latency-s``; the daemon's own histograms (over the steady
-   state after the warm-up, and over the whole phase) give, exactly at their bucket edges, the share of
-   events reported within 300 ms of ingest, of replies decided within 5 ms (comment accepted → reply
-   decided: text, priority, play_type) and of replies in the Redis queue within 5 ms. Baselines: the
-   report window itself (200 ms, the designed minimum wait) and the reply policy's ``decide()`` alone,
-   timed in this process.
+1. **Sustained ingest rate with reporting** (100 live rooms): closed-loop POSTs of 250-event batches for
+   ``--duration`` s; an event counts only once the vendor has accepted the report carrying it (the clock
+   stops when the sandbox has them all). Measured in alternating rounds for (a) the bare handler (parses
+   and answers: how fast the machine is right now), (b) the **reference pipeline** -- the same parts with
+   nothing else: an aiohttp handler that normalises the events and XADDs them with one Lua call, one reader
+   that XREADGROUPs and POSTs 1,000-event batches to the same sandbox endpoint -- and (c) the daemon.
+   Target (issue 18): daemon / reference >= 0.5, medians. Each process's CPU time per event (from /proc,
+   around its rounds: daemon, reference, sandbox, Redis) is reported beside: steadier than rates.
+2. **Latency at shares of capacity**: open-loop load at ``--shares`` (25 %, 50 %, 75 %) of the daemon's
+   sustained rate measured in step 1 of the same run, ``--warmup-s`` + ``--latency-s`` each; the daemon's
+   own histograms (steady state, after the warm-up) give, at their bucket edges, the p99 of ingest → vendor
+   accepted (target at 50 %: <= report window 200 ms + 100 ms) and of reply decisions (<= 5 ms).
 3. **Memory with 1,000 live rooms**: the daemon's RSS idle with no rooms (at start), after the phases
    above, with 900 more rooms live on the sandbox and owned by its audience service (one room worker
    each), and after every room has had 250 events.
-
-Targets (issue 6): ≥ 20,000 events/s per process; p99 ingest→report ≤ 300 ms; p99 decision ≤ 5 ms.
 
 **Per-room policies** (issue 16): with ``--policies N`` (default 10) the rooms answer by N brand policies
 saved through the admin API (room i names brand i mod N), each with its own rule, FAQ, reactions to
 joins, likes and gifts (by value tier) and masked names -- so likes and gifts are decided too;
 ``--policies 0``: every room by the one file policy, as before.
 
-    python benchmarks/pipeline/bench.py [--duration 15] [--rounds 2] [--rate 20000] [--policies 10]
-        [--out results.json]
+    python benchmarks/pipeline/bench.py [--duration 15] [--rounds 2] [--shares 0.25 0.5 0.75]
+        [--policies 10] [--out results.json]
 """
 
 from __future__ import annotations
@@ -120,6 +120,27 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return round(int(line.split()[1]) / 1024, 1)
     raise RuntimeError("no VmRSS")
+
+
+def cpu_s(pid: int) -> float:
+    """The process's own CPU time (user + system), in seconds."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def vendor_reported(port: int) -> int:
+    """Events the sandbox has accepted in reports, over every job."""
+    return sum(get_json(f"http://127.0.0.1:{port}/_sandbox/state").get("reported", {}).values())
+
+
+async def wait_vendor(port: int, target: int, timeout_s: float = 120) -> float:
+    deadline = time.monotonic() + timeout_s
+    while vendor_reported(port) < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the vendor has {vendor_reported(port)} of {target} events")
+        await asyncio.sleep(0.05)
+    return time.monotonic()
 
 
 def get_json(url: str) -> Any:
@@ -327,7 +348,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15, help="seconds per closed-loop round")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of bare and daemon")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rate", type=float, default=20000, help="open-loop events/s for the latency phase")
+    parser.add_argument(
+        "--shares",
+        type=float,
+        nargs="+",
+        default=[0.25, 0.5, 0.75],
+        help="open-loop rates for the latency phases, as shares of the daemon's sustained rate in this run",
+    )
     parser.add_argument("--latency-s", type=float, default=15)
     parser.add_argument(
         "--warmup-s", type=float, default=5, help="open-loop seconds before the latency counts"
@@ -346,7 +373,7 @@ def main() -> None:
         "policies": args.policies,
     }
     try:
-        ports = {name: free_port() for name in ("sandbox", "daemon", "bare")}
+        ports = {name: free_port() for name in ("sandbox", "daemon", "bare", "reference")}
         policy = work / "policy.yaml"
         policy.write_text(yaml.safe_dump(POLICY, allow_unicode=True))
         env = {
@@ -418,20 +445,39 @@ def main() -> None:
         asyncio.run(put_rooms(ports["daemon"], 0, HOT_ROOMS, args.policies))
         wait_owned(ports["daemon"], HOT_ROOMS, started)
 
-        # --- 1. sustained ingest rate, alternating bare / daemon
+        # --- 1. sustained ingest rate, alternating bare / reference / daemon; CPU per event of each process
+        procs["reference"] = subprocess.Popen(
+            [sys.executable, str(HERE / "reference_server.py"), str(ports["reference"]), server.url]
+            + [room_id(i) for i in range(HOT_ROOMS)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=(work / "reference.log").open("wb"),
+        )
+        wait_http(f"http://127.0.0.1:{ports['reference']}/healthz")
         payloads = bodies(40, seed=1)
-        rates: dict[str, list[float]] = {"bare": [], "daemon": []}
+        pids = {
+            "daemon": procs["daemon"].pid,
+            "reference": procs["reference"].pid,
+            "sandbox": procs["sandbox"].pid,
+            "redis": server.pid,
+        }
+        rates: dict[str, list[float]] = {"bare": [], "reference": [], "daemon": []}
+        cpu_us: dict[str, dict[str, list[float]]] = {"reference": {}, "daemon": {}}
         for _ in range(args.rounds):
             t0 = time.monotonic()
             accepted = asyncio.run(closed_loop(ports["bare"], payloads, args.duration, args.concurrency))
             rates["bare"].append(accepted / (time.monotonic() - t0))
-            base = settled(metrics(ports["daemon"]))
-            t0 = time.monotonic()
-            accepted = asyncio.run(closed_loop(ports["daemon"], payloads, args.duration, args.concurrency))
-            done = asyncio.run(wait_drained(ports["daemon"], base + accepted))
-            rates["daemon"].append(accepted / (done - t0))
+            for name in ("reference", "daemon"):
+                before_cpu = {k: cpu_s(v) for k, v in pids.items()}
+                base_vendor = vendor_reported(ports["sandbox"])
+                t0 = time.monotonic()
+                accepted = asyncio.run(closed_loop(ports[name], payloads, args.duration, args.concurrency))
+                done = asyncio.run(wait_vendor(ports["sandbox"], base_vendor + accepted))
+                rates[name].append(accepted / (done - t0))
+                for k, pid_ in pids.items():
+                    cpu_us[name].setdefault(k, []).append(1e6 * (cpu_s(pid_) - before_cpu[k]) / accepted)
         medians = {k: statistics.median(v) for k, v in rates.items()}
-        sandbox_state = get_json(f"http://127.0.0.1:{ports['sandbox']}/_sandbox/state")
         after = metrics(ports["daemon"])
         result["throughput"] = {
             "batch_events": BATCH,
@@ -439,52 +485,62 @@ def main() -> None:
             "duration_s": args.duration,
             "events_per_s_per_round": {k: [round(x) for x in v] for k, v in rates.items()},
             "events_per_s_median": {k: round(v) for k, v in medians.items()},
+            "ratio_daemon_to_reference": round(medians["daemon"] / medians["reference"], 3),
             "ratio_daemon_to_bare": round(medians["daemon"] / medians["bare"], 3),
-            "vendor_received_events": sum(sandbox_state.get("reported", {}).values()),
+            "ratio_reference_to_bare": round(medians["reference"] / medians["bare"], 3),
             "daemon_reported_events": int(after.get('orch_audience_events_total{outcome="reported"}', 0)),
         }
+        result["cpu_us_per_event"] = {
+            name: {proc: round(statistics.median(v), 1) for proc, v in by_proc.items()}
+            for name, by_proc in cpu_us.items()
+        }
 
-        # --- 2. latency and decision time at the target rate (open loop)
-        async def latency_phase() -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+        # --- 2. latency and decision time at shares of the daemon's own capacity measured above (open loop)
+        capacity = medians["daemon"]
+
+        async def latency_phase(rate: float) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
             start = metrics(ports["daemon"])
             load = asyncio.create_task(
-                open_loop(ports["daemon"], payloads, args.rate, args.warmup_s + args.latency_s)
+                open_loop(ports["daemon"], payloads, rate, args.warmup_s + args.latency_s)
             )
             await asyncio.sleep(args.warmup_s)
             steady = metrics(ports["daemon"])
             return start, steady, await load
 
-        start, steady, sent = asyncio.run(latency_phase())
-        asyncio.run(wait_drained(ports["daemon"], settled(start) + sent["accepted"]))
-        after = metrics(ports["daemon"])
-
-        def shares(before: dict[str, float]) -> dict[str, Any]:
-            return {
-                "ingest_to_report": histogram_share(before, after, "orch_report_latency_seconds", "0.3"),
-                "decision": histogram_share(before, after, "orch_reply_decision_seconds", "0.005"),
-                "queued_in_redis": histogram_share(before, after, "orch_reply_queued_seconds", "0.005"),
-            }
-
-        result["latency"] = {
-            "open_loop": sent,
-            "warmup_s": args.warmup_s,
-            "steady_state": shares(steady),
-            "whole_phase_including_warmup": shares(start),
-            "report_window_baseline_s": 0.2,
-            "gc_pauses_during_phase": {
-                gen: {
-                    "count": int(
-                        after.get(f'orch_gc_pause_seconds_count{{generation="{gen}"}}', 0)
-                        - start.get(f'orch_gc_pause_seconds_count{{generation="{gen}"}}', 0)
-                    ),
-                    "total_s": round(
-                        after.get(f'orch_gc_pause_seconds_sum{{generation="{gen}"}}', 0)
-                        - start.get(f'orch_gc_pause_seconds_sum{{generation="{gen}"}}', 0),
-                        3,
-                    ),
+        curve = []
+        for share in args.shares:
+            rate = capacity * share
+            before_cpu = cpu_s(pids["daemon"])
+            start, steady, sent = asyncio.run(latency_phase(rate))
+            daemon_cpu = cpu_s(pids["daemon"]) - before_cpu
+            asyncio.run(wait_drained(ports["daemon"], settled(start) + sent["accepted"]))
+            after = metrics(ports["daemon"])
+            curve.append(
+                {
+                    "share_of_capacity": share,
+                    "rate_events_per_s": round(rate),
+                    "open_loop": sent,
+                    "daemon_cpu_share_of_a_core": round(daemon_cpu / (args.warmup_s + args.latency_s), 3),
+                    "ingest_to_report": histogram_share(steady, after, "orch_report_latency_seconds", "0.3"),
+                    "decision": histogram_share(steady, after, "orch_reply_decision_seconds", "0.005"),
+                    "queued_in_redis": histogram_share(steady, after, "orch_reply_queued_seconds", "0.005"),
+                    "gc_pauses": {
+                        gen: int(
+                            after.get(f'orch_gc_pause_seconds_count{{generation="{gen}"}}', 0)
+                            - start.get(f'orch_gc_pause_seconds_count{{generation="{gen}"}}', 0)
+                        )
+                        for gen in ("0", "1", "2")
+                    },
                 }
-                for gen in ("0", "1", "2")
-            },
+            )
+        result["latency"] = {
+            "capacity_events_per_s": round(capacity),
+            "warmup_s": args.warmup_s,
+            "latency_s": args.latency_s,
+            "report_window_s": 0.2,
+            "target_ingest_to_report_p99_s": 0.3,
+            "target_decision_p99_s": 0.005,
+            "curve": curve,
             "decide_alone_baseline": decide_baseline(),
         }
         # --- 3. memory with 1,000 live rooms (900 more, after the throughput and latency phases)
