@@ -471,10 +471,15 @@ def main() -> None:
             for name in ("reference", "daemon"):
                 before_cpu = {k: cpu_s(v) for k, v in pids.items()}
                 base_vendor = vendor_reported(ports["sandbox"])
+                base_daemon = settled(metrics(ports["daemon"]))
                 t0 = time.monotonic()
                 accepted = asyncio.run(closed_loop(ports[name], payloads, args.duration, args.concurrency))
-                done = asyncio.run(wait_vendor(ports["sandbox"], base_vendor + accepted))
+                if name == "reference":  # every event goes to the vendor
+                    done = asyncio.run(wait_vendor(ports["sandbox"], base_vendor + accepted))
+                else:  # viewer counts are coalesced: the daemon's own account (reported, coalesced, ...)
+                    done = asyncio.run(wait_drained(ports["daemon"], base_daemon + accepted))
                 rates[name].append(accepted / (done - t0))
+                print(f"{name}: {rates[name][-1]:.0f} events/s", file=sys.stderr, flush=True)
                 for k, pid_ in pids.items():
                     cpu_us[name].setdefault(k, []).append(1e6 * (cpu_s(pid_) - before_cpu[k]) / accepted)
         medians = {k: statistics.median(v) for k, v in rates.items()}
