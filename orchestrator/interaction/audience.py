@@ -335,6 +335,11 @@ class AudienceService:
                 owner = self.workers.get(room_id)
                 if owner is not None and owner.started:
                     await owner.adopt_strays()
+            own = await self.streams.own_idle(running, self.leases.replica_id, stray_ms)
+            for room_id, idle_ids in own.items():
+                owner = self.workers.get(room_id)
+                if owner is not None and owner.started:
+                    await owner.recover_lost(idle_ids)
         self.metrics.rooms_owned.set(len(self.workers))
         await self._reader.refresh()  # a room started (or its lease valid again) is read at once
 

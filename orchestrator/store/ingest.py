@@ -91,6 +91,36 @@ class IngestStreams:
             await self._redis.xclaim(stream, GROUP, consumer, min_idle_time=min_idle_ms, message_ids=ids),
         )
 
+    async def own_idle(self, room_ids: list[str], consumer: str, min_idle_ms: int) -> dict[str, list[str]]:
+        """Per room, the entries delivered to ``consumer`` and unacknowledged for ``min_idle_ms`` (at most
+        1,000 a room), asked in pipelines of :data:`PIPELINE_CHUNK` rooms. The rooms with none are left
+        out."""
+        found: dict[str, list[str]] = {}
+        for chunk in chunks(room_ids):
+            pipe = self._redis.pipeline(transaction=False)
+            for room_id in chunk:
+                pipe.xpending_range(
+                    keys.room_ingest(room_id), GROUP, min="-", max="+", count=1000,
+                    consumername=consumer, idle=min_idle_ms,
+                )  # fmt: skip
+            for room_id, pending in zip(chunk, await pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(pending, Exception) or not pending:
+                    continue
+                found[room_id] = [text(p["message_id"]) for p in pending]
+        return found
+
+    async def claim_own(self, room_id: str, consumer: str, entry_ids: list[str]) -> list[Entry]:
+        """The entries (by id) delivered to ``consumer`` again, with their fields (None once trimmed)."""
+        if not entry_ids:
+            return []
+        return cast(
+            list[Entry],
+            await self._redis.xclaim(
+                keys.room_ingest(room_id), GROUP, consumer, min_idle_time=0,
+                message_ids=list(entry_ids),
+            ),
+        )  # fmt: skip
+
     async def with_strays(self, room_ids: list[str], consumer: str, min_idle_ms: int) -> list[str]:
         """The rooms whose streams hold entries another consumer was delivered and has left unacknowledged
         for ``min_idle_ms`` (:meth:`claim_strays` claims them), asked in pipelines of

@@ -11,11 +11,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from orchestrator.appkeys import METRICS
+from orchestrator.interaction.ingest import normalise_batch
 from orchestrator.sandbox.metastudio.app import Fault
 from orchestrator.store import keys
+from orchestrator.store.ingest import GROUP
 from orchestrator.web.ingest import INGEST_GATE
-from tests.interaction.conftest import ROOM, comment, live_room, redis_of, until
+from tests.interaction.conftest import ROOM, audience, comment, live_room, redis_of, until
 from tests.scheduling.conftest import ADMIN
 
 
@@ -131,3 +135,36 @@ async def test_a_bridge_told_to_wait_loses_nothing_by_waiting(make_settings: Any
         await until(lambda: _now(len([e for e in job.reported if e["type"] == 1]) >= sent), 30)
         texts = [json.loads(e["content"])["content"] for e in job.reported if e["type"] == 1]
         assert sorted(texts) == sorted(f"w{n}-{i}" for n in range(8) for i in range(20))
+
+
+async def test_entries_a_lost_read_delivered_are_taken_again_and_reported(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """Benchmark finding (2x capacity for 30 s): a blocking read that timed out had been served -- its
+    entries delivered to this replica's consumer, in the group's pending list -- but its answer never
+    arrived; nothing took them again, and they waited unreported until the worker restarted. Here the lost
+    read is made exactly: an entry written and read as the replica's consumer in one transaction, so the
+    daemon's own reader never sees it."""
+    async with live_room(make_settings, tmp_path, report_window_ms=50) as (daemon, box, job_id):
+        job = box.world.jobs[job_id]
+        replica = audience(daemon).leases.replica_id
+        (event,), _ = normalise_batch([comment("lost in a read", user="ghost")])
+        wire = orjson.dumps({**event, "content": orjson.dumps(event["content"]).decode()})
+        stream = keys.room_ingest(ROOM)
+        redis = redis_of(daemon)
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(stream, {"event": wire})
+            pipe.xreadgroup(GROUP, replica, {stream: ">"}, count=10)
+            _, delivered = await pipe.execute()
+        assert delivered  # in the replica's pending list, never in its worker's hands
+
+        def texts() -> list[str]:
+            return [json.loads(e["content"]).get("content", "") for e in job.reported if e["type"] == 1]
+
+        await until(lambda: _now("lost in a read" in texts()), 20)
+        assert texts().count("lost in a read") == 1
+
+        async def acknowledged() -> bool:
+            return int((await redis.xpending(stream, GROUP))["pending"]) == 0
+
+        await until(acknowledged, 10)
