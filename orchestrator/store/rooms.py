@@ -302,14 +302,12 @@ class RoomStore:
         ``decided``: the room's owner decides replies for these itself (entries marked ``d``, so its reader
         does not again). Past ``shed_at`` entries of backlog, likes and viewer counts are not written
         (``shed``): comments, gifts, joins and follows go first."""
-        kept: list[Any] = []
-        shed: list[Any] = []
+        args: list[Any] = []
         counts: dict[int, int] = {}  # of the plain events kept (the others are counted by the script)
         shed_counts: dict[int, int] = {}  # of the plain sheddable ones (counted only when written)
         latest: dict[str, Any] | None = None
         for event in events:
             sheddable = event["type"] in SHEDDABLE_TYPES
-            args = shed if sheddable else kept
             content = orjson.dumps(event["content"]).decode()
             if "message_id" in event or "extra" in event:
                 wire = {k: v for k, v in event.items() if k not in PRIVATE_FIELDS}
@@ -318,13 +316,20 @@ class RoomStore:
                 mid = str(event.get("message_id") or "")
                 extra_json = orjson.dumps(extra) if extra else b""
                 args.append(
-                    b"\x01%d\x01%s\x01%s\x01%s"
-                    % (event["type"], mid.encode().replace(b"\x01", b""), extra_json, orjson.dumps(wire))
+                    b"%s\x01%d\x01%s\x01%s\x01%s"
+                    % (
+                        b"\x02" if sheddable else b"",
+                        event["type"],
+                        mid.encode().replace(b"\x01", b""),
+                        extra_json,
+                        orjson.dumps(wire),
+                    )
                 )
             else:
                 counted = shed_counts if sheddable else counts
                 counted[event["type"]] = counted.get(event["type"], 0) + 1
-                args.append(orjson.dumps({**event, "content": content}))
+                wire_json = orjson.dumps({**event, "content": content})
+                args.append(b"\x02" + wire_json if sheddable else wire_json)
             if event["type"] == 6 and (latest is None or event["timestamp"] >= latest["timestamp"]):
                 latest = event
         viewers = ["", ""] if latest is None else [latest["content"]["numberOfViewers"], latest["timestamp"]]
@@ -338,13 +343,11 @@ class RoomStore:
                 clock.time_ms(),
                 max(1, int(dedup_window_s * 1000)),
                 backlog_max if shed_at is None else shed_at,
-                len(shed),
                 len(counts),
                 *[value for item in counts.items() for value in item],
                 len(shed_counts),
                 *[value for item in shed_counts.items() for value in item],
-                *kept,
-                *shed,
+                *args,
             ],
         )
         if isinstance(answer, list):

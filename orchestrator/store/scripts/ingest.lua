@@ -1,12 +1,12 @@
 -- Append audience events to a managed room's ingest stream and count them by type.
 -- KEYS: ingest stream, state, message ids taken lately (by time).
 -- ARGV: maxlen, viewers, viewers at, decided 0/1, backlog max, now ms, dedup window ms, shed at (a
---       backlog from which the sheddable events are not written), number of sheddable events (the last
---       ones), number of types, (type, count)... of the plain events that are kept, number of sheddable
---       types, (type, count)... of the plain sheddable ones, then one argument per event, in order, the
---       sheddable ones last: a plain event is its JSON ('{...'); one with a message id or extra fields is
---       "\1type\1message id\1extra JSON\1event JSON" (counted here: it may be a duplicate). One argument
---       per event: the command is packed per argument.
+--       backlog from which the sheddable events are not written), number of types, (type, count)... of the
+--       plain events that are always kept, number of sheddable types, (type, count)... of the plain
+--       sheddable ones, then one argument per event, in order: a plain event is its JSON ('{...'); one with
+--       a message id or extra fields is "\1type\1message id\1extra JSON\1event JSON" (counted here: it may
+--       be a duplicate); a sheddable event (likes, viewer counts: the caller chooses) is either, behind
+--       "\2". One argument per event: the command is packed per argument.
 -- Returns {written, duplicates, shed}; -1 for a room that is not managed, -2 when the room's backlog
 -- (entries not yet reported and trimmed) is at its bound: nothing is written. Past "shed at" the
 -- sheddable events (likes, viewer counts: the caller chooses) are counted under audience:shed instead.
@@ -16,9 +16,8 @@ local backlog = redis.call('XLEN', stream)
 if backlog >= tonumber(ARGV[5]) then return -2 end
 local now, window = tonumber(ARGV[6]), tonumber(ARGV[7])
 local shedding = backlog >= tonumber(ARGV[8])
-local sheddable = tonumber(ARGV[9])
-local counts, ntypes = {}, tonumber(ARGV[10])
-local at = 11
+local counts, ntypes = {}, tonumber(ARGV[9])
+local at = 10
 for i = 0, ntypes - 1 do counts[ARGV[at + 2 * i]] = tonumber(ARGV[at + 1 + 2 * i]) end
 at = at + 2 * ntypes
 local nshed = tonumber(ARGV[at])
@@ -30,18 +29,25 @@ if not shedding then
   end
 end
 at = at + 2 * nshed
-local last = #ARGV
 local shed = 0
-if shedding then
-  last = #ARGV - sheddable
-  shed = sheddable
-end
 local decided = ARGV[4] == '1'
 local written, duplicates, pruned = 0, 0, false
-for i = at, last do
+for i = at, #ARGV do
   local arg = ARGV[i]
   local fields
-  if string.byte(arg, 1) == 1 then
+  local first = string.byte(arg, 1)
+  if first == 2 then
+    if shedding then
+      shed = shed + 1
+      arg = nil
+    else
+      arg = string.sub(arg, 2)
+      first = string.byte(arg, 1)
+    end
+  end
+  if arg == nil then
+    fields = nil
+  elseif first == 1 then
     local kind, mid, extra, event = string.match(arg, '^\1([^\1]*)\1([^\1]*)\1([^\1]*)\1(.*)$')
     local fresh = true
     if mid ~= '' then
