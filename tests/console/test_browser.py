@@ -147,6 +147,14 @@ def test_an_operator_watches_the_demo_go_live_replies_and_pauses(demo: Demo) -> 
             expect(page.locator("#pause")).to_be_visible(timeout=10_000)
             expect(page.locator("#force-stop")).to_be_disabled()
             expect(page.locator('#timeline [data-kind="review_decided"]')).to_have_count(0)
+            # Review mode on and off from the room page.
+            page.click("#review-toggle")
+            expect(page.locator("#review")).to_contain_text("On: automatic replies wait here", timeout=10_000)
+            page.click("#review-toggle")
+            expect(page.locator("#review")).to_contain_text("Off: automatic replies", timeout=10_000)
+            # The charts and the schedule are drawn (samples come once a minute: maybe none yet).
+            expect(page.locator('#charts svg[data-series="viewers"]')).to_be_visible()
+            expect(page.locator('#charts svg[data-series="comments_per_min"]')).to_be_visible()
 
             page.goto(f"{demo.base_url}/console/#/alerts")
             expect(page.locator("h1")).to_have_text("Alerts")
