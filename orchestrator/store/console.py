@@ -98,13 +98,13 @@ class ConsoleStore:
         """The replicas that announced themselves lately, alive (their key not yet expired) or not."""
         members: Any = await self._redis.zrange(keys.replicas_index(), 0, -1)
         ids = [text(i) for i in members]
-        found = []
-        for replica_id in ids:
-            raw = await self._redis.get(keys.replica(replica_id))
-            found.append(
-                {"replica_id": replica_id, "alive": raw is not None, **(json.loads(raw) if raw else {})}
-            )
-        return found
+        if not ids:
+            return []
+        raws: Any = await self._redis.mget([keys.replica(i) for i in ids])
+        return [
+            {"replica_id": replica_id, "alive": raw is not None, **(json.loads(raw) if raw else {})}
+            for replica_id, raw in zip(ids, raws, strict=True)
+        ]
 
     async def sample_activity(self, room_ids: list[str], minute_ms: int) -> int:
         """One activity sample per room for the interval starting ``minute_ms``, taken by one replica (the

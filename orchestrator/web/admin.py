@@ -52,7 +52,8 @@ def _validate(model: type[ManagedRoom] | type[Schedule], data: Any) -> Any:
         raise invalid_fields("ROOM_INVALID", field_problems(exc)) from None
 
 
-async def _room(request: web.Request) -> ManagedRoom:
+async def room_of(request: web.Request) -> ManagedRoom:
+    """The path's managed room; ApiError 400 or 404 otherwise."""
     room = await request.app[ROOM_CONFIGS].get(room_id_param(request))
     if room is None:
         raise ApiError(404, "ROOM_NOT_FOUND", f"room {request.match_info['room_id']!r} is not managed here")
@@ -109,14 +110,14 @@ async def put_room(request: web.Request) -> web.Response:
 @describe("A room's definition, secrets masked")
 async def get_config(request: web.Request) -> web.Response:
     require_admin(request)
-    return web.json_response((await _room(request)).public())
+    return web.json_response((await room_of(request)).public())
 
 
 @routes.delete("/api/rooms/{room_id}")
 @describe("Stop the room's job and forget the room", errors=(502,))
 async def delete_room(request: web.Request) -> web.Response:
     require_admin(request)
-    room = await _room(request)
+    room = await room_of(request)
     stopped = await _force(request, room, "stop")
     await request.app[ROOM_CONFIGS].delete(room.room_id)
     return web.json_response({"room_id": room.room_id, "deleted": True, "stopped_job": stopped})
@@ -126,7 +127,7 @@ async def delete_room(request: web.Request) -> web.Response:
 @describe("The room's schedule, what it wants now, the next boundary")
 async def get_schedule(request: web.Request) -> web.Response:
     require_admin(request)
-    room = await _room(request)
+    room = await room_of(request)
     desired = evaluate(room.schedule, clock.now())
     return web.json_response(
         {
@@ -143,7 +144,7 @@ async def get_schedule(request: web.Request) -> web.Response:
 @describe("Replace the room's schedule", body=Schedule)
 async def put_schedule(request: web.Request) -> web.Response:
     require_admin(request)
-    room = await _room(request)
+    room = await room_of(request)
     schedule = _validate(Schedule, await _body(request))
     await _save(request, room.model_copy(update={"schedule": schedule}))
     return web.json_response({"room_id": room.room_id, "schedule": schedule.model_dump(mode="json")})
@@ -154,7 +155,7 @@ async def put_schedule(request: web.Request) -> web.Response:
 @describe("Pause or resume the room's automation")
 async def pause_resume(request: web.Request) -> web.Response:
     require_admin(request)
-    room = await _room(request)
+    room = await room_of(request)
     paused = request.path.endswith("/pause")
     await _save(request, room.model_copy(update={"paused": paused}))
     return web.json_response({"room_id": room.room_id, "paused": paused})
@@ -165,7 +166,7 @@ async def pause_resume(request: web.Request) -> web.Response:
 @describe("Force a start or stop now (the room must be paused)", errors=(409, 502))
 async def force(request: web.Request) -> web.Response:
     require_admin(request)
-    room = await _room(request)
+    room = await room_of(request)
     if not room.paused:
         raise ApiError(
             409,

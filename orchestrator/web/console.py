@@ -55,6 +55,7 @@ from orchestrator.store import keys
 from orchestrator.store.console import Session
 from orchestrator.store.redis import chunks, create_redis
 from orchestrator.store.rooms import decode_entry
+from orchestrator.web.admin import room_of
 from orchestrator.web.api import OPERATOR, int_query, managed_room_id, read_model, require_admin
 from orchestrator.web.errors import ApiError
 from orchestrator.web.openapi import Query, describe
@@ -416,10 +417,8 @@ async def overview(request: web.Request) -> web.Response:
 async def windows(request: web.Request) -> web.Response:
     """The room's next live windows (``count``, at most 20), in UTC and in its time zone."""
     require_admin(request)
-    room_id = await managed_room_id(request)
-    config = await request.app[ROOM_CONFIGS].get(room_id)
-    if config is None:
-        raise ApiError(404, "ROOM_NOT_FOUND", f"room {room_id!r} is not managed here")
+    config = await room_of(request)
+    room_id = config.room_id
     count = int_query(request, "count", 5, 1, 20) or 5
     tz = config.schedule.timezone
     found = upcoming_windows(config.schedule, clock.now(), count)
@@ -492,19 +491,16 @@ async def alerts(request: web.Request) -> web.Response:
         for kind in state.get("open_alerts", [])
     ]
     recent: list[dict[str, Any]] = []
+    pipe = redis.pipeline(transaction=False)
     for room_id in room_ids:
-        entries: Any = await redis.xrevrange(keys.room_events(room_id), count=200)
-        found = 0
-        for entry_id, fields in entries:
-            if fields.get(b"kind") != b"alert":
-                continue
+        pipe.xrevrange(keys.room_events(room_id), count=200)
+    for room_id, entries in zip(room_ids, await pipe.execute(), strict=True):
+        alert_entries = [(i, f) for i, f in entries if f.get(b"kind") == b"alert"][:limit]
+        for entry_id, fields in alert_entries:
             entry = {k.decode(): v.decode() for k, v in fields.items()}
             with contextlib.suppress(ValueError):
                 entry["text"] = json.loads(entry.pop("message", "{}")).get("text", "")
             recent.append({"room_id": room_id, "id": entry_id.decode(), **entry})
-            found += 1
-            if found >= limit:
-                break
     recent.sort(key=lambda e: e["id"], reverse=True)
     return web.json_response({"open": open_alerts, "recent": recent})
 

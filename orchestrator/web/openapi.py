@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -79,7 +79,6 @@ class Operation:
     auth: Auth = "admin"
     tag: str = "rooms"
     content_type: str = "application/json"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _OPERATION = "__openapi__"
