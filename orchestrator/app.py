@@ -505,11 +505,19 @@ async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:
     """Room store, callback receiver (group-commit writer + local journal), reactions, RTMP watcher."""
     settings = app[SETTINGS].callbacks
     redis = app[REDIS]
-    store = RoomStore(redis, events_maxlen=settings.events_maxlen)
+    durability = app[SETTINGS].redis
+    store = RoomStore(
+        redis,
+        events_maxlen=settings.events_maxlen,
+        wait_replicas=durability.wait_replicas,
+        wait_timeout_ms=durability.wait_timeout_ms,
+    )
     batcher = callback_batcher(
         redis,
         timeout_s=settings.write_timeout_s,
         on_batch=lambda size: _count_batch(app[METRICS], size),
+        wait_replicas=durability.wait_replicas,
+        wait_timeout_ms=durability.wait_timeout_ms,
     )
     journal = Journal(settings.journal_path)
     journal.claim()  # raises JournalInUse: a replica sharing another's journal must not start

@@ -14,10 +14,11 @@ import ipaddress
 import tomllib
 import warnings
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -113,7 +114,11 @@ class RedisSettings(Section):
 
     url: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"),
-        description="redis:// or rediss:// URL; secret because it may carry a password.",
+        description="One Redis: redis://, rediss:// (TLS) or unix://. Redis Sentinel: "
+        "redis+sentinel://[user:password@]host[:port][,host[:port]...]/service[/db] (rediss+sentinel:// for "
+        "TLS; sentinel_password= and sentinel_username= in the query when the sentinels have their own). "
+        "Redis Cluster: redis+cluster://[user:password@]host[:port][,host[:port]...] (rediss+cluster:// for "
+        "TLS). Secret because it may carry a password.",
     )
     socket_timeout_s: PositiveSeconds = Field(5.0, description="Per-command socket timeout.")
     connect_timeout_s: PositiveSeconds = Field(2.0, description="TCP connect timeout.")
@@ -130,12 +135,131 @@ class RedisSettings(Section):
         1.0, description="/readyz gives up on Redis after this long and reports not ready."
     )
 
+    wait_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Before a vendor callback or a bridge's audience events are acknowledged, wait until "
+        "this many Redis replicas have them (Redis WAIT): a failover then loses nothing acknowledged. 0: "
+        "acknowledge once the master has them (a SIGKILLed master loses what it had not yet replicated).",
+    )
+    wait_timeout_ms: int = Field(
+        200,
+        ge=1,
+        le=10_000,
+        description="How long a write waits for wait_replicas; fewer replicas in time and the callback "
+        "goes to the local journal (replayed later) and the bridge gets 503 with Retry-After.",
+    )
+
     @field_validator("url")
     @classmethod
-    def _check_scheme(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+    def _check_url(cls, value: SecretStr) -> SecretStr:
+        parse_redis_url(value.get_secret_value())  # raises ValueError naming what is wrong
         return value
+
+    @property
+    def target(self) -> RedisTarget:
+        """Where ``url`` points: one Redis, a Sentinel-watched master, or a Cluster."""
+        return parse_redis_url(self.url.get_secret_value())
+
+
+_SENTINEL_PORT, _REDIS_PORT = 26379, 6379
+_URL_OPTIONS = {"sentinel_password", "sentinel_username", "ssl_ca_certs"}
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """What ``redis.url`` names (:func:`parse_redis_url`): ``standalone`` (``url`` as given to redis-py),
+    ``sentinel`` (the sentinels' addresses and the master's ``service`` name) or ``cluster`` (seed nodes)."""
+
+    mode: Literal["standalone", "sentinel", "cluster"]
+    url: str
+    hosts: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    ssl: bool = False
+    ssl_ca_certs: str | None = None
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """The Redis deployment ``url`` names. Raises ValueError saying what is wrong with it (pure).
+
+    ``redis+sentinel://[user:password@]h1[:26379][,h2[:26379]...]/service[/db][?sentinel_password=...]``:
+    the user and password are the master's (and its replicas'); sentinels that require their own are given
+    ``sentinel_username`` / ``sentinel_password``. ``redis+cluster://[user:password@]h1[:6379][,h2...]``:
+    seed nodes of a Redis Cluster (one is enough; the rest are found), database 0 only. The ``rediss+``
+    forms use TLS for every connection, ``ssl_ca_certs=/path`` naming the CA bundle to trust.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError("must be a URL: redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://")
+    if scheme in ("redis", "rediss", "unix"):
+        return RedisTarget("standalone", url)
+    if scheme not in ("redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster"):
+        raise ValueError(
+            f"unknown scheme {scheme!r}: use redis://, rediss://, unix://, redis+sentinel://, "
+            "rediss+sentinel://, redis+cluster:// or rediss+cluster://"
+        )
+    sentinel = scheme.endswith("+sentinel")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    if not at:
+        userinfo, hostlist = "", netloc
+    username, _, password = userinfo.partition(":")
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(options) - _URL_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r}: known are {', '.join(sorted(_URL_OPTIONS))}")
+    hosts = tuple(
+        _host_port(part, _SENTINEL_PORT if sentinel else _REDIS_PORT) for part in hostlist.split(",")
+    )
+    segments = [s for s in path.split("/") if s]
+    service, db = "", 0
+    if sentinel:
+        if not segments:
+            raise ValueError(
+                "a Sentinel URL names the master after the hosts: redis+sentinel://h1,h2/mymaster/0"
+            )
+        service = unquote(segments[0])
+        db_text = segments[1] if len(segments) > 1 else "0"
+        if len(segments) > 2 or not db_text.isdigit():
+            raise ValueError(f"after the master's name comes the database number, not {path!r}")
+        db = int(db_text)
+    elif segments not in ([], ["0"]):
+        raise ValueError("a Redis Cluster has database 0 only: nothing, or /0, after the hosts")
+    return RedisTarget(
+        "sentinel" if sentinel else "cluster",
+        url,
+        hosts=hosts,
+        service=service,
+        db=db,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        sentinel_username=options.get("sentinel_username") or None,
+        sentinel_password=options.get("sentinel_password") or None,
+        ssl=scheme.startswith("rediss"),
+        ssl_ca_certs=options.get("ssl_ca_certs") or None,
+    )
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    if not text:
+        raise ValueError("an empty host in the list (hosts are separated by single commas)")
+    if text.startswith("["):  # [::1]:26379
+        host, _, port_text = text[1:].partition("]")
+        port_text = port_text.removeprefix(":")
+    else:
+        host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"bad port in {text!r}")
+    return host, int(port_text)
 
 
 class LogFormat(StrEnum):
@@ -792,10 +916,15 @@ def _url_password(url: str) -> set[str]:
 def redacted_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (the host stays readable for operators)."""
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = "&".join(
+        f"{name}=***" if "password" in name else part
+        for part in parts.query.split("&")
+        for name in [part.partition("=")[0]]
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:

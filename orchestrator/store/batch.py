@@ -10,6 +10,9 @@ The script must take its calls as fixed-size blocks -- ``KEYS`` = ``keys_per_cal
 per call. (The whole batch is one script run, so this is for a standalone Redis or a replicated one, not a
 Redis Cluster, where one run must stay in one slot.)
 
+With ``wait_replicas`` the batch's ``EVALSHA`` is followed by ``WAIT`` on the same connection: its callers
+resume with NotReplicated unless that many replicas confirmed the batch within ``wait_timeout_ms``.
+
 Each batch runs under one deadline (``timeout_s``); calls that waited longer than that in the queue fail
 without running. A Redis that lost its script cache (a restart) is handled by loading the script again (a
 pooled connection that a restart closed is replaced by the pool when it is checked out).
@@ -29,9 +32,10 @@ from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from orchestrator.store.redis import check_replicated, wait_command
 from orchestrator.tasks import cancel_and_wait, checkpoint
 
 log = structlog.get_logger(__name__)
@@ -60,8 +64,12 @@ class ScriptBatcher:
         max_batch: int = 256,
         repeated_keys: int = 0,
         on_batch: Callable[[int], None] | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 200,
     ) -> None:
         self._redis = redis
+        self._wait = wait_command(wait_replicas, wait_timeout_ms)
+        self._wait_replicas = wait_replicas
         self._script = redis.register_script(script)
         self._keys_per_call = keys_per_call
         self._args_per_call = args_per_call
@@ -161,8 +169,16 @@ class ScriptBatcher:
         pool = self._redis.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await connection.send_packed_command(command)
-            return await connection.read_response()
+            await connection.send_packed_command(command + self._wait)
+            if not self._wait:
+                return await connection.read_response()
+            try:
+                result = await connection.read_response()
+            except ResponseError as exc:  # the script's error (NOSCRIPT); WAIT's answer follows it
+                await connection.read_response()
+                raise exc from None
+            check_replicated(await connection.read_response(), self._wait_replicas)
+            return result
         finally:
             await pool.release(connection)  # redis-py disconnects a connection whose read was interrupted
 

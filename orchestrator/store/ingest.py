@@ -212,7 +212,7 @@ class BlockingReader:
     The command is packed once per set of rooms and sent on the reader's own connection: packing an
     ``XREADGROUP`` of a thousand streams took about a millisecond of the event loop after every arrival
     (the SoftSugar benchmark's comment-to-reply latency). After any error the connection is closed (a
-    reply half read must not answer the next command) and its id asked again on the next read.
+    reply half read must not answer the next command) and returned; the next read takes one from the pool.
     """
 
     def __init__(self, redis: aioredis.Redis) -> None:
@@ -245,8 +245,13 @@ class BlockingReader:
             finally:
                 self.blocked = False
         except BaseException:
+            # The connection goes back to the pool, closed, and the next read takes one from the pool: a
+            # connection that reconnects by itself (on its next send) goes to the address it had, and under
+            # Sentinel that is the old master after a failover -- only the pool asks the sentinels again.
             self._client_id = None
+            self._conn = None
             await conn.disconnect()
+            await self._pool.release(conn)
             raise
         found: dict[str, list[Entry]] = {}
         # RESP3 (redis-py's default protocol now) answers a map of streams, RESP2 a list of pairs.

@@ -14,17 +14,65 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import EqualJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from orchestrator.settings import RedisSettings
+from orchestrator.settings import RedisSettings, RedisTarget
 
 #: Commands per pipeline when one pass touches every room: packing and parsing a pipeline holds the event
 #: loop, so a thousand rooms' commands go in round trips of this many, not in one.
 PIPELINE_CHUNK = 100
+
+
+class NotReplicated(RedisError):
+    """A write the master took but fewer replicas than asked confirmed in time (``WAIT``): a failover now
+    could lose it, so it is not acknowledged as durable (a callback goes to the journal, a bridge is asked
+    to send again)."""
+
+
+def wait_command(replicas: int, timeout_ms: int) -> bytes:
+    """``WAIT replicas timeout_ms`` packed, or nothing when no replica is waited for."""
+    return packed("WAIT", replicas, timeout_ms) if replicas > 0 else b""
+
+
+def check_replicated(acked: Any, replicas: int) -> None:
+    """Raise NotReplicated if ``acked`` (WAIT's answer) is fewer than ``replicas``."""
+    if int(acked) < replicas:
+        raise NotReplicated(f"{int(acked)} of {replicas} Redis replicas confirmed the write in time")
+
+
+async def run_script_durably(
+    redis: aioredis.Redis,
+    script: AsyncScript,
+    script_keys: Sequence[Any],
+    args: Sequence[Any],
+    *,
+    replicas: int = 0,
+    timeout_ms: int = 200,
+) -> Any:
+    """``script``'s answer; with ``replicas``, only once that many replicas have its writes (``WAIT`` on
+    the same connection, one round trip). Raises RedisError, NotReplicated when too few confirmed."""
+    if replicas <= 0:
+        return await script(keys=script_keys, args=args)
+    for attempt in (1, 2):
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+            answer, acked = await pipe.execute(raise_on_error=False)
+        if isinstance(answer, NoScriptError) and attempt == 1:
+            script.sha = await redis.script_load(script.script)
+            continue
+        if isinstance(answer, Exception):
+            raise answer
+        if isinstance(acked, Exception):
+            raise acked
+        check_replicated(acked, replicas)
+        return answer
+    raise AssertionError("unreachable")
 
 
 def packed(*args: bytes | str | int) -> bytes:
@@ -110,28 +158,75 @@ def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
 
 
 def create_redis(settings: RedisSettings, *, client_name: str = "orchestrator") -> aioredis.Redis:
-    """A client (with its own connection pool) for ``settings.url``; connects lazily, on first command."""
+    """A client (with its own connection pool) for ``settings.url``; connects lazily, on first command.
+
+    For a Sentinel URL the client asks the sentinels where the master is whenever it opens a connection,
+    so after a failover its next connections go to the promoted replica (a connection still open to a
+    demoted master is closed on its first READONLY answer)."""
     retry = Retry(
         EqualJitterBackoff(cap=settings.retry_backoff_cap_s, base=settings.retry_backoff_base_s),
         retries=settings.retry_attempts,
         supported_errors=(RedisConnectionError, RedisTimeoutError),
     )
+    options: dict[str, Any] = {
+        "max_connections": settings.max_connections,
+        "timeout": settings.socket_timeout_s,
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "retry": retry,
+        # redis-py 5 ignores ``retry`` unless the errors to retry on are also named here.
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "health_check_interval": int(settings.health_check_interval_s),
+        "client_name": client_name,
+        "decode_responses": False,
+    }
+    target = settings.target
+    if target.mode == "sentinel":
+        return _sentinel_master(target, options, settings)
+    if target.mode == "cluster":
+        raise ValueError("redis+cluster:// is served by create_cluster_redis")
     # A blocking pool: when every connection is busy (a burst: a thousand room workers waking at once), a
     # command waits for one -- up to the socket timeout -- instead of failing with "Too many connections".
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.url.get_secret_value(),
-        max_connections=settings.max_connections,
-        timeout=settings.socket_timeout_s,
-        socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=settings.connect_timeout_s,
-        retry=retry,
-        # redis-py 5 ignores ``retry`` unless the errors to retry on are also named here.
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        health_check_interval=int(settings.health_check_interval_s),
-        client_name=client_name,
-        decode_responses=False,
-    )
+    pool = aioredis.BlockingConnectionPool.from_url(settings.url.get_secret_value(), **options)
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """The master's connections as :class:`SentinelConnectionPool` finds them, handed out as
+    :class:`BlockingConnectionPool` does (a caller waits for a free one); closing it closes the clients
+    of the sentinels too (they belong to this pool alone)."""
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        for sentinel in self.sentinel_manager.sentinels:
+            await sentinel.aclose()
+
+
+def _sentinel_master(target: RedisTarget, options: dict[str, Any], settings: RedisSettings) -> aioredis.Redis:
+    tls: dict[str, Any] = {}
+    if target.ssl:
+        tls = {"ssl": True, **({"ssl_ca_certs": target.ssl_ca_certs} if target.ssl_ca_certs else {})}
+    sentinel_options: dict[str, Any] = {
+        "socket_timeout": settings.connect_timeout_s,
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "username": target.sentinel_username,
+        "password": target.sentinel_password,
+        **tls,
+    }
+    sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options)
+    master_options = {
+        **options,
+        "db": target.db,
+        "username": target.username,
+        "password": target.password,
+        **tls,
+    }
+    return sentinel.master_for(  # type: ignore[no-any-return]
+        target.service,
+        redis_class=aioredis.Redis,
+        connection_pool_class=_BlockingSentinelPool,
+        **master_options,
+    )
 
 
 async def redis_ready(client: aioredis.Redis, timeout_s: float) -> tuple[bool, str | None]:

@@ -38,7 +38,14 @@ from orchestrator import clock
 from orchestrator.providers.registry import DEFAULT_PROVIDER
 from orchestrator.store import keys, scripts
 from orchestrator.store.batch import ScriptBatcher
-from orchestrator.store.redis import PackedCommands, chunks, execute_packed, packed, pairs
+from orchestrator.store.redis import (
+    PackedCommands,
+    chunks,
+    execute_packed,
+    packed,
+    pairs,
+    run_script_durably,
+)
 from orchestrator.store.redis import text as _text
 
 #: Keys and arguments one callback takes in APPLY_CALLBACKS_LUA (the script applies a batch of them). The
@@ -189,9 +196,15 @@ def decode_state(raw: Mapping[Any, Any]) -> dict[str, Any]:
 
 
 def callback_batcher(
-    redis: aioredis.Redis, *, timeout_s: float, on_batch: Callable[[int], None] | None = None
+    redis: aioredis.Redis,
+    *,
+    timeout_s: float,
+    on_batch: Callable[[int], None] | None = None,
+    wait_replicas: int = 0,
+    wait_timeout_ms: int = 200,
 ) -> ScriptBatcher:
-    """The group-commit writer of callbacks: :class:`CallbackWrite` values, many per script run."""
+    """The group-commit writer of callbacks: :class:`CallbackWrite` values, many per script run (each
+    batch confirmed by ``wait_replicas`` Redis replicas before its callers resume, when asked)."""
     return ScriptBatcher(
         redis,
         APPLY_CALLBACKS_LUA,
@@ -200,15 +213,27 @@ def callback_batcher(
         repeated_keys=CALLBACK_ROOM_KEYS,
         timeout_s=timeout_s,
         on_batch=on_batch,
+        wait_replicas=wait_replicas,
+        wait_timeout_ms=wait_timeout_ms,
     )
 
 
 class RoomStore:
     """Reads and writes of room state; takes a Redis client, never a URL."""
 
-    def __init__(self, redis: aioredis.Redis, *, events_maxlen: int = 10_000) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        events_maxlen: int = 10_000,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 200,
+    ) -> None:
+        """``wait_replicas``: :meth:`ingest` returns once that many Redis replicas have the events
+        (``WAIT``, up to ``wait_timeout_ms``; fewer raise NotReplicated)."""
         self._redis = redis
         self._maxlen = events_maxlen
+        self._wait = (wait_replicas, wait_timeout_ms)
         self._set_job_state = redis.register_script(SET_JOB_STATE_LUA)
         self._mark_stall = redis.register_script(MARK_RTMP_STALL_LUA)
         self._new_job = redis.register_script(NEW_JOB_LUA)
@@ -333,9 +358,11 @@ class RoomStore:
             if event["type"] == 6 and (latest is None or event["timestamp"] >= latest["timestamp"]):
                 latest = event
         viewers = ["", ""] if latest is None else [latest["content"]["numberOfViewers"], latest["timestamp"]]
-        answer = await self._ingest(
-            keys=[keys.room_ingest(room_id), keys.room_state(room_id), keys.room_message_ids(room_id)],
-            args=[
+        answer = await run_script_durably(
+            self._redis,
+            self._ingest,
+            [keys.room_ingest(room_id), keys.room_state(room_id), keys.room_message_ids(room_id)],
+            [
                 maxlen,
                 *viewers,
                 "1" if decided else "0",
@@ -349,6 +376,8 @@ class RoomStore:
                 *[value for item in shed_counts.items() for value in item],
                 *args,
             ],
+            replicas=self._wait[0],
+            timeout_ms=self._wait[1],
         )
         if isinstance(answer, list):
             return Ingested(True, False, int(answer[0]), int(answer[1]), int(answer[2]))

@@ -36,6 +36,7 @@ from aiohttp.web_request import BaseRequest
 from redis.exceptions import RedisError
 
 from orchestrator.metrics import Metrics
+from orchestrator.store.redis import NotReplicated
 from orchestrator.web.errors import ApiError, code_for_status, default_message, error_response
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -223,6 +224,18 @@ def _error_response_for(request: BaseRequest, exc: Exception) -> web.StreamRespo
             message or default_message(exc.status),
             request_id,
             headers=headers,
+        )
+    if isinstance(exc, NotReplicated):
+        log.warning(
+            "redis replicas behind for a request", method=request.method, path=request.path, error=str(exc)
+        )
+        return error_response(
+            503,
+            "NOT_REPLICATED",
+            "taken by the state store's master but not yet confirmed by its replicas (redis.wait_replicas); "
+            "send it again (events with a message_id are taken once)",
+            request_id,
+            headers={"Retry-After": "1"},
         )
     if isinstance(exc, RedisError):
         # Redis restarting, loading its data, or gone for a moment (the soak found each): nothing was

@@ -72,6 +72,18 @@ class RedisServer:
         )
         self._wait_ready()
 
+    def start_sentinel(self, conf: Path) -> None:
+        """Run as a Redis Sentinel with this configuration file (which it rewrites as it learns)."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self._proc = subprocess.Popen(
+            [binary, str(conf), "--sentinel", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._wait_ready()
+
     def _wait_ready(self, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -140,3 +152,87 @@ class ExternalRedis:
 
     def close(self) -> None:
         pass
+
+
+class SentinelDeployment:
+    """A Sentinel-watched Redis on loopback: a master, ``replicas`` replicas and three sentinels (quorum 2),
+    as a production deployment has them, with short timings: a master that does not answer for
+    ``down_after_ms`` is failed over (the sentinels agree, elect a leader, promote the replica)."""
+
+    SERVICE = "mymaster"
+
+    def __init__(
+        self, *, replicas: int = 1, down_after_ms: int = 1000, extra_args: list[str] | None = None
+    ) -> None:
+        self.master = RedisServer(extra_args=extra_args)
+        self.replicas = [RedisServer(extra_args=extra_args) for _ in range(replicas)]
+        self.sentinels = [RedisServer() for _ in range(3)]
+        self._down_after_ms = down_after_ms
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.SERVICE}/0"
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        """The master and the replicas (which one is master changes with a failover)."""
+        return [self.master, *self.replicas]
+
+    def start(self) -> SentinelDeployment:
+        self.master.start()
+        for replica in self.replicas:
+            replica._extra_args += ["--replicaof", "127.0.0.1", str(self.master.port)]
+            replica.start()
+        for sentinel in self.sentinels:
+            conf = sentinel._dir / "sentinel.conf"
+            conf.write_text(
+                f"port {sentinel.port}\nbind 127.0.0.1\ndir {sentinel._dir}\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} {self._down_after_ms}\n"
+                f"sentinel failover-timeout {self.SERVICE} 10000\n"
+                f"sentinel parallel-syncs {self.SERVICE} 1\n"
+            )
+            sentinel.start_sentinel(conf)
+        self._wait_synced()
+        return self
+
+    def _wait_synced(self, timeout_s: float = 15.0) -> None:
+        """Until every replica is in sync with the master and every sentinel knows every replica."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            info = _command(self.master.port, "INFO", "replication")
+            synced = info.count("state=online")
+            known = [
+                _command(s.port, "SENTINEL", "REPLICAS", self.SERVICE).count("127.0.0.1")
+                for s in self.sentinels
+            ]
+            if synced >= len(self.replicas) and all(k >= len(self.replicas) for k in known):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Sentinel deployment did not settle within {timeout_s}s")
+
+    def master_port(self) -> int:
+        """The master's port as the sentinels report it now."""
+        answer = _command(self.sentinels[0].port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE)
+        return int(answer.split()[-1])
+
+    def close(self) -> None:
+        for server in [*self.sentinels, *self.servers]:
+            server.close()
+
+
+def _command(port: int, *args: str) -> str:
+    """One command's raw RESP answer as text (enough to look for words in it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(
+            b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+        )
+        sock.settimeout(0.5)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except TimeoutError:
+            pass
+        return data.decode(errors="replace")
