@@ -72,6 +72,7 @@ from orchestrator.settings import Settings, redacted_url
 from orchestrator.store import keys
 from orchestrator.store.console import ConsoleStore
 from orchestrator.store.journal import Journal
+from orchestrator.store.migrate import rename_legacy_keys
 from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import chunks, create_redis, redis_ready
 from orchestrator.store.rooms import RoomStore, callback_batcher
@@ -156,6 +157,11 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         reachable=ok,
         detail=detail,
     )
+    if ok:
+        try:
+            await rename_legacy_keys(client)
+        except RedisError as exc:  # the next start renames them; until then a vendor token is fetched anew
+            log.warning("cannot rename keys stored under older names", error=str(exc) or type(exc).__name__)
     yield
     await client.aclose()
     log.info("redis client closed")

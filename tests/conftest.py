@@ -1,4 +1,7 @@
-"""Session-wide fixtures: a real Redis (private, or REDIS_URL), flushed before each test that uses it."""
+"""Session-wide fixtures: a real Redis (private, or REDIS_URL), flushed before each test that uses it.
+
+``ORCH_TEST_REDIS=cluster`` runs the tests against a private Redis Cluster instead (3 masters, 3 replicas,
+on loopback): ``tests/test_redis_cluster.py`` runs a representative set of the suite that way."""
 
 from __future__ import annotations
 
@@ -10,29 +13,42 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from orchestrator.settings import Settings, load_settings
-from tests.support.redis_server import ExternalRedis, RedisServer
+from orchestrator.settings import RedisSettings, Settings, load_settings
+from orchestrator.store.redis import create_redis
+from tests.support.redis_server import ClusterDeployment, ExternalRedis, RedisServer
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer | ExternalRedis]:
+def redis_server() -> Iterator[RedisServer | ExternalRedis | ClusterDeployment]:
     url = os.environ.get("REDIS_URL")
-    server: RedisServer | ExternalRedis = ExternalRedis(url) if url else RedisServer()
+    server: RedisServer | ExternalRedis | ClusterDeployment
+    if os.environ.get("ORCH_TEST_REDIS") == "cluster":
+        server = ClusterDeployment()
+    else:
+        server = ExternalRedis(url) if url else RedisServer()
     server.start()
     yield server
     server.close()
 
 
 @pytest.fixture
-def controllable_redis(redis_server: RedisServer | ExternalRedis) -> RedisServer:
+def controllable_redis(redis_server: RedisServer | ExternalRedis | ClusterDeployment) -> RedisServer:
     """The private Redis, for tests that stop and restart it."""
+    if isinstance(redis_server, ClusterDeployment):
+        pytest.skip(
+            "ORCH_TEST_REDIS=cluster: outages of a cluster have their own test (test_redis_cluster.py)"
+        )
     if not isinstance(redis_server, RedisServer):
         pytest.skip("REDIS_URL is set: cannot stop someone else's Redis; unset it to run outage tests")
     return redis_server
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer | ExternalRedis) -> Iterator[str]:
+def redis_url(redis_server: RedisServer | ExternalRedis | ClusterDeployment) -> Iterator[str]:
+    if isinstance(redis_server, ClusterDeployment):
+        redis_server.flush()
+        yield redis_server.url
+        return
     redis_server.start()  # a previous test may have stopped it
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushall()
@@ -42,7 +58,8 @@ def redis_url(redis_server: RedisServer | ExternalRedis) -> Iterator[str]:
 
 @pytest.fixture
 async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
+    """A client of the test Redis as the daemon makes one (a cluster client under ORCH_TEST_REDIS=cluster)."""
+    client = create_redis(RedisSettings.model_validate({"url": redis_url}))
     yield client
     await client.aclose()
 

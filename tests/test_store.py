@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.asyncio.cluster import RedisCluster
 from redis.backoff import EqualJitterBackoff
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
@@ -17,7 +19,16 @@ from orchestrator.settings import RedisSettings
 from orchestrator.store import keys
 from orchestrator.store.events import RoomEvents
 from orchestrator.store.ingest import IngestStreams
-from orchestrator.store.redis import create_redis, execute_packed, packed, pairs, redis_ready, run_script_many
+from orchestrator.store.migrate import rename_legacy_keys
+from orchestrator.store.redis import (
+    create_redis,
+    execute_packed,
+    is_cluster,
+    packed,
+    pairs,
+    redis_ready,
+    run_script_many,
+)
 from tests.support.redis_server import RedisServer
 
 ROOM_IDS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,40}", fullmatch=True)
@@ -47,6 +58,10 @@ async def test_client_from_settings(redis_url: str) -> None:
     client = create_redis(settings)
     try:
         assert await client.ping()
+        if is_cluster(client):  # every node's connections are made with the same arguments
+            assert cast(RedisCluster, client).get_connection_kwargs()["socket_timeout"] == 2.5
+            assert await client.client_getname() == "orchestrator"
+            return
         kwargs = client.connection_pool.connection_kwargs
         assert kwargs["socket_timeout"] == 2.5
         assert kwargs["health_check_interval"] == 15
@@ -170,3 +185,21 @@ async def test_commands_packed_once_run_in_one_round_trip_and_survive_a_restart(
         assert await execute_packed(redis, []) == []
     finally:
         await redis.aclose()
+
+
+async def test_vendor_keys_stored_under_their_old_names_are_renamed_at_start(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Vendor keys gained a hash tag (one slot per account on a Redis Cluster): an upgrade renames what an
+    older version stored, and a key already under its new name is kept."""
+    if is_cluster(redis_client):
+        pytest.skip("a Redis Cluster never held the old names")
+    await redis_client.hset("orch:vendor:softsugar:app-1:sessions", mapping={"s1": "room-a"})
+    await redis_client.hset("orch:vendor:softsugar:app-1:token", mapping={"access": "old"})
+    await redis_client.hset(keys.vendor_token("softsugar", "app-1"), mapping={"access": "new"})
+    await redis_client.set("orch:vendor:softsugar:app-1:token-lock", "r1")
+    assert await rename_legacy_keys(redis_client) == 1
+    assert await redis_client.hgetall(keys.vendor_sessions("softsugar", "app-1")) == {b"s1": b"room-a"}
+    assert keys.vendor_sessions("softsugar", "app-1") == "orch:vendor:{softsugar:app-1}:sessions"
+    assert await redis_client.hget(keys.vendor_token("softsugar", "app-1"), "access") == b"new"
+    assert await rename_legacy_keys(redis_client) == 0  # once

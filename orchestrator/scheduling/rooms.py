@@ -32,6 +32,7 @@ from orchestrator.providers.base import RoomTemplate
 from orchestrator.scheduling.schedules import Schedule
 from orchestrator.settings import AlertTarget, Settings
 from orchestrator.store import keys
+from orchestrator.store.redis import mget
 from orchestrator.store.rooms import RoomStore
 
 
@@ -213,7 +214,7 @@ class RoomConfigs:
         room_ids = await self._state.rooms()
         if not room_ids:
             return []
-        raws = await self._redis.mget([keys.room_config(r) for r in room_ids])
+        raws = await mget(self._redis, [keys.room_config(r) for r in room_ids])
         return [room for room in map(self._parse, raws) if room is not None]
 
     def _parse(self, raw: bytes | str | None) -> ManagedRoom | None:

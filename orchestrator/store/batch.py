@@ -7,8 +7,8 @@ next requests queue up and leave together.
 
 The script must take its calls as fixed-size blocks -- ``KEYS`` = ``keys_per_call`` keys per call,
 ``ARGV`` = the number of calls followed by ``args_per_call`` arguments per call -- and return one result
-per call. (The whole batch is one script run, so this is for a standalone Redis or a replicated one, not a
-Redis Cluster, where one run must stay in one slot.)
+per call. On a Redis Cluster, where one run must stay in one hash slot, a batch is one run per slot, each
+sent to its slot's master (the runs of one master in one round trip).
 
 With ``wait_replicas`` the batch's ``EVALSHA`` is followed by ``WAIT`` on the same connection: its callers
 resume with NotReplicated unless that many replicas confirmed the batch within ``wait_timeout_ms``.
@@ -32,10 +32,11 @@ from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 import structlog
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from orchestrator.store.redis import check_replicated, wait_command
+from orchestrator.store.redis import check_replicated, execute_on_nodes, is_cluster, wait_command
 from orchestrator.tasks import cancel_and_wait, checkpoint
 
 log = structlog.get_logger(__name__)
@@ -124,6 +125,9 @@ class ScriptBatcher:
             return
         if self._on_batch is not None:
             self._on_batch(len(live))
+        if is_cluster(self._redis):
+            await self._execute_by_slot(live)
+            return
         try:
             async with asyncio.timeout(self._timeout_s):
                 results = await self._evalsha(self._pack(live))
@@ -135,6 +139,44 @@ class ScriptBatcher:
             self._fail(live, exc if isinstance(exc, RedisError) else RedisError(str(exc)))
         else:
             for call, result in zip(live, results, strict=True):
+                if not call.future.done():
+                    call.future.set_result(result)
+
+    async def _execute_by_slot(self, live: list[_Call]) -> None:
+        """On a Redis Cluster: one script run per hash slot (a run must stay in one), the runs of each
+        master sent together, the masters at once (:func:`execute_on_nodes`); each slot's callers get its
+        outcome, so one slot failing over fails only its own calls."""
+        by_slot: dict[int, list[_Call]] = {}
+        for call in live:
+            by_slot.setdefault(key_slot(call.keys[0].encode()), []).append(call)
+        groups = list(by_slot.values())
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                commands = [(group[0].keys[0], self._pack(group)) for group in groups]
+                answers = await execute_on_nodes(
+                    self._redis, commands, wait=self._wait, replicas=self._wait_replicas
+                )
+                if any(isinstance(a, NoScriptError) for a in answers):
+                    await self._redis.script_load(self._script.script)  # every master
+                    answers = await execute_on_nodes(
+                        self._redis, commands, wait=self._wait, replicas=self._wait_replicas
+                    )
+        except TimeoutError:
+            self._fail(live, RedisTimeoutError(f"no answer from Redis within {self._timeout_s:g}s"))
+            return
+        except (RedisError, OSError) as exc:
+            self._fail(live, exc if isinstance(exc, RedisError) else RedisError(str(exc)))
+            return
+        for group, answer in zip(groups, answers, strict=True):
+            if isinstance(answer, Exception) or not isinstance(answer, list) or len(answer) != len(group):
+                failure = (
+                    answer
+                    if isinstance(answer, RedisError)
+                    else RedisError(f"the script answered {answer!r:.80}")
+                )
+                self._fail(group, failure)
+                continue
+            for call, result in zip(group, answer, strict=True):
                 if not call.future.done():
                     call.future.set_result(result)
 

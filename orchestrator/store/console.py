@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from orchestrator.store import keys
-from orchestrator.store.redis import chunks, text
+from orchestrator.store.redis import chunks, mget, text
 
 #: Samples kept per room: a day at the default minute.
 ACTIVITY_MAXLEN = 1440
@@ -100,7 +100,7 @@ class ConsoleStore:
         ids = [text(i) for i in members]
         if not ids:
             return []
-        raws: Any = await self._redis.mget([keys.replica(i) for i in ids])
+        raws: Any = await mget(self._redis, [keys.replica(i) for i in ids])
         return [
             {"replica_id": replica_id, "alive": raw is not None, **(json.loads(raw) if raw else {})}
             for replica_id, raw in zip(ids, raws, strict=True)

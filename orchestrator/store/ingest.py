@@ -13,6 +13,8 @@ string}``, as the daemon writes it), or ``raw`` (a bridge's event, in the form `
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple, cast
 
@@ -22,7 +24,16 @@ from redis.exceptions import ResponseError
 
 from orchestrator.store import keys, scripts
 from orchestrator.store.events import RoomEvents
-from orchestrator.store.redis import PackedCommands, chunks, execute_packed, packed, text
+from orchestrator.store.redis import (
+    Packed,
+    PackedCommands,
+    chunks,
+    execute_on_nodes,
+    execute_packed,
+    is_cluster,
+    packed,
+    text,
+)
 
 GROUP = "reporter"
 
@@ -42,7 +53,8 @@ class IngestStreams:
         self._redis = redis
         self._events = events
         self._mark = redis.register_script(scripts.source("report_mark_batch"))
-        self._ack_and_trim = redis.register_script(scripts.source("report_ack_and_trim"))
+        self._ack_and_trim_source = scripts.source("report_ack_and_trim")
+        self._ack_and_trim = redis.register_script(self._ack_and_trim_source)
         self._swap_url = redis.register_script(scripts.source("report_url_swap"))
         self._strays_idle_ms = 0
         self._strays_question = PackedCommands(
@@ -59,8 +71,11 @@ class IngestStreams:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def blocking_reader(self) -> BlockingReader:
-        """A reader with a connection of its own, whose blocked read another task can end (:meth:`wake`)."""
+    def blocking_reader(self) -> BlockingReader | PollingReader:
+        """A reader with a connection of its own, whose blocked read another task can end (:meth:`wake`);
+        on a Redis Cluster, where one read cannot span slots, a reader that polls each room's stream."""
+        if is_cluster(self._redis):
+            return PollingReader(self._redis)
         return BlockingReader(self._redis)
 
     async def claim_all(self, room_id: str, consumer: str) -> list[Entry]:
@@ -188,11 +203,16 @@ class IngestStreams:
         ``reported`` events, replace the URL it went to by a refreshed one (if that is still the room's),
         and record a ``reported`` entry."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            await self._ack_and_trim(
-                keys=[keys.room_ingest(room_id), keys.room_report(room_id), keys.room_state(room_id)],
-                args=[GROUP, keep_from, batch_id, sent_to or "", refreshed_url or "", reported, *entry_ids],
-                client=pipe,
-            )
+            script_keys = [keys.room_ingest(room_id), keys.room_report(room_id), keys.room_state(room_id)]
+            args: list[str | int] = [
+                GROUP, keep_from, batch_id, sent_to or "", refreshed_url or "", reported, *entry_ids
+            ]  # fmt: skip
+            if is_cluster(self._redis):
+                # A cluster's transaction does not load a script its master lacks (a promoted replica's
+                # cache is empty), and the transaction's other commands would run without it: the source.
+                pipe.eval(self._ack_and_trim_source, len(script_keys), *script_keys, *args)
+            else:
+                await self._ack_and_trim(keys=script_keys, args=args, client=pipe)
             self._events.add_to(
                 pipe, room_id, "reported", job_id=job_id, batch_id=batch_id, events=reported, types=types
             )
@@ -286,6 +306,90 @@ class BlockingReader:
         if self._conn is not None:
             await self._pool.release(self._conn)
             self._conn = None
+
+
+#: How often a :class:`PollingReader` asks every room's stream while nothing arrives.
+POLL_INTERVAL_S = 0.05
+
+
+class PollingReader:
+    """:class:`BlockingReader`'s contract on a Redis Cluster. One ``XREADGROUP`` cannot name streams of
+    several slots, and one blocked read a room would hold a connection a room; so each read asks every
+    room's stream without blocking -- one pipelined round trip per master, the masters at once
+    (:func:`execute_on_nodes`) -- and, while none has anything, again every :data:`POLL_INTERVAL_S` until
+    ``block_ms`` has passed or :meth:`wake` is called. The price of a cluster: a thousand idle rooms are
+    twenty thousand cheap reads a second, and an event waits up to the interval (the report window is
+    longer; a replica that took the event over HTTP decides its replies at once anyway)."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._woken = asyncio.Event()
+        self._packed: dict[str, Packed] = {}
+        self._packed_for: tuple[str, int] = ("", 0)
+        self.blocked = False
+
+    async def read(
+        self, room_ids: Iterable[str], consumer: str, *, count: int, block_ms: int
+    ) -> dict[str, list[Entry]]:
+        """New entries of these rooms' streams, by room. Raises RedisError (the first room's error) only
+        when no room's stream gave anything."""
+        rooms = tuple(room_ids)
+        if not rooms:
+            return {}
+        if self._packed_for != (consumer, count) or len(self._packed) > 100_000:
+            self._packed, self._packed_for = {}, (consumer, count)
+        commands = [(keys.room_ingest(r), self._command(r, consumer, count)) for r in rooms]
+        deadline = asyncio.get_running_loop().time() + block_ms / 1000
+        self._woken.clear()
+        self.blocked = True
+        try:
+            while True:
+                answers = await execute_on_nodes(self._redis, commands)
+                found: dict[str, list[Entry]] = {}
+                for room_id, answer in zip(rooms, answers, strict=True):
+                    if answer is None or isinstance(answer, Exception):
+                        continue
+                    streams = answer.items() if isinstance(answer, dict) else answer
+                    for _, entries in cast(list[tuple[bytes, list[list[Any]]]], streams):
+                        found[room_id] = [(entry_id, _fields(fields)) for entry_id, fields in entries]
+                if found:
+                    return found
+                error = next((a for a in answers if isinstance(a, Exception)), None)
+                if error is not None:
+                    raise error
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0 or self._woken.is_set():
+                    return {}
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(POLL_INTERVAL_S, remaining)):
+                        await self._woken.wait()
+        finally:
+            self.blocked = False
+
+    def _command(self, room_id: str, consumer: str, count: int) -> Packed:
+        command = self._packed.get(room_id)
+        if command is None:
+            command = self._packed[room_id] = packed(
+                "XREADGROUP",
+                "GROUP",
+                GROUP,
+                consumer,
+                "COUNT",
+                count,
+                "STREAMS",
+                keys.room_ingest(room_id),
+                ">",
+            )
+            command.key = keys.room_ingest(room_id).encode()
+        return command
+
+    async def wake(self) -> bool:
+        """End the read waiting now, if one is; True if one was."""
+        self._woken.set()
+        return self.blocked
+
+    async def aclose(self) -> None:
+        self._woken.set()
 
 
 def _fields(fields: list[Any] | None) -> dict[Any, Any]:

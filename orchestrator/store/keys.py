@@ -159,33 +159,39 @@ def llm_seen(signature: str) -> str:
     return f"{PREFIX}:llmseen:{signature}"
 
 
+def _vendor(provider: str, account: str, suffix: str) -> str:
+    """A vendor account's key: ``orch:vendor:{provider:account}:suffix`` -- one hash tag per account, so
+    that its keys written together (a session and its answer backend) share a Redis Cluster slot."""
+    return f"{PREFIX}:vendor:{{{provider}:{account}}}:{suffix}"
+
+
 def vendor_token(provider: str, account: str) -> str:
     """Hash: a vendor account's access token shared by every replica (``access``, ``refresh``,
     ``expires_ms``, ``refresh_expires_ms``): one token for the whole deployment, not one per process."""
-    return f"{PREFIX}:vendor:{provider}:{account}:token"
+    return _vendor(provider, account, "token")
 
 
 def vendor_sessions(provider: str, account: str) -> str:
     """Hash: the vendor sessions the daemon created, session id → room id (a vendor whose listing does not
     name rooms: SoftSugar)."""
-    return f"{PREFIX}:vendor:{provider}:{account}:sessions"
+    return _vendor(provider, account, "sessions")
 
 
 def vendor_unknown_sessions(provider: str, account: str) -> str:
     """Hash: running vendor sessions no room knows, session id → when first seen (ms; ``-1`` once dealt
     with), so every replica gives the same session the same grace."""
-    return f"{PREFIX}:vendor:{provider}:{account}:unknown-sessions"
+    return _vendor(provider, account, "unknown-sessions")
 
 
 def vendor_session_answers(provider: str, account: str) -> str:
     """Hash: session id → the vendor answer backend its audience questions go to (a SoftSugar room's Q&A
     database, fixed for the session as the vendor fixes it per live broadcast)."""
-    return f"{PREFIX}:vendor:{provider}:{account}:session-answers"
+    return _vendor(provider, account, "session-answers")
 
 
 def vendor_token_lock(provider: str, account: str) -> str:
     """String with TTL: held by the replica obtaining or refreshing the account's token."""
-    return f"{PREFIX}:vendor:{provider}:{account}:token-lock"
+    return _vendor(provider, account, "token-lock")
 
 
 def check_policy_name(name: str) -> str:

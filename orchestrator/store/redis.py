@@ -9,16 +9,28 @@ retries and the next one reconnects, so the daemon recovers without a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import EqualJitterBackoff
 from redis.commands.core import AsyncScript
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MaxConnectionsError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from orchestrator.settings import RedisSettings, RedisTarget
@@ -75,14 +87,30 @@ async def run_script_durably(
     raise AssertionError("unreachable")
 
 
-def packed(*args: bytes | str | int) -> bytes:
+class Packed(bytes):
+    """One command in Redis's wire form, with the key that routes it on a Redis Cluster (``key``)."""
+
+    key: bytes
+
+
+def packed(*args: bytes | str | int) -> Packed:
     """One command in Redis's wire form (RESP), packed once by the caller and sent many times
-    (:func:`execute_packed`)."""
+    (:func:`execute_packed`). Its key (for a cluster's routing) is the first key of an ``EVALSHA``, else
+    the command's first argument."""
     parts = [b"*%d\r\n" % len(args)]
+    encoded = []
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
+        encoded.append(data)
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    command = Packed(b"".join(parts))
+    script = encoded[0].upper() in (b"EVALSHA", b"EVAL")
+    command.key = (
+        encoded[3]
+        if script and len(encoded) > 3 and encoded[2] != b"0"
+        else encoded[min(1, len(encoded) - 1)]
+    )
+    return command
 
 
 class PackedCommands:
@@ -107,7 +135,7 @@ class PackedCommands:
         self._packed.clear()
 
 
-async def execute_packed(redis: aioredis.Redis, commands: Sequence[bytes]) -> list[Any]:
+async def execute_packed(redis: aioredis.Redis, commands: Sequence[Packed] | Sequence[bytes]) -> list[Any]:
     """Send commands packed beforehand (:func:`packed`) in one round trip on a pooled connection; their
     replies in order, an error reply as its exception (not raised), replies as Redis gives them (no
     redis-py response callbacks: ``HGETALL`` is a list of pairs in RESP2, a map in RESP3).
@@ -119,6 +147,8 @@ async def execute_packed(redis: aioredis.Redis, commands: Sequence[bytes]) -> li
     RedisError."""
     if not commands:
         return []
+    if is_cluster(redis):
+        return await execute_on_nodes(redis, [(c.key if isinstance(c, Packed) else b"", c) for c in commands])
     pool = redis.connection_pool
     for attempt in (1, 2):
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
@@ -141,6 +171,147 @@ async def execute_packed(redis: aioredis.Redis, commands: Sequence[bytes]) -> li
         finally:
             await pool.release(conn)
     raise AssertionError("unreachable")
+
+
+#: Redirections a cluster node answers when a slot is not (or no longer, or not yet) its own.
+_REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
+
+
+async def execute_on_nodes(
+    redis: aioredis.Redis,
+    commands: Sequence[tuple[bytes | str, bytes]],
+    *,
+    wait: bytes = b"",
+    replicas: int = 0,
+) -> list[Any]:
+    """On a Redis Cluster: send ``(key, packed command)`` pairs, each to the master of its key's slot --
+    one round trip per master, the masters at once -- and their replies in order, an error reply as its
+    exception (not raised), raw as :func:`execute_packed` gives them. ``wait`` (:func:`wait_command`) is
+    sent after each master's commands, and a master whose replicas confirm fewer than ``replicas`` answers
+    NotReplicated for each of its commands.
+
+    A command that meets a failover or a slot migration (a broken connection, MOVED, ASK, TRYAGAIN,
+    CLUSTERDOWN) is sent again after the slot map is read again, up to three times, a quarter of a second
+    apart: a failover takes the cluster's node timeout and an election (seconds), after which the answer
+    is the redirection's error. The commands sent this way may run twice: they are writes whose second run
+    is recognised (group commits of callbacks carry their ids) or reads and renewals."""
+    cluster = cast(RedisCluster, redis)
+    results: list[Any] = [None] * len(commands)
+    todo = list(range(len(commands)))
+    for attempt in range(4):
+        if attempt:
+            await asyncio.sleep(0.25)
+            with contextlib.suppress(RedisError, OSError):
+                await cluster.nodes_manager.initialize()
+        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for i in todo:
+            key = commands[i][0]
+            node = cluster.get_node_from_key(key.decode() if isinstance(key, bytes) else key)
+            if node is None:
+                results[i] = ClusterDownError("no node serves the key's slot")
+                continue
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        await asyncio.gather(
+            *(_send_to_node(node, idx, commands, results, wait, replicas) for node, idx in by_node.values())
+        )
+        todo = [
+            i for i in todo if isinstance(results[i], (*_REDIRECTS, RedisConnectionError, RedisTimeoutError))
+        ]
+        if not todo:
+            break
+    return results
+
+
+async def _send_to_node(
+    node: ClusterNode,
+    indices: list[int],
+    commands: Sequence[tuple[bytes | str, bytes]],
+    results: list[Any],
+    wait: bytes,
+    replicas: int,
+) -> None:
+    try:
+        conn = node.acquire_connection()
+    except MaxConnectionsError as exc:
+        for i in indices:
+            results[i] = RedisConnectionError(str(exc) or "no free connection to the node")
+        return
+    try:
+        await conn.send_packed_command(b"".join(commands[i][1] for i in indices) + wait, check_health=True)
+        for i in indices:
+            try:
+                results[i] = await conn.read_response()
+            except ResponseError as exc:
+                results[i] = exc
+        if wait:
+            acked = await conn.read_response()
+            with contextlib.suppress(NotReplicated):
+                check_replicated(acked, replicas)
+                return
+            for i in indices:
+                if not isinstance(results[i], Exception):
+                    results[i] = NotReplicated(
+                        f"{int(acked)} of {replicas} Redis replicas confirmed the write in time"
+                    )
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        await conn.disconnect()
+        for i in indices:
+            if results[i] is None or not isinstance(results[i], Exception):
+                results[i] = exc if isinstance(exc, RedisError) else RedisConnectionError(str(exc))
+    except BaseException:
+        await conn.disconnect()  # a reply half read must not answer the next command
+        raise
+    finally:
+        node.release(conn)
+
+
+async def mget(redis: aioredis.Redis, names: Sequence[str]) -> list[Any]:
+    """The values of ``names`` (None where missing), in order; on a Redis Cluster, where one ``MGET``
+    cannot span slots, one per slot (not atomic across them)."""
+    if not names:
+        return []
+    if is_cluster(redis):
+        return list(await cast(RedisCluster, redis).mget_nonatomic(list(names)))
+    return list(await redis.mget(list(names)))
+
+
+async def xread_many(
+    redis: aioredis.Redis, streams: dict[str, str], *, count: int, block_ms: int
+) -> list[tuple[bytes, list[Any]]]:
+    """``XREAD`` of several streams: ``[(stream, entries), ...]`` for those with entries after the given
+    ids, waiting up to ``block_ms`` for any. On a Redis Cluster, whose reads cannot span slots, the streams
+    of several slots are read without blocking, one read per slot in one pipeline, every
+    :data:`XREAD_POLL_S` until one has entries or the time is up."""
+    if not streams:
+        return []
+    by_slot: dict[int, dict[str, str]] = {}
+    if is_cluster(redis):
+        for stream, last in streams.items():
+            by_slot.setdefault(key_slot(stream.encode()), {})[stream] = last
+    if len(by_slot) <= 1:
+        return _stream_pairs(await redis.xread(streams, count=count, block=block_ms))  # type: ignore[arg-type]
+    deadline = asyncio.get_running_loop().time() + block_ms / 1000
+    while True:
+        async with redis.pipeline(transaction=False) as pipe:
+            for group in by_slot.values():
+                pipe.xread(group, count=count)  # type: ignore[arg-type]
+            answers = await pipe.execute()
+        found = [pair for answer in answers for pair in _stream_pairs(answer)]
+        remaining = deadline - asyncio.get_running_loop().time()
+        if found or remaining <= 0:
+            return found
+        await asyncio.sleep(min(XREAD_POLL_S, remaining))
+
+
+#: How often :func:`xread_many` asks the streams of several cluster slots while none has anything.
+XREAD_POLL_S = 0.1
+
+
+def _stream_pairs(answer: Any) -> list[tuple[bytes, list[Any]]]:
+    """An ``XREAD`` answer (a RESP3 map, a RESP2 list of pairs, or None) as a list of pairs."""
+    if isinstance(answer, dict):
+        return list(answer.items())
+    return [(stream, entries) for stream, entries in answer or []]
 
 
 def pairs(reply: Any) -> dict[Any, Any]:
@@ -184,11 +355,40 @@ def create_redis(settings: RedisSettings, *, client_name: str = "orchestrator") 
     if target.mode == "sentinel":
         return _sentinel_master(target, options, settings)
     if target.mode == "cluster":
-        raise ValueError("redis+cluster:// is served by create_cluster_redis")
+        return _cluster(target, options)
     # A blocking pool: when every connection is busy (a burst: a thousand room workers waking at once), a
     # command waits for one -- up to the socket timeout -- instead of failing with "Too many connections".
     pool = aioredis.BlockingConnectionPool.from_url(settings.url.get_secret_value(), **options)
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+def is_cluster(redis: aioredis.Redis) -> bool:
+    """Whether ``redis`` is a Redis Cluster client (:func:`create_redis` of a ``redis+cluster://`` URL)."""
+    return isinstance(redis, RedisCluster)
+
+
+def _cluster(target: RedisTarget, options: dict[str, Any]) -> aioredis.Redis:
+    """A Redis Cluster client: the slot map from the seed nodes, each command sent to its slot's master,
+    MOVED and ASK followed, the map read again after a failover. Its type is given as ``aioredis.Redis``:
+    it has the same command methods, and the few places that reach under them (a pool, a connection)
+    ask :func:`is_cluster` first."""
+    tls: dict[str, Any] = {}
+    if target.ssl:
+        tls = {"ssl": True, **({"ssl_ca_certs": target.ssl_ca_certs} if target.ssl_ca_certs else {})}
+    cluster = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+        username=target.username,
+        password=target.password,
+        max_connections=options["max_connections"],
+        socket_timeout=options["socket_timeout"],
+        socket_connect_timeout=options["socket_connect_timeout"],
+        retry=options["retry"],
+        health_check_interval=options["health_check_interval"],
+        client_name=options["client_name"],
+        decode_responses=False,
+        **tls,
+    )
+    return cast(aioredis.Redis, cluster)
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):

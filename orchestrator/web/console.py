@@ -53,7 +53,7 @@ from orchestrator.scheduling.rooms import ManagedRoom
 from orchestrator.scheduling.schedules import evaluate, local_iso, upcoming_windows
 from orchestrator.store import keys
 from orchestrator.store.console import Session
-from orchestrator.store.redis import chunks, create_redis
+from orchestrator.store.redis import chunks, create_redis, xread_many
 from orchestrator.store.rooms import decode_entry
 from orchestrator.web.admin import room_of
 from orchestrator.web.api import OPERATOR, int_query, managed_room_id, read_model, require_admin
@@ -621,7 +621,7 @@ async def stream_rooms(request: web.Request) -> web.StreamResponse:
         while not app[LIFECYCLE].draining:
             answer: Any = None
             if last:
-                answer = await redis.xread(last, count=100, block=BLOCK_MS)
+                answer = await xread_many(redis, last, count=100, block_ms=BLOCK_MS)
             else:
                 await asyncio.sleep(BLOCK_MS / 1000)
             changed = set()

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from orchestrator.sandbox.metastudio.engine import CallbackFaults
 from orchestrator.store import keys
+from orchestrator.store.redis import is_cluster
 from orchestrator.store.replies import Reply, ReplyQueue
 from tests.interaction.conftest import (
     CALLBACK_TOKEN,
@@ -90,11 +92,19 @@ async def test_a_pacers_pass_queues_looks_and_takes_in_one_round_trip(redis_clie
     assert await queue.record_sent(ROOM, "cmd-1", Reply("playing", "question"), 1)
     await queue.enqueue(ROOM, Reply("op", "operator"))
     await queue.take("room-other", [], 1)  # its script loaded (a first call meets NOSCRIPT, then loads it)
-    await redis_client.config_resetstat()
+    cluster = cast(RedisCluster, redis_client) if is_cluster(redis_client) else None
+    master = cluster.get_node_from_key(keys.room_state(ROOM)) if cluster else None
+    await (cluster.config_resetstat(target_nodes=master) if cluster else redis_client.config_resetstat())
     took = await queue.take(
         ROOM, [(Reply("q1", "question"), "rule-a"), (Reply("q2", "question"), "rule-b")], 3
     )
-    stats = await redis_client.info("commandstats")
+    if is_cluster(redis_client):  # the room's master's count
+        cluster = cast(RedisCluster, redis_client)
+        stats = await cluster.info(
+            "commandstats", target_nodes=cluster.get_node_from_key(keys.room_state(ROOM))
+        )
+    else:
+        stats = await redis_client.info("commandstats")
     assert stats["cmdstat_evalsha"]["calls"] == 3
     assert not {"cmdstat_multi", "cmdstat_script|exists"} & set(stats)  # no transaction, no script check
     assert [outcome for outcome, _, _ in took.queued] == ["queued", "queued"]

@@ -14,6 +14,7 @@ from orchestrator.appkeys import AUDIENCE as AUDIENCE_KEY
 from orchestrator.sandbox.metastudio.app import Fault, SandboxConfig, demo_room, running_sandbox
 from orchestrator.store import keys
 from orchestrator.store.ingest import GROUP, Marker
+from orchestrator.store.redis import create_redis
 from tests.interaction.conftest import ROOM, audience, comment, ingest, live_room, redis_of, until
 from tests.scheduling.conftest import AK, PROJECT, SK
 
@@ -145,9 +146,7 @@ async def test_entries_of_a_dead_consumer_are_claimed_and_reported(
         # The daemon is gone; a "ghost" replica reads entries and dies with a batch marked in flight.
         redis = redis_of(daemon)  # closed with the app: use a fresh client below
         del redis
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(make_settings().redis.url.get_secret_value())
+        client = create_redis(make_settings().redis)
         stream = keys.room_ingest(ROOM)
         now_ms = int(time.time() * 1000)
         for i in range(30):
