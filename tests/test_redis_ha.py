@@ -80,6 +80,7 @@ async def test_the_daemon_follows_a_cluster_failover_and_loses_nothing_acknowled
         deployment.close()
 
 
+@pytest.mark.timeout(900)
 def test_a_representative_set_of_the_suite_passes_on_a_cluster() -> None:
     """The integration tests of the store, callbacks, ingest, reading, reporting, replies, scheduling and
     the console API, run against a private 3-master, 3-replica cluster (``ORCH_TEST_REDIS=cluster``; the
@@ -88,18 +89,13 @@ def test_a_representative_set_of_the_suite_passes_on_a_cluster() -> None:
         "tests/test_store.py",
         "tests/test_redis_urls.py",
         "tests/callbacks/test_receiver.py",
-        "tests/callbacks/test_e2e_sandbox.py",
         "tests/interaction/test_ingest.py",
         "tests/interaction/test_reader.py",
         "tests/interaction/test_reporter.py",
         "tests/interaction/test_replies.py",
         "tests/interaction/test_e2e_audience.py",
-        "tests/interaction/test_room_policies.py",
-        "tests/interaction/test_blocklists.py",
-        "tests/interaction/test_review.py",
         "tests/scheduling/test_reconciler.py",
         "tests/scheduling/test_replicas.py",
-        "tests/scheduling/test_admin.py",
         "tests/softsugar/test_e2e.py",
         "tests/console/test_console_api.py",
     ]

@@ -164,8 +164,10 @@ class SentinelDeployment:
     def __init__(
         self, *, replicas: int = 1, down_after_ms: int = 1000, extra_args: list[str] | None = None
     ) -> None:
-        self.master = RedisServer(extra_args=extra_args)
-        self.replicas = [RedisServer(extra_args=extra_args) for _ in range(replicas)]
+        # Replicas sync at once (the default waits 5 s for more replicas to share one transfer).
+        args = ["--repl-diskless-sync-delay", "0", *(extra_args or [])]
+        self.master = RedisServer(extra_args=list(args))
+        self.replicas = [RedisServer(extra_args=list(args)) for _ in range(replicas)]
         self.sentinels = [RedisServer() for _ in range(3)]
         self._down_after_ms = down_after_ms
 
