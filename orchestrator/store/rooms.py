@@ -17,10 +17,8 @@ reactions happen atomically, in one round trip:
   id and body again is a ``duplicate`` (acknowledged, not applied), the same id with another body a
   ``replay`` (rejected).
 
-Every key the script touches carries the room's hash tag and is declared in ``KEYS``, so one room's
-callbacks could run on a Redis Cluster; the group commit, though, puts several rooms in one script run, so
-as built the daemon needs a standalone (or replicated/Sentinel) Redis -- a cluster would need the batches
-split by slot and sent to each slot's node.
+Every key the script touches carries the room's hash tag and is declared in ``KEYS``: on a Redis Cluster
+the group commit splits a batch by slot and sends each part to its slot's master (``store/batch.py``).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from orchestrator.providers.metastudio.models import JobState
 from orchestrator.sandbox.metastudio.app import Fault, MetaStudioSandbox
 from orchestrator.scheduling.actions import Action, Current
 from orchestrator.store import keys
+from orchestrator.store.redis import is_cluster
 from tests.scheduling.conftest import ROOM, Webhooks, daemon_for, managed_room, until
 from tests.scheduling.test_admin import _cli
 
@@ -310,6 +311,8 @@ async def test_a_redis_error_inside_an_action_pages_nobody_about_the_room(
     room's owner (``action_failed``) -- for Redis, which the Redis watcher pages once for the daemon. The
     action is still recorded as failed in the room's events. (Redis refuses HSET by ACL here: a real
     error from a real Redis at exactly that step, while the XADD recording it still works.)"""
+    if is_cluster(redis_client):
+        pytest.skip("the ACL is one server's; a cluster has one per node")
     box, url = sandbox
     room = managed_room([{"kind": "always"}], alerts=[{"url": f"{webhooks.url}/generic"}])
     async with daemon_for(make_settings, tmp_path, url) as daemon:

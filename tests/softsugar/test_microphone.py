@@ -4,6 +4,7 @@ account without callbacks), and the operator's microphone relay -- against the s
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import aiohttp
@@ -89,6 +90,8 @@ async def test_an_arrivals_reply_reaches_redis_before_its_write(make_settings: A
     it) reaches Redis before the comment's own write: not behind it and the reader's wake-up on it, which
     costs Redis a thousand streams' work on a replica owning a thousand rooms. Redis's slow log (every
     command logged) gives the order in which Redis ran them."""
+    if os.environ.get("ORCH_TEST_REDIS") == "cluster":
+        pytest.skip("one server's slow log orders the commands; a cluster has three")
     async with softsugar_daemon(make_settings, tmp_path) as (daemon, box):
         redis = daemon.app[REDIS]
         await daemon.configs.put(softsugar_room([{"kind": "always"}]))

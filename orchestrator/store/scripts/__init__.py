@@ -1,7 +1,8 @@
 """The daemon's Lua scripts, one ``.lua`` file each, read by :func:`source`.
 
 Every script runs on one room's keys (one hash tag: a Redis Cluster keeps them in one slot), except the
-callback script, which applies a batch of callbacks -- several rooms -- in one run (see ``store/batch.py``).
+callback script, which applies a batch of callbacks -- several rooms, or on a Redis Cluster the rooms of one
+slot -- in one run (see ``store/batch.py``).
 Each file opens with what it takes (``KEYS``, ``ARGV``) and returns.
 """
 
