@@ -50,6 +50,7 @@ from orchestrator.sandbox.softsugar.app import SoftSugarSandbox
 from orchestrator.scheduling.rooms import ManagedRoom
 from orchestrator.settings import Settings, load_settings, secret_values
 from orchestrator.store import keys
+from orchestrator.store.redis import create_redis
 from orchestrator.web.server import make_runner
 
 ROOM = "demo-room"
@@ -384,7 +385,7 @@ async def run_demo(
         )
         redactor = Redactor(settings.logging.redact_fields, secret_values(settings))
         configure_logging(settings.logging, redactor, stream=sys.stderr)
-        client = aioredis.Redis.from_url(redis_url)
+        client = create_redis(settings.redis, client_name="orchestrator-demo")  # any redis.url form
         stack.push_async_callback(client.aclose)
         await client.delete(*[keys.room_events(ROOM), keys.room_ingest(ROOM), keys.room_state(ROOM)])
         room = demo_room_config(port, settings, live_in_s, vendor)
