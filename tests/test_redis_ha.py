@@ -30,7 +30,8 @@ import pytest
 from orchestrator.providers.metastudio.callbacks import mss_a_url
 from orchestrator.settings import RedisSettings
 from orchestrator.store import keys
-from orchestrator.store.redis import create_redis
+from orchestrator.store.redis import NotReplicated, create_redis
+from orchestrator.store.rooms import CallbackWrite, RoomStore, callback_batcher
 from tests.interaction.conftest import POLICY, ROOM, audience, comment, live_room, until
 from tests.support.redis_server import ClusterDeployment, SentinelDeployment
 
@@ -77,6 +78,42 @@ async def test_the_daemon_follows_a_cluster_failover_and_loses_nothing_acknowled
         )
         assert deployment.master_of(room_key) != old
     finally:
+        deployment.close()
+
+
+async def test_on_a_cluster_wait_counts_the_replicas_of_the_keys_own_master() -> None:
+    """``WAIT`` answers for the writes of its own connection: on a cluster it must follow the write on the
+    connection to the key's master. One master loses its replica: a bridge's events and callbacks of its
+    rooms are refused as not replicated, those of the other masters' rooms are acknowledged -- in the same
+    callback batch too (a ``WAIT`` sent to another node would have confirmed them all)."""
+    deployment = ClusterDeployment(masters=3, replicas_each=1).start()
+    client = create_redis(RedisSettings.model_validate({"url": deployment.url}))
+    try:
+        alone = deployment.master_of(keys.room_state(ROOM))
+        other = next(
+            r for r in (f"room-{i}" for i in range(50)) if deployment.master_of(keys.room_state(r)) != alone
+        )
+        for replica in deployment.replicas_of(alone):
+            deployment.node(replica).kill()
+        event = {"type": 3, "timestamp": 1, "content": {"user": {"userId": "u"}}}
+        store = RoomStore(client, wait_replicas=1, wait_timeout_ms=100)
+        for room in (ROOM, other):
+            await store.register_room(room)
+        with pytest.raises(NotReplicated, match="0 of 1"):
+            await store.ingest(ROOM, [event])
+        assert (await store.ingest(other, [event])).written == 1
+        batcher = callback_batcher(client, timeout_s=2.0, wait_replicas=1, wait_timeout_ms=100)
+        write = CallbackWrite(ROOM, "cb-1", "SHOOT_SCRIPT_SWITCH", "job-1", 1, 1, "{}", "d", ())
+        try:
+            outcomes = await asyncio.gather(
+                *(batcher.call(write._replace(room_id=r).keys(), write.args(100, 60)) for r in (ROOM, other)),
+                return_exceptions=True,
+            )
+        finally:
+            await batcher.aclose()
+        assert isinstance(outcomes[0], NotReplicated) and isinstance(outcomes[1], bytes), outcomes
+    finally:
+        await client.aclose()
         deployment.close()
 
 

@@ -8,13 +8,17 @@ function setup(thread)
 end
 
 function init(args)
-  local file, count = args[1], tonumber(args[2])
+  local file, count, auth = args[1], tonumber(args[2]), args[3]
+  local headers = {["Content-Type"] = "application/json"}
+  if auth then
+    headers["Authorization"] = auth  -- a third argument: the header ingest needs (benchmarks/redis_ha)
+  end
   requests = {}
   local n = 0
   for line in io.lines(file) do
     if n % count == index then
       local path, body = line:match("^([^\t]*)\t(.*)$")
-      requests[#requests + 1] = wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
+      requests[#requests + 1] = wrk.format("POST", path, headers, body)
     end
     n = n + 1
   end

@@ -46,6 +46,7 @@ from orchestrator.store.redis import create_redis  # noqa: E402
 from tests.support.redis_server import ClusterDeployment, RedisServer, free_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+REPLAY = ROOT / "benchmarks" / "callbacks" / "replay.lua"  # with a third argument: the Authorization header
 KEY = "bench-key-0123456789abcdef012345"
 PATH = "/callbacks/metastudio/live-events"
 PUBLIC_URL = f"http://callbacks.bench.example{PATH}"  # what the vendor signs; every daemon is told it
@@ -92,8 +93,8 @@ async def prepare(url: str) -> None:
 def wrk(port: int, lines: Path, duration: int, connections: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
-            "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(HERE / "replay.lua"),
-            f"http://127.0.0.1:{port}", "--", str(lines), f"Bearer {TOKEN}",
+            "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(REPLAY),
+            f"http://127.0.0.1:{port}", "--", str(lines), "1", f"Bearer {TOKEN}",
         ],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

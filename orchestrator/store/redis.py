@@ -70,6 +70,18 @@ async def run_script_durably(
     the same connection, one round trip). Raises RedisError, NotReplicated when too few confirmed."""
     if replicas <= 0:
         return await script(keys=script_keys, args=args)
+    if is_cluster(redis):
+        # WAIT counts the writes of its own connection: on a cluster it must follow the script on the
+        # connection to the key's master (a cluster pipeline would send it to another node).
+        command = [(script_keys[0], packed("EVALSHA", script.sha, len(script_keys), *script_keys, *args))]
+        wait = wait_command(replicas, timeout_ms)
+        [answer] = await execute_on_nodes(redis, command, wait=wait, replicas=replicas)
+        if isinstance(answer, NoScriptError):
+            await redis.script_load(script.script)  # every master
+            [answer] = await execute_on_nodes(redis, command, wait=wait, replicas=replicas)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
     for attempt in (1, 2):
         async with redis.pipeline(transaction=False) as pipe:
             pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)

@@ -337,6 +337,13 @@ class ClusterDeployment:
         slot = int(_command(any_port, "CLUSTER", "KEYSLOT", key).strip().lstrip(":"))
         return next(port for port, (first, last) in self.masters().items() if first <= slot <= last)
 
+    def replicas_of(self, port: int) -> list[int]:
+        """The ports of the replicas of the master on ``port``."""
+        answer = _command(next(n.port for n in self.nodes if n.running), "CLUSTER", "NODES")
+        lines = [line.split() for line in answer.splitlines() if len(line.split()) > 3]
+        master_id = next(p[0] for p in lines if p[1].split("@")[0].endswith(f":{port}"))
+        return [int(p[1].split(":")[1].split("@")[0]) for p in lines if p[3] == master_id]
+
     def node(self, port: int) -> RedisServer:
         return next(n for n in self.nodes if n.port == port)
 
