@@ -160,7 +160,9 @@ async def execute_packed(redis: aioredis.Redis, commands: Sequence[Packed] | Seq
     if not commands:
         return []
     if is_cluster(redis):
-        return await execute_on_nodes(redis, [(c.key if isinstance(c, Packed) else b"", c) for c in commands])
+        if not all(isinstance(c, Packed) for c in commands):
+            raise TypeError("on a Redis Cluster a command is routed by its key: pack it with packed()")
+        return await execute_on_nodes(redis, [(cast(Packed, c).key, c) for c in commands])
     pool = redis.connection_pool
     for attempt in (1, 2):
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
