@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import redis
-
+from orchestrator.settings import RedisSettings
 from orchestrator.store import keys
+from orchestrator.store.redis import create_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,10 +73,17 @@ def test_demo_with_a_real_redis(redis_url: str) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "the Redis at --redis-url" in result.stdout
-    with redis.Redis.from_url(redis_url) as client:
-        state = client.hgetall(keys.room_state("demo-room"))
-        assert state[b"job_state"] == b"PROCESSING"
-        assert int(state[b"reported"]) > 0
+    state = asyncio.run(_room_state(redis_url))  # a client as the daemon makes one: any redis.url form
+    assert state[b"job_state"] == b"PROCESSING"
+    assert int(state[b"reported"]) > 0
+
+
+async def _room_state(redis_url: str) -> dict[bytes, bytes]:
+    client = create_redis(RedisSettings.model_validate({"url": redis_url}))
+    try:
+        return dict(await client.hgetall(keys.room_state("demo-room")))
+    finally:
+        await client.aclose()
 
 
 def test_demo_rejects_bad_options() -> None:
