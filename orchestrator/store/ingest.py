@@ -32,6 +32,7 @@ from orchestrator.store.redis import (
     execute_packed,
     is_cluster,
     packed,
+    stream_pairs,
     text,
 )
 
@@ -275,8 +276,7 @@ class BlockingReader:
             raise
         found: dict[str, list[Entry]] = {}
         # RESP3 (redis-py's default protocol now) answers a map of streams, RESP2 a list of pairs.
-        streams = answer.items() if isinstance(answer, dict) else answer or []
-        for stream, entries in cast(list[tuple[bytes, list[list[Any]]]], streams):
+        for stream, entries in stream_pairs(answer):
             found[keys.room_of_ingest(text(stream))] = [
                 (entry_id, _fields(fields)) for entry_id, fields in entries
             ]
@@ -349,8 +349,7 @@ class PollingReader:
                 for room_id, answer in zip(rooms, answers, strict=True):
                     if answer is None or isinstance(answer, Exception):
                         continue
-                    streams = answer.items() if isinstance(answer, dict) else answer
-                    for _, entries in cast(list[tuple[bytes, list[list[Any]]]], streams):
+                    for _, entries in stream_pairs(answer):
                         found[room_id] = [(entry_id, _fields(fields)) for entry_id, fields in entries]
                 if found:
                     return found

@@ -273,3 +273,8 @@ def activity_claim(minute_ms: int) -> str:
 def room_activity(room_id: str) -> str:
     """Stream (capped, one entry per sampling interval): viewers and the comment and reply totals."""
     return _room(room_id, "activity")
+
+
+def migration_done(name: str) -> str:
+    """String: a one-time rename of stored keys (``store/migrate.py``) has run to the end on this Redis."""
+    return f"{PREFIX}:migrated:{name}"

@@ -19,12 +19,15 @@ log = structlog.get_logger(__name__)
 #: The vendor keys worth keeping across the rename (the token lock is held seconds at most).
 _SUFFIXES = ("token", "sessions", "unknown-sessions", "session-answers")
 
+#: Set once the rename has run to the end on this Redis.
+_DONE = keys.migration_done("vendor-hash-tags")
+
 
 async def rename_legacy_keys(redis: aioredis.Redis) -> int:
     """Rename every vendor key still under its old name (``RENAMENX``: a key already under its new name
     wins); how many were renamed. Raises RedisError."""
-    if is_cluster(redis):
-        return 0
+    if is_cluster(redis) or await redis.exists(_DONE):
+        return 0  # the scan walks the whole keyspace: once per Redis, not at every start
     renamed = 0
     async for raw in redis.scan_iter(match=f"{keys.PREFIX}:vendor:*", count=1000):
         old = text(raw)
@@ -38,4 +41,5 @@ async def rename_legacy_keys(redis: aioredis.Redis) -> int:
         if await redis.renamenx(old, new):
             renamed += 1
             log.info("vendor key renamed", old=old, new=new)
+    await redis.set(_DONE, "1")
     return renamed

@@ -303,14 +303,14 @@ async def xread_many(
         for stream, last in streams.items():
             by_slot.setdefault(key_slot(stream.encode()), {})[stream] = last
     if len(by_slot) <= 1:
-        return _stream_pairs(await redis.xread(streams, count=count, block=block_ms))  # type: ignore[arg-type]
+        return stream_pairs(await redis.xread(streams, count=count, block=block_ms))  # type: ignore[arg-type]
     deadline = asyncio.get_running_loop().time() + block_ms / 1000
     while True:
         async with redis.pipeline(transaction=False) as pipe:
             for group in by_slot.values():
                 pipe.xread(group, count=count)  # type: ignore[arg-type]
             answers = await pipe.execute()
-        found = [pair for answer in answers for pair in _stream_pairs(answer)]
+        found = [pair for answer in answers for pair in stream_pairs(answer)]
         remaining = deadline - asyncio.get_running_loop().time()
         if found or remaining <= 0:
             return found
@@ -321,7 +321,7 @@ async def xread_many(
 XREAD_POLL_S = 0.1
 
 
-def _stream_pairs(answer: Any) -> list[tuple[bytes, list[Any]]]:
+def stream_pairs(answer: Any) -> list[tuple[bytes, list[Any]]]:
     """An ``XREAD`` answer (a RESP3 map, a RESP2 list of pairs, or None) as a list of pairs."""
     if isinstance(answer, dict):
         return list(answer.items())
@@ -376,6 +376,13 @@ def create_redis(settings: RedisSettings, *, client_name: str = "orchestrator") 
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
+def _tls(target: RedisTarget) -> dict[str, Any]:
+    """The connection options of a ``rediss+`` URL (none for a plain one)."""
+    if not target.ssl:
+        return {}
+    return {"ssl": True, **({"ssl_ca_certs": target.ssl_ca_certs} if target.ssl_ca_certs else {})}
+
+
 def is_cluster(redis: aioredis.Redis) -> bool:
     """Whether ``redis`` is a Redis Cluster client (:func:`create_redis` of a ``redis+cluster://`` URL)."""
     return isinstance(redis, RedisCluster)
@@ -386,9 +393,7 @@ def _cluster(target: RedisTarget, options: dict[str, Any]) -> aioredis.Redis:
     MOVED and ASK followed, the map read again after a failover. Its type is given as ``aioredis.Redis``:
     it has the same command methods, and the few places that reach under them (a pool, a connection)
     ask :func:`is_cluster` first."""
-    tls: dict[str, Any] = {}
-    if target.ssl:
-        tls = {"ssl": True, **({"ssl_ca_certs": target.ssl_ca_certs} if target.ssl_ca_certs else {})}
+    tls = _tls(target)
     cluster = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
         username=target.username,
@@ -417,9 +422,7 @@ class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionP
 
 
 def _sentinel_master(target: RedisTarget, options: dict[str, Any], settings: RedisSettings) -> aioredis.Redis:
-    tls: dict[str, Any] = {}
-    if target.ssl:
-        tls = {"ssl": True, **({"ssl_ca_certs": target.ssl_ca_certs} if target.ssl_ca_certs else {})}
+    tls = _tls(target)
     sentinel_options: dict[str, Any] = {
         "socket_timeout": settings.connect_timeout_s,
         "socket_connect_timeout": settings.connect_timeout_s,
