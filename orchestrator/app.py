@@ -67,7 +67,7 @@ from orchestrator.scheduling.rooms import (
     load_rooms_file,
 )
 from orchestrator.scheduling.scheduler import BoundaryScheduler
-from orchestrator.scheduling.schedules import evaluate
+from orchestrator.scheduling.schedules import outlook
 from orchestrator.settings import Settings, redacted_url
 from orchestrator.store import keys
 from orchestrator.store.console import ConsoleStore
@@ -407,7 +407,7 @@ async def read_rooms(app: web.Application) -> dict[str, RoomReading]:
             readings[room_id] = RoomReading(
                 provider=config.provider,
                 live=state.get("job_state") == "PROCESSING",
-                desired_live=evaluate(config.schedule, now).live,
+                desired_live=outlook(config.schedule, now).live,
                 paused=config.paused,
                 viewers=int(state["viewers"]) if str(state.get("viewers", "")).isdigit() else None,
                 reply_queue=int(queue),

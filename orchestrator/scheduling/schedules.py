@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -246,6 +246,42 @@ def evaluate(schedule: Schedule, at: datetime) -> Desired:
             # Beyond the horizon nothing is known for sure (blackouts there were not consulted).
             return Desired(at, False, None, period_start if period_start < end else None)
     return Desired(at, False, None, None)
+
+
+class Outlook(NamedTuple):
+    """What a read-out of many rooms needs of a schedule at an instant: live or not, and the next boundary."""
+
+    live: bool
+    next_boundary: datetime | None
+
+
+#: schedule's id → (the schedule, when evaluated, its outlook); see :func:`outlook`.
+_OUTLOOKS: dict[int, tuple[Schedule, datetime, Outlook]] = {}
+OUTLOOKS_MAX = 4096
+
+
+def outlook(schedule: Schedule, at: datetime) -> Outlook:
+    """:func:`evaluate`'s ``live`` and ``next_boundary`` at ``at``, remembered per schedule object until that
+    boundary: between an evaluation and its next boundary neither can change (that is what a boundary is;
+    what the look-back forgets has ended, what the horizon reveals comes after the boundary). An answer
+    with no boundary within :data:`HORIZON` is not remembered (the horizon moves with ``at``).
+
+    For the read-outs that ask about every room often -- the room metrics every 5 s, the console's tiles:
+    a cron schedule's evaluation is ~0.16 ms, a thousand rooms' a sixth of a second of the loop each time.
+    The reconciler, which fences on the window's identity, evaluates afresh."""
+    at = at.astimezone(UTC)
+    known = _OUTLOOKS.get(id(schedule))
+    if known is not None:
+        remembered, since, answer = known
+        if remembered is schedule and answer.next_boundary is not None and since <= at < answer.next_boundary:
+            return answer
+    desired = evaluate(schedule, at)
+    answer = Outlook(desired.live, desired.next_boundary)
+    if answer.next_boundary is not None:
+        if len(_OUTLOOKS) >= OUTLOOKS_MAX:
+            _OUTLOOKS.clear()  # rooms' schedules change rarely: the working set comes back in one pass
+        _OUTLOOKS[id(schedule)] = (schedule, at, answer)  # the entry holds the object: its id stays its own
+    return answer
 
 
 def upcoming_windows(

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from orchestrator import clock
 from orchestrator.appkeys import METRICS, ROOM_CONFIGS, ROOM_STORE, SETTINGS
 from orchestrator.scheduling.rooms import field_problems
-from orchestrator.scheduling.schedules import evaluate, local_iso
+from orchestrator.scheduling.schedules import local_iso, outlook
 from orchestrator.store.keys import InvalidKeyPart, check_room_id
 from orchestrator.web.errors import ApiError, invalid_fields
 from orchestrator.web.openapi import SPEC, Query, describe
@@ -149,7 +149,7 @@ async def list_rooms(request: web.Request) -> web.Response:
     for room_id in await store.rooms():
         state = await store.state(room_id) or {}
         config = await configs.get(room_id)
-        desired = evaluate(config.schedule, now) if config is not None else None
+        desired = outlook(config.schedule, now) if config is not None else None
         boundary = desired.next_boundary if desired is not None else None
         rooms.append(
             {

@@ -50,7 +50,7 @@ from orchestrator.appkeys import (
     SETTINGS,
 )
 from orchestrator.scheduling.rooms import ManagedRoom
-from orchestrator.scheduling.schedules import evaluate, local_iso, upcoming_windows
+from orchestrator.scheduling.schedules import local_iso, outlook, upcoming_windows
 from orchestrator.store import keys
 from orchestrator.store.console import Session
 from orchestrator.store.redis import chunks, create_redis, xread_many
@@ -323,7 +323,7 @@ def tile(room_id: str, state: dict[str, Any], config: ManagedRoom | None, now: d
     """
     job_state = state.get("job_state")
     alerts = sorted(state.get("open_alerts", []))
-    desired = evaluate(config.schedule, now) if config is not None else None
+    desired = outlook(config.schedule, now) if config is not None else None
     paused = bool(config.paused) if config is not None else False
     if job_state == "PROCESSING":
         status = "live"

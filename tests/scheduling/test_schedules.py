@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from orchestrator.scheduling import schedules as schedules_module
 from orchestrator.scheduling.schedules import (
     AlwaysWindow,
     CronError,
@@ -17,6 +18,7 @@ from orchestrator.scheduling.schedules import (
     OnceWindow,
     Schedule,
     evaluate,
+    outlook,
     parse_cron,
 )
 
@@ -195,3 +197,46 @@ def test_property_live_means_inside_a_window_not_on_a_blackout(sched: Schedule, 
         assert d.period is not None and d.period[0] <= at and (d.period[1] is None or at < d.period[1])
     if not sched.windows:
         assert not d.live and d.next_boundary is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sched=schedules,
+    at=instants,
+    steps=st.lists(st.timedeltas(timedelta(seconds=-600), timedelta(days=3)), min_size=1, max_size=8),
+)
+def test_property_outlook_is_evaluate_at_every_instant(
+    sched: Schedule, at: datetime, steps: list[timedelta]
+) -> None:
+    """The remembered read-out (room metrics, console tiles) answers exactly what a fresh evaluation
+    does -- forwards, backwards, across boundaries, and with equal schedules in separate objects."""
+    twin = Schedule.model_validate(sched.model_dump())
+    probes = [at]
+    for step in steps:
+        probes.append(probes[-1] + step)
+    for probe in probes:
+        fresh = evaluate(sched, probe)
+        for which in (sched, twin):
+            assert outlook(which, probe) == (fresh.live, fresh.next_boundary)
+        if fresh.next_boundary is not None:  # just before and at the boundary
+            before = fresh.next_boundary - timedelta(microseconds=1)
+            assert outlook(sched, before) == (evaluate(sched, before).live, fresh.next_boundary)
+            after = evaluate(sched, fresh.next_boundary)
+            assert outlook(sched, fresh.next_boundary) == (after.live, after.next_boundary)
+
+
+def test_outlook_remembers_each_schedule_until_its_boundary() -> None:
+    """A thousand rooms read every few seconds cost one evaluation per schedule and boundary."""
+    sched = Schedule(
+        timezone="Asia/Shanghai", windows=(CronWindow(start="0 20 * * *", duration=timedelta(hours=3)),)
+    )
+    at = local(SH, 2026, 3, 2, 21, 0)
+    assert outlook(sched, at) == (True, local(SH, 2026, 3, 2, 23, 0))
+    remembered = schedules_module._OUTLOOKS[id(sched)]
+    assert outlook(sched, at + timedelta(minutes=90)) == (True, local(SH, 2026, 3, 2, 23, 0))
+    assert schedules_module._OUTLOOKS[id(sched)] is remembered  # no new evaluation
+    assert outlook(sched, local(SH, 2026, 3, 2, 23, 0)) == (False, local(SH, 2026, 3, 3, 20, 0))
+    assert schedules_module._OUTLOOKS[id(sched)] is not remembered  # the boundary passed: evaluated
+    always = Schedule(windows=(AlwaysWindow(),))
+    assert outlook(always, at) == (True, None)
+    assert id(always) not in schedules_module._OUTLOOKS  # no boundary: the horizon moves, not kept
