@@ -319,12 +319,12 @@ async def audience_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def console_ctx(app: web.Application) -> AsyncIterator[None]:
-    """This replica's presence (the console's daemon page), the rooms' activity samples (its charts) and
-    the rooms' readings for /metrics."""
+    """This replica's presence (the console's daemon page) and the rooms' activity samples (its charts);
+    the rooms' readings for /metrics are taken when scraped."""
+    app[METRICS].rooms.source = partial(read_rooms, app)
     tasks = [
         asyncio.create_task(_announce(app), name="console-presence"),
         asyncio.create_task(_sample_activity(app), name="console-activity"),
-        asyncio.create_task(_read_rooms(app), name="room-metrics"),
     ]
     yield
     for task in tasks:
@@ -369,22 +369,12 @@ async def _sample_activity(app: web.Application) -> None:
             await app[CONSOLE].sample_activity(await app[ROOM_STORE].rooms(), slot)
 
 
-ROOM_METRICS_INTERVAL_S = 5.0
 #: The room state's audience counters are by the vendor's type number: named in the metrics.
 AUDIENCE_TYPES = {str(number): name for number, name in NAMES.items()}
 
 
-async def _read_rooms(app: web.Application) -> None:
-    """Every few seconds: each managed room's state for the ``orch_room_*`` metrics (one reading shared
-    by every scrape; a few pipelined round trips for all rooms)."""
-    while True:
-        checkpoint()
-        with contextlib.suppress(RedisError, OSError):  # Redis away: orch_room_metrics_age_seconds grows
-            app[METRICS].rooms.update(await read_rooms(app))
-        await pause(ROOM_METRICS_INTERVAL_S)
-
-
 async def read_rooms(app: web.Application) -> dict[str, RoomReading]:
+    """Each managed room's state for the ``orch_room_*`` metrics (a few pipelined round trips)."""
     redis, store = app[REDIS], app[ROOM_STORE]
     configs = {room.room_id: room for room in await app[ROOM_CONFIGS].all()}
     room_ids = sorted(configs)

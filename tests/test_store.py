@@ -29,6 +29,7 @@ from orchestrator.store.redis import (
     redis_ready,
     run_script_many,
 )
+from orchestrator.store.rooms import RoomStore
 from tests.support.redis_server import RedisServer
 
 ROOM_IDS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,40}", fullmatch=True)
@@ -130,6 +131,38 @@ async def test_rooms_with_strays_are_found_in_one_look_at_every_room(redis_url: 
         assert await streams.with_strays(rooms, "owner", 60_000) == []  # not idle long enough
         assert await streams.with_strays(["no-group-here"], "owner", 0) == ["no-group-here"]
     finally:
+        await redis.aclose()
+
+
+async def test_the_stall_watchers_pass_reads_each_rooms_links_alone(redis_url: str) -> None:
+    """``RoomStore.links``: every room's RTMP links in a few round trips (HSCAN ... MATCH rtmp:*), the same
+    values as the whole state gives; rooms without links are left out; a state too large for one scan
+    step is read whole."""
+    redis = create_redis(RedisSettings(url=redis_url))
+    store = RoomStore(redis)
+    try:
+        rooms = [f"links-{i:03d}" for i in range(150)]  # more than one pipeline's worth
+        for room_id in rooms:
+            await redis.hset(keys.room_state(room_id), mapping={"managed": "1", "job_state": "PROCESSING"})
+        await redis.hset(
+            keys.room_state("links-007"),
+            mapping={"rtmp:rtmp://a/1": "RECONNECTING|1000|1001", "rtmp:rtmp://b/2": "CONNECTED|5|6"},
+        )
+        await redis.hset(
+            keys.room_state("links-140"),
+            mapping={"rtmp:rtmp://c/3": "DISCONNECTED|7|8", **{f"count:{i}": i for i in range(30_000)}},
+        )
+        found = await store.links(rooms)
+        assert sorted(found) == ["links-007", "links-140"]
+        for room_id in found:
+            assert found[room_id] == (await store.state(room_id) or {})["rtmp"]
+        assert found["links-007"]["rtmp://a/1"] == {
+            "state": "RECONNECTING",
+            "since_ms": 1000,
+            "event_ms": 1001,
+        }
+    finally:
+        await redis.delete(*(keys.room_state(r) for r in ("links-007", "links-140")))
         await redis.aclose()
 
 

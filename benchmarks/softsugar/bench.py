@@ -9,8 +9,9 @@ where it arrives) and the load.
 2. **Keeping 1,000 rooms live** -- an account **without status callbacks** (the polling path: every pass
    lists ``running/list``, each room's owner holds the session's WebSocket and polls ``queue/list`` as the
    safety net, and sends a heartbeat every ``softsugar.heartbeat_interval_s``, 30 s): once every session is
-   live and has had its first heartbeat, the daemon's CPU over ``--window`` seconds as a share of one core.
-   Target (issue 15): ≤ 5 % of a core.
+   live and has had its first heartbeat, the daemon's CPU over ``--window`` seconds as a share of one core,
+   scraped for ``/metrics`` every 15 s as the shipped Prometheus configuration does (the room metrics are
+   read per scrape). Target (issue 15): ≤ 5 % of a core.
 3. **Comment → takeover queued**: one comment to each of the 1,000 rooms at ``--rate`` a second; for each,
    the time from just before its ingest POST to the takeover's arrival at the sandbox's ``command/queue``
    -- the vendor's own processing and its answer excluded; and the daemon's own part of it, from the
@@ -138,7 +139,9 @@ async def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
                 result["all_live_s"] = time.monotonic() - t0
                 await asyncio.sleep(35.0)  # every owner has sent a heartbeat and opened its socket
                 beats0, calls0 = heartbeats(box), len(box.calls)
+                scraping = asyncio.create_task(scrape(http, daemon.base_url))  # as Prometheus would
                 result["share"] = await cpu_share(daemon.proc.pid, args.window)
+                scraping.cancel()
                 result["heartbeats_per_s"] = (heartbeats(box) - beats0) / args.window
                 result["vendor_calls_per_s"] = (len(box.calls) - calls0) / args.window
                 result["rss_mb"] = rss_mb(daemon.proc.pid)
@@ -148,6 +151,17 @@ async def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
     finally:
         redis.stop()
     return result
+
+
+#: ``deploy/prometheus/prometheus.yml``'s scrape interval: the room metrics are read per scrape.
+SCRAPE_INTERVAL_S = 15.0
+
+
+async def scrape(http: aiohttp.ClientSession, base_url: str) -> None:
+    while True:
+        async with http.get(f"{base_url}/metrics") as resp:
+            await resp.read()
+        await asyncio.sleep(SCRAPE_INTERVAL_S)
 
 
 def heartbeats(box: SoftSugarSandbox) -> int:

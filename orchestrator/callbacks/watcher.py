@@ -7,6 +7,8 @@ the outage's start, so each outage is reported exactly once.
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from redis.exceptions import RedisError
 
@@ -19,14 +21,12 @@ log = structlog.get_logger(__name__)
 STALLED_STATES = frozenset({"DISCONNECTED", "RECONNECTING"})
 
 
-def stalled_links(state: dict[str, object], now_ms: int, grace_s: float) -> list[tuple[str, int]]:
-    """``(output url, since ms)`` of links down for longer than ``grace_s`` (pure)."""
-    rtmp = state.get("rtmp")
-    if not isinstance(rtmp, dict):
-        return []
+def stalled_links(links: dict[str, dict[str, Any]], now_ms: int, grace_s: float) -> list[tuple[str, int]]:
+    """``(output url, since ms)`` of a room's links (:meth:`RoomStore.links`) down for longer than
+    ``grace_s`` (pure)."""
     return [
         (url, int(link["since_ms"]))
-        for url, link in rtmp.items()
+        for url, link in links.items()
         if link["state"] in STALLED_STATES and now_ms - int(link["since_ms"]) > grace_s * 1000
     ]
 
@@ -50,11 +50,11 @@ class RtmpStallWatcher:
     async def check_once(self) -> int:
         marked = 0
         now_ms = clock.time_ms()
-        # Every room's state in a few pipelined round trips (one at a time, a thousand rooms were two
+        # Every room's links in a few pipelined round trips (one at a time, a thousand rooms were two
         # thousand round trips every few seconds: the largest share of an idle daemon's Redis traffic).
-        states = await self._store.states(await self._store.rooms())
-        for room_id, state in states.items():
-            for url, since in stalled_links(state, now_ms, self._grace_s):
+        links = await self._store.links(await self._store.rooms())
+        for room_id, room_links in links.items():
+            for url, since in stalled_links(room_links, now_ms, self._grace_s):
                 if await self._store.mark_rtmp_stalled(room_id, url, since):
                     marked += 1
                     log.warning(

@@ -177,8 +177,7 @@ def decode_state(raw: Mapping[Any, Any]) -> dict[str, Any]:
     plain: dict[str, Any] = {}
     for name, value in data.items():
         if name.startswith("rtmp:"):
-            state, since, at = value.split("|")
-            rtmp[name[5:]] = {"state": state, "since_ms": int(since), "event_ms": int(at)}
+            rtmp[name[5:]] = _link(value)
         elif name.startswith("count:"):
             counters[name[6:]] = int(value)
         elif name.startswith("stall:"):
@@ -191,6 +190,11 @@ def decode_state(raw: Mapping[Any, Any]) -> dict[str, Any]:
         else:
             plain[name] = value
     return {**plain, "rtmp": rtmp, "counters": counters}
+
+
+def _link(value: str) -> dict[str, Any]:
+    state, since, at = value.split("|")
+    return {"state": state, "since_ms": int(since), "event_ms": int(at)}
 
 
 def callback_batcher(
@@ -237,6 +241,9 @@ class RoomStore:
         self._new_job = redis.register_script(NEW_JOB_LUA)
         self._ingest = redis.register_script(INGEST_LUA)
         self._state_read = PackedCommands(lambda room_id: packed("HGETALL", keys.room_state(room_id)))
+        self._links_read = PackedCommands(
+            lambda room_id: packed("HSCAN", keys.room_state(room_id), 0, "MATCH", "rtmp:*", "COUNT", 10_000)
+        )
 
     async def is_managed(self, room_id: str) -> bool:
         """Whether the room is managed here (one field read, not the whole state)."""
@@ -408,6 +415,26 @@ class RoomStore:
                 raw = pairs(answer)
                 if raw.get(b"managed") == b"1":
                     found[room_id] = decode_state(raw)
+        return found
+
+    async def links(self, room_ids: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        """The RTMP links of the rooms that have any, as in :meth:`state` (``{output url: {state, since_ms,
+        event_ms}}``): those fields alone (``HSCAN ... MATCH rtmp:*``, pipelined), for the stall watcher's
+        pass over every room -- whole states were most of its cost."""
+        found: dict[str, dict[str, dict[str, Any]]] = {}
+        for chunk in chunks(room_ids):
+            answers = await execute_packed(self._redis, [self._links_read(r) for r in chunk])
+            for room_id, answer in zip(chunk, answers, strict=True):
+                if isinstance(answer, Exception):
+                    raise answer
+                cursor, flat = answer
+                if _text(cursor) != "0":  # more than one step's worth of fields: never for a room's state
+                    state = await self.state(room_id)
+                    links = state.get("rtmp", {}) if state else {}
+                else:
+                    links = {_text(k)[5:]: _link(_text(v)) for k, v in pairs(flat).items()}
+                if links:
+                    found[room_id] = links
         return found
 
     async def rooms(self) -> list[str]:

@@ -213,4 +213,5 @@ async def openapi_document(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 @describe("Prometheus metrics", auth="none", tag="meta", content_type="text/plain")
 async def metrics(request: web.Request) -> web.Response:
+    await request.app[METRICS].rooms.refresh()  # the rooms' state, read now if the last reading is old
     return web.Response(body=request.app[METRICS].exposition(), content_type="text/plain", charset="utf-8")

@@ -4,11 +4,13 @@ the MetaStudio sandbox, over a real Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
 
-from orchestrator.metrics import MAX_CODES, Metrics
+from orchestrator.appkeys import REDIS
+from orchestrator.metrics import MAX_CODES, ROOM_READING_MAX_AGE_S, Metrics
 from orchestrator.providers.metastudio.client import operation
 from orchestrator.sandbox.metastudio.app import Fault
 from tests.scheduling.conftest import ROOM, Daemon, daemon_for, managed_room, until
@@ -104,6 +106,27 @@ async def test_a_live_room_its_actions_and_its_vendor_calls_are_in_the_metrics(
 
         await until(gone, 15)
         assert _value(await _metrics(daemon), "orch_redis_up") == 1.0  # the watcher's check, this while
+
+
+async def test_the_rooms_are_read_when_scraped_and_one_reading_serves_the_scrapes_of_a_few_seconds(
+    make_settings: Any, tmp_path: Path, sandbox: Any
+) -> None:
+    """A thousand rooms' reading is ~40 ms of the loop: paid per scrape (at most every 5 s), not on a
+    timer in a daemon nobody scrapes. (ZCOUNT, the restarts of the last hour, is asked by the reading
+    alone.)"""
+    _, url = sandbox
+    async with daemon_for(make_settings, tmp_path, url) as daemon:
+        redis = daemon.app[REDIS]
+        await redis.config_resetstat()
+        await daemon.configs.put(managed_room([{"kind": "always"}]))
+        await asyncio.sleep(ROOM_READING_MAX_AGE_S + 0.5)  # a timer would have read the room by now
+        assert "cmdstat_zcount" not in await redis.info("commandstats")
+        samples = await _metrics(daemon)  # read now: the room is there at once
+        assert _value(samples, "orch_room_desired_live", room=ROOM, provider="metastudio") == 1.0
+        assert _value(samples, "orch_room_metrics_age_seconds") < 1.0
+        reads = (await redis.info("commandstats"))["cmdstat_zcount"]["calls"]
+        await asyncio.gather(*(_metrics(daemon) for _ in range(5)))
+        assert (await redis.info("commandstats"))["cmdstat_zcount"]["calls"] == reads
 
 
 def test_vendor_codes_and_operations_are_bounded() -> None:
