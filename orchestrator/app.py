@@ -69,12 +69,11 @@ from orchestrator.scheduling.rooms import (
 from orchestrator.scheduling.scheduler import BoundaryScheduler
 from orchestrator.scheduling.schedules import outlook
 from orchestrator.settings import Settings, redacted_url
-from orchestrator.store import keys
 from orchestrator.store.console import ConsoleStore
 from orchestrator.store.journal import Journal
 from orchestrator.store.migrate import rename_legacy_keys
 from orchestrator.store.reactions import Reactions
-from orchestrator.store.redis import chunks, create_redis, redis_ready
+from orchestrator.store.redis import create_redis, redis_ready
 from orchestrator.store.rooms import RoomStore, callback_batcher
 from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, pause
 from orchestrator.web import admin, api, audience, console, health, ingest, openapi, policies, replies
@@ -375,42 +374,33 @@ AUDIENCE_TYPES = {str(number): name for number, name in NAMES.items()}
 
 async def read_rooms(app: web.Application) -> dict[str, RoomReading]:
     """Each managed room's state for the ``orch_room_*`` metrics (a few pipelined round trips)."""
-    redis, store = app[REDIS], app[ROOM_STORE]
+    store = app[ROOM_STORE]
     configs = {room.room_id: room for room in await app[ROOM_CONFIGS].all()}
     room_ids = sorted(configs)
     states = await store.states(room_ids)
-    now, hour_ago = clock.now(), clock.time() - 3600
+    gauges = await store.gauges(room_ids, since_s=clock.time() - 3600)
+    now, now_ms = clock.now(), time.time() * 1000
     readings: dict[str, RoomReading] = {}
-    for chunk in chunks(room_ids):
-        pipe = redis.pipeline(transaction=False)
-        for room_id in chunk:
-            pipe.zcard(keys.room_reply_queue(room_id))
-            pipe.zcount(keys.room_restarts(room_id), hour_ago, "+inf")
-            pipe.xrange(keys.room_ingest(room_id), count=1)
-        answers = await pipe.execute()
-        for index, room_id in enumerate(chunk):
-            if room_id not in states:
-                continue
-            queue, restarts, oldest = answers[index * 3 : index * 3 + 3]
-            state, config = states[room_id], configs[room_id]
-            lag_s = max(0.0, time.time() - int(oldest[0][0].split(b"-")[0]) / 1000) if oldest else 0.0
-            readings[room_id] = RoomReading(
-                provider=config.provider,
-                live=state.get("job_state") == "PROCESSING",
-                desired_live=outlook(config.schedule, now).live,
-                paused=config.paused,
-                viewers=int(state["viewers"]) if str(state.get("viewers", "")).isdigit() else None,
-                reply_queue=int(queue),
-                restarts_last_hour=int(restarts),
-                report_lag_s=lag_s,
-                open_alerts=sorted(state.get("open_alerts", [])),
-                audience={
-                    AUDIENCE_TYPES.get(k.removeprefix("audience:"), k.removeprefix("audience:")): int(v)
-                    for k, v in state.items()
-                    if k.startswith("audience:") and str(v).isdigit()
-                },
-                replies_inserted=int(state.get("events:reply_inserted", 0) or 0),
-            )
+    for room_id, state in states.items():
+        config = configs[room_id]
+        queue, restarts, oldest_ms = gauges[room_id]
+        readings[room_id] = RoomReading(
+            provider=config.provider,
+            live=state.get("job_state") == "PROCESSING",
+            desired_live=outlook(config.schedule, now).live,
+            paused=config.paused,
+            viewers=int(state["viewers"]) if str(state.get("viewers", "")).isdigit() else None,
+            reply_queue=queue,
+            restarts_last_hour=restarts,
+            report_lag_s=max(0.0, (now_ms - oldest_ms) / 1000) if oldest_ms is not None else 0.0,
+            open_alerts=sorted(state.get("open_alerts", [])),
+            audience={
+                AUDIENCE_TYPES.get(k.removeprefix("audience:"), k.removeprefix("audience:")): int(v)
+                for k, v in state.items()
+                if k.startswith("audience:") and str(v).isdigit()
+            },
+            replies_inserted=int(state.get("events:reply_inserted", 0) or 0),
+        )
     return readings
 
 

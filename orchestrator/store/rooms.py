@@ -241,6 +241,10 @@ class RoomStore:
         self._new_job = redis.register_script(NEW_JOB_LUA)
         self._ingest = redis.register_script(INGEST_LUA)
         self._state_read = PackedCommands(lambda room_id: packed("HGETALL", keys.room_state(room_id)))
+        self._queue_depth = PackedCommands(lambda room_id: packed("ZCARD", keys.room_reply_queue(room_id)))
+        self._oldest_event = PackedCommands(
+            lambda room_id: packed("XRANGE", keys.room_ingest(room_id), "-", "+", "COUNT", 1)
+        )
         self._links_read = PackedCommands(
             lambda room_id: packed("HSCAN", keys.room_state(room_id), 0, "MATCH", "rtmp:*", "COUNT", 10_000)
         )
@@ -435,6 +439,32 @@ class RoomStore:
                     links = {_text(k)[5:]: _link(_text(v)) for k, v in pairs(flat).items()}
                 if links:
                     found[room_id] = links
+        return found
+
+    async def gauges(self, room_ids: list[str], *, since_s: float) -> dict[str, tuple[int, int, int | None]]:
+        """For the room metrics, each room's replies waiting, restarts since ``since_s`` and the time (ms)
+        of the oldest audience event not yet reported (None: none waits) -- pipelined, packed commands."""
+        found: dict[str, tuple[int, int, int | None]] = {}
+        since = repr(since_s)
+        for chunk in chunks(room_ids):
+            commands: list[bytes] = []
+            for room_id in chunk:
+                commands += (
+                    self._queue_depth(room_id),
+                    packed("ZCOUNT", keys.room_restarts(room_id), since, "+inf"),
+                    self._oldest_event(room_id),
+                )
+            answers = await execute_packed(self._redis, commands)
+            for index, room_id in enumerate(chunk):
+                depth, restarts, oldest = answers[index * 3 : index * 3 + 3]
+                for answer in (depth, restarts, oldest):
+                    if isinstance(answer, Exception):
+                        raise answer
+                found[room_id] = (
+                    int(depth),
+                    int(restarts),
+                    int(_text(oldest[0][0]).split("-")[0]) if oldest else None,
+                )
         return found
 
     async def rooms(self) -> list[str]:
