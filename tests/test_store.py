@@ -166,6 +166,27 @@ async def test_the_stall_watchers_pass_reads_each_rooms_links_alone(redis_url: s
         await redis.aclose()
 
 
+async def test_the_reconcilers_look_at_a_room_is_its_state_and_recent_restarts(redis_url: str) -> None:
+    """``RoomStore.observe``: the state as ``states`` decodes it and the restarts since a time, together
+    (one round trip); a room not managed has an empty state."""
+    redis = create_redis(RedisSettings(url=redis_url))
+    store = RoomStore(redis)
+    try:
+        await redis.hset(
+            keys.room_state("obs-1"),
+            mapping={"managed": "1", "job_id": "j-1", "rtmp:rtmp://a/1": "CONNECTED|5|6"},
+        )
+        await redis.zadd(keys.room_restarts("obs-1"), {"100.5": 100.5, "200.25": 200.25, "300": 300})
+        state, restarts = await store.observe("obs-1", restarts_since_s=150.0)
+        assert state == (await store.states(["obs-1"]))["obs-1"]
+        assert state["job_id"] == "j-1" and state["rtmp"]["rtmp://a/1"]["state"] == "CONNECTED"
+        assert restarts == [200.25, 300.0]
+        assert await store.observe("obs-unmanaged", restarts_since_s=0) == ({}, [])
+    finally:
+        await redis.delete(keys.room_state("obs-1"), keys.room_restarts("obs-1"))
+        await redis.aclose()
+
+
 async def test_scripts_run_many_at_once_without_asking_redis_first(redis_url: str) -> None:
     """A pipeline of a registered script's calls costs one round trip (redis-py asks ``SCRIPT EXISTS``
     before each such pipeline), and survives a Redis that lost its scripts (``SCRIPT FLUSH``: the

@@ -294,7 +294,7 @@ class Reconciler:
         return action
 
     async def _observe(self, room: ManagedRoom, vendor_active: Listing | None) -> Actual:
-        state = await self._state.state(room.room_id) or {}
+        state, restarts = await self._state.observe(room.room_id, restarts_since_s=clock.time() - 3600)
         job_id, job_state = state.get("job_id"), state.get("job_state")
         if job_id and job_state in ACTIVE:
             listed = _listed_state(vendor_active, room.room_id, job_id)
@@ -309,9 +309,6 @@ class Reconciler:
             if adopted is not None:
                 state = await self._state.state(room.room_id) or {}
                 job_id, job_state = adopted.job_id, adopted.status.value
-        restarts: list[Any] = await self._redis.zrangebyscore(
-            keys.room_restarts(room.room_id), clock.time() - 3600, "+inf"
-        )
         refreshed = {k[len("refreshed:") :]: int(v) for k, v in state.items() if k.startswith("refreshed:")}
         started = state.get("job_started_at")
         down_since = state.get("down_since")
@@ -319,7 +316,7 @@ class Reconciler:
             job_id,
             job_state,
             state.get("rtmp", {}),
-            [float(r) for r in restarts],
+            restarts,
             refreshed,
             int(started) if started else None,
             tuple(state.get("open_alerts", ())),

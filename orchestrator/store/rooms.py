@@ -407,6 +407,23 @@ class RoomStore:
         state["replies_in_flight"] = sorted(await self.replies_in_flight(room_id))
         return state
 
+    async def observe(self, room_id: str, *, restarts_since_s: float) -> tuple[dict[str, Any], list[float]]:
+        """What the reconciler looks at for a room, in one round trip: its state (as :meth:`states` gives
+        it; empty if the room is not managed) and the times of its restarts since ``restarts_since_s``.
+        (Three round trips a room were a third of the Redis commands of 1,000 idle live rooms.)"""
+        state, restarts = await execute_packed(
+            self._redis,
+            [
+                self._state_read(room_id),
+                packed("ZRANGEBYSCORE", keys.room_restarts(room_id), repr(restarts_since_s), "+inf"),
+            ],
+        )
+        for answer in (state, restarts):
+            if isinstance(answer, Exception):
+                raise answer
+        raw = pairs(state)
+        return (decode_state(raw) if raw.get(b"managed") == b"1" else {}), [float(r) for r in restarts]
+
     async def states(self, room_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The managed rooms' states (without ``replies_in_flight``), read in pipelines of
         :data:`PIPELINE_CHUNK` rooms: a look at every room is a few round trips, not one per room."""
