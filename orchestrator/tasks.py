@@ -14,6 +14,9 @@ helpers build on:
   ``wait_for``;
 * :func:`cancel_and_wait` delivers the cancellation again until the task has stopped.
 
+And one for passes over every room: :func:`in_turns` lets the event loop run other work every
+:data:`TURN` rooms, so that a pass over a thousand rooms does not hold it for tens of milliseconds.
+
 Soak finding: room workers whose tasks swallowed their cancellation kept reporting beside their successor
 (events in two batches), held up the room's new worker for the 5 s ``cancel_and_wait`` gave them (750
 simulated seconds at 150x: the waiting events aged past ``report_max_age_s`` and were dropped), and were
@@ -23,8 +26,15 @@ then left running for ever.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Iterable
+from typing import TypeVar
 
 import structlog
+
+T = TypeVar("T")
+
+#: Items :func:`in_turns` hands out between two turns of the event loop.
+TURN = 100
 
 #: How often :func:`cancel_and_wait` delivers the cancellation again to a task that has not stopped.
 REDELIVER_S = 0.05
@@ -50,6 +60,16 @@ async def pause(seconds: float) -> None:
     """``asyncio.sleep`` for loops: raises CancelledError first if a cancellation was swallowed meanwhile."""
     checkpoint()
     await asyncio.sleep(seconds)
+
+
+async def in_turns(items: Iterable[T], turn: int = TURN) -> AsyncIterator[T]:
+    """``items``, yielding to the event loop after every ``turn`` of them. Measured (the SoftSugar
+    benchmark, 1,000 live rooms): passes over every room held the loop up to 13 ms at a time, and a
+    comment's reply waited behind them. Iterate over a snapshot (a list): other work runs in between."""
+    for index, item in enumerate(items):
+        if index and index % turn == 0:
+            await asyncio.sleep(0)
+        yield item
 
 
 async def wait_event(event: asyncio.Event, timeout_s: float | None) -> bool:

@@ -20,7 +20,7 @@ from orchestrator.settings import RedisSettings
 from orchestrator.store import keys
 from orchestrator.store.redis import create_redis
 from orchestrator.store.rooms import RoomStore
-from orchestrator.tasks import cancel_and_wait, checkpoint, wait_event
+from orchestrator.tasks import cancel_and_wait, checkpoint, in_turns, wait_event
 
 
 async def test_a_task_that_swallowed_its_cancellation_is_cancelled_again() -> None:
@@ -103,3 +103,28 @@ async def test_loops_of_redis_calls_stop_at_every_cancellation(redis_url: str) -
     finally:
         await redis.aclose()
     assert not slow, slow
+
+
+async def test_a_pass_in_turns_lets_other_work_run_every_turn_of_items() -> None:
+    """``in_turns``: every item, in order, with the event loop's other work run after each ``turn`` of
+    them -- not after the whole pass."""
+    seen: list[str] = []
+
+    async def other() -> None:
+        for _ in range(5):
+            seen.append("other")
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other())
+    await asyncio.sleep(0)  # the other task has started
+    got = []
+    async for item in in_turns(range(250), turn=100):
+        got.append(item)
+        seen.append("item")
+    await task
+    assert got == list(range(250))
+    # 1 "other" before the pass, then one after item 100 and one after item 200.
+    first_after = seen.index("item")
+    runs = [i for i, s in enumerate(seen) if s == "other" and i > first_after]
+    assert seen[first_after:].count("item") == 250
+    assert [seen[:i].count("item") for i in runs[:2]] == [100, 200]

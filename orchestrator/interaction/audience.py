@@ -54,7 +54,7 @@ from orchestrator.store.redis import text as _text
 from orchestrator.store.replies import Reply, ReplyQueue
 from orchestrator.store.reviews import Review, Reviews
 from orchestrator.store.rooms import parse_muted
-from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, wait_event
+from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, in_turns, wait_event
 
 log = structlog.get_logger(__name__)
 
@@ -279,9 +279,16 @@ class AudienceService:
             for answer in states:
                 if isinstance(answer, Exception):
                     raise answer
-            for room_id, (job_id, job_state, provider, product, policy, muted, tz, review_s) in zip(
-                room_ids, states, strict=True
-            ):
+            async for room_id, (
+                job_id,
+                job_state,
+                provider,
+                product,
+                policy,
+                muted,
+                tz,
+                review_s,
+            ) in in_turns(zip(room_ids, states, strict=True)):
                 if job_id and job_state and _text(job_state) in ACTIVE_STATUSES:
                     live[room_id] = (
                         _text(job_id),
@@ -314,7 +321,7 @@ class AudienceService:
         self._passes += 1
         sweep = self._passes % 3 == 0  # once a lease: strays are at least a lease old
         running = [r for r in sorted(held) if r in self.workers and self.workers[r].started]
-        for room_id in sorted(held):
+        async for room_id in in_turns(sorted(held)):
             retiring = self._retiring.get(room_id)
             if retiring is not None and not retiring.done():
                 continue  # the room's previous worker is still stopping: start anew once it has

@@ -23,6 +23,7 @@ from collections import deque
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from redis.exceptions import RedisError
@@ -32,7 +33,7 @@ from orchestrator.scheduling.reconciler import Reconciler
 from orchestrator.scheduling.rooms import ManagedRoom, RoomConfigs
 from orchestrator.scheduling.schedules import evaluate
 from orchestrator.store.reactions import Reactions
-from orchestrator.tasks import cancel_and_wait, checkpoint, wait_event
+from orchestrator.tasks import cancel_and_wait, checkpoint, in_turns, wait_event
 
 log = structlog.get_logger(__name__)
 
@@ -84,10 +85,11 @@ class BoundaryScheduler:
         rooms that are gone are removed. Returns how many rooms there are."""
         rooms = await self._configs.all()
         wanted = {f"boundary:{room.room_id}" for room in rooms}
-        for job in self._scheduler.get_jobs():
+        async for job in in_turns(self._scheduler.get_jobs()):
             if job.id.startswith("boundary:") and job.id not in wanted:
-                job.remove()
-        for room in rooms:
+                with contextlib.suppress(JobLookupError):  # removed meanwhile (a room deleted)
+                    job.remove()
+        async for room in in_turns(rooms):
             if not missing_only or self._scheduler.get_job(f"boundary:{room.room_id}") is None:
                 self.arm(room)
         return len(rooms)
@@ -113,8 +115,9 @@ class BoundaryScheduler:
         job_id = f"boundary:{room.room_id}"
         boundary = evaluate(room.schedule, clock.now()).next_boundary
         if boundary is None:
-            with contextlib.suppress(Exception):
-                self._scheduler.remove_job(job_id)
+            if self._scheduler.get_job(job_id) is not None:  # (asking is cheaper than a JobLookupError)
+                with contextlib.suppress(JobLookupError):
+                    self._scheduler.remove_job(job_id)
             return
         self._scheduler.add_job(
             self._boundary,
