@@ -14,11 +14,13 @@ import gc
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
@@ -42,6 +44,42 @@ class RoomReading:
     open_alerts: list[str] = field(default_factory=list)
     audience: dict[str, int] = field(default_factory=dict)
     replies_inserted: int = 0
+
+
+ROOM_GAUGES: dict[str, tuple[str, Callable[[RoomReading], float]]] = {
+    "live": ("Whether the room's job is live (1) or not (0).", lambda r: float(r.live)),
+    "desired_live": ("Whether the room's schedule wants it live now.", lambda r: float(r.desired_live)),
+    "paused": ("Whether the room's automation is paused.", lambda r: float(r.paused)),
+    "reply_queue_depth": ("Replies waiting in the room's queue.", lambda r: float(r.reply_queue)),
+    "restarts_last_hour": (
+        "Restarts of the room's job in the last hour.",
+        lambda r: float(r.restarts_last_hour),
+    ),
+    "report_lag_seconds": (
+        "Age of the oldest audience event not yet reported to the vendor (0: none waits).",
+        lambda r: r.report_lag_s,
+    ),
+}
+_VIEWERS = "The room's audience, as last reported."
+_ALERT_OPEN = "An alert open on the room (1), by kind."
+_AUDIENCE = "Audience events taken for the room, by type."
+_INSERTED = "Replies said in the room (sent to its vendor)."
+_AGE = "Seconds since the rooms were last read from Redis (stale when Redis is away)."
+
+
+def _head(name: str, doc: str, kind: str) -> str:
+    """A family's HELP and TYPE lines (its help text escaped as the text format says)."""
+    text = doc.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"# HELP {name} {text}\n# TYPE {name} {kind}\n"
+
+
+def _label(value: str) -> str:
+    """A label value as the text format escapes it (backslash, newline, double quote)."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    return cast(str, floatToGoString(value))  # type: ignore[no-untyped-call]
 
 
 #: A reading of the rooms serves every scrape within this long (s).
@@ -90,43 +128,18 @@ class RoomMetrics(Collector):
             self._reading = None
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """The families as prometheus_client objects: the reference :meth:`render` is held equal to (a
+        test); a registry can collect them too."""
         rooms = self.rooms
-        gauges: dict[str, tuple[str, Callable[[RoomReading], float]]] = {
-            "live": ("Whether the room's job is live (1) or not (0).", lambda r: float(r.live)),
-            "desired_live": (
-                "Whether the room's schedule wants it live now.",
-                lambda r: float(r.desired_live),
-            ),
-            "paused": ("Whether the room's automation is paused.", lambda r: float(r.paused)),
-            "reply_queue_depth": ("Replies waiting in the room's queue.", lambda r: float(r.reply_queue)),
-            "restarts_last_hour": (
-                "Restarts of the room's job in the last hour.",
-                lambda r: float(r.restarts_last_hour),
-            ),
-            "report_lag_seconds": (
-                "Age of the oldest audience event not yet reported to the vendor (0: none waits).",
-                lambda r: r.report_lag_s,
-            ),
-        }
-        for name, (doc, value) in gauges.items():
+        for name, (doc, value) in ROOM_GAUGES.items():
             family = GaugeMetricFamily(f"orch_room_{name}", doc, labels=["room", "provider"])
             for room_id, reading in rooms.items():
                 family.add_metric([room_id, reading.provider], value(reading))
             yield family
-        viewers = GaugeMetricFamily(
-            "orch_room_viewers", "The room's audience, as last reported.", labels=["room"]
-        )
-        alerts = GaugeMetricFamily(
-            "orch_room_alert_open", "An alert open on the room (1), by kind.", labels=["room", "alert"]
-        )
-        audience = CounterMetricFamily(
-            "orch_room_audience_events",
-            "Audience events taken for the room, by type.",
-            labels=["room", "type"],
-        )
-        inserted = CounterMetricFamily(
-            "orch_room_replies_inserted", "Replies said in the room (sent to its vendor).", labels=["room"]
-        )
+        viewers = GaugeMetricFamily("orch_room_viewers", _VIEWERS, labels=["room"])
+        alerts = GaugeMetricFamily("orch_room_alert_open", _ALERT_OPEN, labels=["room", "alert"])
+        audience = CounterMetricFamily("orch_room_audience_events", _AUDIENCE, labels=["room", "type"])
+        inserted = CounterMetricFamily("orch_room_replies_inserted", _INSERTED, labels=["room"])
         for room_id, reading in rooms.items():
             if reading.viewers is not None:
                 viewers.add_metric([room_id], reading.viewers)
@@ -136,11 +149,50 @@ class RoomMetrics(Collector):
                 audience.add_metric([room_id, kind], count)
             inserted.add_metric([room_id], reading.replies_inserted)
         yield from (viewers, alerts, audience, inserted)
-        yield GaugeMetricFamily(
-            "orch_room_metrics_age_seconds",
-            "Seconds since the rooms were last read from Redis (stale when Redis is away).",
-            value=time.time() - self.read_at if self.read_at else float("nan"),
+        yield GaugeMetricFamily("orch_room_metrics_age_seconds", _AGE, value=self.age_s())
+
+    def age_s(self) -> float:
+        return time.time() - self.read_at if self.read_at else float("nan")
+
+    def render(self) -> str:
+        """The families in Prometheus's text format, exactly as prometheus_client renders :meth:`collect`,
+        ~8x faster: its per-sample formatting and label checks took ~45 ms for a thousand rooms' 11,000
+        samples, every scrape."""
+        rooms = self.rooms
+        labels = {room_id: f'room="{_label(room_id)}"' for room_id in rooms}
+        out: list[str] = []
+        for name, (doc, value) in ROOM_GAUGES.items():
+            out.append(_head(f"orch_room_{name}", doc, "gauge"))
+            out.extend(
+                f'orch_room_{name}{{provider="{_label(r.provider)}",{labels[room_id]}}} {_number(value(r))}\n'
+                for room_id, r in rooms.items()
+            )
+        out.append(_head("orch_room_viewers", _VIEWERS, "gauge"))
+        out.extend(
+            f"orch_room_viewers{{{labels[room_id]}}} {_number(r.viewers)}\n"
+            for room_id, r in rooms.items()
+            if r.viewers is not None
         )
+        out.append(_head("orch_room_alert_open", _ALERT_OPEN, "gauge"))
+        out.extend(
+            f'orch_room_alert_open{{alert="{_label(kind)}",{labels[room_id]}}} 1.0\n'
+            for room_id, r in rooms.items()
+            for kind in r.open_alerts
+        )
+        out.append(_head("orch_room_audience_events_total", _AUDIENCE, "counter"))
+        out.extend(
+            f'orch_room_audience_events_total{{{labels[room_id]},type="{_label(kind)}"}} {_number(count)}\n'
+            for room_id, r in rooms.items()
+            for kind, count in r.audience.items()
+        )
+        out.append(_head("orch_room_replies_inserted_total", _INSERTED, "counter"))
+        out.extend(
+            f"orch_room_replies_inserted_total{{{labels[room_id]}}} {_number(r.replies_inserted)}\n"
+            for room_id, r in rooms.items()
+        )
+        out.append(_head("orch_room_metrics_age_seconds", _AGE, "gauge"))
+        out.append(f"orch_room_metrics_age_seconds {_number(self.age_s())}\n")
+        return "".join(out)
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []  # collected fresh each scrape; nothing to register up front
@@ -289,8 +341,7 @@ class Metrics:
         self.redis_up = Gauge(
             "orch_redis_up", "Whether this replica reaches Redis (1) or not (0).", registry=self.registry
         )
-        self.rooms = RoomMetrics()
-        self.registry.register(self.rooms)
+        self.rooms = RoomMetrics()  # rendered by exposition(), not through the registry: see render()
 
     def http_request(self, route: str, method: str, status: int) -> None:
         key = (route, method, status)
@@ -340,4 +391,5 @@ class Metrics:
             )
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """Every metric in Prometheus's text format: the process's own, then the rooms'."""
+        return generate_latest(self.registry) + self.rooms.render().encode()

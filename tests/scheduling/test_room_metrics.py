@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
+
 from orchestrator.appkeys import REDIS
-from orchestrator.metrics import MAX_CODES, ROOM_READING_MAX_AGE_S, Metrics
+from orchestrator.metrics import MAX_CODES, ROOM_READING_MAX_AGE_S, Metrics, RoomMetrics, RoomReading
 from orchestrator.providers.metastudio.client import operation
 from orchestrator.sandbox.metastudio.app import Fault
 from tests.scheduling.conftest import ROOM, Daemon, daemon_for, managed_room, until
@@ -144,3 +147,47 @@ def test_vendor_codes_and_operations_are_bounded() -> None:
     )
     assert operation("GET", "/v1/p/smart-live-jobs") == "GET /smart-live-jobs"
     assert operation("POST", "/report/a1b2c3/live-events") == "POST /report/{}/live-events"
+
+
+def _readings(count: int) -> dict[str, RoomReading]:
+    odd = 'we\\ird "room"\nid'  # label escaping: backslash, quote, newline
+    rooms = {
+        f"room-{i:04d}": RoomReading(
+            provider="softsugar" if i % 2 else "metastudio",
+            live=bool(i % 3),
+            desired_live=True,
+            paused=i % 7 == 0,
+            viewers=None if i % 5 == 0 else i * 10,
+            reply_queue=i % 4,
+            restarts_last_hour=i % 2,
+            report_lag_s=i / 3,
+            open_alerts=["room_down", "circuit_open"] if i % 11 == 0 else [],
+            audience={"comment": i, "like": 2 * i} if i % 2 else {},
+            replies_inserted=i,
+        )
+        for i in range(count)
+    }
+    rooms[odd] = RoomReading("metastudio", True, False, False, open_alerts=[odd], audience={odd: 1})
+    return rooms
+
+
+def test_the_rooms_fast_rendering_is_prometheus_clients_byte_for_byte() -> None:
+    """``RoomMetrics.render`` (what /metrics serves) equals prometheus_client's rendering of the same
+    families (``collect``): names, HELP/TYPE, label order and escaping, numbers -- and is several times
+    faster (a thousand rooms' scrape held the event loop ~45 ms)."""
+    rooms = RoomMetrics()
+    rooms.update(_readings(1000))
+    rooms.read_at = 0.0  # age NaN in both: the clock does not move between the two renderings
+    registry = CollectorRegistry()
+    registry.register(rooms)
+    assert rooms.render().encode() == generate_latest(registry)
+    started = time.perf_counter()
+    generate_latest(registry)
+    reference_s = time.perf_counter() - started
+    started = time.perf_counter()
+    rooms.render()
+    assert time.perf_counter() - started < reference_s / 2
+    empty = RoomMetrics()
+    empty_registry = CollectorRegistry()
+    empty_registry.register(empty)
+    assert empty.render().encode() == generate_latest(empty_registry)
