@@ -75,7 +75,7 @@ from orchestrator.store.migrate import rename_legacy_keys
 from orchestrator.store.reactions import Reactions
 from orchestrator.store.redis import create_redis, redis_ready
 from orchestrator.store.rooms import RoomStore, callback_batcher
-from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, pause
+from orchestrator.tasks import being_cancelled, cancel_and_wait, checkpoint, in_turns, pause
 from orchestrator.web import admin, api, audience, console, health, ingest, openapi, policies, replies
 from orchestrator.web.middlewares import BODY_BUDGET, BodyBudget, request_middleware
 from orchestrator.web.public import PUBLIC_ROUTES
@@ -381,7 +381,7 @@ async def read_rooms(app: web.Application) -> dict[str, RoomReading]:
     gauges = await store.gauges(room_ids, since_s=clock.time() - 3600)
     now, now_ms = clock.now(), time.time() * 1000
     readings: dict[str, RoomReading] = {}
-    for room_id, state in states.items():
+    async for room_id, state in in_turns(list(states.items())):
         config = configs[room_id]
         queue, restarts, oldest_ms = gauges[room_id]
         readings[room_id] = RoomReading(
