@@ -328,6 +328,7 @@ async def console_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     for task in tasks:
         await cancel_and_wait(task)
+    await app[METRICS].rooms.aclose()
     with contextlib.suppress(RedisError, OSError):
         await app[CONSOLE].withdraw(app[AUDIENCE].leases.replica_id)
 

@@ -10,6 +10,7 @@ own names, vendor codes at most :data:`MAX_CODES` distinct (``other`` beyond).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -124,8 +125,17 @@ class RoomMetrics(Collector):
             self.update(await source())
         except (RedisError, OSError) as exc:  # Redis away: orch_room_metrics_age_seconds grows
             log.warning("cannot read the rooms for the metrics", error=str(exc) or type(exc).__name__)
+        except Exception:  # a bug must not take the process's own metrics down with the rooms'
+            log.exception("reading the rooms for the metrics failed")
         finally:
             self._reading = None
+
+    async def aclose(self) -> None:
+        """Stop a reading under way (the application is stopping)."""
+        if self._reading is not None:
+            self._reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reading
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         """The families as prometheus_client objects: the reference :meth:`render` is held equal to (a
