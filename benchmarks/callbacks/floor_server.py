@@ -4,14 +4,13 @@ receiver's work; what this costs beyond (a) is the price of the HTTP plumbing ev
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 
 from aiohttp import web
+from serving import run, serve_forever
 
 from orchestrator.app import create_app
-from orchestrator.cli import loop_factory
 from orchestrator.logging import Redactor, configure_logging
 from orchestrator.settings import load_settings
 from orchestrator.web.server import make_runner
@@ -28,13 +27,8 @@ async def main(port: int) -> None:
     app = create_app(settings)
     app.router.add_post("/floor", ok)
     runner = make_runner(app, settings)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    await asyncio.Event().wait()
+    await serve_forever(runner, port)
 
 
 if __name__ == "__main__":
-    with asyncio.Runner(
-        loop_factory=loop_factory(os.environ.get("ORCH_SERVER__EVENT_LOOP", "uvloop"))
-    ) as runner:
-        runner.run(main(int(sys.argv[1])))
+    run(main(int(sys.argv[1])))

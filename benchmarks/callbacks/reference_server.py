@@ -14,7 +14,6 @@ every field, per-kind decoding, outcome handling (audit, journal fallback), metr
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import os
@@ -23,8 +22,8 @@ import time
 
 import orjson
 from aiohttp import web
+from serving import run, serve_forever
 
-from orchestrator.cli import loop_factory
 from orchestrator.providers.metastudio.callbacks import QUERY_SECRET, QUERY_TIME, mss_a_signature
 from orchestrator.settings import RedisSettings
 from orchestrator.store.redis import create_redis
@@ -77,13 +76,8 @@ async def main(port: int, public_url: str, key: str) -> None:
     app = web.Application()
     app.router.add_post(public_url.split("://", 1)[1].partition("/")[2].join(("/", "")), receive)
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    await asyncio.Event().wait()
+    await serve_forever(runner, port)
 
 
 if __name__ == "__main__":
-    with asyncio.Runner(
-        loop_factory=loop_factory(os.environ.get("ORCH_SERVER__EVENT_LOOP", "uvloop"))
-    ) as runner:
-        runner.run(main(int(sys.argv[1]), sys.argv[2], sys.argv[3]))
+    run(main(int(sys.argv[1]), sys.argv[2], sys.argv[3]))
