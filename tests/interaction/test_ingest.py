@@ -8,10 +8,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from orchestrator.app import create_app
 from orchestrator.appkeys import ROOM_STORE
-from orchestrator.interaction.ingest import normalise_batch
+from orchestrator.interaction.ingest import by_the_models, live_event_fast, normalise_batch
 from orchestrator.store import keys
 from tests.support.server import serving
 
@@ -114,6 +116,117 @@ def test_per_event_errors(event: Any, fragment: str) -> None:
     accepted, rejected = normalise_batch([{"type": "viewers", "viewers": 1}, event], NOW)
     assert len(accepted) == 1  # the valid one in the same batch is kept
     assert rejected[0].index == 1 and fragment in rejected[0].error_msg
+
+
+_COUNT = [-1, 0, 1, 2**63 - 1, 2**63, True, "3", 3.0, None]
+_NAME = ["", "a", "a" * 256, "a" * 257, 5, None]
+#: For each field (a path into the event), values at its bounds and of the kinds the models coerce or refuse.
+_FIELD_VALUES: dict[tuple[str, ...], list[Any]] = {
+    ("type",): [0, 1, 4, 6, 7, True, "comment", "viewers", "x", "1", 1.0, None],
+    ("timestamp",): [-1, 0, 4_102_415_999_000, 4_102_415_999_001, 1.5, "5", True, None],
+    ("user",): [None, {}, [], "u1", {"userId": "u"}],
+    ("user", "userId"): ["", "a", "a" * 128, "a" * 129, 5, None],
+    ("user", "name"): _NAME,
+    ("user", "level"): _COUNT,
+    ("user", "badge"): _NAME,
+    ("user", "badgeLevel"): _COUNT,
+    ("user", "user_id"): ["x"],
+    ("user", "badge_level"): [1],
+    ("user", "other"): [1, None],
+    ("text",): ["", " ", "a", "a" * 1024, "a" * 1025, 5, None],
+    ("gift",): [None, {}, [], {"giftName": "g"}],
+    ("gift", "giftName"): ["", "a", "a" * 256, "a" * 257, 5, None],
+    ("gift", "giftNum"): _COUNT,
+    ("gift", "giftValue"): _COUNT,
+    ("gift", "totalValue"): _COUNT,
+    ("gift", "gift_num"): [3],
+    ("viewers",): _COUNT,
+    ("message_id",): ["", "a", "a" * 128, "a" * 129, 5, None],
+    ("extra",): [None, {}, [], "x", {"a": 1}, {"b": "y" * 2030}, {"b": "y" * 2040}],
+    ("platform",): ["douyin", None, {"x": 1}, "y" * 2050],
+}
+_VALID = [
+    {"type": "comment", "user": {"userId": "u1", "name": "小明"}, "text": "多少钱"},
+    {"type": 4, "user": {"userId": "u"}, "gift": {"giftName": "rose", "giftNum": 2, "giftValue": 5}},
+    {"type": "like"},
+    {"type": "join", "user": {"userId": "u", "level": 2, "badge": "b", "badgeLevel": 1}},
+    {"type": "follow", "user": {"userId": "u"}, "timestamp": 5},
+    {"type": "viewers", "viewers": 7, "message_id": "m"},
+]
+
+
+@st.composite
+def _events(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid event with up to three fields (its own, its user's, its gift's) set to a value at a bound
+    or of another kind, or removed."""
+    event: dict[str, Any] = json.loads(json.dumps(draw(st.sampled_from(_VALID))))
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(sorted(_FIELD_VALUES)))
+        inner = event
+        if len(path) == 2:
+            inner = event.setdefault(path[0], {})
+            if not isinstance(inner, dict):
+                continue
+        if draw(st.integers(0, 9)) == 0:
+            inner.pop(path[-1], None)
+        else:
+            inner[path[-1]] = draw(st.sampled_from(_FIELD_VALUES[path]))
+    return event
+
+
+def _mutated(base: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any] | None:
+    event: dict[str, Any] = json.loads(json.dumps(base))
+    inner = event.setdefault(path[0], {}) if len(path) == 2 else event
+    if not isinstance(inner, dict):
+        return None
+    inner[path[-1]] = value
+    return event
+
+
+def test_the_plain_path_agrees_with_the_models_at_every_bound() -> None:
+    """Every valid shape with each field, in turn, at each of its bounds and of each other kind: the fast
+    checks agree with the models on all of them (and take the valid ones)."""
+    taken = 0
+    for base in _VALID:
+        for path, values in _FIELD_VALUES.items():
+            for value in values:
+                event = _mutated(base, path, value)
+                if event is None:
+                    continue
+                fast, slow = live_event_fast(event, NOW), by_the_models(event, NOW)
+                assert fast is None or fast == slow, (event, fast, slow)
+                taken += fast is not None
+    assert taken > 200
+
+
+@settings(max_examples=600, deadline=None)
+@given(_events())
+@example({"type": "comment", "user": {"userId": "u1", "name": "小明"}, "text": "多少钱"})
+@example({"type": 4, "user": {"userId": "u"}, "gift": {"giftName": "rose", "giftNum": 2, "giftValue": 5}})
+@example({"type": "viewers", "viewers": 0, "platform": "douyin", "extra": {"room_url": "u"}})
+def test_property_the_plain_path_agrees_with_the_models(event: dict[str, Any]) -> None:
+    """The fast checks take an event only if the models take it, and build the same LiveEvent (issue 18:
+    they exist for speed alone). What they decline goes to the models."""
+    fast = live_event_fast(event, NOW)
+    if fast is not None:
+        assert fast == by_the_models(event, NOW)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "comment", "user": USER, "text": "多少钱", "timestamp": 5, "message_id": "m1"},
+        {"type": "like"},
+        {"type": "like", "user": {"userId": "u2"}},
+        {"type": "gift", "user": USER, "gift": {"giftName": "Star", "giftNum": 10, "giftValue": 3}},
+        {"type": "follow", "user": USER, "platform": "douyin", "extra": {"room_url": "x"}},
+        {"type": 2, "user": USER},
+        {"type": "viewers", "viewers": 5466},
+    ],
+)
+def test_the_plain_shapes_take_the_fast_path(event: dict[str, Any]) -> None:
+    """What the contract shows bridges sending is not left to the models (10 us an event, not 1.5)."""
+    assert live_event_fast(event, NOW) == by_the_models(event, NOW)
 
 
 async def test_endpoint_stream_and_counters(make_settings: Any, tmp_path: Path) -> None:
