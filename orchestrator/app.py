@@ -112,6 +112,7 @@ def create_app(settings: Settings, redactor: Redactor | None = None) -> web.Appl
     app.cleanup_ctx.append(scheduling_ctx)
     app.cleanup_ctx.append(audience_ctx)
     app.cleanup_ctx.append(console_ctx)
+    app.cleanup_ctx.append(loop_lag_ctx)
     app.on_startup.append(_freeze_startup_heap)  # after every cleanup_ctx has started
     app.on_shutdown.append(_start_draining)
     app.on_cleanup.append(_stop_watching_gc)
@@ -560,6 +561,14 @@ async def _replay_journal_forever(receiver: CallbackReceiver, journal: Journal, 
 #: ~8 ms each -- the tail of reply decisions (see benchmarks/README.md). Fewer, larger young collections
 #: cost less in all; memory held by cyclic garbage waits a little longer.
 GC_THRESHOLDS = (50_000, 20, 20)
+
+
+async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The event loop's own health: how late it runs timers (``orch_event_loop_lag_seconds``) -- the
+    first thing to read when every latency of the process grows at once."""
+    task = asyncio.create_task(app[METRICS].watch_loop_lag(), name="loop-lag")
+    yield
+    await cancel_and_wait(task)
 
 
 async def _freeze_startup_heap(app: web.Application) -> None:

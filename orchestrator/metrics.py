@@ -30,6 +30,10 @@ log = structlog.get_logger(__name__)
 MAX_CODES = 64
 
 
+#: How often (s) the event loop's lag is sampled (``orch_event_loop_lag_seconds``).
+LOOP_LAG_INTERVAL_S = 0.1
+
+
 @dataclass
 class RoomReading:
     """One managed room, as read from Redis (:meth:`RoomMetrics.update`)."""
@@ -317,6 +321,14 @@ class Metrics:
             registry=self.registry,
         )
         self._gc_started = 0.0
+        self.loop_lag = Histogram(
+            "orch_event_loop_lag_seconds",
+            f"How late the event loop ran a timer due every {LOOP_LAG_INTERVAL_S} s: what every request, "
+            "report and reply waited, at that moment, behind work holding the loop -- or for a core, on a "
+            "machine that does not give the process one.",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
 
         self.http_requests = Counter(
             "orch_http_requests_total",
@@ -399,6 +411,14 @@ class Metrics:
             self.gc_pause.labels(str(info.get("generation", "?"))).observe(
                 time.perf_counter() - self._gc_started
             )
+
+    async def watch_loop_lag(self, interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
+        """Observe, until cancelled, how late the running loop wakes a timer (real time, whatever the
+        process clock's speed)."""
+        while True:
+            due = time.perf_counter() + interval_s
+            await asyncio.sleep(interval_s)
+            self.loop_lag.observe(max(0.0, time.perf_counter() - due))
 
     def exposition(self) -> bytes:
         """Every metric in Prometheus's text format: the process's own, then the rooms'."""

@@ -330,6 +330,9 @@ def main() -> None:
         paths = {"bare": PATH, "real": PATH, "real_main": PATH, "floor": "/floor", "reference": PATH}
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("ORCH_")},
+            # The servers started as scripts import this checkout's orchestrator, not the one an editable
+            # install points at (a worktree of another commit measured its reference with that code).
+            "PYTHONPATH": str(ROOT),
             "ORCH_REDIS__URL": server.url,
             "ORCH_LOGGING__FORMAT": "json",
             "ORCH_SERVER__EVENT_LOOP": args.event_loop,  # (a), (b) and (c) alike

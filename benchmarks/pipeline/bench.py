@@ -378,6 +378,9 @@ def main() -> None:
         policy.write_text(yaml.safe_dump(POLICY, allow_unicode=True))
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("ORCH_")},
+            # The servers started as scripts import this checkout's orchestrator, not the one an editable
+            # install points at (a worktree of another commit measured its reference with that code).
+            "PYTHONPATH": str(ROOT),
             "ORCH_REDIS__URL": server.url,
             "ORCH_LOGGING__LEVEL": "WARNING",
             "ORCH_SERVER__EVENT_LOOP": "uvloop",  # the daemon's default; the bare baseline uses it too
@@ -529,6 +532,7 @@ def main() -> None:
                     "ingest_to_report": histogram_share(steady, after, "orch_report_latency_seconds", "0.3"),
                     "decision": histogram_share(steady, after, "orch_reply_decision_seconds", "0.005"),
                     "queued_in_redis": histogram_share(steady, after, "orch_reply_queued_seconds", "0.005"),
+                    "event_loop_lag": histogram_share(steady, after, "orch_event_loop_lag_seconds", "0.005"),
                     "gc_pauses": {
                         gen: int(
                             after.get(f'orch_gc_pause_seconds_count{{generation="{gen}"}}', 0)

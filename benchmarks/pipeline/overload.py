@@ -118,6 +118,9 @@ def main() -> None:
         policy.write_text(yaml.safe_dump(POLICY, allow_unicode=True))
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("ORCH_")},
+            # The servers started as scripts import this checkout's orchestrator, not the one an editable
+            # install points at (a worktree of another commit measured its reference with that code).
+            "PYTHONPATH": str(ROOT),
             "ORCH_REDIS__URL": server.url,
             "ORCH_LOGGING__LEVEL": "WARNING",
             "ORCH_ADMIN__TOKEN": TOKEN,

@@ -132,6 +132,25 @@ async def test_the_rooms_are_read_when_scraped_and_one_reading_serves_the_scrape
         assert (await redis.info("commandstats"))["cmdstat_zcount"]["calls"] == reads
 
 
+async def test_the_event_loops_lag_is_measured(make_settings: Any, tmp_path: Path, sandbox: Any) -> None:
+    """Work holding the loop shows as lag (``orch_event_loop_lag_seconds``), once per hold."""
+    _, url = sandbox
+
+    def held_long(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
+        count = _value(samples, "orch_event_loop_lag_seconds_count")
+        within = _value(samples, "orch_event_loop_lag_seconds_bucket", le="0.25")
+        assert count is not None and within is not None
+        return count - within
+
+    async with daemon_for(make_settings, tmp_path, url) as daemon:
+        await asyncio.sleep(0.5)
+        before = await _metrics(daemon)
+        assert (_value(before, "orch_event_loop_lag_seconds_count") or 0) >= 3  # every 0.1 s
+        time.sleep(0.4)  # a handler holding the loop
+        await asyncio.sleep(0.25)
+        assert held_long(await _metrics(daemon)) == held_long(before) + 1
+
+
 def test_vendor_codes_and_operations_are_bounded() -> None:
     metrics = Metrics()
     for i in range(MAX_CODES + 50):
