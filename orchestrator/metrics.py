@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -33,6 +34,24 @@ MAX_CODES = 64
 #: How often (s) the event loop's lag is sampled (``orch_event_loop_lag_seconds``).
 LOOP_LAG_INTERVAL_S = 0.1
 
+
+
+def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """``histogram.observe(a)`` for every ``a``, each bucket and the sum changed once: a report carries up
+    to 1,000 events, and prometheus_client takes a lock per observation and per bucket (2.5 % of the
+    daemon's CPU under the pipeline benchmark). Reaches into prometheus_client's histogram, which has no
+    bulk form; tests/scheduling/test_room_metrics.py proves the exposition the same as observing one by
+    one."""
+    if not amounts:
+        return
+    bounds: list[float] = histogram._upper_bounds  # ascending, +Inf last
+    counts = [0] * len(bounds)
+    for amount in amounts:
+        counts[bisect_left(bounds, amount)] += 1  # observe's "first bound >= amount"
+    histogram._sum.inc(sum(amounts))
+    for bucket, count in zip(histogram._buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
 
 @dataclass
 class RoomReading:

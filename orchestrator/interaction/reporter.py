@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 from orchestrator import clock
 from orchestrator.domain import AudienceKind
 from orchestrator.interaction.context import RoomContext
+from orchestrator.metrics import observe_all
 from orchestrator.providers.errors import (
     ProviderAuthError,
     ProviderBadRequest,
@@ -69,6 +70,7 @@ class Buffered:
     type: int
     timestamp: int
     raw: bytes  # wire form: {"timestamp", "type", "content": JSON string}
+    at_ms: int  # its ingest time: entry_ms(entry_id), worked out once
 
 
 class RoomReporter:
@@ -92,8 +94,8 @@ class RoomReporter:
     def wants_more(self) -> bool:
         return len(self.buffer) < self.ctx.settings.report_max_events
 
-    def add(self, entry_id: str, event_type: int, timestamp: int, raw: bytes) -> None:
-        self.buffer.append(Buffered(entry_id, event_type, timestamp, raw))
+    def add(self, entry_id: str, event_type: int, timestamp: int, raw: bytes, at_ms: int) -> None:
+        self.buffer.append(Buffered(entry_id, event_type, timestamp, raw, at_ms))
 
     def added(self) -> None:
         """Wake the sender after a read: a batch may have filled."""
@@ -110,7 +112,7 @@ class RoomReporter:
             if self.stopping:
                 return
             if self._resend is None:
-                first_at = entry_ms(self.buffer[0].entry_id) / 1000 if self.buffer else clock.time()
+                first_at = self.buffer[0].at_ms / 1000 if self.buffer else clock.time()
                 wait_s = first_at + settings.report_window_ms / 1000 - clock.time()
                 if wait_s > 0 and len(self.buffer) < settings.report_max_events:
                     await wait_event(self.full, clock.real_s(wait_s))
@@ -190,11 +192,8 @@ class RoomReporter:
                 if url is None:
                     raise _NoReportUrl
                 refreshed = await ctx.channel.report(url, [e.raw for e in events], batch_id)
-                accepted_at = clock.time()  # reported: the vendor has it (our acknowledgement follows)
-                for entry in batch:
-                    ctx.metrics.report_latency.observe(
-                        max(0.0, accepted_at - entry_ms(entry.entry_id) / 1000)
-                    )
+                accepted_ms = clock.time_ms()  # reported: the vendor has it (our acknowledgement follows)
+                observe_all(ctx.metrics.report_latency, [max(0, accepted_ms - b.at_ms) / 1000 for b in batch])
                 return refreshed, events, url
             except ProviderAuthError as exc:
                 fresh = None if reauthorised else await self._current_report_url(url)
@@ -212,7 +211,7 @@ class RoomReporter:
             except (ProviderNotFound, ProviderJobNotRunning) as exc:
                 # The job ended or is gone: the events are the room's, and its next job takes them -- unless
                 # they are too old by then.
-                newest_s = max(entry_ms(e.entry_id) for e in batch) / 1000
+                newest_s = max(e.at_ms for e in batch) / 1000
                 if clock.time() - newest_s > ctx.settings.report_max_age_s:
                     self._drop(
                         batch_id, events, "report batch too old for the room's next job", exc, "expired"
@@ -317,11 +316,10 @@ def _after(entry_id: str) -> str:
 
 def _type_counts(events: list[Buffered]) -> str:
     """``comment:3,viewers:1`` -- what a report carried, for the room's event record."""
-    counts: dict[str, int] = {}
-    for event in events:
-        name = _label(event.type)
-        counts[name] = counts.get(name, 0) + 1
-    return ",".join(f"{name}:{n}" for name, n in counts.items())
+    counts: dict[int, int] = {}
+    for event in events:  # by number, named once each (an enum lookup per event cost 1.5 us)
+        counts[event.type] = counts.get(event.type, 0) + 1
+    return ",".join(f"{_label(number)}:{n}" for number, n in counts.items())
 
 
 def _coalesce_viewers(batch: list[Buffered]) -> list[Buffered]:

@@ -213,11 +213,12 @@ class RoomWorker:
                 stale.append(entry_id)
                 continue
             event, raw = parsed
-            if now_ms - entry_ms(entry_id) > ctx.settings.report_max_age_s * 1000:
+            at_ms = entry_ms(entry_id)
+            if now_ms - at_ms > ctx.settings.report_max_age_s * 1000:
                 ctx.metrics.audience_events.labels("expired").inc()
                 stale.append(entry_id)
                 continue
-            self.reporter.add(entry_id, event["type"], event["timestamp"], raw)
+            self.reporter.add(entry_id, event["type"], event["timestamp"], raw, at_ms)
             if fresh and event["type"] in ANSWERABLE and fields.get(b"d") != b"1":  # d: decided at ingest
                 self._consider(entry_id, event)
         if not fresh:

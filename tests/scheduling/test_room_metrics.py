@@ -10,10 +10,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from orchestrator.appkeys import REDIS
-from orchestrator.metrics import MAX_CODES, ROOM_READING_MAX_AGE_S, Metrics, RoomMetrics, RoomReading
+from orchestrator.metrics import (
+    MAX_CODES,
+    ROOM_READING_MAX_AGE_S,
+    Metrics,
+    RoomMetrics,
+    RoomReading,
+    observe_all,
+)
 from orchestrator.providers.metastudio.client import operation
 from orchestrator.sandbox.metastudio.app import Fault
 from tests.scheduling.conftest import ROOM, Daemon, daemon_for, managed_room, until
@@ -149,6 +158,26 @@ async def test_the_event_loops_lag_is_measured(make_settings: Any, tmp_path: Pat
         time.sleep(0.4)  # a handler holding the loop
         await asyncio.sleep(0.25)
         assert held_long(await _metrics(daemon)) == held_long(before) + 1
+
+
+@given(
+    st.lists(st.one_of(st.sampled_from([0.0, 0.05, 0.1, 0.3, 30.0, 31.0]), st.floats(0, 100)), max_size=50)
+)
+def test_property_observing_all_at_once_is_observing_each(amounts: list[float]) -> None:
+    """A report's latencies observed in one go (``observe_all``) expose exactly what observing them one by
+    one does -- at the bucket bounds too."""
+    each, together = CollectorRegistry(), CollectorRegistry()
+    for registry in (each, together):
+        Histogram("h_seconds", "h", buckets=(0.05, 0.1, 0.3, 30), registry=registry)
+    one = each._names_to_collectors["h_seconds"]
+    for amount in amounts:
+        one.observe(amount)  # type: ignore[attr-defined]
+    observe_all(together._names_to_collectors["h_seconds"], amounts)  # type: ignore[arg-type]
+
+    def exposed(registry: CollectorRegistry) -> list[bytes]:
+        return [line for line in generate_latest(registry).splitlines() if b"_created" not in line]
+
+    assert exposed(together) == exposed(each)
 
 
 def test_vendor_codes_and_operations_are_bounded() -> None:
