@@ -35,7 +35,6 @@ MAX_CODES = 64
 LOOP_LAG_INTERVAL_S = 0.1
 
 
-
 def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:
     """``histogram.observe(a)`` for every ``a``, each bucket and the sum changed once: a report carries up
     to 1,000 events, and prometheus_client takes a lock per observation and per bucket (2.5 % of the
@@ -52,6 +51,7 @@ def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:
     for bucket, count in zip(histogram._buckets, counts, strict=True):
         if count:
             bucket.inc(count)
+
 
 @dataclass
 class RoomReading:
