@@ -23,6 +23,7 @@ from orchestrator.providers.metastudio.callbacks import (
     parse_hw_time,
     verify_signature,
 )
+from orchestrator.providers.metastudio.provider import decode_by_models, decode_plain
 
 URL = "https://live.example.com/callbacks/metastudio/live-events?tenant=a"
 KEY = "k3y-0123456789abcdef0123456789ab"
@@ -221,3 +222,64 @@ def test_unknown_event_type_is_parsed_not_rejected() -> None:
 def test_malformed_bodies(raw: bytes, fragment: str) -> None:
     with pytest.raises(CallbackMalformed, match=fragment):
         parse_callback(raw)
+
+
+# --- the plain path agrees with the models ---------------------------------------------------------------
+
+_PLAIN_BASES = [
+    ("SHOOT_SCRIPT_SWITCH", dict(SWITCH)),
+    ("SHOOT_SCRIPT_SWITCH", {"room_id": "r", "job_id": "j"}),
+    ("REPLY_COMMAND_FINISH", {"room_id": "r", "job_id": "j", "reply_id": "x1"}),
+    ("RTMP_STREAM_STATE_CHANGE", {"room_id": "r", "job_id": "j", "output_url": "rtmp://a/b", "state": "END"}),
+]
+_ID_VALUES: list[Any] = ["", "a", "a" * 128, "a" * 129, 5, None, True, ["a"]]
+_TEXT_VALUES: list[Any] = ["", "x", None, 5, 1.5, True, {"a": 1}]
+_SEQ_VALUES: list[Any] = [0, 3, -1, "3", "03", "0", " 3", "3 ", "+3", "-3", "3.0", "1_0", "٣", "x", "", 3.0, 3.5,
+                          True, None, 2**63 - 1, 2**63, "9" * 18, "9" * 19]  # fmt: skip
+_PLAIN_VALUES: dict[str, list[Any]] = {
+    "room_id": _ID_VALUES,
+    "job_id": _ID_VALUES,
+    "reply_id": _ID_VALUES,
+    "scene_script_name": _TEXT_VALUES,
+    "shoot_script_sequence_no": _SEQ_VALUES,
+    "shoot_script_title": _TEXT_VALUES,
+    "product_id": _TEXT_VALUES,
+    "product_title": _TEXT_VALUES,
+    "extra_field": ["x", 7, None, True, 1.5, [1], {"a": None}, 2**63],
+    "stream_key": ["k"],
+}
+
+
+def _decoded_both_ways(event_type: str, message: Any, *, as_string: bool = True) -> tuple[Any, Any]:
+    raw = _body(event_type, message, as_string=as_string)
+    try:
+        slow: Any = decode_by_models(raw)
+    except CallbackMalformed as exc:
+        slow = f"malformed: {exc}"
+    return decode_plain(raw), slow
+
+
+def test_the_plain_path_agrees_with_the_models_at_every_bound() -> None:
+    """Every kind with each field, in turn, at each of its bounds and of each other kind: the plain
+    checks agree with the models (and take the valid paragraph switches and reply finishes)."""
+    taken = 0
+    for event_type, base in _PLAIN_BASES:
+        for name, values in _PLAIN_VALUES.items():
+            for value in values:
+                fast, slow = _decoded_both_ways(event_type, {**base, name: value})
+                assert fast is None or fast == slow, (event_type, name, value, fast, slow)
+                taken += fast is not None
+    assert taken > 40
+    # Only a message sent as a JSON string, as the vendor sends it, takes the plain path.
+    assert _decoded_both_ways("SHOOT_SCRIPT_SWITCH", SWITCH, as_string=False)[0] is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_property_the_plain_path_agrees_with_the_models(data: st.DataObject) -> None:
+    event_type, base = data.draw(st.sampled_from(_PLAIN_BASES))
+    message = dict(base)
+    for name in data.draw(st.lists(st.sampled_from(sorted(_PLAIN_VALUES)), max_size=3)):
+        message[name] = data.draw(st.sampled_from(_PLAIN_VALUES[name]))
+    fast, slow = _decoded_both_ways(event_type, message)
+    assert fast is None or fast == slow

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import cached_property
+from typing import Any
+
+import orjson
 
 from orchestrator.domain import (
     JobStatus,
@@ -29,10 +32,8 @@ from orchestrator.domain import (
 from orchestrator.providers.base import Decoded, JobRef, Notify, ReplyOrder, RoomSpec, Said
 from orchestrator.providers.metastudio.callbacks import (
     KNOWN_EVENT_TYPES,
-    ReplyCommandFinish,
-    RtmpStreamStateChange,
-    ShootScriptSwitch,
     parse_callback,
+    plain_message,
 )
 from orchestrator.providers.metastudio.client import MetaStudioClient
 from orchestrator.providers.metastudio.models import (
@@ -192,31 +193,58 @@ class MetaStudioCodec:
 
     def decode(self, body: bytes) -> Decoded:
         """Raises CallbackMalformed."""
-        parsed = parse_callback(body)
-        message = parsed.message
-        event: RoomEvent
-        if isinstance(message, ShootScriptSwitch):
-            seq = message.shoot_script_sequence_no
-            event = ParagraphChanged(
-                message.scene_script_name or "",
-                "" if seq is None else str(seq),
-                message.shoot_script_title or "",
-                message.product_id or "",
-                message.product_title or "",
-            )
-        elif isinstance(message, RtmpStreamStateChange):
-            event = LinkChanged(message.output_url, LinkState(message.state))
-        elif isinstance(message, ReplyCommandFinish):
-            event = ReplyFinished(message.reply_id)
-        else:
-            event = Unrecognised()
-        counter = parsed.event_type if parsed.event_type in KNOWN_EVENT_TYPES else "other"
-        return Decoded(
-            parsed.room_id, parsed.job_id, parsed.event_type, counter, event, parsed.stored_message()
-        )
+        return decode_plain(body) or decode_by_models(body)
 
     def kind_of(self, vendor_type: str) -> str:
         return _KINDS.get(vendor_type, "other")
+
+
+def decode_plain(body: bytes) -> Decoded | None:
+    """A plain paragraph switch or reply finish decoded without the models (``plain_message``); None for
+    anything else."""
+    try:
+        envelope = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(envelope) is not dict:
+        return None
+    event_type = envelope.get("event_type")
+    if type(event_type) is not str:
+        return None
+    stored = plain_message(event_type, envelope.get("message"))
+    if stored is None:
+        return None
+    return Decoded(
+        stored["room_id"], stored["job_id"], event_type, event_type, _event(event_type, stored), stored
+    )
+
+
+def decode_by_models(body: bytes) -> Decoded:
+    """Any callback, validated by its model. Raises CallbackMalformed."""
+    parsed = parse_callback(body)
+    stored = parsed.stored_message()
+    counter = parsed.event_type if parsed.event_type in KNOWN_EVENT_TYPES else "other"
+    return Decoded(
+        parsed.room_id, parsed.job_id, parsed.event_type, counter, _event(parsed.event_type, stored), stored
+    )
+
+
+def _event(event_type: str, stored: dict[str, Any]) -> RoomEvent:
+    """What a valid message (as stored: absent fields left out) says happened."""
+    if event_type == "SHOOT_SCRIPT_SWITCH":
+        seq = stored.get("shoot_script_sequence_no")
+        return ParagraphChanged(
+            stored.get("scene_script_name", ""),
+            "" if seq is None else str(seq),
+            stored.get("shoot_script_title", ""),
+            stored.get("product_id", ""),
+            stored.get("product_title", ""),
+        )
+    if event_type == "RTMP_STREAM_STATE_CHANGE":
+        return LinkChanged(stored["output_url"], LinkState(stored["state"]))
+    if event_type == "REPLY_COMMAND_FINISH":
+        return ReplyFinished(stored["reply_id"])
+    return Unrecognised()
 
 
 class MetaStudio:
