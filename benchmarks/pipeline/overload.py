@@ -6,9 +6,11 @@ run``), 100 live rooms. Steps, in one run:
 1. the daemon's sustained rate with reporting (closed loop, ``--duration`` s): its capacity, this run;
 2. open loop at 2x that for ``--overload-s`` s: answers by status (200, 429 BACKLOG_FULL / BUSY), events
    accepted and shed, the daemon's RSS every second (its peak is the memory bound);
+   Before it, open loop at 25 % for ``--after-s`` s: the latency that is normal for this machine, this run;
 3. after the load: how long until every event answered 2xx has been reported (nothing accepted is lost:
    the daemon's own account, and the sandbox's count of reported comments, must cover them), then open
-   loop at 25 % for ``--after-s`` s: ingest → report and decision p99 back to normal.
+   loop at 25 % for ``--after-s`` s: ingest → report, decision and event-loop lag p99, over the whole
+   phase and in ``--window-s`` windows from its start -- against the same figures before the load.
 
     python benchmarks/pipeline/overload.py [--duration 10] [--overload-s 30] [--after-s 10] [--out overload.json]
 """
@@ -24,6 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +101,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--overload-s", type=float, default=30)
     parser.add_argument("--after-s", type=float, default=10)
+    parser.add_argument("--window-s", type=float, default=2, help="windows of the after-load phase")
     parser.add_argument(
         "--backlog-max",
         type=int,
@@ -184,6 +188,9 @@ def main() -> None:
         capacity = accepted / (done - t0)
         result["capacity_events_per_s"] = round(capacity)
 
+        # 1b. 25 % of it before the load: normal latency, this run
+        result["before_at_25_percent"] = asyncio.run(quarter_load(ports["daemon"], payloads, capacity, args))
+
         # 2. twice that, for overload_s
         before = bench.metrics(ports["daemon"])
         result["overload"] = asyncio.run(flood(ports["daemon"], payloads, 2 * capacity, args.overload_s, pid))
@@ -200,15 +207,7 @@ def main() -> None:
             "shed_counted": int(after.get('orch_audience_events_total{outcome="shed"}', 0)),
             "rss_mb": bench.rss_mb(pid),
         }
-        start = bench.metrics(ports["daemon"])
-        sent = asyncio.run(bench.open_loop(ports["daemon"], payloads, capacity * 0.25, args.after_s))
-        asyncio.run(bench.wait_drained(ports["daemon"], bench.settled(start) + sent["accepted"]))
-        end = bench.metrics(ports["daemon"])
-        result["back_at_25_percent"] = {
-            "open_loop": sent,
-            "ingest_to_report": bench.histogram_share(start, end, "orch_report_latency_seconds", "0.3"),
-            "decision": bench.histogram_share(start, end, "orch_reply_decision_seconds", "0.005"),
-        }
+        result["back_at_25_percent"] = asyncio.run(quarter_load(ports["daemon"], payloads, capacity, args))
     finally:
         for proc in procs.values():
             proc.terminate()
@@ -216,6 +215,37 @@ def main() -> None:
         server.close()
     print(json.dumps({k: v for k, v in result.items()}, indent=2, ensure_ascii=False))
     args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+
+
+async def quarter_load(port: int, payloads: list[bytes], capacity: float, args: Any) -> dict[str, Any]:
+    """Open loop at 25 % of ``capacity`` for ``args.after_s``: latencies over the phase and per window."""
+    start = await asyncio.to_thread(bench.metrics, port)
+    load = asyncio.create_task(bench.open_loop(port, payloads, capacity * 0.25, args.after_s))
+    snapshots = [start]
+    while not load.done():
+        await asyncio.wait({load}, timeout=args.window_s)
+        snapshots.append(await asyncio.to_thread(bench.metrics, port))
+    sent = load.result()
+    await bench.wait_drained(port, bench.settled(start) + sent["accepted"])
+    end = await asyncio.to_thread(bench.metrics, port)
+
+    def figures(a: dict[str, float], b: dict[str, float]) -> dict[str, Any]:
+        return {
+            "ingest_to_report": bench.histogram_share(a, b, "orch_report_latency_seconds", "0.3"),
+            "decision": bench.histogram_share(a, b, "orch_reply_decision_seconds", "0.005"),
+            "event_loop_lag": bench.histogram_share(a, b, "orch_event_loop_lag_seconds", "0.005"),
+        }
+
+    return {
+        "open_loop": sent,
+        **figures(start, end),
+        # Reports land up to a window after their events: each window's reports are of its own events and
+        # of the last ones before it.
+        "windows": [
+            {"from_s": round(i * args.window_s, 1), **figures(a, b)}
+            for i, (a, b) in enumerate(pairwise(snapshots))
+        ],
+    }
 
 
 if __name__ == "__main__":
