@@ -225,7 +225,7 @@ def test_property_the_plain_path_agrees_with_the_models(event: dict[str, Any]) -
     ],
 )
 def test_the_plain_shapes_take_the_fast_path(event: dict[str, Any]) -> None:
-    """What the contract shows bridges sending is not left to the models (10 us an event, not 1.5)."""
+    """What the contract shows bridges sending is not left to the models (a third of the cost)."""
     assert live_event_fast(event, NOW) == by_the_models(event, NOW)
 
 
