@@ -269,6 +269,15 @@ _PLAIN_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def json_object(text: str | bytes) -> dict[str, Any] | None:
+    """``text`` parsed, if it is a JSON object."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return data if type(data) is dict else None
+
+
 def plain_message(event_type: str, message: Any) -> dict[str, Any] | None:
     """The message of a plain SHOOT_SCRIPT_SWITCH or REPLY_COMMAND_FINISH as
     :meth:`ParsedCallback.stored_message` gives it (``shoot_script_sequence_no`` a number, absent fields
@@ -276,11 +285,8 @@ def plain_message(event_type: str, message: Any) -> dict[str, Any] | None:
     fields = _PLAIN_FIELDS.get(event_type)
     if fields is None or type(message) is not str:
         return None
-    try:
-        data = orjson.loads(message)
-    except orjson.JSONDecodeError:
-        return None
-    if type(data) is not dict:
+    data = json_object(message)
+    if data is None:
         return None
     stored: dict[str, Any] = {}
     for name in fields:

@@ -18,8 +18,6 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any
 
-import orjson
-
 from orchestrator.domain import (
     JobStatus,
     LinkChanged,
@@ -32,6 +30,7 @@ from orchestrator.domain import (
 from orchestrator.providers.base import Decoded, JobRef, Notify, ReplyOrder, RoomSpec, Said
 from orchestrator.providers.metastudio.callbacks import (
     KNOWN_EVENT_TYPES,
+    json_object,
     parse_callback,
     plain_message,
 )
@@ -202,11 +201,8 @@ class MetaStudioCodec:
 def decode_plain(body: bytes) -> Decoded | None:
     """A plain paragraph switch or reply finish decoded without the models (``plain_message``); None for
     anything else."""
-    try:
-        envelope = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if type(envelope) is not dict:
+    envelope = json_object(body)
+    if envelope is None:
         return None
     event_type = envelope.get("event_type")
     if type(event_type) is not str:
