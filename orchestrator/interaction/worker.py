@@ -220,7 +220,7 @@ class RoomWorker:
                 continue
             self.reporter.add(entry_id, event["type"], event["timestamp"], raw, at_ms)
             if fresh and event["type"] in ANSWERABLE and fields.get(b"d") != b"1":  # d: decided at ingest
-                self._consider(entry_id, event)
+                self._consider(at_ms, event)
         if not fresh:
             # Claimed entries (a predecessor's, or strays) may be older than what is buffered: keep the buffer
             # in stream order, so a batch is one contiguous range and its marker (first, last) names it.
@@ -261,13 +261,13 @@ class RoomWorker:
         self.ctx.log.warning("ingest entry rejected", entry_id=entry_id, error=problem)
         return None
 
-    def _consider(self, entry_id: str, wire: dict[str, Any]) -> None:
+    def _consider(self, at_ms: int, wire: dict[str, Any]) -> None:
         try:
             content = orjson.loads(wire["content"])
         except orjson.JSONDecodeError:
             return
         if isinstance(content, dict):
-            self.desk.consider(wire["type"], wire["timestamp"], content, since_s=entry_ms(entry_id) / 1000)
+            self.desk.consider(wire["type"], wire["timestamp"], content, since_s=at_ms / 1000)
 
     def decide_arrivals(self, events: list[dict[str, Any]], *, since_s: float) -> None:
         """Decide for events as they arrive at this replica's ingest endpoint (normalised, ``content`` an

@@ -269,6 +269,11 @@ _PLAIN_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _int64(value: Any) -> bool:
+    """A plain integer (not a bool) the models and orjson both take as it is."""
+    return type(value) is int and -(1 << 63) <= value < 1 << 63
+
+
 def json_object(text: str | bytes) -> dict[str, Any] | None:
     """``text`` parsed, if it is a JSON object."""
     try:
@@ -299,14 +304,14 @@ def plain_message(event_type: str, message: Any) -> dict[str, Any] | None:
         elif name == "shoot_script_sequence_no":
             if type(value) is str and value.isascii() and value.isdigit() and len(value) <= 18:
                 value = int(value)  # as the vendor sends it: "2"
-            elif type(value) is not int or not -(1 << 63) <= value < 1 << 63:
+            elif not _int64(value):
                 return None
         elif type(value) is not str:
             return None
         stored[name] = value
     for name, value in data.items():  # the extra fields; a stream key is a secret, never kept
         if name not in stored and name not in fields and name != "stream_key":
-            if type(value) is not str and (type(value) is not int or not -(1 << 63) <= value < 1 << 63):
+            if type(value) is not str and not _int64(value):
                 return None
             stored[name] = value
     return stored
